@@ -1,0 +1,110 @@
+//! A deliberately hostile handler, driven by its data `{"mode": "..."}`, for
+//! testing that the host contains every kind of misbehaviour:
+//!
+//! | mode | what it does |
+//! |---|---|
+//! | `ok` | replies `{"ok":true}` (proves the handler still serves) |
+//! | `spin` | loops forever |
+//! | `alloc` | allocates 1 MiB blocks until the host refuses memory |
+//! | `recurse` | recurses without bound (stack overflow) |
+//! | `big-reply` | replies with 1 MiB of data |
+//! | `many-actions` | returns 1,000 actions |
+//! | `panic` | panics (a trap) |
+//! | `state-then-trap` | writes state key `poison`, then panics |
+//! | `log-flood` | writes 5,000 log lines, then replies |
+//! | `stdout-flood` | prints 1 MiB to stdout and stderr, then replies |
+//! | `count` | replies with how many calls this instance has served (a static counter: 1 on every call in `fresh` mode) |
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use sluice_guest_sdk::{
+    Actions, Connection, Handler, HandlerError, HandlerResult, Message, log, state,
+};
+
+#[derive(Deserialize)]
+struct Mode {
+    mode: String,
+}
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+#[expect(unconditional_recursion, reason = "the point is to overflow the stack")]
+fn recurse(depth: u64) -> u64 {
+    // Only scalars: the frames live on the wasm stack (bounded by the host's
+    // max_wasm_stack), not on the shadow stack in linear memory.
+    black_box(recurse(black_box(depth + 1))).wrapping_add(1)
+}
+
+struct Misbehave;
+
+impl Handler for Misbehave {
+    fn on_message(_conn: &Connection, msg: &Message) -> HandlerResult {
+        let Mode { mode } = msg.data()?;
+        match mode.as_str() {
+            "count" => {
+                let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(Actions::new().reply(&serde_json::json!({"count": n})))
+            }
+            "ok" => Ok(Actions::new().reply(&serde_json::json!({"ok": true}))),
+            "spin" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut blocks: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Reserve without filling: memory grows, fuel is not the limit.
+                    let mut block = Vec::<u8>::with_capacity(1 << 20);
+                    block.push(7);
+                    blocks.push(black_box(block));
+                }
+            }
+            "recurse" => {
+                let depth = recurse(0);
+                Ok(Actions::new().reply(&depth))
+            }
+            "big-reply" => {
+                // Built by copying, not serialized char by char: the output
+                // limit, not fuel, is what must stop it.
+                let text = format!("\"{}\"", "x".repeat(1 << 20));
+                Ok(Actions::new().reply_raw(text))
+            }
+            "many-actions" => {
+                let mut actions = Actions::new();
+                for i in 0..1_000 {
+                    actions = actions.subscribe(format!("room:{i}"));
+                }
+                Ok(actions)
+            }
+            "panic" => panic!("misbehave: asked to panic"),
+            "state-then-trap" => {
+                state::set("poison", b"1").map_err(|e| HandlerError::fail(format!("{e:?}")))?;
+                panic!("misbehave: trap after writing state")
+            }
+            "log-flood" => {
+                for i in 0..5_000u32 {
+                    log::info(&format!("flood line {i}"));
+                }
+                Ok(Actions::new().reply(&serde_json::json!({"logged": 5_000})))
+            }
+            "stdout-flood" => {
+                let line = "y".repeat(1023);
+                for _ in 0..1024 {
+                    println!("{line}");
+                    eprintln!("{line}");
+                }
+                Ok(Actions::new().reply(&serde_json::json!({"printed": 1 << 20})))
+            }
+            other => Err(HandlerError::reject(
+                "unknown_mode",
+                format!("no mode {other:?}"),
+            )),
+        }
+    }
+}
+
+sluice_guest_sdk::export_handler!(Misbehave);

@@ -1,0 +1,269 @@
+//! The `sluice` command.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use sluice::sandbox::{
+    Action, Capability, Connection, HandlerLimits, HandlerSpec, Isolation, Message, Principal,
+    Sandbox, SandboxConfig,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A WebSocket runtime for realtime apps with WebAssembly handlers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one handler call locally, through the same sandbox the server
+    /// uses, and print the returned actions as JSON.
+    ///
+    /// Exit status: 0 when the handler returned actions, 2 when the call
+    /// failed (the error kind is printed), 1 when the component could not be
+    /// loaded or the arguments are wrong.
+    Call(CallArgs),
+    /// Print benchmark figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct CallArgs {
+    /// The handler component (.wasm).
+    component: PathBuf,
+    /// The route (the envelope's `type`), e.g. `chat.send`.
+    route: String,
+    /// The message's data, as JSON.
+    #[arg(long, default_value = "{}")]
+    data: String,
+    /// The channel the message targets.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Which export to call.
+    #[arg(long, value_enum, default_value = "message")]
+    event: EventArg,
+    /// The tenant of the connection and the handler.
+    #[arg(long, default_value = "dev")]
+    tenant: String,
+    /// The subject (`sub`) of the connection.
+    #[arg(long, default_value = "dev-user")]
+    subject: String,
+    /// Claims exposed to the handler, as a JSON object.
+    #[arg(long, default_value = "{}")]
+    claims: String,
+    /// Capabilities granted (comma-separated: state,log,clock).
+    #[arg(long, value_delimiter = ',', default_value = "state,log,clock")]
+    grant: Vec<Capability>,
+    /// Isolation mode: reuse or fresh.
+    #[arg(long, default_value = "reuse")]
+    isolation: Isolation,
+    /// Fuel for the call.
+    #[arg(long, default_value_t = sluice::sandbox::DEFAULT_FUEL)]
+    fuel: u64,
+    /// Run without fuel metering (only the deadline bounds the call).
+    #[arg(long)]
+    no_fuel: bool,
+    /// Wall-clock deadline, in milliseconds.
+    #[arg(long, default_value_t = sluice::sandbox::DEFAULT_DEADLINE.as_millis() as u64)]
+    deadline_ms: u64,
+    /// Memory cap, in bytes.
+    #[arg(long, default_value_t = sluice::sandbox::DEFAULT_MEMORY_BYTES)]
+    memory: usize,
+    /// Print the call report (fuel, time, logs, stdout/stderr) too.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EventArg {
+    Connect,
+    Message,
+    Disconnect,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Per-call cost of an echo handler: reuse vs fresh, fuel on vs off.
+    Sandbox {
+        /// The echo component (handlers/target/wasm32-wasip2/release/echo.wasm).
+        component: PathBuf,
+        /// Calls per round and configuration.
+        #[arg(long, default_value_t = 20_000)]
+        calls: u64,
+        /// Rounds (configurations alternate between rounds).
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Call(args) => call(args).await,
+            Command::Bench(BenchCommand::Sandbox {
+                component,
+                calls,
+                rounds,
+                json,
+            }) => bench_sandbox(component, calls, rounds, json).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let data: Value = serde_json::from_str(&args.data).context("--data is not valid JSON")?;
+    let claims: Value = serde_json::from_str(&args.claims).context("--claims is not valid JSON")?;
+    if !claims.is_object() {
+        bail!("--claims must be a JSON object");
+    }
+    let sandbox = Sandbox::new(SandboxConfig {
+        fuel: !args.no_fuel,
+        ..SandboxConfig::default()
+    })?;
+    let limits = HandlerLimits {
+        fuel: args.fuel,
+        deadline: Duration::from_millis(args.deadline_ms),
+        memory_bytes: args.memory,
+        ..HandlerLimits::default()
+    };
+    let spec = HandlerSpec::new(args.component.display().to_string(), args.tenant.clone())
+        .isolation(args.isolation)
+        .limits(limits)
+        .grant(args.grant.iter().copied().collect::<BTreeSet<_>>());
+    let handler = sandbox
+        .load_file(&args.component, spec)
+        .await
+        .with_context(|| format!("cannot load {}", args.component.display()))?;
+    let conn = Connection {
+        id: 1,
+        principal: Principal {
+            tenant: args.tenant,
+            subject: args.subject,
+            claims: claims.to_string(),
+        },
+    };
+    let msg = Message {
+        route: args.route,
+        channel: args.channel,
+        data: data.to_string(),
+    };
+    let result = match args.event {
+        EventArg::Connect => handler.on_connect(&conn).await,
+        EventArg::Message => handler.on_message(&conn, &msg).await,
+        EventArg::Disconnect => handler.on_disconnect(&conn).await,
+    };
+    let (out, code) = match result {
+        Ok(outcome) => {
+            let mut out = json!({ "ok": true, "actions": outcome.actions.iter().map(action_json).collect::<Vec<_>>() });
+            if args.verbose {
+                out["report"] = serde_json::to_value(&outcome.report)?;
+            }
+            (out, ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            let mut error = json!({ "kind": err.kind.name(), "message": err.kind.to_string(), "client_code": err.kind.client_code() });
+            if let sluice::sandbox::CallErrorKind::Rejected { code, message } = &err.kind {
+                error["code"] = json!(code);
+                error["message"] = json!(message);
+            }
+            let mut out = json!({ "ok": false, "error": error });
+            if args.verbose || !err.report.stderr.is_empty() {
+                out["report"] = serde_json::to_value(&err.report)?;
+            }
+            (out, ExitCode::from(2))
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(code)
+}
+
+/// An action as JSON, with its JSON-text payloads parsed back into values.
+fn action_json(action: &Action) -> Value {
+    fn data(text: &str) -> Value {
+        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+    }
+    match action {
+        Action::Reply(d) => json!({ "reply": data(d) }),
+        Action::Publish(p) => json!({ "publish": { "channel": p.channel, "data": data(&p.data) } }),
+        Action::Send(s) => json!({ "send": { "subject": s.subject, "data": data(&s.data) } }),
+        Action::Subscribe(c) => json!({ "subscribe": c }),
+        Action::Unsubscribe(c) => json!({ "unsubscribe": c }),
+        Action::Close(c) => json!({ "close": { "code": c.code, "reason": c.reason } }),
+    }
+}
+
+async fn bench_sandbox(
+    component: PathBuf,
+    calls: u64,
+    rounds: u32,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let bytes = tokio::fs::read(&component)
+        .await
+        .with_context(|| format!("cannot read {}", component.display()))?;
+    let rows = sluice::bench::sandbox(bytes, calls.max(1), rounds.max(1)).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "sandbox call cost, {} ({} rounds x {} calls, median of round means)",
+            component.display(),
+            rounds,
+            calls
+        );
+        println!(
+            "{:<8} {:<5} {:>10} {:>10} {:>10}",
+            "mode", "fuel", "us/call", "min", "max"
+        );
+        for r in rows {
+            println!(
+                "{:<8} {:<5} {:>10.2} {:>10.2} {:>10.2}",
+                r.isolation.to_string(),
+                if r.fuel { "on" } else { "off" },
+                r.us_per_call,
+                r.round_min_us,
+                r.round_max_us
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

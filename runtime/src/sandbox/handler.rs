@@ -1,0 +1,400 @@
+//! A loaded handler and the calls into it: instance reuse or a fresh
+//! instance per call, per-call budgets, commit-on-success, quarantine.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use super::bindings;
+use super::bindings::sluice::handler::types::{Connection, Message};
+use super::call::{
+    CallCtx, CallError, CallErrorKind, CallOutcome, CallReport, DeadlineExceeded, HandlerShared,
+    check_output, classify, from_handler_error,
+};
+use super::limits::{HandlerSpec, Isolation};
+use super::log::LogLevel;
+use super::quarantine::Breaker;
+use super::state::StateStore;
+
+/// A handler ready to be called. Cheap to clone; clones share instances,
+/// the quarantine breaker and statistics.
+#[derive(Clone)]
+pub struct Handler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    pre: bindings::HandlerPre<CallCtx>,
+    spec: HandlerSpec,
+    digest: String,
+    shared: Arc<HandlerShared>,
+    fuel: bool,
+    idle: Mutex<Vec<Instance>>,
+    permits: Semaphore,
+    breaker: Mutex<Breaker>,
+    stats: Stats,
+}
+
+/// A live instance with its store.
+struct Instance {
+    store: Store<CallCtx>,
+    guest: bindings::Handler,
+}
+
+enum Event<'a> {
+    Connect(&'a Connection),
+    Message(&'a Connection, &'a Message),
+    Disconnect(&'a Connection),
+}
+
+#[derive(Default)]
+struct Stats {
+    calls: AtomicU64,
+    ok: AtomicU64,
+    fuel_consumed: AtomicU64,
+    instances_created: AtomicU64,
+    quarantines: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// Counters of one handler since it was loaded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HandlerStats {
+    /// Calls made (including refused ones).
+    pub calls: u64,
+    /// Calls that returned actions.
+    pub ok: u64,
+    /// Calls that did not, by [`CallErrorKind::name`].
+    pub errors: BTreeMap<String, u64>,
+    /// Fuel spent over all calls.
+    pub fuel_consumed: u64,
+    /// Instances created.
+    pub instances_created: u64,
+    /// Times the handler was quarantined.
+    pub quarantines: u64,
+}
+
+impl Handler {
+    pub(crate) fn new(
+        engine: Engine,
+        pre: bindings::HandlerPre<CallCtx>,
+        spec: HandlerSpec,
+        digest: String,
+        state: Arc<dyn StateStore>,
+        fuel: bool,
+    ) -> Self {
+        let shared = Arc::new(HandlerShared {
+            tenant: spec.tenant.clone(),
+            limits: spec.limits.clone(),
+            state,
+        });
+        let breaker = Breaker::new(spec.limits.quarantine_after, spec.limits.quarantine_for);
+        let permits = Semaphore::new(spec.limits.max_concurrency);
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                pre,
+                spec,
+                digest,
+                shared,
+                fuel,
+                idle: Mutex::new(Vec::new()),
+                permits,
+                breaker: Mutex::new(breaker),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// The spec it was loaded with.
+    pub fn spec(&self) -> &HandlerSpec {
+        &self.inner.spec
+    }
+
+    /// SHA-256 of the component's bytes, in hex: which version is loaded.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// Warm instances waiting for the next call (`reuse` mode).
+    pub fn idle_instances(&self) -> usize {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Counters since load.
+    pub fn stats(&self) -> HandlerStats {
+        let s = &self.inner.stats;
+        HandlerStats {
+            calls: s.calls.load(Ordering::Relaxed),
+            ok: s.ok.load(Ordering::Relaxed),
+            errors: s
+                .errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            fuel_consumed: s.fuel_consumed.load(Ordering::Relaxed),
+            instances_created: s.instances_created.load(Ordering::Relaxed),
+            quarantines: s.quarantines.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Call `on-connect`.
+    pub async fn on_connect(&self, conn: &Connection) -> Result<CallOutcome, CallError> {
+        self.call(Event::Connect(conn)).await
+    }
+
+    /// Call `on-message`.
+    pub async fn on_message(
+        &self,
+        conn: &Connection,
+        msg: &Message,
+    ) -> Result<CallOutcome, CallError> {
+        self.call(Event::Message(conn, msg)).await
+    }
+
+    /// Call `on-disconnect`.
+    pub async fn on_disconnect(&self, conn: &Connection) -> Result<CallOutcome, CallError> {
+        self.call(Event::Disconnect(conn)).await
+    }
+
+    async fn call(&self, event: Event<'_>) -> Result<CallOutcome, CallError> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        inner.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut report = CallReport::default();
+
+        let quarantined = inner
+            .breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(started);
+        if let Err(remaining) = quarantined {
+            return Err(self.failed(CallErrorKind::Quarantined { remaining }, report));
+        }
+        let Ok(_permit) = inner.permits.acquire().await else {
+            let kind = CallErrorKind::Unavailable {
+                detail: "the handler is shutting down".into(),
+            };
+            return Err(self.failed(kind, report));
+        };
+
+        // The budget starts once the call may run: waiting for a permit is
+        // not the handler's time.
+        let deadline = Instant::now() + inner.spec.limits.deadline;
+        let reused = match inner.spec.isolation {
+            Isolation::Reuse => inner
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop(),
+            Isolation::Fresh => None,
+        };
+        let mut instance = match reused {
+            Some(mut instance) => {
+                self.begin(&mut instance.store, deadline);
+                instance
+            }
+            None => {
+                report.instantiated = true;
+                inner
+                    .stats
+                    .instances_created
+                    .fetch_add(1, Ordering::Relaxed);
+                match self.instantiate(deadline).await {
+                    Ok(instance) => instance,
+                    Err((kind, mut store)) => {
+                        self.settle(&mut store, &mut report, started);
+                        return Err(self.finish_err(kind, report));
+                    }
+                }
+            }
+        };
+
+        let guest = instance.guest.sluice_handler_events();
+        let store = &mut instance.store;
+        let result = match event {
+            Event::Connect(conn) => guest.call_on_connect(&mut *store, conn).await,
+            Event::Message(conn, msg) => guest.call_on_message(&mut *store, conn, msg).await,
+            Event::Disconnect(conn) => guest.call_on_disconnect(&mut *store, conn).await,
+        };
+        let outcome = match result {
+            Ok(Ok(actions)) => match check_output(&actions, &inner.spec.limits) {
+                Ok(()) => {
+                    store.data_mut().commit();
+                    Ok(actions)
+                }
+                Err(kind) => Err(kind),
+            },
+            Ok(Err(handler_error)) => Err(from_handler_error(handler_error)),
+            Err(error) => Err(classify(&error, store.data().limiter.denied)),
+        };
+        self.settle(store, &mut report, started);
+
+        let keep = match &outcome {
+            Ok(_) => true,
+            Err(kind) => !kind.poisons_instance(),
+        };
+        if keep && inner.spec.isolation == Isolation::Reuse {
+            let mut idle = inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < inner.spec.limits.max_idle_instances {
+                idle.push(instance);
+            }
+        }
+        match outcome {
+            Ok(actions) => {
+                self.record(false);
+                inner.stats.ok.fetch_add(1, Ordering::Relaxed);
+                Ok(CallOutcome { actions, report })
+            }
+            Err(kind) => Err(self.finish_err(kind, report)),
+        }
+    }
+
+    fn new_store(&self) -> Store<CallCtx> {
+        let mut store = Store::new(&self.inner.engine, CallCtx::new(self.inner.shared.clone()));
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.epoch_deadline_callback(|ctx| match ctx.data().call.deadline {
+            Some(deadline) if Instant::now() >= deadline => {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            }
+            // Still within budget: give the worker thread back to other
+            // tasks at every tick, then carry on.
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        store
+    }
+
+    /// Reset a store for a new call: empty buffers, full fuel, new deadline.
+    fn begin(&self, store: &mut Store<CallCtx>, deadline: Instant) {
+        store.data_mut().begin(deadline);
+        if self.inner.fuel {
+            // Only fails when fuel is disabled in the engine, checked above.
+            let _ = store.set_fuel(self.inner.spec.limits.fuel);
+        }
+        store.set_epoch_deadline(1);
+    }
+
+    async fn instantiate(
+        &self,
+        deadline: Instant,
+    ) -> Result<Instance, (CallErrorKind, Store<CallCtx>)> {
+        let mut store = self.new_store();
+        self.begin(&mut store, deadline);
+        match self.inner.pre.instantiate_async(&mut store).await {
+            Ok(guest) => Ok(Instance { store, guest }),
+            Err(error) => {
+                let denied = store.data().limiter.denied;
+                let is_trap = error.downcast_ref::<Trap>().is_some()
+                    || error.downcast_ref::<DeadlineExceeded>().is_some()
+                    || denied.is_some();
+                let kind = if is_trap {
+                    classify(&error, denied)
+                } else {
+                    CallErrorKind::Unavailable {
+                        detail: format!("could not instantiate: {error:#}"),
+                    }
+                };
+                Err((kind, store))
+            }
+        }
+    }
+
+    /// Fill the report from the store after a call.
+    fn settle(&self, store: &mut Store<CallCtx>, report: &mut CallReport, started: Instant) {
+        if self.inner.fuel {
+            let left = store.get_fuel().unwrap_or(0);
+            let spent = self.inner.spec.limits.fuel.saturating_sub(left);
+            report.fuel_consumed = Some(spent);
+            self.inner
+                .stats
+                .fuel_consumed
+                .fetch_add(spent, Ordering::Relaxed);
+        }
+        store.data_mut().finish(report);
+        report.elapsed_us = started.elapsed().as_micros() as u64;
+        self.emit_logs(report);
+    }
+
+    fn emit_logs(&self, report: &CallReport) {
+        let spec = &self.inner.spec;
+        for line in &report.logs {
+            let (handler, tenant, message) = (&spec.name, &spec.tenant, &line.message);
+            match line.level {
+                LogLevel::Debug => {
+                    tracing::debug!(target: "sluice::guest", %handler, %tenant, "{message}")
+                }
+                LogLevel::Info => {
+                    tracing::info!(target: "sluice::guest", %handler, %tenant, "{message}")
+                }
+                LogLevel::Warn => {
+                    tracing::warn!(target: "sluice::guest", %handler, %tenant, "{message}")
+                }
+                LogLevel::Error => {
+                    tracing::error!(target: "sluice::guest", %handler, %tenant, "{message}")
+                }
+            }
+        }
+        if report.logs_dropped > 0 {
+            tracing::warn!(target: "sluice::guest", handler = %spec.name, tenant = %spec.tenant,
+                dropped = report.logs_dropped, "log lines dropped past the per-call limit");
+        }
+    }
+
+    fn record(&self, failed: bool) {
+        let opened = self
+            .inner
+            .breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(failed, Instant::now());
+        if opened {
+            self.inner.stats.quarantines.fetch_add(1, Ordering::Relaxed);
+            let spec = &self.inner.spec;
+            tracing::warn!(handler = %spec.name, tenant = %spec.tenant,
+                failures = spec.limits.quarantine_after,
+                cooling_ms = spec.limits.quarantine_for.as_millis() as u64,
+                "handler quarantined after consecutive failures");
+        }
+    }
+
+    fn failed(&self, kind: CallErrorKind, report: CallReport) -> CallError {
+        self.count_error(&kind);
+        CallError { kind, report }
+    }
+
+    fn finish_err(&self, kind: CallErrorKind, report: CallReport) -> CallError {
+        if kind.is_handler_failure() {
+            let spec = &self.inner.spec;
+            tracing::debug!(handler = %spec.name, tenant = %spec.tenant, kind = kind.name(),
+                detail = %kind, "handler call failed");
+            self.record(true);
+        } else if matches!(kind, CallErrorKind::Rejected { .. }) {
+            // A rejection is a handled outcome: it closes the breaker.
+            self.record(false);
+        }
+        self.failed(kind, report)
+    }
+
+    fn count_error(&self, kind: &CallErrorKind) {
+        *self
+            .inner
+            .stats
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind.name())
+            .or_default() += 1;
+    }
+}

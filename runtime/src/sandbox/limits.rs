@@ -1,0 +1,360 @@
+//! Limits and settings of the sandbox: engine-wide ([`SandboxConfig`]) and
+//! per handler ([`HandlerLimits`], [`Isolation`], [`Capability`]).
+//!
+//! Every default is a named constant, documented here and in the README.
+//! Everything is denied unless granted: a handler gets no capability it was
+//! not given, and every call is bounded in CPU (fuel), wall-clock time
+//! (epoch deadline), memory, stack, output and logging.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Fuel (roughly: wasm instructions) one call may spend. An infinite loop
+/// burns 10M fuel in about 10 ms on the reference machine.
+pub const DEFAULT_FUEL: u64 = 10_000_000;
+/// Wall-clock budget of one call, instantiation included in `fresh` mode.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
+/// Linear memory one instance may hold, summed over all its memories.
+pub const DEFAULT_MEMORY_BYTES: usize = 32 << 20;
+/// Table elements one instance may hold (per table).
+pub const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
+/// Core instances, tables and memories one component instance may create.
+pub const DEFAULT_MAX_CORE_INSTANCES: usize = 64;
+/// See [`DEFAULT_MAX_CORE_INSTANCES`].
+pub const DEFAULT_MAX_TABLES: usize = 64;
+/// See [`DEFAULT_MAX_CORE_INSTANCES`].
+pub const DEFAULT_MAX_MEMORIES: usize = 8;
+/// Actions one call may return.
+pub const DEFAULT_MAX_ACTIONS: usize = 64;
+/// Bytes of payload (data, channels, subjects, reasons) one call may return.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 256 << 10;
+/// Log lines one call may write; the rest are dropped and counted.
+pub const DEFAULT_MAX_LOG_LINES: usize = 32;
+/// Longest log line kept; longer lines are truncated.
+pub const DEFAULT_MAX_LOG_LINE_BYTES: usize = 1024;
+/// Bytes of stdout and of stderr kept per call; the rest are dropped.
+pub const DEFAULT_MAX_STDIO_BYTES: usize = 4096;
+/// Longest state key.
+pub const DEFAULT_MAX_STATE_KEY_BYTES: usize = 256;
+/// Longest state value.
+pub const DEFAULT_MAX_STATE_VALUE_BYTES: usize = 64 << 10;
+/// State writes (set or delete) one call may buffer.
+pub const DEFAULT_MAX_STATE_WRITES: usize = 64;
+/// Keys one tenant may hold in state.
+pub const DEFAULT_MAX_STATE_KEYS: usize = 10_000;
+/// Consecutive failed calls that quarantine a handler.
+pub const DEFAULT_QUARANTINE_AFTER: u32 = 5;
+/// How long a quarantined handler is refused before it is tried again.
+pub const DEFAULT_QUARANTINE_FOR: Duration = Duration::from_secs(30);
+/// Calls of one handler that may run at once; more wait their turn.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+/// Warm instances kept per handler in `reuse` mode.
+pub const DEFAULT_MAX_IDLE_INSTANCES: usize = 8;
+
+/// How often the epoch ticks: the resolution of call deadlines, and the
+/// longest a running handler holds an async worker before it yields.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(2);
+/// Wasm stack one call may use.
+pub const DEFAULT_MAX_WASM_STACK: usize = 512 << 10;
+/// Native stack of the fiber a call runs on; must exceed the wasm stack
+/// with room for host frames.
+pub const DEFAULT_ASYNC_STACK: usize = 2 << 20;
+/// Component instances the pooling allocator keeps slots for.
+pub const DEFAULT_POOL_INSTANCES: u32 = 1000;
+/// Largest linear memory a pool slot holds: the ceiling for any handler's
+/// memory limit.
+pub const DEFAULT_POOL_MAX_MEMORY: usize = 512 << 20;
+/// Largest component file accepted for loading.
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// Bytes of a freed memory slot reset by `memset` rather than `madvise`
+/// (cheaper for the small memories of typical handlers).
+pub const DEFAULT_KEEP_RESIDENT: usize = 1 << 20;
+
+/// How instances of a handler are shared between calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A warm instance is reused across calls (and connections) of the same
+    /// handler; it is discarded after any trap. Fast.
+    #[default]
+    Reuse,
+    /// A new instance for every call, from the pooling allocator with
+    /// copy-on-write memory: nothing one call leaves in memory can be seen
+    /// by the next. For handlers nobody fully trusts.
+    Fresh,
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::Reuse => "reuse",
+            Isolation::Fresh => "fresh",
+        })
+    }
+}
+
+impl FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reuse" => Ok(Isolation::Reuse),
+            "fresh" => Ok(Isolation::Fresh),
+            other => Err(format!(
+                "unknown isolation {other:?} (expected reuse or fresh)"
+            )),
+        }
+    }
+}
+
+/// A host interface a handler may import only when granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    /// `sluice:handler/state`: tenant-scoped key-value state.
+    State,
+    /// `sluice:handler/log`: lines into the host's logs.
+    Log,
+    /// `sluice:handler/clock`: wall-clock time.
+    Clock,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 3] = [Capability::State, Capability::Log, Capability::Clock];
+
+    /// The WIT interface name, without package or version.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Capability::State => "state",
+            Capability::Log => "log",
+            Capability::Clock => "clock",
+        }
+    }
+
+    /// The capability behind a `sluice:handler` interface name.
+    pub fn from_interface(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.interface() == name)
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.interface())
+    }
+}
+
+impl FromStr for Capability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_interface(s)
+            .ok_or_else(|| format!("unknown capability {s:?} (expected state, log or clock)"))
+    }
+}
+
+/// Limits applied to every call of one handler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerLimits {
+    /// Fuel per call ([`DEFAULT_FUEL`]); ignored when the sandbox runs
+    /// without fuel.
+    pub fuel: u64,
+    /// Wall-clock budget per call ([`DEFAULT_DEADLINE`]).
+    #[serde(with = "duration_ms", rename = "deadline_ms")]
+    pub deadline: Duration,
+    /// Memory per instance ([`DEFAULT_MEMORY_BYTES`]).
+    pub memory_bytes: usize,
+    /// Elements per table ([`DEFAULT_TABLE_ELEMENTS`]).
+    pub table_elements: usize,
+    /// Actions per call ([`DEFAULT_MAX_ACTIONS`]).
+    pub max_actions: usize,
+    /// Payload bytes per call ([`DEFAULT_MAX_OUTPUT_BYTES`]).
+    pub max_output_bytes: usize,
+    /// Log lines per call ([`DEFAULT_MAX_LOG_LINES`]).
+    pub max_log_lines: usize,
+    /// Bytes per log line ([`DEFAULT_MAX_LOG_LINE_BYTES`]).
+    pub max_log_line_bytes: usize,
+    /// Bytes of stdout and of stderr kept per call ([`DEFAULT_MAX_STDIO_BYTES`]).
+    pub max_stdio_bytes: usize,
+    /// Bytes per state key ([`DEFAULT_MAX_STATE_KEY_BYTES`]).
+    pub max_state_key_bytes: usize,
+    /// Bytes per state value ([`DEFAULT_MAX_STATE_VALUE_BYTES`]).
+    pub max_state_value_bytes: usize,
+    /// State writes per call ([`DEFAULT_MAX_STATE_WRITES`]).
+    pub max_state_writes: usize,
+    /// Keys per tenant ([`DEFAULT_MAX_STATE_KEYS`]).
+    pub max_state_keys: usize,
+    /// Consecutive failures before quarantine ([`DEFAULT_QUARANTINE_AFTER`]).
+    pub quarantine_after: u32,
+    /// Quarantine length ([`DEFAULT_QUARANTINE_FOR`]).
+    #[serde(with = "duration_ms", rename = "quarantine_ms")]
+    pub quarantine_for: Duration,
+    /// Concurrent calls ([`DEFAULT_MAX_CONCURRENCY`]).
+    pub max_concurrency: usize,
+    /// Warm instances kept in `reuse` mode ([`DEFAULT_MAX_IDLE_INSTANCES`]).
+    pub max_idle_instances: usize,
+}
+
+impl Default for HandlerLimits {
+    fn default() -> Self {
+        Self {
+            fuel: DEFAULT_FUEL,
+            deadline: DEFAULT_DEADLINE,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            table_elements: DEFAULT_TABLE_ELEMENTS,
+            max_actions: DEFAULT_MAX_ACTIONS,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_log_lines: DEFAULT_MAX_LOG_LINES,
+            max_log_line_bytes: DEFAULT_MAX_LOG_LINE_BYTES,
+            max_stdio_bytes: DEFAULT_MAX_STDIO_BYTES,
+            max_state_key_bytes: DEFAULT_MAX_STATE_KEY_BYTES,
+            max_state_value_bytes: DEFAULT_MAX_STATE_VALUE_BYTES,
+            max_state_writes: DEFAULT_MAX_STATE_WRITES,
+            max_state_keys: DEFAULT_MAX_STATE_KEYS,
+            quarantine_after: DEFAULT_QUARANTINE_AFTER,
+            quarantine_for: DEFAULT_QUARANTINE_FOR,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            max_idle_instances: DEFAULT_MAX_IDLE_INSTANCES,
+        }
+    }
+}
+
+impl HandlerLimits {
+    /// Every problem with these limits, checked against the sandbox's
+    /// engine-wide settings; empty when they are usable.
+    pub fn problems(&self, sandbox: &SandboxConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut positive = |name: &str, value: u64| {
+            if value == 0 {
+                problems.push(format!("{name} must be greater than zero"));
+            }
+        };
+        positive("fuel", self.fuel);
+        positive("deadline_ms", self.deadline.as_millis() as u64);
+        positive("memory_bytes", self.memory_bytes as u64);
+        positive("max_actions", self.max_actions as u64);
+        positive("max_output_bytes", self.max_output_bytes as u64);
+        positive("max_state_key_bytes", self.max_state_key_bytes as u64);
+        positive("max_concurrency", self.max_concurrency as u64);
+        positive("quarantine_after", u64::from(self.quarantine_after));
+        if self.memory_bytes > sandbox.pool_max_memory {
+            problems.push(format!(
+                "memory_bytes {} exceeds the sandbox's pool slot size {} (raise pool_max_memory)",
+                self.memory_bytes, sandbox.pool_max_memory
+            ));
+        }
+        problems
+    }
+}
+
+/// Engine-wide settings, fixed when the [`super::Sandbox`] is created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Meter fuel (deterministic CPU budget) on every call. Off leaves only
+    /// the wall-clock deadline; measured cost of fuel is in the README.
+    pub fuel: bool,
+    /// Epoch tick ([`DEFAULT_EPOCH_TICK`]).
+    #[serde(with = "duration_ms", rename = "epoch_tick_ms")]
+    pub epoch_tick: Duration,
+    /// Wasm stack per call ([`DEFAULT_MAX_WASM_STACK`]).
+    pub max_wasm_stack: usize,
+    /// Fiber stack per call ([`DEFAULT_ASYNC_STACK`]).
+    pub async_stack: usize,
+    /// Component instance slots in the pool ([`DEFAULT_POOL_INSTANCES`]).
+    pub pool_instances: u32,
+    /// Memory slot size, the ceiling of any handler's memory limit
+    /// ([`DEFAULT_POOL_MAX_MEMORY`]).
+    pub pool_max_memory: usize,
+    /// Bytes of a memory slot reset with memset on reuse ([`DEFAULT_KEEP_RESIDENT`]).
+    pub keep_resident: usize,
+    /// Largest component accepted ([`DEFAULT_MAX_COMPONENT_BYTES`]).
+    pub max_component_bytes: usize,
+    /// Directory of wasmtime's compilation cache; `None` compiles every
+    /// distinct component once per process.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            fuel: true,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            async_stack: DEFAULT_ASYNC_STACK,
+            pool_instances: DEFAULT_POOL_INSTANCES,
+            pool_max_memory: DEFAULT_POOL_MAX_MEMORY,
+            keep_resident: DEFAULT_KEEP_RESIDENT,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            cache_dir: None,
+        }
+    }
+}
+
+/// What a handler is, as the host loads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerSpec {
+    /// A name for logs and errors.
+    pub name: String,
+    /// The tenant whose state and channels the handler may reach.
+    pub tenant: String,
+    /// How instances are shared between calls.
+    pub isolation: Isolation,
+    /// Per-call limits.
+    pub limits: HandlerLimits,
+    /// Capabilities the handler may import.
+    pub grants: BTreeSet<Capability>,
+}
+
+impl HandlerSpec {
+    /// A spec with default limits, `reuse` isolation and no capabilities.
+    pub fn new(name: impl Into<String>, tenant: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            tenant: tenant.into(),
+            isolation: Isolation::default(),
+            limits: HandlerLimits::default(),
+            grants: BTreeSet::new(),
+        }
+    }
+
+    /// Grant `capabilities`.
+    #[must_use]
+    pub fn grant(mut self, capabilities: impl IntoIterator<Item = Capability>) -> Self {
+        self.grants.extend(capabilities);
+        self
+    }
+
+    /// Use `isolation`.
+    #[must_use]
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Use `limits`.
+    #[must_use]
+    pub fn limits(mut self, limits: HandlerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// Durations as whole milliseconds in config files.
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

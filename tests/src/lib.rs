@@ -1,0 +1,35 @@
+//! Shared helpers for Sluice's integration tests: the paths of the handlers
+//! built from `handlers/`, and ready-made connections and messages.
+
+use sluice::sandbox::{Connection, Message, Principal};
+
+/// Paths of the handler components built by `build.rs`.
+pub mod handlers {
+    include!(concat!(env!("OUT_DIR"), "/handlers.rs"));
+}
+
+/// A connection of `tenant` for `subject`, with no exposed claims.
+pub fn conn(tenant: &str, subject: &str) -> Connection {
+    Connection {
+        id: 7,
+        principal: Principal {
+            tenant: tenant.into(),
+            subject: subject.into(),
+            claims: "{}".into(),
+        },
+    }
+}
+
+/// A message on `route` with JSON `data`, optionally on a channel.
+pub fn msg(route: &str, channel: Option<&str>, data: serde_json::Value) -> Message {
+    Message {
+        route: route.into(),
+        channel: channel.map(str::to_owned),
+        data: data.to_string(),
+    }
+}
+
+/// Read a component built by `build.rs`.
+pub fn component(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
