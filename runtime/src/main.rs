@@ -1,5 +1,7 @@
 //! The `sluice` command.
 
+mod cli;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve wss:// for the tenants in a config file.
+    Serve {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// A dev server: self-signed certificate, demo tenant with the echo and
+    /// chat handlers, a printed token and client command.
+    Dev {
+        /// Where the certificate, secret and config are written.
+        #[arg(long, default_value = "dev")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+    },
+    /// Mint a token for a tenant with an HMAC key (development and tests).
+    Token {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Extra claims as NAME=VALUE (VALUE is JSON, or a string).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
+    /// Check a configuration: syntax, unknown fields, files, keys, schemas,
+    /// handlers against the WIT world. Reports every problem at once.
+    Check {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// An interactive wss client: sends each line of stdin as a text frame,
+    /// prints every frame received.
+    Connect(cli::connect::ConnectArgs),
     /// Run one handler call locally, through the same sandbox the server
     /// uses, and print the returned actions as JSON.
     ///
@@ -131,6 +180,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Dev { dir, listen } => cli::dev::run(dir, listen).await.map(|()| ExitCode::SUCCESS),
+            Command::Token { config, tenant, sub, scopes, ttl, claims } => token(config, tenant, sub, scopes, ttl, claims).await,
+            Command::Check { config } => check(config).await,
+            Command::Connect(args) => cli::connect::run(args).await,
             Command::Call(args) => call(args).await,
             Command::Bench(BenchCommand::Sandbox {
                 component,
@@ -147,6 +201,70 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+async fn serve(config: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = sluice::config::Config::load(&config)?;
+    let server = sluice::server::Server::bind(config).await?;
+    eprintln!("sluice listening on wss://{}", server.local_addr());
+    server.run(shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let loaded = match sluice::config::Config::load(&path) {
+        Ok(config) => sluice::server::ServerState::build(config).await,
+        Err(e) => Err(e),
+    };
+    match loaded {
+        Ok(state) => {
+            for (id, t) in &state.tenants {
+                println!("tenant {id}: {} route(s), {} handler(s), {} channel rule(s)", t.routes.len(), t.handlers.len(), t.channels.len());
+            }
+            println!("{}: ok", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn token(config: PathBuf, tenant: String, sub: String, scopes: Vec<String>, ttl: u64, claims: Vec<String>) -> anyhow::Result<ExitCode> {
+    let config = sluice::config::Config::load(&config)?;
+    let tc = config.tenants.get(&tenant).with_context(|| format!("no tenant {tenant:?} in the config"))?;
+    let keys = sluice::server::auth::KeySet::load(&tenant, &tc.auth, &tc.scopes_claim, &config)
+        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let mut extra = serde_json::Map::new();
+    for c in claims {
+        let (k, v) = c.split_once('=').with_context(|| format!("--claim {c:?} is not NAME=VALUE"))?;
+        extra.insert(k.to_owned(), serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned())));
+    }
+    println!("{}", keys.mint(&sub, &scopes, ttl, extra).map_err(anyhow::Error::msg)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {

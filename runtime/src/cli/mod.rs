@@ -1,0 +1,4 @@
+//! Subcommands of the `sluice` binary that need more than a few lines.
+
+pub mod connect;
+pub mod dev;

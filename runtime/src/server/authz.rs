@@ -1,0 +1,242 @@
+//! Authorization of every action: route scopes, and channel rules for
+//! subscribing and publishing. Used twice per message: before the handler
+//! runs (the client's request) and after (every action the handler returns).
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use crate::config::ChannelRuleConfig;
+
+/// The verified identity of a connection.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The tenant.
+    pub tenant: String,
+    /// The token's `sub`.
+    pub subject: String,
+    /// Every claim of the token.
+    pub claims: Map<String, Value>,
+    /// Scopes from the tenant's scopes claim.
+    pub scopes: BTreeSet<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// One piece of a channel pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Subject,
+    Claim(String),
+    Any,
+}
+
+/// A parsed channel pattern such as `room:{id}` or `user:{sub}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelPattern {
+    parts: Vec<Part>,
+}
+
+impl ChannelPattern {
+    /// Parse a pattern; placeholders must be separated by literal text.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = pattern;
+        if pattern.is_empty() {
+            return Err("empty channel pattern".into());
+        }
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let end = rest
+                        .find('}')
+                        .ok_or_else(|| format!("pattern {pattern:?}: unclosed {{"))?;
+                    let name = &rest[1..end];
+                    let part = if name == "sub" {
+                        Part::Subject
+                    } else if let Some(claim) = name.strip_prefix("claim:") {
+                        if claim.is_empty() {
+                            return Err(format!("pattern {pattern:?}: empty claim name"));
+                        }
+                        Part::Claim(claim.to_owned())
+                    } else if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                        Part::Any
+                    } else {
+                        return Err(format!("pattern {pattern:?}: bad placeholder {{{name}}}"));
+                    };
+                    if parts.last().is_some_and(|p| !matches!(p, Part::Literal(_))) {
+                        return Err(format!("pattern {pattern:?}: placeholders must be separated by text"));
+                    }
+                    parts.push(part);
+                    rest = &rest[end + 1..];
+                }
+                Some(i) => {
+                    parts.push(Part::Literal(rest[..i].to_owned()));
+                    rest = &rest[i..];
+                }
+                None => {
+                    parts.push(Part::Literal(rest.to_owned()));
+                    rest = "";
+                }
+            }
+        }
+        for p in &parts {
+            if let Part::Literal(l) = p {
+                if l.contains('}') || !crate::server::protocol::is_valid_channel(l) {
+                    return Err(format!("pattern {pattern:?}: {l:?} is not valid channel text"));
+                }
+            }
+        }
+        Ok(Self { parts })
+    }
+
+    /// Whether `channel` matches for `principal`.
+    pub fn matches(&self, channel: &str, principal: &Principal) -> bool {
+        match_parts(&self.parts, channel, principal)
+    }
+}
+
+fn is_segment(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn match_parts(parts: &[Part], channel: &str, principal: &Principal) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return channel.is_empty();
+    };
+    match first {
+        Part::Literal(l) => channel.strip_prefix(l.as_str()).is_some_and(|c| match_parts(rest, c, principal)),
+        placeholder => {
+            // The segment runs to the next literal (or the end).
+            let (segment, remaining) = match rest.first() {
+                Some(Part::Literal(l)) => match channel.find(l.as_str()) {
+                    Some(i) => (&channel[..i], &channel[i..]),
+                    None => return false,
+                },
+                _ => (channel, ""),
+            };
+            let ok = match placeholder {
+                Part::Subject => segment == principal.subject,
+                Part::Claim(name) => match principal.claims.get(name) {
+                    Some(Value::String(s)) => segment == s,
+                    Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(segment)),
+                    Some(Value::Number(n)) => segment == n.to_string(),
+                    _ => false,
+                },
+                _ => is_segment(segment),
+            };
+            ok && match_parts(rest, remaining, principal)
+        }
+    }
+}
+
+/// What a principal wants to do with a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelOp {
+    /// Receive its events.
+    Subscribe,
+    /// Send events to it.
+    Publish,
+}
+
+/// A compiled channel rule.
+#[derive(Clone, Debug)]
+pub struct ChannelRule {
+    pattern: ChannelPattern,
+    subscribe: bool,
+    publish: bool,
+    subscribe_scopes: Vec<String>,
+    publish_scopes: Vec<String>,
+}
+
+impl ChannelRule {
+    /// Compile a rule from config.
+    pub fn compile(c: &ChannelRuleConfig) -> Result<Self, String> {
+        Ok(Self {
+            pattern: ChannelPattern::parse(&c.pattern)?,
+            subscribe: c.subscribe,
+            publish: c.publish,
+            subscribe_scopes: c.subscribe_scopes.clone(),
+            publish_scopes: c.publish_scopes.clone(),
+        })
+    }
+}
+
+/// Whether `principal` holds every scope in `needed`.
+pub fn has_scopes(principal: &Principal, needed: &[String]) -> bool {
+    needed.iter().all(|s| principal.scopes.contains(s))
+}
+
+/// Whether any rule lets `principal` do `op` on `channel`. No rule, no
+/// access: channels are deny-by-default.
+pub fn channel_allowed(rules: &[ChannelRule], principal: &Principal, channel: &str, op: ChannelOp) -> bool {
+    crate::server::protocol::is_valid_channel(channel)
+        && rules.iter().any(|r| {
+            let (allowed, scopes) = match op {
+                ChannelOp::Subscribe => (r.subscribe, &r.subscribe_scopes),
+                ChannelOp::Publish => (r.publish, &r.publish_scopes),
+            };
+            allowed && has_scopes(principal, scopes) && r.pattern.matches(channel, principal)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Principal {
+        let claims = serde_json::json!({"teams": ["red", "blue"], "org": "acme"});
+        Principal {
+            tenant: "t".into(),
+            subject: "alice".into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            scopes: ["chat".to_owned()].into(),
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn placeholders_match_subject_claims_and_segments() {
+        let p = alice();
+        let user = ChannelPattern::parse("user:{sub}").unwrap();
+        assert!(user.matches("user:alice", &p));
+        assert!(!user.matches("user:bob", &p));
+        assert!(!user.matches("user:alice:x", &p));
+        let team = ChannelPattern::parse("team:{claim:teams}:chat").unwrap();
+        assert!(team.matches("team:red:chat", &p));
+        assert!(!team.matches("team:green:chat", &p));
+        let room = ChannelPattern::parse("room:{id}").unwrap();
+        assert!(room.matches("room:42", &p));
+        assert!(!room.matches("room:", &p));
+        assert!(!room.matches("room:4:2", &p));
+        assert!(!room.matches("lobby:1", &p));
+        let org = ChannelPattern::parse("org:{claim:org}").unwrap();
+        assert!(org.matches("org:acme", &p));
+        assert!(!org.matches("org:acm", &p));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in ["", "room:{", "room:{a b}", "{a}{b}", "room:{claim:}", "room x"] {
+            assert!(ChannelPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules_are_deny_by_default_and_scoped() {
+        let rules = vec![ChannelRule::compile(&ChannelRuleConfig {
+            pattern: "room:{id}".into(),
+            subscribe: true,
+            publish: true,
+            subscribe_scopes: vec![],
+            publish_scopes: vec!["admin".into()],
+        })
+        .unwrap()];
+        let p = alice();
+        assert!(channel_allowed(&rules, &p, "room:1", ChannelOp::Subscribe));
+        assert!(!channel_allowed(&rules, &p, "room:1", ChannelOp::Publish));
+        assert!(!channel_allowed(&rules, &p, "other:1", ChannelOp::Subscribe));
+        assert!(!channel_allowed(&[], &p, "room:1", ChannelOp::Subscribe));
+    }
+}

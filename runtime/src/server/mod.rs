@@ -1,0 +1,219 @@
+//! The server: the pipeline from TCP accept to a handler's effects.
+//!
+//! ```text
+//! accept     per-IP concurrent-connection cap and handshake rate    (mod.rs)
+//! tls        rustls, wss only                                         (tls.rs)
+//! handshake  path -> tenant, Origin, token, connection caps           (handshake.rs)
+//! auth       JWT -> Principal                                         (auth.rs)
+//! session    one task per connection, bounded reads and queue         (session.rs)
+//! decode     UTF-8, JSON depth, envelope                              (protocol.rs)
+//! limit      connection, subject, tenant quotas                       (ratelimit.rs)
+//! authorize  route scopes, channel rules                              (authz.rs)
+//! validate   the route's JSON Schema                                  (validate.rs)
+//! sandbox    the tenant's handler under limits                        (crate::sandbox)
+//! effects    every returned action authorized again, then applied     (session.rs)
+//! fanout     channel registry, per-connection queues                  (fanout.rs)
+//! ```
+
+pub mod auth;
+pub mod authz;
+pub mod fanout;
+pub mod handshake;
+pub mod protocol;
+pub mod ratelimit;
+pub mod session;
+pub mod tenant;
+pub mod tls;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::{Config, ConfigErrors};
+use crate::sandbox::{Sandbox, StateStore};
+use ratelimit::{ConnectionCounter, KeyedLimiter, quota};
+use tenant::Tenant;
+
+/// How often idle keys are swept from the keyed rate limiters.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Everything the running server shares between connections.
+pub struct ServerState {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// Tenants by id.
+    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// The sandbox every handler runs in.
+    pub sandbox: Sandbox,
+    /// The channel registry.
+    pub fanout: fanout::Fanout,
+    tls: TlsAcceptor,
+    ws_config: WebSocketConfig,
+    ip_connections: ConnectionCounter<IpAddr>,
+    ip_handshakes: KeyedLimiter<IpAddr>,
+    next_id: AtomicU64,
+}
+
+impl ServerState {
+    /// Build everything the configuration describes: TLS, keys, schemas,
+    /// handlers. Reports every problem at once.
+    pub async fn build(config: Config) -> Result<Arc<Self>, ConfigErrors> {
+        Self::build_with_state(config, None).await
+    }
+
+    /// Like [`ServerState::build`], with handler state kept in `state`.
+    pub async fn build_with_state(config: Config, state: Option<Arc<dyn StateStore>>) -> Result<Arc<Self>, ConfigErrors> {
+        let mut problems = Vec::new();
+        let s = &config.server;
+        let tls = tls::server_config(&config.path(&s.tls_cert), &config.path(&s.tls_key))
+            .map_err(|e| problems.push(format!("server: {e}")))
+            .ok();
+        let sandbox = match state {
+            Some(st) => Sandbox::with_state(config.sandbox.clone(), st),
+            None => Sandbox::new(config.sandbox.clone()),
+        }
+        .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
+        let mut tenants = HashMap::new();
+        for (id, tc) in &config.tenants {
+            match Tenant::load(id, tc, &config, &sandbox).await {
+                Ok(t) => {
+                    tenants.insert(id.clone(), t);
+                }
+                Err(p) => problems.extend(p),
+            }
+        }
+        let Some(tls) = tls else {
+            return Err(ConfigErrors(problems));
+        };
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(s.max_message_bytes))
+            .max_frame_size(Some(s.max_frame_bytes))
+            .read_buffer_size(s.read_buffer_bytes)
+            .write_buffer_size(s.write_buffer_bytes)
+            .max_write_buffer_size(s.max_outbound_bytes.max(s.write_buffer_bytes + 1))
+            .accept_unmasked_frames(false);
+        let ip_handshakes = KeyedLimiter::new(quota(s.handshakes_per_ip_per_sec, s.handshake_burst_per_ip));
+        Ok(Arc::new(Self {
+            tls: TlsAcceptor::from(tls),
+            ws_config,
+            ip_connections: ConnectionCounter::default(),
+            ip_handshakes,
+            next_id: AtomicU64::new(1),
+            fanout: fanout::Fanout::default(),
+            tenants,
+            sandbox,
+            config,
+        }))
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A tenant by id.
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
+    fn sweep(&self) {
+        self.ip_handshakes.sweep();
+        for t in self.tenants.values() {
+            t.subject_limiter.sweep();
+        }
+    }
+}
+
+/// A bound server.
+pub struct Server {
+    state: Arc<ServerState>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Build the state and bind the configured address.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let listen = config.server.listen;
+        let state = ServerState::build(config).await?;
+        Self::bind_state(state, listen).await
+    }
+
+    /// Bind `addr` for prepared state.
+    pub async fn bind_state(state: Arc<ServerState>, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(Self { state, listener })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.state.config.server.listen)
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Accept connections until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let state = self.state;
+        let sweeper = {
+            let state = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    match state.upgrade() {
+                        Some(s) => s.sweep(),
+                        None => return,
+                    }
+                }
+            })
+        };
+        let handshake_deadline = Duration::from_millis(state.config.server.handshake_timeout_ms);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let ip = peer.ip();
+            if state.ip_handshakes.check(&ip).is_err() {
+                tracing::debug!("handshake rate exceeded for a client address");
+                continue;
+            }
+            let Some(ip_slot) = state.ip_connections.acquire(ip, state.config.server.max_connections_per_ip) else {
+                tracing::debug!("connection cap reached for a client address");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _ip_slot = ip_slot;
+                match tokio::time::timeout(handshake_deadline, handshake::accept(&state, tcp)).await {
+                    Ok(Some((socket, admitted))) => session::run(state, socket, admitted).await,
+                    Ok(None) => {}
+                    Err(_) => tracing::debug!("handshake deadline passed"),
+                }
+            });
+        }
+        sweeper.abort();
+    }
+}
