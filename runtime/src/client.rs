@@ -67,14 +67,23 @@ pub async fn connect(url: &str, opts: &ClientOptions) -> Result<ClientSocket, Co
     }
     let mut request = url.as_str().into_client_request().map_err(|e| fail(&e))?;
     if request.uri().scheme_str() != Some("wss") {
-        return Err(ConnectError::Failed("only wss:// URLs are supported".into()));
+        return Err(ConnectError::Failed(
+            "only wss:// URLs are supported".into(),
+        ));
     }
-    let host = request.uri().host().ok_or_else(|| ConnectError::Failed("the URL has no host".into()))?.to_owned();
+    let host = request
+        .uri()
+        .host()
+        .ok_or_else(|| ConnectError::Failed("the URL has no host".into()))?
+        .to_owned();
     let port = request.uri().port_u16().unwrap_or(443);
     let headers = request.headers_mut();
     match (&opts.token, opts.via) {
         (Some(token), TokenVia::Header) => {
-            headers.insert(http::header::AUTHORIZATION, header(&format!("Bearer {token}"))?);
+            headers.insert(
+                http::header::AUTHORIZATION,
+                header(&format!("Bearer {token}"))?,
+            );
         }
         (Some(token), TokenVia::Subprotocol) => {
             headers.insert(
@@ -90,10 +99,14 @@ pub async fn connect(url: &str, opts: &ClientOptions) -> Result<ClientSocket, Co
 
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&opts.ca_pem) {
-        roots.add(cert.map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
+        roots
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
     }
     if roots.is_empty() {
-        return Err(ConnectError::Failed("no CA certificate given to trust".into()));
+        return Err(ConnectError::Failed(
+            "no CA certificate given to trust".into(),
+        ));
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -101,17 +114,28 @@ pub async fn connect(url: &str, opts: &ClientOptions) -> Result<ClientSocket, Co
         .map_err(|e| fail(&e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server_name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
-        .map_err(|e| fail(&e))?;
+    let server_name = ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|e| fail(&e))?;
     let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
         .await
         .map_err(|e| fail(&e))?;
     let _ = tcp.set_nodelay(true);
-    let stream = TlsConnector::from(Arc::new(tls)).connect(server_name, tcp).await.map_err(|e| fail(&e))?;
-    let config = WebSocketConfig::default().max_message_size(Some(16 << 20)).max_frame_size(Some(16 << 20));
+    let stream = TlsConnector::from(Arc::new(tls))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| fail(&e))?;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20));
     match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
         Ok((socket, _)) => Ok(socket),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(ConnectError::Refused(resp.status().as_u16())),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            Err(ConnectError::Refused(resp.status().as_u16()))
+        }
         Err(e) => Err(fail(&e)),
     }
 }

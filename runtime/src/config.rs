@@ -108,7 +108,9 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64,
@@ -349,8 +351,10 @@ impl Config {
             Ok(t) => t,
             Err(e) => return Err(ConfigErrors(vec![format!("not valid TOML: {e}")])),
         };
-        let server = section::<ServerConfig>(&mut root, "server", &mut problems).unwrap_or_default();
-        let sandbox = section::<SandboxConfig>(&mut root, "sandbox", &mut problems).unwrap_or_default();
+        let server =
+            section::<ServerConfig>(&mut root, "server", &mut problems).unwrap_or_default();
+        let sandbox =
+            section::<SandboxConfig>(&mut root, "sandbox", &mut problems).unwrap_or_default();
         let mut tenants = BTreeMap::new();
         if let Some(value) = root.remove("tenants") {
             match value {
@@ -365,7 +369,9 @@ impl Config {
             }
         }
         for key in root.keys() {
-            problems.push(format!("unknown top-level key `{key}` (expected server, sandbox, tenants)"));
+            problems.push(format!(
+                "unknown top-level key `{key}` (expected server, sandbox, tenants)"
+            ));
         }
         let config = Config {
             server,
@@ -383,7 +389,11 @@ impl Config {
 
     /// A path from the file, resolved against its directory.
     pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// Checks that need no files: references, names, numbers.
@@ -391,7 +401,9 @@ impl Config {
         let mut problems = Vec::new();
         let s = &self.server;
         if s.tls_cert.as_os_str().is_empty() || s.tls_key.as_os_str().is_empty() {
-            problems.push("server: tls_cert and tls_key are required (Sluice serves wss:// only)".into());
+            problems.push(
+                "server: tls_cert and tls_key are required (Sluice serves wss:// only)".into(),
+            );
         }
         for (name, v) in [
             ("max_message_bytes", s.max_message_bytes),
@@ -399,7 +411,10 @@ impl Config {
             ("max_outbound_bytes", s.max_outbound_bytes),
             ("max_json_depth", s.max_json_depth),
             ("handshake_timeout_ms", s.handshake_timeout_ms as usize),
-            ("handshakes_per_ip_per_sec", s.handshakes_per_ip_per_sec as usize),
+            (
+                "handshakes_per_ip_per_sec",
+                s.handshakes_per_ip_per_sec as usize,
+            ),
             ("max_connections_per_ip", s.max_connections_per_ip as usize),
         ] {
             if v == 0 {
@@ -415,21 +430,34 @@ impl Config {
             }
             let at = format!("tenants.{id}");
             if t.auth.keys.is_empty() && t.auth.jwks_file.is_none() {
-                problems.push(format!("{at}.auth: no keys and no jwks_file: no token could ever verify"));
+                problems.push(format!(
+                    "{at}.auth: no keys and no jwks_file: no token could ever verify"
+                ));
             }
             for (i, k) in t.auth.keys.iter().enumerate() {
-                let sources = [k.secret_env.is_some(), k.secret_file.is_some(), k.public_key_file.is_some()];
+                let sources = [
+                    k.secret_env.is_some(),
+                    k.secret_file.is_some(),
+                    k.public_key_file.is_some(),
+                ];
                 if sources.iter().filter(|s| **s).count() != 1 {
                     problems.push(format!(
                         "{at}.auth.keys[{i}]: set exactly one of secret_env, secret_file, public_key_file"
                     ));
                 }
                 if crate::server::auth::parse_algorithm(&k.algorithm).is_none() {
-                    problems.push(format!("{at}.auth.keys[{i}]: unknown algorithm {:?}", k.algorithm));
+                    problems.push(format!(
+                        "{at}.auth.keys[{i}]: unknown algorithm {:?}",
+                        k.algorithm
+                    ));
                 }
             }
             for o in &t.origins {
-                if o == "null" || o.contains('*') || o.ends_with('/') || !(o.starts_with("https://") || o.starts_with("http://")) {
+                if o == "null"
+                    || o.contains('*')
+                    || o.ends_with('/')
+                    || !(o.starts_with("https://") || o.starts_with("http://"))
+                {
                     problems.push(format!(
                         "{at}.origins: {o:?} is not an exact origin like https://app.example.com (no wildcards, no path, not \"null\")"
                     ));
@@ -437,13 +465,20 @@ impl Config {
             }
             for (route, r) in &t.routes {
                 if crate::server::protocol::is_reserved_type(route) {
-                    problems.push(format!("{at}.routes.{route}: `{route}` is a reserved message type"));
+                    problems.push(format!(
+                        "{at}.routes.{route}: `{route}` is a reserved message type"
+                    ));
                 }
                 if !t.handlers.contains_key(&r.handler) {
-                    problems.push(format!("{at}.routes.{route}: no handler named {:?}", r.handler));
+                    problems.push(format!(
+                        "{at}.routes.{route}: no handler named {:?}",
+                        r.handler
+                    ));
                 }
                 if r.schema.is_some() && r.schema_file.is_some() {
-                    problems.push(format!("{at}.routes.{route}: set schema or schema_file, not both"));
+                    problems.push(format!(
+                        "{at}.routes.{route}: set schema or schema_file, not both"
+                    ));
                 }
             }
             for (i, rule) in t.channels.iter().enumerate() {
@@ -459,15 +494,24 @@ impl Config {
 /// A name for tenants and handlers: 1-64 of `a-z 0-9 _ -`.
 pub fn is_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn section<T: DeserializeOwned>(root: &mut toml::Table, key: &str, problems: &mut Vec<String>) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    root: &mut toml::Table,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
     let value = root.remove(key)?;
     deserialize(value, key, problems)
 }
 
-fn deserialize<T: DeserializeOwned>(value: toml::Value, at: &str, problems: &mut Vec<String>) -> Option<T> {
+fn deserialize<T: DeserializeOwned>(
+    value: toml::Value,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
     match T::deserialize(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -490,9 +534,13 @@ fn tenant(id: &str, value: toml::Value, problems: &mut Vec<String>) -> Option<Te
     if let Some(toml::Value::Table(hs)) = table.remove("handlers") {
         for (name, v) in hs {
             if !is_name(&name) {
-                problems.push(format!("{at}.handlers.{name}: handler names are 1-64 of a-z 0-9 _ -"));
+                problems.push(format!(
+                    "{at}.handlers.{name}: handler names are 1-64 of a-z 0-9 _ -"
+                ));
             }
-            if let Some(h) = deserialize::<HandlerConfig>(v, &format!("{at}.handlers.{name}"), problems) {
+            if let Some(h) =
+                deserialize::<HandlerConfig>(v, &format!("{at}.handlers.{name}"), problems)
+            {
                 handlers.insert(name, h);
             }
         }
@@ -500,7 +548,8 @@ fn tenant(id: &str, value: toml::Value, problems: &mut Vec<String>) -> Option<Te
     let mut routes = BTreeMap::new();
     if let Some(toml::Value::Table(rs)) = table.remove("routes") {
         for (name, v) in rs {
-            if let Some(r) = deserialize::<RouteConfig>(v, &format!("{at}.routes.{name}"), problems) {
+            if let Some(r) = deserialize::<RouteConfig>(v, &format!("{at}.routes.{name}"), problems)
+            {
                 routes.insert(name, r);
             }
         }

@@ -181,8 +181,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config).await,
-            Command::Dev { dir, listen } => cli::dev::run(dir, listen).await.map(|()| ExitCode::SUCCESS),
-            Command::Token { config, tenant, sub, scopes, ttl, claims } => token(config, tenant, sub, scopes, ttl, claims).await,
+            Command::Dev { dir, listen } => {
+                cli::dev::run(dir, listen).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Token {
+                config,
+                tenant,
+                sub,
+                scopes,
+                ttl,
+                claims,
+            } => token(config, tenant, sub, scopes, ttl, claims).await,
             Command::Check { config } => check(config).await,
             Command::Connect(args) => cli::connect::run(args).await,
             Command::Call(args) => call(args).await,
@@ -241,7 +250,12 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     match loaded {
         Ok(state) => {
             for (id, t) in &state.tenants {
-                println!("tenant {id}: {} route(s), {} handler(s), {} channel rule(s)", t.routes.len(), t.handlers.len(), t.channels.len());
+                println!(
+                    "tenant {id}: {} route(s), {} handler(s), {} channel rule(s)",
+                    t.routes.len(),
+                    t.handlers.len(),
+                    t.channels.len()
+                );
             }
             println!("{}: ok", path.display());
             Ok(ExitCode::SUCCESS)
@@ -253,17 +267,36 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn token(config: PathBuf, tenant: String, sub: String, scopes: Vec<String>, ttl: u64, claims: Vec<String>) -> anyhow::Result<ExitCode> {
+async fn token(
+    config: PathBuf,
+    tenant: String,
+    sub: String,
+    scopes: Vec<String>,
+    ttl: u64,
+    claims: Vec<String>,
+) -> anyhow::Result<ExitCode> {
     let config = sluice::config::Config::load(&config)?;
-    let tc = config.tenants.get(&tenant).with_context(|| format!("no tenant {tenant:?} in the config"))?;
+    let tc = config
+        .tenants
+        .get(&tenant)
+        .with_context(|| format!("no tenant {tenant:?} in the config"))?;
     let keys = sluice::server::auth::KeySet::load(&tenant, &tc.auth, &tc.scopes_claim, &config)
         .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let mut extra = serde_json::Map::new();
     for c in claims {
-        let (k, v) = c.split_once('=').with_context(|| format!("--claim {c:?} is not NAME=VALUE"))?;
-        extra.insert(k.to_owned(), serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned())));
+        let (k, v) = c
+            .split_once('=')
+            .with_context(|| format!("--claim {c:?} is not NAME=VALUE"))?;
+        extra.insert(
+            k.to_owned(),
+            serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned())),
+        );
     }
-    println!("{}", keys.mint(&sub, &scopes, ttl, extra).map_err(anyhow::Error::msg)?);
+    println!(
+        "{}",
+        keys.mint(&sub, &scopes, ttl, extra)
+            .map_err(anyhow::Error::msg)?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

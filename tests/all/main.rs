@@ -1,3 +1,8 @@
 //! Sluice's integration tests, in one binary (one link, shared helpers).
 
+mod chat;
+mod handshake;
+mod limits;
+mod messages;
 mod sandbox;
+mod tokens;

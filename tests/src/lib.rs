@@ -1,4 +1,5 @@
-//! Shared helpers for Sluice's integration tests: the paths of the handlers
+//! Shared helpers for Sluice's integration tests: a real server and client,
+//! the paths of the handlers
 //! built from `handlers/`, and ready-made connections and messages.
 
 use sluice::sandbox::{Connection, Message, Principal};
@@ -33,3 +34,5 @@ pub fn msg(route: &str, channel: Option<&str>, data: serde_json::Value) -> Messa
 pub fn component(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
+
+pub mod server;

@@ -13,6 +13,8 @@
 //! | `state-then-trap` | writes state key `poison`, then panics |
 //! | `log-flood` | writes 5,000 log lines, then replies |
 //! | `stdout-flood` | prints 1 MiB to stdout and stderr, then replies |
+//! | `publish` | publishes `{"hi":true}` to the channel named in `target` (to test that the host re-authorizes actions) |
+//! | `subscribe` | subscribes the connection to the channel named in `target` |
 //! | `count` | replies with how many calls this instance has served (a static counter: 1 on every call in `fresh` mode) |
 
 use std::hint::black_box;
@@ -26,6 +28,8 @@ use sluice_guest_sdk::{
 #[derive(Deserialize)]
 struct Mode {
     mode: String,
+    #[serde(default)]
+    target: String,
 }
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -41,8 +45,12 @@ struct Misbehave;
 
 impl Handler for Misbehave {
     fn on_message(_conn: &Connection, msg: &Message) -> HandlerResult {
-        let Mode { mode } = msg.data()?;
+        let Mode { mode, target } = msg.data()?;
         match mode.as_str() {
+            "publish" => Ok(Actions::new()
+                .publish(target, &serde_json::json!({"hi": true}))
+                .reply(&serde_json::json!({"published": true}))),
+            "subscribe" => Ok(Actions::new().subscribe(target)),
             "count" => {
                 let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
                 Ok(Actions::new().reply(&serde_json::json!({"count": n})))

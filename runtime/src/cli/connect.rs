@@ -36,8 +36,14 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         "query" => TokenVia::Query,
         other => anyhow::bail!("--via {other:?}: expected header, subprotocol or query"),
     };
-    let ca_pem = std::fs::read(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
-    let opts = ClientOptions { ca_pem, token: args.token, via, origin: args.origin };
+    let ca_pem =
+        std::fs::read(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
+    let opts = ClientOptions {
+        ca_pem,
+        token: args.token,
+        via,
+        origin: args.origin,
+    };
     let socket = connect(&args.url, &opts).await?;
     let (mut sink, mut stream) = socket.split();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();

@@ -21,10 +21,16 @@ fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
     if !echo.exists() || !chat.exists() {
         let script = repo_root().join("handlers/build");
         if !script.exists() {
-            bail!("the demo handlers are not built and {} is missing: run sluice dev from a clone of the repository", script.display());
+            bail!(
+                "the demo handlers are not built and {} is missing: run sluice dev from a clone of the repository",
+                script.display()
+            );
         }
         eprintln!("building the demo handlers (first run only)...");
-        let status = Command::new("bash").arg(&script).status().context("running handlers/build")?;
+        let status = Command::new("bash")
+            .arg(&script)
+            .status()
+            .context("running handlers/build")?;
         if !status.success() {
             bail!("handlers/build failed");
         }
@@ -120,7 +126,12 @@ pub async fn run(dir: PathBuf, listen: String) -> anyhow::Result<()> {
     let tenant = state.tenant("demo").context("the demo tenant is missing")?;
     let token = tenant
         .keys
-        .mint("dev-user", &["chat:write".to_owned()], 3600, serde_json::Map::new())
+        .mint(
+            "dev-user",
+            &["chat:write".to_owned()],
+            3600,
+            serde_json::Map::new(),
+        )
         .map_err(anyhow::Error::msg)?;
     let listen_addr = state.config.server.listen;
     let server = Server::bind_state(state, listen_addr).await?;
@@ -131,12 +142,18 @@ pub async fn run(dir: PathBuf, listen: String) -> anyhow::Result<()> {
     println!("  certificate: {} (self-signed)", cert.display());
     println!("  dev token (subject dev-user, scope chat:write, 1 hour):\n\n{token}\n");
     println!("Connect (type JSON messages, one per line):\n");
-    println!("  cargo run -p sluice -- connect {url} --ca {} --token {token}\n", cert.display());
+    println!(
+        "  cargo run -p sluice -- connect {url} --ca {} --token {token}\n",
+        cert.display()
+    );
     println!("Then try:");
     println!(r#"  {{"type":"echo","id":"1","data":{{"hello":"world"}}}}"#);
     println!(r#"  {{"type":"chat.join","id":"2","channel":"room:1"}}"#);
     println!(r#"  {{"type":"chat.send","id":"3","channel":"room:1","data":{{"text":"hi"}}}}"#);
-    println!("\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write\n", config_path.display());
+    println!(
+        "\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write\n",
+        config_path.display()
+    );
     server.run(crate::shutdown_signal()).await;
     Ok(())
 }

@@ -77,85 +77,124 @@ impl fmt::Display for AuthError {
 
 fn is_plain_kid(kid: &str) -> bool {
     (1..=128).contains(&kid.len())
-        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && !kid.contains("..")
 }
 
 impl KeySet {
     /// Load a tenant's keys: secrets from env or files, PEM public keys,
     /// a JWKS file. Every problem is reported.
-    pub fn load(tenant: &str, auth: &AuthConfig, scopes_claim: &str, config: &Config) -> Result<Self, Vec<String>> {
+    pub fn load(
+        tenant: &str,
+        auth: &AuthConfig,
+        scopes_claim: &str,
+        config: &Config,
+    ) -> Result<Self, Vec<String>> {
         let mut keys = Vec::new();
         let mut problems = Vec::new();
         let at = format!("tenants.{tenant}.auth");
         for (i, k) in auth.keys.iter().enumerate() {
-            let Some(algorithm) = parse_algorithm(&k.algorithm) else { continue };
-            if let Some(kid) = &k.kid {
-                if !is_plain_kid(kid) {
-                    problems.push(format!("{at}.keys[{i}]: kid {kid:?} must be 1-128 of A-Z a-z 0-9 - _ ."));
-                }
-            }
-            let hmac = matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
-            let loaded: Result<(DecodingKey, Option<Vec<u8>>), String> = if let Some(var) = &k.secret_env {
-                match std::env::var(var) {
-                    Ok(s) if s.len() >= 32 => DecodingKey::from_secret(s.as_bytes())
-                        .map(|k| (k, Some(s.into_bytes())))
-                        .map_err(|e| format!("bad secret in ${var}: {e}")),
-                    Ok(_) => Err(format!("the secret in ${var} is shorter than 32 bytes")),
-                    Err(_) => Err(format!("environment variable ${var} is not set")),
-                }
-            } else if let Some(file) = &k.secret_file {
-                let path = config.path(file);
-                match std::fs::read(&path) {
-                    Ok(bytes) => {
-                        let s = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
-                        if s.len() >= 32 {
-                            DecodingKey::from_secret(&s)
-                                .map(|k| (k, Some(s)))
-                                .map_err(|e| format!("bad secret in {}: {e}", path.display()))
-                        } else {
-                            Err(format!("the secret in {} is shorter than 32 bytes", path.display()))
-                        }
-                    }
-                    Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                }
-            } else if let Some(file) = &k.public_key_file {
-                let path = config.path(file);
-                match std::fs::read(&path) {
-                    Ok(pem) => match algorithm {
-                        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                        _ => DecodingKey::from_rsa_pem(&pem),
-                    }
-                    .map(|key| (key, None))
-                    .map_err(|e| format!("{} is not a {} public key: {e}", path.display(), k.algorithm)),
-                    Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                }
-            } else {
+            let Some(algorithm) = parse_algorithm(&k.algorithm) else {
                 continue;
             };
+            if let Some(kid) = &k.kid {
+                if !is_plain_kid(kid) {
+                    problems.push(format!(
+                        "{at}.keys[{i}]: kid {kid:?} must be 1-128 of A-Z a-z 0-9 - _ ."
+                    ));
+                }
+            }
+            let hmac = matches!(
+                algorithm,
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            );
+            let loaded: Result<(DecodingKey, Option<Vec<u8>>), String> =
+                if let Some(var) = &k.secret_env {
+                    match std::env::var(var) {
+                        Ok(s) if s.len() >= 32 => DecodingKey::from_secret(s.as_bytes())
+                            .map(|k| (k, Some(s.into_bytes())))
+                            .map_err(|e| format!("bad secret in ${var}: {e}")),
+                        Ok(_) => Err(format!("the secret in ${var} is shorter than 32 bytes")),
+                        Err(_) => Err(format!("environment variable ${var} is not set")),
+                    }
+                } else if let Some(file) = &k.secret_file {
+                    let path = config.path(file);
+                    match std::fs::read(&path) {
+                        Ok(bytes) => {
+                            let s = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+                            if s.len() >= 32 {
+                                DecodingKey::from_secret(&s)
+                                    .map(|k| (k, Some(s)))
+                                    .map_err(|e| format!("bad secret in {}: {e}", path.display()))
+                            } else {
+                                Err(format!(
+                                    "the secret in {} is shorter than 32 bytes",
+                                    path.display()
+                                ))
+                            }
+                        }
+                        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                    }
+                } else if let Some(file) = &k.public_key_file {
+                    let path = config.path(file);
+                    match std::fs::read(&path) {
+                        Ok(pem) => match algorithm {
+                            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                            Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                            _ => DecodingKey::from_rsa_pem(&pem),
+                        }
+                        .map(|key| (key, None))
+                        .map_err(|e| {
+                            format!(
+                                "{} is not a {} public key: {e}",
+                                path.display(),
+                                k.algorithm
+                            )
+                        }),
+                        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                    }
+                } else {
+                    continue;
+                };
             if hmac != (k.public_key_file.is_none()) {
                 problems.push(format!(
                     "{at}.keys[{i}]: {} needs {}",
                     k.algorithm,
-                    if hmac { "a secret (secret_env or secret_file)" } else { "a public_key_file" }
+                    if hmac {
+                        "a secret (secret_env or secret_file)"
+                    } else {
+                        "a public_key_file"
+                    }
                 ));
                 continue;
             }
             match loaded {
-                Ok((key, secret)) => keys.push(Key { kid: k.kid.clone(), algorithm, key, secret }),
+                Ok((key, secret)) => keys.push(Key {
+                    kid: k.kid.clone(),
+                    algorithm,
+                    key,
+                    secret,
+                }),
                 Err(e) => problems.push(format!("{at}.keys[{i}]: {e}")),
             }
         }
         if let Some(file) = &auth.jwks_file {
             let path = config.path(file);
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
-                serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&b).map_err(|e| e.to_string())
-            }) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&b)
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(set) => {
                     for jwk in &set.keys {
                         let kid = jwk.common.key_id.clone();
-                        let alg = jwk.common.key_algorithm.and_then(|a| parse_algorithm(&a.to_string()));
+                        let alg = jwk
+                            .common
+                            .key_algorithm
+                            .and_then(|a| parse_algorithm(&a.to_string()));
                         match (kid, alg, DecodingKey::from_jwk(jwk)) {
                             (Some(kid), Some(algorithm), Ok(key)) if is_plain_kid(&kid) => {
                                 keys.push(Key { kid: Some(kid), algorithm, key, secret: None });
@@ -186,8 +225,14 @@ impl KeySet {
     /// Verify `token` and build the principal.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError(format!("bad header: {e}")))?;
-        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some() {
-            return Err(AuthError("header names its own key (jku/x5u/jwk/x5c)".into()));
+        if header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+            || header.x5c.is_some()
+        {
+            return Err(AuthError(
+                "header names its own key (jku/x5u/jwk/x5c)".into(),
+            ));
         }
         if header.crit.is_some() {
             return Err(AuthError("header has crit extensions".into()));
@@ -201,7 +246,12 @@ impl KeySet {
             .keys
             .iter()
             .find(|k| k.kid == header.kid && k.algorithm == header.alg)
-            .ok_or_else(|| AuthError(format!("no key for kid {:?} and alg {:?}", header.kid, header.alg)))?;
+            .ok_or_else(|| {
+                AuthError(format!(
+                    "no key for kid {:?} and alg {:?}",
+                    header.kid, header.alg
+                ))
+            })?;
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
@@ -225,14 +275,29 @@ impl KeySet {
         };
         let scopes: BTreeSet<String> = match claims.get(&self.scopes_claim) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
             _ => BTreeSet::new(),
         };
-        Ok(Principal { tenant: self.tenant.clone(), subject, claims, scopes, expires_at })
+        Ok(Principal {
+            tenant: self.tenant.clone(),
+            subject,
+            claims,
+            scopes,
+            expires_at,
+        })
     }
 
     /// Mint a token with the tenant's first HMAC key (dev tooling only).
-    pub fn mint(&self, subject: &str, scopes: &[String], ttl_secs: u64, extra: Map<String, Value>) -> Result<String, String> {
+    pub fn mint(
+        &self,
+        subject: &str,
+        scopes: &[String],
+        ttl_secs: u64,
+        extra: Map<String, Value>,
+    ) -> Result<String, String> {
         let key = self
             .keys
             .iter()

@@ -60,13 +60,17 @@ impl ChannelPattern {
                             return Err(format!("pattern {pattern:?}: empty claim name"));
                         }
                         Part::Claim(claim.to_owned())
-                    } else if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    } else if !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
                         Part::Any
                     } else {
                         return Err(format!("pattern {pattern:?}: bad placeholder {{{name}}}"));
                     };
                     if parts.last().is_some_and(|p| !matches!(p, Part::Literal(_))) {
-                        return Err(format!("pattern {pattern:?}: placeholders must be separated by text"));
+                        return Err(format!(
+                            "pattern {pattern:?}: placeholders must be separated by text"
+                        ));
                     }
                     parts.push(part);
                     rest = &rest[end + 1..];
@@ -84,7 +88,9 @@ impl ChannelPattern {
         for p in &parts {
             if let Part::Literal(l) = p {
                 if l.contains('}') || !crate::server::protocol::is_valid_channel(l) {
-                    return Err(format!("pattern {pattern:?}: {l:?} is not valid channel text"));
+                    return Err(format!(
+                        "pattern {pattern:?}: {l:?} is not valid channel text"
+                    ));
                 }
             }
         }
@@ -98,7 +104,9 @@ impl ChannelPattern {
 }
 
 fn is_segment(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 fn match_parts(parts: &[Part], channel: &str, principal: &Principal) -> bool {
@@ -106,7 +114,9 @@ fn match_parts(parts: &[Part], channel: &str, principal: &Principal) -> bool {
         return channel.is_empty();
     };
     match first {
-        Part::Literal(l) => channel.strip_prefix(l.as_str()).is_some_and(|c| match_parts(rest, c, principal)),
+        Part::Literal(l) => channel
+            .strip_prefix(l.as_str())
+            .is_some_and(|c| match_parts(rest, c, principal)),
         placeholder => {
             // The segment runs to the next literal (or the end).
             let (segment, remaining) = match rest.first() {
@@ -170,7 +180,12 @@ pub fn has_scopes(principal: &Principal, needed: &[String]) -> bool {
 
 /// Whether any rule lets `principal` do `op` on `channel`. No rule, no
 /// access: channels are deny-by-default.
-pub fn channel_allowed(rules: &[ChannelRule], principal: &Principal, channel: &str, op: ChannelOp) -> bool {
+pub fn channel_allowed(
+    rules: &[ChannelRule],
+    principal: &Principal,
+    channel: &str,
+    op: ChannelOp,
+) -> bool {
     crate::server::protocol::is_valid_channel(channel)
         && rules.iter().any(|r| {
             let (allowed, scopes) = match op {
@@ -218,25 +233,39 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["", "room:{", "room:{a b}", "{a}{b}", "room:{claim:}", "room x"] {
+        for bad in [
+            "",
+            "room:{",
+            "room:{a b}",
+            "{a}{b}",
+            "room:{claim:}",
+            "room x",
+        ] {
             assert!(ChannelPattern::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn rules_are_deny_by_default_and_scoped() {
-        let rules = vec![ChannelRule::compile(&ChannelRuleConfig {
-            pattern: "room:{id}".into(),
-            subscribe: true,
-            publish: true,
-            subscribe_scopes: vec![],
-            publish_scopes: vec!["admin".into()],
-        })
-        .unwrap()];
+        let rules = vec![
+            ChannelRule::compile(&ChannelRuleConfig {
+                pattern: "room:{id}".into(),
+                subscribe: true,
+                publish: true,
+                subscribe_scopes: vec![],
+                publish_scopes: vec!["admin".into()],
+            })
+            .unwrap(),
+        ];
         let p = alice();
         assert!(channel_allowed(&rules, &p, "room:1", ChannelOp::Subscribe));
         assert!(!channel_allowed(&rules, &p, "room:1", ChannelOp::Publish));
-        assert!(!channel_allowed(&rules, &p, "other:1", ChannelOp::Subscribe));
+        assert!(!channel_allowed(
+            &rules,
+            &p,
+            "other:1",
+            ChannelOp::Subscribe
+        ));
         assert!(!channel_allowed(&[], &p, "room:1", ChannelOp::Subscribe));
     }
 }

@@ -122,7 +122,11 @@ fn key(tenant: &str, name: &str) -> String {
 }
 
 fn add(map: &RwLock<HashMap<String, Members>>, k: String, id: u64, outbox: &Outbox) {
-    map.write().unwrap_or_else(PoisonError::into_inner).entry(k).or_default().insert(id, outbox.clone());
+    map.write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(k)
+        .or_default()
+        .insert(id, outbox.clone());
 }
 
 fn remove(map: &RwLock<HashMap<String, Members>>, k: &str, id: u64) {
@@ -137,7 +141,9 @@ fn remove(map: &RwLock<HashMap<String, Members>>, k: &str, id: u64) {
 
 fn deliver(map: &RwLock<HashMap<String, Members>>, k: &str, frame: &Utf8Bytes) -> usize {
     let map = map.read().unwrap_or_else(PoisonError::into_inner);
-    map.get(k).map_or(0, |members| members.values().filter(|o| o.send(frame.clone())).count())
+    map.get(k).map_or(0, |members| {
+        members.values().filter(|o| o.send(frame.clone())).count()
+    })
 }
 
 impl Fanout {
@@ -173,12 +179,19 @@ impl Fanout {
 
     /// Subscribers of a channel.
     pub fn subscribers(&self, tenant: &str, channel: &str) -> usize {
-        self.channels.read().unwrap_or_else(PoisonError::into_inner).get(&key(tenant, channel)).map_or(0, HashMap::len)
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key(tenant, channel))
+            .map_or(0, HashMap::len)
     }
 
     /// Channels with at least one subscriber.
     pub fn channel_count(&self) -> usize {
-        self.channels.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

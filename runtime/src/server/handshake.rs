@@ -56,20 +56,26 @@ pub async fn accept(state: &ServerState, tcp: TcpStream) -> Option<(Socket, Admi
         match admit(state, req) {
             Ok((admission, protocol)) => {
                 if protocol {
-                    resp.headers_mut()
-                        .insert(http::header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+                    resp.headers_mut().insert(
+                        http::header::SEC_WEBSOCKET_PROTOCOL,
+                        HeaderValue::from_static(SUBPROTOCOL),
+                    );
                 }
                 admitted = Some(admission);
                 Ok(resp)
             }
             Err(status) => {
-                let mut err = ErrorResponse::new(Some(status.canonical_reason().unwrap_or("refused").to_owned()));
+                let mut err = ErrorResponse::new(Some(
+                    status.canonical_reason().unwrap_or("refused").to_owned(),
+                ));
                 *err.status_mut() = status;
                 Err(err)
             }
         }
     };
-    match tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(state.ws_config)).await {
+    match tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(state.ws_config))
+        .await
+    {
         Ok(ws) => admitted.map(|a| (ws, a)),
         Err(e) => {
             tracing::debug!(error = %e, "WebSocket upgrade refused or failed");
@@ -83,8 +89,15 @@ pub async fn accept(state: &ServerState, tcp: TcpStream) -> Option<(Socket, Admi
 fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusCode> {
     // The path only: the query may hold a token and is never logged.
     let path = req.uri().path();
-    let tenant_id = path.strip_prefix("/ws/").filter(|t| !t.contains('/')).ok_or(StatusCode::NOT_FOUND)?;
-    let tenant = state.tenants.get(tenant_id).ok_or(StatusCode::NOT_FOUND)?.clone();
+    let tenant_id = path
+        .strip_prefix("/ws/")
+        .filter(|t| !t.contains('/'))
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let tenant = state
+        .tenants
+        .get(tenant_id)
+        .ok_or(StatusCode::NOT_FOUND)?
+        .clone();
 
     match req.headers().get(http::header::ORIGIN) {
         Some(origin) => {
@@ -98,7 +111,8 @@ fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusC
         None => {}
     }
 
-    let (token, offered_protocol) = token(req, tenant.config.query_token).ok_or(StatusCode::UNAUTHORIZED)?;
+    let (token, offered_protocol) =
+        token(req, tenant.config.query_token).ok_or(StatusCode::UNAUTHORIZED)?;
     let principal = tenant.keys.verify(token).map_err(|e| {
         tracing::debug!(tenant = %tenant.id, reason = %e, "token refused");
         StatusCode::UNAUTHORIZED
@@ -107,10 +121,23 @@ fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusC
     let limits = &tenant.config.limits;
     let subject_slot = tenant
         .subject_connections
-        .acquire(principal.subject.clone(), limits.max_connections_per_subject)
+        .acquire(
+            principal.subject.clone(),
+            limits.max_connections_per_subject,
+        )
         .ok_or(StatusCode::TOO_MANY_REQUESTS)?;
-    let tenant_slot = tenant.connections.acquire((), limits.max_connections).ok_or(StatusCode::TOO_MANY_REQUESTS)?;
-    Ok((Admitted { tenant, principal, slots: (subject_slot, tenant_slot) }, offered_protocol))
+    let tenant_slot = tenant
+        .connections
+        .acquire((), limits.max_connections)
+        .ok_or(StatusCode::TOO_MANY_REQUESTS)?;
+    Ok((
+        Admitted {
+            tenant,
+            principal,
+            slots: (subject_slot, tenant_slot),
+        },
+        offered_protocol,
+    ))
 }
 
 /// The token, and whether the client offered the `sluice.v1` subprotocol.
@@ -124,16 +151,27 @@ fn token(req: &Request, query_allowed: bool) -> Option<(&str, bool)> {
         .map(str::trim)
         .collect();
     let offers_sluice = offered.contains(&SUBPROTOCOL);
-    if let Some(auth) = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(auth) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = auth.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then_some((token.trim(), offers_sluice));
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some((token.trim(), offers_sluice));
     }
-    if let Some(token) = offered.iter().find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX)) {
+    if let Some(token) = offered
+        .iter()
+        .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+    {
         return Some((token, offers_sluice));
     }
     if query_allowed {
         let query = req.uri().query()?;
-        let token = query.split('&').find_map(|kv| kv.strip_prefix("access_token="))?;
+        let token = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("access_token="))?;
         return Some((token, offers_sluice));
     }
     None

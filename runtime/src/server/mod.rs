@@ -70,7 +70,10 @@ impl ServerState {
     }
 
     /// Like [`ServerState::build`], with handler state kept in `state`.
-    pub async fn build_with_state(config: Config, state: Option<Arc<dyn StateStore>>) -> Result<Arc<Self>, ConfigErrors> {
+    pub async fn build_with_state(
+        config: Config,
+        state: Option<Arc<dyn StateStore>>,
+    ) -> Result<Arc<Self>, ConfigErrors> {
         let mut problems = Vec::new();
         let s = &config.server;
         let tls = tls::server_config(&config.path(&s.tls_cert), &config.path(&s.tls_key))
@@ -103,7 +106,8 @@ impl ServerState {
             .write_buffer_size(s.write_buffer_bytes)
             .max_write_buffer_size(s.max_outbound_bytes.max(s.write_buffer_bytes + 1))
             .accept_unmasked_frames(false);
-        let ip_handshakes = KeyedLimiter::new(quota(s.handshakes_per_ip_per_sec, s.handshake_burst_per_ip));
+        let ip_handshakes =
+            KeyedLimiter::new(quota(s.handshakes_per_ip_per_sec, s.handshake_burst_per_ip));
         Ok(Arc::new(Self {
             tls: TlsAcceptor::from(tls),
             ws_config,
@@ -150,13 +154,17 @@ impl Server {
 
     /// Bind `addr` for prepared state.
     pub async fn bind_state(state: Arc<ServerState>, addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         Ok(Self { state, listener })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| self.state.config.server.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.server.listen)
     }
 
     /// The shared state.
@@ -199,7 +207,10 @@ impl Server {
                 tracing::debug!("handshake rate exceeded for a client address");
                 continue;
             }
-            let Some(ip_slot) = state.ip_connections.acquire(ip, state.config.server.max_connections_per_ip) else {
+            let Some(ip_slot) = state
+                .ip_connections
+                .acquire(ip, state.config.server.max_connections_per_ip)
+            else {
                 tracing::debug!("connection cap reached for a client address");
                 continue;
             };
@@ -207,7 +218,8 @@ impl Server {
             let state = state.clone();
             tokio::spawn(async move {
                 let _ip_slot = ip_slot;
-                match tokio::time::timeout(handshake_deadline, handshake::accept(&state, tcp)).await {
+                match tokio::time::timeout(handshake_deadline, handshake::accept(&state, tcp)).await
+                {
                     Ok(Some((socket, admitted))) => session::run(state, socket, admitted).await,
                     Ok(None) => {}
                     Err(_) => tracing::debug!("handshake deadline passed"),

@@ -18,7 +18,15 @@ use serde_json::value::RawValue;
 
 /// Message types the host handles itself; no route may use them.
 pub const RESERVED_TYPES: [&str; 9] = [
-    "subscribe", "unsubscribe", "ping", "refresh", "welcome", "ack", "error", "event", "pong",
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "refresh",
+    "welcome",
+    "ack",
+    "error",
+    "event",
+    "pong",
 ];
 
 /// Whether `t` is reserved for the host.
@@ -159,7 +167,11 @@ impl Rejection {
     /// for a close (the session sends the close frame).
     pub fn frame(&self, id: Option<&str>) -> Option<String> {
         match self {
-            Rejection::Error { code, message, retry_after_ms } => {
+            Rejection::Error {
+                code,
+                message,
+                retry_after_ms,
+            } => {
                 let mut frame = serde_json::json!({
                     "type": "error", "id": id, "code": code, "message": message,
                 });
@@ -215,18 +227,31 @@ pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Rejection::error(
             ErrorCode::BadEnvelope,
-            format!("not a valid envelope {{type, id, channel, data}}: {}", redact_serde(&e)),
+            format!(
+                "not a valid envelope {{type, id, channel, data}}: {}",
+                redact_serde(&e)
+            ),
         ),
-        _ => Rejection::error(ErrorCode::BadJson, format!("not valid JSON (line {}, column {})", e.line(), e.column())),
+        _ => Rejection::error(
+            ErrorCode::BadJson,
+            format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+        ),
     })?;
-    if envelope.id.as_ref().is_some_and(|id| id.len() > MAX_ID_BYTES) {
+    if envelope
+        .id
+        .as_ref()
+        .is_some_and(|id| id.len() > MAX_ID_BYTES)
+    {
         return Err(Rejection::error(
             ErrorCode::BadEnvelope,
             format!("id longer than {MAX_ID_BYTES} bytes"),
         ));
     }
     if envelope.kind.is_empty() || envelope.kind.len() > 128 {
-        return Err(Rejection::error(ErrorCode::BadEnvelope, "type must be 1-128 bytes"));
+        return Err(Rejection::error(
+            ErrorCode::BadEnvelope,
+            "type must be 1-128 bytes",
+        ));
     }
     Ok(envelope)
 }
@@ -236,7 +261,10 @@ pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
 fn redact_serde(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let text = text.split(" at line").next().unwrap_or_default();
-    match text.find("invalid value: string") .or_else(|| text.find("invalid type: string")) {
+    match text
+        .find("invalid value: string")
+        .or_else(|| text.find("invalid type: string"))
+    {
         Some(i) => text[..i].to_owned() + "a string of the wrong kind",
         None => text.to_owned(),
     }
@@ -268,7 +296,12 @@ pub fn ack(id: Option<&str>, data: Option<&RawValue>) -> String {
         id: Option<&'a str>,
         data: Option<&'a RawValue>,
     }
-    serde_json::to_string(&Ack { kind: "ack", id, data }).unwrap_or_default()
+    serde_json::to_string(&Ack {
+        kind: "ack",
+        id,
+        data,
+    })
+    .unwrap_or_default()
 }
 
 /// `{"type":"event","channel":...,"data":...}`; `data` must be valid JSON.
@@ -280,7 +313,12 @@ pub fn event(channel: Option<&str>, data: &RawValue) -> String {
         channel: Option<&'a str>,
         data: &'a RawValue,
     }
-    serde_json::to_string(&Event { kind: "event", channel, data }).unwrap_or_default()
+    serde_json::to_string(&Event {
+        kind: "event",
+        channel,
+        data,
+    })
+    .unwrap_or_default()
 }
 
 /// `{"type":"pong","id":...}`.
@@ -317,8 +355,14 @@ mod tests {
     #[test]
     fn frames_embed_validated_json() {
         let raw = RawValue::from_string(r#"{"x":1}"#.to_owned()).expect("json");
-        assert_eq!(event(Some("c"), &raw), r#"{"type":"event","channel":"c","data":{"x":1}}"#);
-        assert_eq!(ack(Some("1"), None), r#"{"type":"ack","id":"1","data":null}"#);
+        assert_eq!(
+            event(Some("c"), &raw),
+            r#"{"type":"event","channel":"c","data":{"x":1}}"#
+        );
+        assert_eq!(
+            ack(Some("1"), None),
+            r#"{"type":"ack","id":"1","data":null}"#
+        );
     }
 
     #[test]

@@ -78,7 +78,9 @@ pub struct ConnectionCounter<K: Hash + Eq + Clone> {
 
 impl<K: Hash + Eq + Clone> Default for ConnectionCounter<K> {
     fn default() -> Self {
-        Self { counts: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 }
 
@@ -100,17 +102,28 @@ impl<K: Hash + Eq + Clone> ConnectionCounter<K> {
             return None;
         }
         *n += 1;
-        Some(ConnectionSlot { counts: self.counts.clone(), key })
+        Some(ConnectionSlot {
+            counts: self.counts.clone(),
+            key,
+        })
     }
 
     /// Live connections of `key`.
     pub fn count(&self, key: &K) -> u32 {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).get(key).copied().unwrap_or(0)
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Keys with at least one live connection.
     pub fn keys(&self) -> usize {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -135,7 +148,8 @@ mod tests {
     #[test]
     fn a_million_distinct_keys_are_swept_once_recovered() {
         let clock = FakeRelativeClock::default();
-        let limiter: KeyedLimiter<u64, FakeRelativeClock> = KeyedLimiter::with_clock(quota(10, 10), clock.clone());
+        let limiter: KeyedLimiter<u64, FakeRelativeClock> =
+            KeyedLimiter::with_clock(quota(10, 10), clock.clone());
         for key in 0..1_000_000u64 {
             assert!(limiter.check(&key).is_ok());
         }
@@ -149,11 +163,15 @@ mod tests {
     #[test]
     fn over_quota_reports_when_to_retry() {
         let clock = FakeRelativeClock::default();
-        let limiter: KeyedLimiter<&str, FakeRelativeClock> = KeyedLimiter::with_clock(quota(2, 2), clock.clone());
+        let limiter: KeyedLimiter<&str, FakeRelativeClock> =
+            KeyedLimiter::with_clock(quota(2, 2), clock.clone());
         assert!(limiter.check(&"a").is_ok());
         assert!(limiter.check(&"a").is_ok());
         let retry = limiter.check(&"a").unwrap_err();
-        assert!(retry > Duration::ZERO && retry <= Duration::from_millis(500), "{retry:?}");
+        assert!(
+            retry > Duration::ZERO && retry <= Duration::from_millis(500),
+            "{retry:?}"
+        );
         assert!(limiter.check(&"b").is_ok(), "keys are independent");
         clock.advance(Duration::from_millis(500));
         assert!(limiter.check(&"a").is_ok());

@@ -58,7 +58,11 @@ struct Session {
 
 /// Serve an admitted connection until it closes.
 pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
-    let Admitted { tenant, principal, slots: _slots } = admitted;
+    let Admitted {
+        tenant,
+        principal,
+        slots: _slots,
+    } = admitted;
     let id = state.next_connection_id();
     let (outbox, reader) = Outbox::new(state.config.server.max_outbound_bytes);
     let (sink, mut stream) = socket.split();
@@ -73,7 +77,10 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
                 claims: tenant.exposed_claims(&principal.claims),
             },
         },
-        limiter: governor::RateLimiter::direct(quota(limits.messages_per_sec, limits.message_burst)),
+        limiter: governor::RateLimiter::direct(quota(
+            limits.messages_per_sec,
+            limits.message_burst,
+        )),
         state: state.clone(),
         tenant: tenant.clone(),
         principal,
@@ -83,8 +90,14 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
         limited_in_a_row: 0,
     };
     tracing::debug!(tenant = %tenant.id, connection = id, "connected");
-    state.fanout.join_subject(&tenant.id, &session.principal.subject, id, &outbox);
-    session.send(protocol::welcome(id, &session.principal.subject, session.principal.expires_at));
+    state
+        .fanout
+        .join_subject(&tenant.id, &session.principal.subject, id, &outbox);
+    session.send(protocol::welcome(
+        id,
+        &session.principal.subject,
+        session.principal.expires_at,
+    ));
 
     let mut flow = session.lifecycle(Phase::Connect).await;
     while matches!(flow, Flow::Continue) {
@@ -101,7 +114,13 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
-                session.reject(None, &Rejection::error(ErrorCode::BinaryNotSupported, "binary frames are not accepted"));
+                session.reject(
+                    None,
+                    &Rejection::error(
+                        ErrorCode::BinaryNotSupported,
+                        "binary frames are not accepted",
+                    ),
+                );
                 Flow::Continue
             }
             Some(Ok(_)) => Flow::Continue,
@@ -115,7 +134,10 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
     drop(session);
     drop(outbox);
     let mut writer = writer;
-    if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
     tracing::debug!(tenant = %tenant.id, connection = id, "disconnected");
@@ -133,7 +155,10 @@ fn read_error(e: &WsError) -> Flow {
 
 /// Write frames as they come; everything already queued goes out in one
 /// flush.
-async fn write_loop(mut sink: futures_util::stream::SplitSink<Socket, Message>, mut reader: OutboxReader) {
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    mut reader: OutboxReader,
+) {
     while let Some(first) = reader.rx.recv().await {
         let mut next = Some(first);
         while let Some(out) = next.take() {
@@ -147,7 +172,10 @@ async fn write_loop(mut sink: futures_util::stream::SplitSink<Socket, Message>, 
                     }
                 }
                 Outgoing::Close(code, reason) => {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
+                    let frame = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: Utf8Bytes::from(reason),
+                    };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     let _ = sink.close().await;
                     return;
@@ -178,9 +206,14 @@ impl Session {
     fn check_rate(&self) -> Result<(), Duration> {
         let clock = governor::clock::DefaultClock::default();
         use governor::clock::Clock as _;
-        self.limiter.check().map_err(|n| n.wait_time_from(clock.now()))?;
+        self.limiter
+            .check()
+            .map_err(|n| n.wait_time_from(clock.now()))?;
         self.tenant.subject_limiter.check(&self.principal.subject)?;
-        self.tenant.tenant_limiter.check().map_err(|n| n.wait_time_from(clock.now()))?;
+        self.tenant
+            .tenant_limiter
+            .check()
+            .map_err(|n| n.wait_time_from(clock.now()))?;
         Ok(())
     }
 
@@ -229,10 +262,9 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             "subscribe" | "unsubscribe" => {
-                let channel = envelope
-                    .channel
-                    .as_deref()
-                    .ok_or_else(|| Rejection::error(ErrorCode::BadEnvelope, "subscribe needs a channel"))?;
+                let channel = envelope.channel.as_deref().ok_or_else(|| {
+                    Rejection::error(ErrorCode::BadEnvelope, "subscribe needs a channel")
+                })?;
                 if envelope.kind == "subscribe" {
                     self.subscribe(channel)?;
                 } else {
@@ -252,21 +284,42 @@ impl Session {
             .get(&envelope.kind)
             .ok_or_else(|| Rejection::error(ErrorCode::UnknownType, "no such message type"))?;
         if !has_scopes(&self.principal, &route.scopes) {
-            return Err(Rejection::error(ErrorCode::Forbidden, "missing scope for this message type"));
+            return Err(Rejection::error(
+                ErrorCode::Forbidden,
+                "missing scope for this message type",
+            ));
         }
         match (route.channel, envelope.channel.as_deref()) {
             (ChannelAccess::None, None) => {}
             (ChannelAccess::None, Some(_)) => {
-                return Err(Rejection::error(ErrorCode::BadEnvelope, "this message type takes no channel"));
+                return Err(Rejection::error(
+                    ErrorCode::BadEnvelope,
+                    "this message type takes no channel",
+                ));
             }
-            (_, None) => return Err(Rejection::error(ErrorCode::BadEnvelope, "this message type needs a channel")),
+            (_, None) => {
+                return Err(Rejection::error(
+                    ErrorCode::BadEnvelope,
+                    "this message type needs a channel",
+                ));
+            }
             (access, Some(channel)) => {
                 if !protocol::is_valid_channel(channel) {
-                    return Err(Rejection::error(ErrorCode::InvalidChannel, "invalid channel name"));
+                    return Err(Rejection::error(
+                        ErrorCode::InvalidChannel,
+                        "invalid channel name",
+                    ));
                 }
-                let op = if access == ChannelAccess::Publish { ChannelOp::Publish } else { ChannelOp::Subscribe };
+                let op = if access == ChannelAccess::Publish {
+                    ChannelOp::Publish
+                } else {
+                    ChannelOp::Subscribe
+                };
                 if !channel_allowed(&self.tenant.channels, &self.principal, channel, op) {
-                    return Err(Rejection::error(ErrorCode::Forbidden, "not allowed on this channel"));
+                    return Err(Rejection::error(
+                        ErrorCode::Forbidden,
+                        "not allowed on this channel",
+                    ));
                 }
             }
         }
@@ -287,24 +340,42 @@ impl Session {
 
     fn subscribe(&mut self, channel: &str) -> Result<(), Rejection> {
         if !protocol::is_valid_channel(channel) {
-            return Err(Rejection::error(ErrorCode::InvalidChannel, "invalid channel name"));
+            return Err(Rejection::error(
+                ErrorCode::InvalidChannel,
+                "invalid channel name",
+            ));
         }
-        if !channel_allowed(&self.tenant.channels, &self.principal, channel, ChannelOp::Subscribe) {
-            return Err(Rejection::error(ErrorCode::Forbidden, "not allowed to subscribe to this channel"));
+        if !channel_allowed(
+            &self.tenant.channels,
+            &self.principal,
+            channel,
+            ChannelOp::Subscribe,
+        ) {
+            return Err(Rejection::error(
+                ErrorCode::Forbidden,
+                "not allowed to subscribe to this channel",
+            ));
         }
         if !self.subscriptions.contains(channel) {
             if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-                return Err(Rejection::error(ErrorCode::TooManySubscriptions, "too many subscriptions"));
+                return Err(Rejection::error(
+                    ErrorCode::TooManySubscriptions,
+                    "too many subscriptions",
+                ));
             }
             self.subscriptions.insert(channel.to_owned());
-            self.state.fanout.subscribe(&self.tenant.id, channel, self.id, &self.outbox);
+            self.state
+                .fanout
+                .subscribe(&self.tenant.id, channel, self.id, &self.outbox);
         }
         Ok(())
     }
 
     fn unsubscribe(&mut self, channel: &str) {
         if self.subscriptions.remove(channel) {
-            self.state.fanout.unsubscribe(&self.tenant.id, channel, self.id);
+            self.state
+                .fanout
+                .unsubscribe(&self.tenant.id, channel, self.id);
         }
     }
 
@@ -319,7 +390,9 @@ impl Session {
             };
             match result {
                 Ok(outcome) => {
-                    if let Flow::Close(code, reason) = self.apply(&handler, outcome.actions, phase, None) {
+                    if let Flow::Close(code, reason) =
+                        self.apply(&handler, outcome.actions, phase, None)
+                    {
                         flow = Flow::Close(code, reason);
                     }
                 }
@@ -335,7 +408,13 @@ impl Session {
     /// Authorize and apply a handler's actions. Each action is checked on
     /// its own, as if the client had asked for it; a refused action is
     /// dropped and logged, the others apply.
-    fn apply(&mut self, handler: &Handler, actions: Vec<Action>, phase: Phase, reply_to: Option<&str>) -> Flow {
+    fn apply(
+        &mut self,
+        handler: &Handler,
+        actions: Vec<Action>,
+        phase: Phase,
+        reply_to: Option<&str>,
+    ) -> Flow {
         let mut replied = false;
         let mut flow = Flow::Continue;
         let tenant_id = self.tenant.id.clone();
@@ -343,7 +422,8 @@ impl Session {
             tracing::warn!(tenant = %tenant_id, handler = %handler.spec().name, action = what, "handler action refused");
         };
         for action in actions {
-            if phase == Phase::Disconnect && !matches!(action, Action::Publish(_) | Action::Send(_)) {
+            if phase == Phase::Disconnect && !matches!(action, Action::Publish(_) | Action::Send(_))
+            {
                 continue;
             }
             match action {
@@ -367,12 +447,19 @@ impl Session {
                         refused("publish with invalid JSON");
                         continue;
                     };
-                    if !channel_allowed(&self.tenant.channels, &self.principal, &p.channel, ChannelOp::Publish) {
+                    if !channel_allowed(
+                        &self.tenant.channels,
+                        &self.principal,
+                        &p.channel,
+                        ChannelOp::Publish,
+                    ) {
                         refused("publish to a channel this principal may not publish to");
                         continue;
                     }
                     let frame = Utf8Bytes::from(protocol::event(Some(&p.channel), &raw));
-                    self.state.fanout.publish(&self.tenant.id, &p.channel, &frame);
+                    self.state
+                        .fanout
+                        .publish(&self.tenant.id, &p.channel, &frame);
                 }
                 Action::Send(s) => {
                     let Ok(raw) = RawValue::from_string(s.data) else {
@@ -384,7 +471,9 @@ impl Session {
                         continue;
                     }
                     let frame = Utf8Bytes::from(protocol::event(None, &raw));
-                    self.state.fanout.send_to_subject(&self.tenant.id, &s.subject, &frame);
+                    self.state
+                        .fanout
+                        .send_to_subject(&self.tenant.id, &s.subject, &frame);
                 }
                 Action::Subscribe(channel) => {
                     if self.subscribe(&channel).is_err() {
@@ -393,7 +482,11 @@ impl Session {
                 }
                 Action::Unsubscribe(channel) => self.unsubscribe(&channel),
                 Action::Close(c) => {
-                    let code = if c.code == close::NORMAL || (4000..=4999).contains(&c.code) { c.code } else { close::NORMAL };
+                    let code = if c.code == close::NORMAL || (4000..=4999).contains(&c.code) {
+                        c.code
+                    } else {
+                        close::NORMAL
+                    };
                     let reason = sandbox_truncate(c.reason, 123);
                     flow = Flow::Close(code, reason);
                 }
@@ -407,9 +500,13 @@ impl Session {
 
     async fn cleanup(&mut self) {
         for channel in std::mem::take(&mut self.subscriptions) {
-            self.state.fanout.unsubscribe(&self.tenant.id, &channel, self.id);
+            self.state
+                .fanout
+                .unsubscribe(&self.tenant.id, &channel, self.id);
         }
-        self.state.fanout.leave_subject(&self.tenant.id, &self.principal.subject, self.id);
+        self.state
+            .fanout
+            .leave_subject(&self.tenant.id, &self.principal.subject, self.id);
         let _ = self.lifecycle(Phase::Disconnect).await;
     }
 }
@@ -442,7 +539,10 @@ pub fn call_rejection(kind: &CallErrorKind) -> Rejection {
             message: "the handler is temporarily unavailable".into(),
             retry_after_ms: Some(remaining.as_millis().max(1) as u64),
         },
-        CallErrorKind::Unavailable { .. } => Rejection::error(ErrorCode::Unavailable, "the handler is temporarily unavailable"),
+        CallErrorKind::Unavailable { .. } => Rejection::error(
+            ErrorCode::Unavailable,
+            "the handler is temporarily unavailable",
+        ),
         _ => Rejection::error(ErrorCode::HandlerFailed, "the handler failed"),
     }
 }

@@ -53,10 +53,17 @@ pub struct Tenant {
 impl Tenant {
     /// Build a tenant: load keys, compile schemas (off the async runtime),
     /// load handlers into the sandbox.
-    pub async fn load(id: &str, tc: &TenantConfig, config: &Config, sandbox: &Sandbox) -> Result<Arc<Tenant>, Vec<String>> {
+    pub async fn load(
+        id: &str,
+        tc: &TenantConfig,
+        config: &Config,
+        sandbox: &Sandbox,
+    ) -> Result<Arc<Tenant>, Vec<String>> {
         let mut problems = Vec::new();
         let at = format!("tenants.{id}");
-        let keys = KeySet::load(id, &tc.auth, &tc.scopes_claim, config).map_err(|p| problems.extend(p)).ok();
+        let keys = KeySet::load(id, &tc.auth, &tc.scopes_claim, config)
+            .map_err(|p| problems.extend(p))
+            .ok();
 
         let mut handlers = BTreeMap::new();
         for (name, hc) in &tc.handlers {
@@ -78,12 +85,18 @@ impl Tenant {
                 (Some(v), _) => Some(v.clone()),
                 (None, Some(file)) => {
                     let path = config.path(file);
-                    match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
-                        serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
-                    }) {
+                    match std::fs::read(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| {
+                            serde_json::from_slice::<serde_json::Value>(&b)
+                                .map_err(|e| e.to_string())
+                        }) {
                         Ok(v) => Some(v),
                         Err(e) => {
-                            problems.push(format!("{at}.routes.{route}: schema_file {}: {e}", path.display()));
+                            problems.push(format!(
+                                "{at}.routes.{route}: schema_file {}: {e}",
+                                path.display()
+                            ));
                             continue;
                         }
                     }
@@ -107,7 +120,12 @@ impl Tenant {
             if let Some(handler) = handlers.get(&rc.handler) {
                 routes.insert(
                     route.clone(),
-                    Route { handler: handler.clone(), scopes: rc.scopes.clone(), channel: rc.channel, schema },
+                    Route {
+                        handler: handler.clone(),
+                        scopes: rc.scopes.clone(),
+                        channel: rc.channel,
+                        schema,
+                    },
                 );
             }
         }
@@ -131,8 +149,14 @@ impl Tenant {
             routes,
             handlers,
             channels,
-            subject_limiter: KeyedLimiter::new(quota(limits.subject_messages_per_sec, limits.subject_messages_per_sec.saturating_mul(2))),
-            tenant_limiter: governor::RateLimiter::direct(quota(limits.tenant_messages_per_sec, limits.tenant_messages_per_sec.saturating_mul(2))),
+            subject_limiter: KeyedLimiter::new(quota(
+                limits.subject_messages_per_sec,
+                limits.subject_messages_per_sec.saturating_mul(2),
+            )),
+            tenant_limiter: governor::RateLimiter::direct(quota(
+                limits.tenant_messages_per_sec,
+                limits.tenant_messages_per_sec.saturating_mul(2),
+            )),
             subject_connections: ConnectionCounter::default(),
             connections: ConnectionCounter::default(),
         }))

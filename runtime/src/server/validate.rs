@@ -19,8 +19,15 @@ pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
 struct NoRemoteRefs;
 
 impl Retrieve for NoRemoteRefs {
-    fn retrieve(&self, uri: &Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-        Err(format!("external $ref {} refused: schemas must be self-contained", uri.as_str()).into())
+    fn retrieve(
+        &self,
+        uri: &Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        Err(format!(
+            "external $ref {} refused: schemas must be self-contained",
+            uri.as_str()
+        )
+        .into())
     }
 }
 
@@ -34,7 +41,9 @@ impl Schema {
     pub fn compile(schema: &Value) -> Result<Self, String> {
         let size = schema.to_string().len();
         if size > MAX_SCHEMA_BYTES {
-            return Err(format!("schema is {size} bytes; at most {MAX_SCHEMA_BYTES}"));
+            return Err(format!(
+                "schema is {size} bytes; at most {MAX_SCHEMA_BYTES}"
+            ));
         }
         let validator = jsonschema::options()
             .with_retriever(NoRemoteRefs)
@@ -51,7 +60,11 @@ impl Schema {
             None => Ok(()),
             Some(e) => {
                 let path = e.instance_path().to_string();
-                let path = if path.is_empty() { "/".to_owned() } else { path };
+                let path = if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                };
                 Err(Rejection::error(
                     ErrorCode::SchemaInvalid,
                     format!("data at {path} fails `{}`", e.kind().keyword()),
@@ -71,12 +84,19 @@ mod tests {
 
     #[test]
     fn external_refs_are_refused_at_compile_time() {
-        for uri in ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data/", "https://example.com/s.json"] {
-            let err = Schema::compile(&json!({"$ref": uri})).err().expect("refused");
+        for uri in [
+            "file:///etc/passwd",
+            "http://169.254.169.254/latest/meta-data/",
+            "https://example.com/s.json",
+        ] {
+            let err = Schema::compile(&json!({"$ref": uri}))
+                .err()
+                .expect("refused");
             assert!(err.contains("refused"), "{uri}: {err}");
         }
         // Local references still work.
-        let s = Schema::compile(&json!({"$defs": {"t": {"type": "string"}}, "$ref": "#/$defs/t"})).unwrap();
+        let s = Schema::compile(&json!({"$defs": {"t": {"type": "string"}}, "$ref": "#/$defs/t"}))
+            .unwrap();
         assert!(s.check(&json!("x")).is_ok());
         assert!(s.check(&json!(1)).is_err());
     }
@@ -87,7 +107,11 @@ mod tests {
         let evil = format!("{}!", "a".repeat(50_000));
         let started = Instant::now();
         assert!(s.check(&json!(evil)).is_err());
-        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
         // Lookaround needs backtracking: refused at load.
         assert!(Schema::compile(&json!({"pattern": "(?=a)a"})).is_err());
     }
