@@ -351,16 +351,19 @@ impl Config {
             Ok(t) => t,
             Err(e) => return Err(ConfigErrors(vec![format!("not valid TOML: {e}")])),
         };
-        let server =
-            section::<ServerConfig>(&mut root, "server", &mut problems).unwrap_or_default();
+        let server_present = root.contains_key("server");
+        let server = section::<ServerConfig>(&mut root, "server", &mut problems);
+        let server_ok = server.is_some() || !server_present;
+        let server = server.unwrap_or_default();
         let sandbox =
             section::<SandboxConfig>(&mut root, "sandbox", &mut problems).unwrap_or_default();
         let mut tenants = BTreeMap::new();
+        let mut unparsed_handlers = Vec::new();
         if let Some(value) = root.remove("tenants") {
             match value {
                 toml::Value::Table(table) => {
                     for (id, value) in table {
-                        if let Some(t) = tenant(&id, value, &mut problems) {
+                        if let Some(t) = tenant(&id, value, &mut problems, &mut unparsed_handlers) {
                             tenants.insert(id, t);
                         }
                     }
@@ -379,7 +382,7 @@ impl Config {
             tenants,
             base_dir: base_dir.to_path_buf(),
         };
-        problems.extend(config.problems());
+        problems.extend(config.problems(server_ok, &unparsed_handlers));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -397,10 +400,10 @@ impl Config {
     }
 
     /// Checks that need no files: references, names, numbers.
-    fn problems(&self) -> Vec<String> {
+    fn problems(&self, server_ok: bool, unparsed_handlers: &[(String, String)]) -> Vec<String> {
         let mut problems = Vec::new();
         let s = &self.server;
-        if s.tls_cert.as_os_str().is_empty() || s.tls_key.as_os_str().is_empty() {
+        if server_ok && s.tls_cert.as_os_str().is_empty() || s.tls_key.as_os_str().is_empty() {
             problems.push(
                 "server: tls_cert and tls_key are required (Sluice serves wss:// only)".into(),
             );
@@ -469,7 +472,10 @@ impl Config {
                         "{at}.routes.{route}: `{route}` is a reserved message type"
                     ));
                 }
-                if !t.handlers.contains_key(&r.handler) {
+                let unparsed = unparsed_handlers
+                    .iter()
+                    .any(|(tid, h)| tid == id && *h == r.handler);
+                if !t.handlers.contains_key(&r.handler) && !unparsed {
                     problems.push(format!(
                         "{at}.routes.{route}: no handler named {:?}",
                         r.handler
@@ -523,13 +529,17 @@ fn deserialize<T: DeserializeOwned>(
 
 /// Read one tenant, table by table, so that problems in its handlers,
 /// routes and auth are all reported.
-fn tenant(id: &str, value: toml::Value, problems: &mut Vec<String>) -> Option<TenantConfig> {
+fn tenant(
+    id: &str,
+    value: toml::Value,
+    problems: &mut Vec<String>,
+    unparsed_handlers: &mut Vec<(String, String)>,
+) -> Option<TenantConfig> {
     let at = format!("tenants.{id}");
     let toml::Value::Table(mut table) = value else {
         problems.push(format!("{at} must be a table"));
         return None;
     };
-    let before = problems.len();
     let mut handlers = BTreeMap::new();
     if let Some(toml::Value::Table(hs)) = table.remove("handlers") {
         for (name, v) in hs {
@@ -538,10 +548,11 @@ fn tenant(id: &str, value: toml::Value, problems: &mut Vec<String>) -> Option<Te
                     "{at}.handlers.{name}: handler names are 1-64 of a-z 0-9 _ -"
                 ));
             }
-            if let Some(h) =
-                deserialize::<HandlerConfig>(v, &format!("{at}.handlers.{name}"), problems)
-            {
-                handlers.insert(name, h);
+            match deserialize::<HandlerConfig>(v, &format!("{at}.handlers.{name}"), problems) {
+                Some(h) => {
+                    handlers.insert(name, h);
+                }
+                None => unparsed_handlers.push((id.to_owned(), name)),
             }
         }
     }
@@ -559,5 +570,7 @@ fn tenant(id: &str, value: toml::Value, problems: &mut Vec<String>) -> Option<Te
     let mut tenant = deserialize::<TenantConfig>(toml::Value::Table(table), &at, problems)?;
     tenant.handlers = handlers;
     tenant.routes = routes;
-    (problems.len() == before).then_some(tenant)
+    // Kept even when some of its parts failed, so that the checks that
+    // follow report their problems too.
+    Some(tenant)
 }

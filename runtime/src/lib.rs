@@ -13,5 +13,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod dev;
+pub mod logging;
 pub mod sandbox;
 pub mod server;

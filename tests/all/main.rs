@@ -1,6 +1,7 @@
 //! Sluice's integration tests, in one binary (one link, shared helpers).
 
 mod chat;
+mod config;
 mod handshake;
 mod limits;
 mod messages;

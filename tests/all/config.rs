@@ -1,0 +1,119 @@
+//! The configuration: strict, and every problem reported at once.
+
+use std::path::Path;
+
+use serde_json::json;
+use sluice::config::Config;
+use sluice::server::ServerState;
+use sluice_tests::handlers;
+use sluice_tests::server::TempDir;
+
+#[test]
+fn every_problem_in_a_config_is_reported_at_once() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let err = Config::load(&dir.join("invalid.toml"))
+        .expect_err("invalid")
+        .to_string();
+    let expected = std::fs::read_to_string(dir.join("invalid.err")).expect("invalid.err");
+    for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            err.contains(line),
+            "missing from the report: {line}\n\nreport:\n{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn files_keys_schemas_and_handlers_are_checked_when_the_server_is_built() {
+    let dir = TempDir::new();
+    let (cert, key) = sluice::server::tls::self_signed(&["localhost"]).expect("cert");
+    std::fs::write(dir.0.join("cert.pem"), cert).expect("cert");
+    std::fs::write(dir.0.join("key.pem"), key).expect("key");
+    std::fs::write(dir.0.join("short.secret"), "too short").expect("secret");
+    let text = format!(
+        r#"
+[server]
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+
+[tenants.t]
+[tenants.t.auth]
+issuer = "i"
+audience = "a"
+[[tenants.t.auth.keys]]
+algorithm = "HS256"
+secret_file = "short.secret"
+[[tenants.t.auth.keys]]
+algorithm = "ES256"
+public_key_file = "missing.pem"
+
+[tenants.t.handlers.chat]
+component = {chat:?}
+
+[tenants.t.handlers.gone]
+component = "gone.wasm"
+
+[tenants.t.routes.a]
+handler = "chat"
+schema = {{ "$ref" = "file:///etc/passwd" }}
+
+[tenants.t.routes.b]
+handler = "chat"
+schema = {{ "$ref" = "http://169.254.169.254/latest/meta-data/" }}
+
+[tenants.t.routes.c]
+handler = "chat"
+schema = {{ type = "string", pattern = "(?<=a)b" }}
+"#,
+        chat = handlers::CHAT
+    );
+    std::fs::write(dir.0.join("sluice.toml"), text).expect("config");
+    let config = Config::load(&dir.0.join("sluice.toml")).expect("parses");
+    let err = match ServerState::build(config).await {
+        Ok(_) => panic!("the config should not build"),
+        Err(e) => e.to_string(),
+    };
+    for expected in [
+        "short.secret is shorter than 32 bytes",
+        "missing.pem: No such file",
+        "capability `state` is not granted",
+        "gone.wasm: No such file",
+        "routes.a: schema does not compile",
+        "file:///etc/passwd",
+        "routes.b: schema does not compile",
+        "169.254.169.254",
+        "routes.c: schema does not compile",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_dev_config_builds_and_serves() {
+    let dir = TempDir::new();
+    let path = sluice::dev::prepare(
+        &dir.0,
+        "127.0.0.1:0",
+        Path::new(handlers::ECHO),
+        Path::new(handlers::CHAT),
+    )
+    .expect("prepare");
+    let config = Config::load(&path).expect("the dev config parses");
+    let state = ServerState::build(config)
+        .await
+        .unwrap_or_else(|e| panic!("the dev config builds: {e}"));
+    let tenant = state.tenant("demo").expect("demo tenant");
+    let token = tenant
+        .keys
+        .mint(
+            "dev-user",
+            &["chat:write".to_owned()],
+            60,
+            serde_json::Map::new(),
+        )
+        .expect("mint");
+    let principal = tenant.keys.verify(&token).expect("a minted token verifies");
+    assert_eq!(principal.subject, "dev-user");
+    assert!(principal.scopes.contains("chat:write"));
+    let _ = json!(null);
+}
