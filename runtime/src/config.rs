@@ -54,6 +54,8 @@ pub const DEFAULT_SUBJECT_MESSAGES_PER_SEC: u32 = 100;
 pub const DEFAULT_TENANT_MESSAGES_PER_SEC: u32 = 10_000;
 /// Rate-limited messages in a row after which a connection is closed (1008).
 pub const DEFAULT_ABUSE_CLOSE_AFTER: u32 = 50;
+/// How often a JWKS URL is fetched again.
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// The claim that carries scopes (a space-separated string or an array).
@@ -185,6 +187,20 @@ pub struct AuthConfig {
     /// A JWKS file (public keys with `kid` and `alg`).
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (`https://` only), fetched at start and refreshed.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Extra CA certificates (PEM) to trust for `jwks_url`, besides the
+    /// public web roots.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Seconds between refreshes of `jwks_url` ([`DEFAULT_JWKS_REFRESH_SECS`]).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_secs: u64,
+}
+
+fn default_jwks_refresh() -> u64 {
+    DEFAULT_JWKS_REFRESH_SECS
 }
 
 fn default_leeway() -> u64 {
@@ -432,10 +448,17 @@ impl Config {
                 problems.push(format!("tenant id {id:?} must be 1-64 of a-z 0-9 _ -"));
             }
             let at = format!("tenants.{id}");
-            if t.auth.keys.is_empty() && t.auth.jwks_file.is_none() {
+            if t.auth.keys.is_empty() && t.auth.jwks_file.is_none() && t.auth.jwks_url.is_none() {
                 problems.push(format!(
-                    "{at}.auth: no keys and no jwks_file: no token could ever verify"
+                    "{at}.auth: no keys, no jwks_file and no jwks_url: no token could ever verify"
                 ));
+            }
+            if let Some(url) = &t.auth.jwks_url {
+                if !url.starts_with("https://") {
+                    problems.push(format!(
+                        "{at}.auth.jwks_url: {url:?} must be an https:// URL"
+                    ));
+                }
             }
             for (i, k) in t.auth.keys.iter().enumerate() {
                 let sources = [

@@ -276,6 +276,7 @@ async fn token(
         .get(&tenant)
         .with_context(|| format!("no tenant {tenant:?} in the config"))?;
     let keys = sluice::server::auth::KeySet::load(&tenant, &tc.auth, &tc.scopes_claim, &config)
+        .await
         .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let mut extra = serde_json::Map::new();
     for c in claims {

@@ -3,6 +3,7 @@
 mod chat;
 mod config;
 mod handshake;
+mod jwks;
 mod limits;
 mod messages;
 mod sandbox;

@@ -233,6 +233,9 @@ async fn every_kind_of_misbehaviour_is_contained_and_the_next_call_served() {
     let limits = HandlerLimits {
         memory_bytes: 16 << 20,
         quarantine_after: 100,
+        // Generous: these calls are bounded by fuel and limits, and the
+        // machine may be busy with other tests.
+        deadline: Duration::from_secs(5),
         ..HandlerLimits::default()
     };
     for isolation in BOTH {

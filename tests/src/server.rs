@@ -76,7 +76,12 @@ fn handler(component: &str, grants: &[Capability]) -> HandlerConfig {
         component: PathBuf::from(component),
         isolation: Isolation::Reuse,
         grants: grants.to_vec(),
-        limits: HandlerLimits::default(),
+        // Calls are bounded by fuel; the deadline is generous because the
+        // machine may be busy with other tests.
+        limits: HandlerLimits {
+            deadline: Duration::from_secs(2),
+            ..HandlerLimits::default()
+        },
     }
 }
 
@@ -125,6 +130,9 @@ pub fn tenant(secret_file: &str) -> TenantConfig {
                 public_key_file: None,
             }],
             jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh_secs: 300,
         },
         origins: vec![ALPHA_ORIGIN.into()],
         require_origin: false,

@@ -20,6 +20,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
@@ -63,6 +66,86 @@ pub struct KeySet {
     leeway: u64,
     scopes_claim: String,
     keys: Vec<Key>,
+    remote: Option<Arc<RemoteKeys>>,
+}
+
+/// Keys from a JWKS URL, swapped as a whole on every successful refresh.
+struct RemoteKeys {
+    tenant: String,
+    url: String,
+    tls: Arc<rustls::ClientConfig>,
+    refresh: Duration,
+    keys: RwLock<Arc<Vec<Key>>>,
+    last_fetch: Mutex<Instant>,
+    fetching: AtomicBool,
+}
+
+impl RemoteKeys {
+    async fn refresh_now(&self) -> Result<usize, String> {
+        *self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        let set = super::jwks::fetch(&self.url, self.tls.clone()).await?;
+        let (keys, problems) = keys_from_jwks(&set);
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        Ok(n)
+    }
+
+    /// A token named a kid we do not have: fetch again, at most once per
+    /// MIN_REFETCH, in the background.
+    fn refetch_soon(self: &Arc<Self>) {
+        let since = self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed();
+        if since < super::jwks::MIN_REFETCH || self.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.fetching.store(false, Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            if let Err(e) = this.refresh_now().await {
+                tracing::warn!(tenant = %this.tenant, error = %e, "JWKS refresh failed; keeping the current keys");
+            }
+            this.fetching.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Keys from a JWKS document: every key needs a plain kid and an alg.
+fn keys_from_jwks(set: &jsonwebtoken::jwk::JwkSet) -> (Vec<Key>, Vec<String>) {
+    let mut keys = Vec::new();
+    let mut problems = Vec::new();
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone();
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| parse_algorithm(&a.to_string()));
+        match (kid, alg, DecodingKey::from_jwk(jwk)) {
+            (Some(kid), Some(algorithm), Ok(key)) if is_plain_kid(&kid) => {
+                keys.push(Key {
+                    kid: Some(kid),
+                    algorithm,
+                    key,
+                    secret: None,
+                });
+            }
+            _ => problems.push(
+                "every JWKS key needs a plain `kid`, an `alg` and valid parameters".to_owned(),
+            ),
+        }
+    }
+    (keys, problems)
 }
 
 /// Why a token was refused (for logs; the client only sees 401).
@@ -86,7 +169,7 @@ fn is_plain_kid(kid: &str) -> bool {
 impl KeySet {
     /// Load a tenant's keys: secrets from env or files, PEM public keys,
     /// a JWKS file. Every problem is reported.
-    pub fn load(
+    pub async fn load(
         tenant: &str,
         auth: &AuthConfig,
         scopes_claim: &str,
@@ -189,24 +272,48 @@ impl KeySet {
                         .map_err(|e| e.to_string())
                 }) {
                 Ok(set) => {
-                    for jwk in &set.keys {
-                        let kid = jwk.common.key_id.clone();
-                        let alg = jwk
-                            .common
-                            .key_algorithm
-                            .and_then(|a| parse_algorithm(&a.to_string()));
-                        match (kid, alg, DecodingKey::from_jwk(jwk)) {
-                            (Some(kid), Some(algorithm), Ok(key)) if is_plain_kid(&kid) => {
-                                keys.push(Key { kid: Some(kid), algorithm, key, secret: None });
-                            }
-                            _ => problems.push(format!(
-                                "{at}.jwks_file {}: every key needs a plain `kid`, an `alg` and valid parameters",
-                                path.display()
-                            )),
-                        }
-                    }
+                    let (more, bad) = keys_from_jwks(&set);
+                    keys.extend(more);
+                    problems.extend(
+                        bad.into_iter()
+                            .map(|p| format!("{at}.jwks_file {}: {p}", path.display())),
+                    );
                 }
                 Err(e) => problems.push(format!("{at}.jwks_file {}: {e}", path.display())),
+            }
+        }
+        let mut remote = None;
+        if let Some(url) = &auth.jwks_url {
+            let ca = match &auth.jwks_ca_file {
+                Some(f) => match std::fs::read(config.path(f)) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        problems.push(format!(
+                            "{at}.jwks_ca_file {}: {e}",
+                            config.path(f).display()
+                        ));
+                        None
+                    }
+                },
+                None => None,
+            };
+            match super::jwks::client_config(ca.as_deref()) {
+                Ok(tls) => {
+                    let r = Arc::new(RemoteKeys {
+                        tenant: tenant.to_owned(),
+                        url: url.clone(),
+                        tls,
+                        refresh: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
+                        keys: RwLock::new(Arc::new(Vec::new())),
+                        last_fetch: Mutex::new(Instant::now()),
+                        fetching: AtomicBool::new(false),
+                    });
+                    match r.refresh_now().await {
+                        Ok(_) => remote = Some(r),
+                        Err(e) => problems.push(format!("{at}.jwks_url: {e}")),
+                    }
+                }
+                Err(e) => problems.push(format!("{at}.jwks_ca_file: {e}")),
             }
         }
         if !problems.is_empty() {
@@ -219,7 +326,25 @@ impl KeySet {
             leeway: auth.leeway_secs,
             scopes_claim: scopes_claim.to_owned(),
             keys,
+            remote,
         })
+    }
+
+    /// Refresh the JWKS URL's keys every `jwks_refresh_secs` until the key
+    /// set is dropped. Does nothing without a JWKS URL.
+    pub fn start_refresh(&self) {
+        let Some(remote) = &self.remote else { return };
+        let weak: Weak<RemoteKeys> = Arc::downgrade(remote);
+        let every = remote.refresh;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(remote) = weak.upgrade() else { return };
+                if let Err(e) = remote.refresh_now().await {
+                    tracing::warn!(tenant = %remote.tenant, error = %e, "JWKS refresh failed; keeping the current keys");
+                }
+            }
+        });
     }
 
     /// Verify `token` and build the principal.
@@ -242,16 +367,28 @@ impl KeySet {
                 return Err(AuthError("kid is not a plain identifier".into()));
             }
         }
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.kid == header.kid && k.algorithm == header.alg)
-            .ok_or_else(|| {
-                AuthError(format!(
-                    "no key for kid {:?} and alg {:?}",
-                    header.kid, header.alg
-                ))
-            })?;
+        let matches = |k: &&Key| k.kid == header.kid && k.algorithm == header.alg;
+        let remote_keys = self.remote.as_ref().map(|r| {
+            r.keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        });
+        let key = match self.keys.iter().find(matches) {
+            Some(k) => k,
+            None => match remote_keys.as_ref().and_then(|ks| ks.iter().find(matches)) {
+                Some(k) => k,
+                None => {
+                    if let Some(r) = &self.remote {
+                        r.refetch_soon();
+                    }
+                    return Err(AuthError(format!(
+                        "no key for kid {:?} and alg {:?}",
+                        header.kid, header.alg
+                    )));
+                }
+            },
+        };
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod authz;
 pub mod fanout;
 pub mod handshake;
+pub mod jwks;
 pub mod protocol;
 pub mod ratelimit;
 pub mod session;
@@ -88,6 +89,7 @@ impl ServerState {
         for (id, tc) in &config.tenants {
             match Tenant::load(id, tc, &config, &sandbox).await {
                 Ok(t) => {
+                    t.keys.start_refresh();
                     tenants.insert(id.clone(), t);
                 }
                 Err(p) => problems.extend(p),

@@ -62,6 +62,7 @@ impl Tenant {
         let mut problems = Vec::new();
         let at = format!("tenants.{id}");
         let keys = KeySet::load(id, &tc.auth, &tc.scopes_claim, config)
+            .await
             .map_err(|p| problems.extend(p))
             .ok();
 

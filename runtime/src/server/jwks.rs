@@ -1,0 +1,108 @@
+//! Fetching a tenant's JWKS over HTTPS (rustls, hyper), bounded in size and
+//! time. Keys are refreshed in the background and when a token names a kid
+//! the current set does not have (at most once per [`MIN_REFETCH`]), so an
+//! identity provider can rotate keys without a restart. A failed refresh
+//! keeps the keys the tenant had.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use jsonwebtoken::jwk::JwkSet;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Largest JWKS document accepted.
+pub const MAX_JWKS_BYTES: usize = 256 << 10;
+/// Time for one fetch: connect, TLS, request, body.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest interval between two fetches triggered by unknown kids.
+pub const MIN_REFETCH: Duration = Duration::from_secs(30);
+
+/// Fetch and parse a JWKS from an `https://` URL.
+pub async fn fetch(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<JwkSet, String> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url, tls))
+        .await
+        .map_err(|_| format!("fetching {url} timed out"))?
+}
+
+async fn fetch_inner(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<JwkSet, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("bad JWKS URL {url}: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("JWKS URL {url} must be https://"));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("JWKS URL {url} has no host"))?
+        .to_owned();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((bare_host.as_str(), port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let name = ServerName::try_from(bare_host.clone()).map_err(|e| format!("{host}: {e}"))?;
+    let stream = TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP with {host}: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = http::Request::get(path)
+        .header(
+            http::header::HOST,
+            uri.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::USER_AGENT, "sluice")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !response.status().is_success() {
+        driver.abort();
+        return Err(format!("GET {url}: HTTP {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading {url}: {e}"))?
+        .to_bytes();
+    driver.abort();
+    serde_json::from_slice::<JwkSet>(&body).map_err(|e| format!("{url} is not a JWKS: {e}"))
+}
+
+/// A TLS client trusting the public web roots plus `extra_ca_pem`.
+pub fn client_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}

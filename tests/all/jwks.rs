@@ -1,0 +1,141 @@
+//! A tenant whose keys come from a JWKS URL: fetched over HTTPS at start,
+//! refreshed, so a key rotation at the identity provider takes effect
+//! without a restart.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sluice::client::ConnectError;
+use sluice::config::KeyConfig;
+use sluice_tests::server::{TempDir, TestServer, claims};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A P-256 key as a JWK, and the PEM to sign with.
+fn ec_key(kid: &str) -> (Value, String) {
+    let kp = rcgen::KeyPair::generate().expect("key");
+    let raw = kp.public_key_raw();
+    assert_eq!(raw.len(), 65, "uncompressed P-256 point");
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+        "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
+    });
+    (jwk, kp.serialize_pem())
+}
+
+fn es256(private_pem: &str, kid: &str, sub: &str) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let key = EncodingKey::from_ec_pem(private_pem.as_bytes()).expect("ec pem");
+    jsonwebtoken::encode(&header, &Value::Object(claims(sub)), &key).expect("sign")
+}
+
+/// An HTTPS server that answers every request with the current document.
+struct JwksServer {
+    url: String,
+    document: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+    _dir: TempDir,
+    ca_path: std::path::PathBuf,
+}
+
+async fn jwks_server(document: Value) -> JwksServer {
+    let dir = TempDir::new();
+    let (cert, key) = sluice::server::tls::self_signed(&["127.0.0.1"]).expect("cert");
+    let (cert_path, key_path) = (dir.0.join("jwks-cert.pem"), dir.0.join("jwks-key.pem"));
+    std::fs::write(&cert_path, cert).expect("cert");
+    std::fs::write(&key_path, key).expect("key");
+    let tls = tokio_rustls::TlsAcceptor::from(
+        sluice::server::tls::server_config(&cert_path, &key_path).expect("tls"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!(
+        "https://{}/.well-known/jwks.json",
+        listener.local_addr().expect("addr")
+    );
+    let doc = Arc::new(Mutex::new(document.to_string()));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (served_doc, served) = (doc.clone(), fetches.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (tls, doc, served) = (tls.clone(), served_doc.clone(), served.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = tls.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.is_ok_and(|n| n == 1) {
+                    head.push(b[0]);
+                }
+                let body = doc.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                served.fetch_add(1, Ordering::Relaxed);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    JwksServer {
+        url,
+        document: doc,
+        fetches,
+        ca_path: cert_path,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn keys_from_a_jwks_url_verify_and_rotate_without_a_restart() {
+    let (jwk1, pem1) = ec_key("jw1");
+    let (jwk2, pem2) = ec_key("jw2");
+    let idp = jwks_server(json!({"keys": [jwk1]})).await;
+    let (url, ca) = (idp.url.clone(), idp.ca_path.clone());
+    let server = TestServer::start_with(move |c| {
+        let mut delta = sluice_tests::server::tenant("unused");
+        delta.auth.keys = Vec::<KeyConfig>::new();
+        delta.auth.jwks_url = Some(url);
+        delta.auth.jwks_ca_file = Some(ca);
+        delta.auth.jwks_refresh_secs = 1;
+        c.tenants.insert("delta".into(), delta);
+    })
+    .await;
+    assert!(idp.fetches.load(Ordering::Relaxed) >= 1, "fetched at start");
+
+    let mut c = server
+        .connect("delta", &es256(&pem1, "jw1", "dora"))
+        .await
+        .expect("a key from the JWKS URL");
+    c.assert_usable().await;
+    match server.connect("delta", &es256(&pem2, "jw2", "dora")).await {
+        Err(ConnectError::Refused(401)) => {}
+        other => panic!("jw2 is not published yet: {:?}", other.err()),
+    }
+
+    // The identity provider rotates: jw2 in, jw1 out.
+    *idp.document.lock().unwrap_or_else(PoisonError::into_inner) =
+        json!({"keys": [jwk2]}).to_string();
+    let started = Instant::now();
+    loop {
+        match server.connect("delta", &es256(&pem2, "jw2", "dora")).await {
+            Ok(_) => break,
+            Err(ConnectError::Refused(401)) if started.elapsed() < Duration::from_secs(15) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("jw2 never became valid: {e}"),
+        }
+    }
+    match server.connect("delta", &es256(&pem1, "jw1", "dora")).await {
+        Err(ConnectError::Refused(401)) => {}
+        other => panic!("jw1 was rotated out: {:?}", other.err()),
+    }
+    server.assert_honest_client_served().await;
+}
