@@ -35,6 +35,7 @@ pub struct SandboxBenchRow {
 /// answer the message with a reply).
 pub async fn sandbox(
     component: Vec<u8>,
+    base: SandboxConfig,
     calls_per_round: u64,
     rounds: u32,
 ) -> anyhow::Result<Vec<SandboxBenchRow>> {
@@ -61,7 +62,7 @@ pub async fn sandbox(
     for (isolation, fuel) in configs {
         let sandbox = Sandbox::new(SandboxConfig {
             fuel,
-            ..SandboxConfig::default()
+            ..base.clone()
         })?;
         let handler = sandbox
             .load(

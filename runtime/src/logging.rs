@@ -56,26 +56,30 @@ fn jwt_end(bytes: &[u8], start: usize) -> usize {
     if dots >= 2 { i } else { start }
 }
 
-/// A writer that redacts each write before it reaches stderr.
+/// Wraps a writer so that every write is redacted first.
 #[derive(Clone, Copy, Default)]
-pub struct RedactingStderr;
+pub struct Redacting<W>(pub W);
 
-impl Write for RedactingStderr {
+impl<W: Write> Write for Redacting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        io::stderr().write_all(redact(&text).as_bytes())?;
+        self.0.write_all(redact(&text).as_bytes())?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
+        self.0.flush()
     }
 }
 
-impl<'a> MakeWriter<'a> for RedactingStderr {
-    type Writer = RedactingStderr;
+/// A [`MakeWriter`] that redacts whatever `M`'s writers write.
+#[derive(Clone, Default)]
+pub struct RedactingWriter<M>(pub M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingWriter<M> {
+    type Writer = Redacting<M::Writer>;
     fn make_writer(&'a self) -> Self::Writer {
-        *self
+        Redacting(self.0.make_writer())
     }
 }
 
@@ -86,7 +90,7 @@ pub fn init(default_level: &str) {
         EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(RedactingStderr);
+        .with_writer(RedactingWriter(io::stderr));
     let _ = if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().try_init()
     } else {

@@ -156,6 +156,9 @@ enum BenchCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Bytes of a freed memory slot reset by memset (the rest by madvise).
+        #[arg(long, default_value_t = sluice::sandbox::DEFAULT_KEEP_RESIDENT)]
+        keep_resident: usize,
     },
 }
 
@@ -195,7 +198,14 @@ fn main() -> ExitCode {
                 calls,
                 rounds,
                 json,
-            }) => bench_sandbox(component, calls, rounds, json).await,
+                keep_resident,
+            }) => {
+                let base = SandboxConfig {
+                    keep_resident,
+                    ..SandboxConfig::default()
+                };
+                bench_sandbox(component, base, calls, rounds, json).await
+            }
         }
     });
     match result {
@@ -380,6 +390,7 @@ fn action_json(action: &Action) -> Value {
 
 async fn bench_sandbox(
     component: PathBuf,
+    base: SandboxConfig,
     calls: u64,
     rounds: u32,
     as_json: bool,
@@ -387,7 +398,7 @@ async fn bench_sandbox(
     let bytes = tokio::fs::read(&component)
         .await
         .with_context(|| format!("cannot read {}", component.display()))?;
-    let rows = sluice::bench::sandbox(bytes, calls.max(1), rounds.max(1)).await?;
+    let rows = sluice::bench::sandbox(bytes, base, calls.max(1), rounds.max(1)).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {

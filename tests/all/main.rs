@@ -5,6 +5,7 @@ mod config;
 mod handshake;
 mod jwks;
 mod limits;
+mod logs;
 mod messages;
 mod sandbox;
 mod tokens;

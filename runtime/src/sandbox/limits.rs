@@ -73,7 +73,7 @@ pub const DEFAULT_POOL_MAX_MEMORY: usize = 512 << 20;
 pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// Bytes of a freed memory slot reset by `memset` rather than `madvise`
 /// (cheaper for the small memories of typical handlers).
-pub const DEFAULT_KEEP_RESIDENT: usize = 1 << 20;
+pub const DEFAULT_KEEP_RESIDENT: usize = 256 << 10;
 
 /// How instances of a handler are shared between calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
