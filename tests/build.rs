@@ -2,6 +2,11 @@
 //! constant with the path of each component, so tests always run against
 //! handlers built from the current source.
 
+#![expect(
+    clippy::expect_used,
+    reason = "a build script reports failure by panicking"
+)]
+
 use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -83,17 +88,16 @@ fn require_target() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if let Some(sysroot) = sysroot {
-        if !Path::new(&sysroot)
+    if let Some(sysroot) = sysroot
+        && !Path::new(&sysroot)
             .join("lib/rustlib")
             .join(TARGET)
             .exists()
-        {
-            panic!(
-                "\n\nThe {TARGET} target is not installed; the test handlers need it.\n\
-                 Install it with:\n\n    rustup target add {TARGET}\n\n\
-                 (or run tests/run, which does it for you)\n"
-            );
-        }
+    {
+        panic!(
+            "\n\nThe {TARGET} target is not installed; the test handlers need it.\n\
+             Install it with:\n\n    rustup target add {TARGET}\n\n\
+             (or run tests/run, which does it for you)\n"
+        );
     }
 }

@@ -58,12 +58,12 @@ pub enum ConnectError {
 pub async fn connect(url: &str, opts: &ClientOptions) -> Result<ClientSocket, ConnectError> {
     let fail = |e: &dyn std::fmt::Display| ConnectError::Failed(e.to_string());
     let mut url = url.to_owned();
-    if opts.via == TokenVia::Query {
-        if let Some(token) = &opts.token {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str("access_token=");
-            url.push_str(token);
-        }
+    if opts.via == TokenVia::Query
+        && let Some(token) = &opts.token
+    {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("access_token=");
+        url.push_str(token);
     }
     let mut request = url.as_str().into_client_request().map_err(|e| fail(&e))?;
     if request.uri().scheme_str() != Some("wss") {

@@ -453,12 +453,12 @@ impl Config {
                     "{at}.auth: no keys, no jwks_file and no jwks_url: no token could ever verify"
                 ));
             }
-            if let Some(url) = &t.auth.jwks_url {
-                if !url.starts_with("https://") {
-                    problems.push(format!(
-                        "{at}.auth.jwks_url: {url:?} must be an https:// URL"
-                    ));
-                }
+            if let Some(url) = &t.auth.jwks_url
+                && !url.starts_with("https://")
+            {
+                problems.push(format!(
+                    "{at}.auth.jwks_url: {url:?} must be an https:// URL"
+                ));
             }
             for (i, k) in t.auth.keys.iter().enumerate() {
                 let sources = [

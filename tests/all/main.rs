@@ -1,5 +1,10 @@
 //! Sluice's integration tests, in one binary (one link, shared helpers).
 
+#![allow(
+    clippy::expect_used,
+    reason = "helpers of tests fail the test that called them by panicking"
+)]
+
 mod chat;
 mod config;
 mod handshake;

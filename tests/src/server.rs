@@ -2,6 +2,11 @@
 //! certificate made by rcgen at test time, tenants with real handlers, and a
 //! real tokio-tungstenite + rustls client.
 
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail the test that called them by panicking"
+)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -182,12 +182,12 @@ impl KeySet {
             let Some(algorithm) = parse_algorithm(&k.algorithm) else {
                 continue;
             };
-            if let Some(kid) = &k.kid {
-                if !is_plain_kid(kid) {
-                    problems.push(format!(
-                        "{at}.keys[{i}]: kid {kid:?} must be 1-128 of A-Z a-z 0-9 - _ ."
-                    ));
-                }
+            if let Some(kid) = &k.kid
+                && !is_plain_kid(kid)
+            {
+                problems.push(format!(
+                    "{at}.keys[{i}]: kid {kid:?} must be 1-128 of A-Z a-z 0-9 - _ ."
+                ));
             }
             let hmac = matches!(
                 algorithm,
@@ -362,10 +362,10 @@ impl KeySet {
         if header.crit.is_some() {
             return Err(AuthError("header has crit extensions".into()));
         }
-        if let Some(kid) = &header.kid {
-            if !is_plain_kid(kid) {
-                return Err(AuthError("kid is not a plain identifier".into()));
-            }
+        if let Some(kid) = &header.kid
+            && !is_plain_kid(kid)
+        {
+            return Err(AuthError("kid is not a plain identifier".into()));
         }
         let matches = |k: &&Key| k.kid == header.kid && k.algorithm == header.alg;
         let remote_keys = self.remote.as_ref().map(|r| {

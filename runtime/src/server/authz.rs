@@ -86,12 +86,12 @@ impl ChannelPattern {
             }
         }
         for p in &parts {
-            if let Part::Literal(l) = p {
-                if l.contains('}') || !crate::server::protocol::is_valid_channel(l) {
-                    return Err(format!(
-                        "pattern {pattern:?}: {l:?} is not valid channel text"
-                    ));
-                }
+            if let Part::Literal(l) = p
+                && (l.contains('}') || !crate::server::protocol::is_valid_channel(l))
+            {
+                return Err(format!(
+                    "pattern {pattern:?}: {l:?} is not valid channel text"
+                ));
             }
         }
         Ok(Self { parts })

@@ -52,6 +52,10 @@ pub async fn accept(state: &ServerState, tcp: TcpStream) -> Option<(Socket, Admi
         }
     };
     let mut admitted = None;
+    #[expect(
+        clippy::result_large_err,
+        reason = "the callback's signature is tungstenite's"
+    )]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         match admit(state, req) {
             Ok((admission, protocol)) => {
