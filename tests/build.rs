@@ -26,6 +26,7 @@ fn main() {
     for watched in [
         "handlers/Cargo.toml",
         "handlers/Cargo.lock",
+        "handlers/.cargo/config.toml",
         "guest-sdk/src",
         "guest-sdk/Cargo.toml",
         "wit",

@@ -34,11 +34,19 @@ struct Mode {
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
+static DEPTH: AtomicU64 = AtomicU64::new(0);
+
+/// Recursion whose frames live on the wasm stack (bounded by the host's
+/// max_wasm_stack), not on the shadow stack in linear memory: no local needs
+/// an address, and the side effects around the call keep it from being
+/// turned into a loop.
+#[inline(never)]
 #[expect(unconditional_recursion, reason = "the point is to overflow the stack")]
-fn recurse(depth: u64) -> u64 {
-    // Only scalars: the frames live on the wasm stack (bounded by the host's
-    // max_wasm_stack), not on the shadow stack in linear memory.
-    black_box(recurse(black_box(depth + 1))).wrapping_add(1)
+fn recurse() -> u64 {
+    let depth = DEPTH.fetch_add(1, Ordering::Relaxed);
+    let below = recurse();
+    DEPTH.fetch_sub(1, Ordering::Relaxed);
+    below.wrapping_add(depth)
 }
 
 struct Misbehave;
@@ -72,7 +80,7 @@ impl Handler for Misbehave {
                 }
             }
             "recurse" => {
-                let depth = recurse(0);
+                let depth = recurse();
                 Ok(Actions::new().reply(&depth))
             }
             "big-reply" => {

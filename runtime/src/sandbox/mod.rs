@@ -52,6 +52,7 @@ pub use self::call::{
 pub use self::handler::{Handler, HandlerStats};
 pub use self::limits::*;
 pub use self::load::{EVENTS_EXPORT, LoadError, WORLD_VERSION};
+pub(crate) use self::log::truncate_utf8;
 pub use self::log::{LogLevel, LogLine};
 pub use self::state::{MemoryStateStore, StateStore};
 

@@ -487,7 +487,7 @@ impl Session {
                     } else {
                         close::NORMAL
                     };
-                    let reason = sandbox_truncate(c.reason, 123);
+                    let reason = sandbox::truncate_utf8(c.reason, 123);
                     flow = Flow::Close(code, reason);
                 }
             }
@@ -509,17 +509,6 @@ impl Session {
             .leave_subject(&self.tenant.id, &self.principal.subject, self.id);
         let _ = self.lifecycle(Phase::Disconnect).await;
     }
-}
-
-fn sandbox_truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
 
 /// The wire response to a failed handler call: the one place a sandbox
