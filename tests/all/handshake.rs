@@ -290,20 +290,23 @@ async fn per_ip_connection_cap_and_handshake_rate() {
     );
 
     let server = TestServer::start_with(|c| {
-        c.server.handshakes_per_ip_per_sec = 2;
+        c.server.handshakes_per_ip_per_sec = 1;
         c.server.handshake_burst_per_ip = 3;
     })
     .await;
     let token = server.token("alpha", "storm", "");
     let mut ok = 0;
+    let started = std::time::Instant::now();
     for _ in 0..8 {
         if server.connect("alpha", &token).await.is_ok() {
             ok += 1;
         }
     }
+    // A burst of 3, then 1 per second for however long the attempts took.
+    let most = 3 + started.elapsed().as_secs_f64().ceil() as usize + 1;
     assert!(
-        (3..=4).contains(&ok),
-        "burst of 3 then about 2/s: {ok} of 8 connected"
+        ok >= 3 && ok <= most.min(7),
+        "{ok} of 8 connected (at most {most})"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     server.assert_honest_client_served().await;

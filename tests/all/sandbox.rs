@@ -364,7 +364,7 @@ fn a_spinning_handler_does_not_block_the_async_runtime() {
             ..SandboxConfig::default()
         });
         let slow = HandlerLimits {
-            deadline: Duration::from_millis(1500),
+            deadline: Duration::from_millis(3000),
             ..HandlerLimits::default()
         };
         let spinner = load(
