@@ -40,6 +40,12 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
 pub const DEFAULT_HANDSHAKES_PER_IP_PER_SEC: u32 = 50;
 /// Handshake burst from one IP address.
 pub const DEFAULT_HANDSHAKE_BURST_PER_IP: u32 = 100;
+/// How often the server pings an otherwise quiet connection.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A connection that sends nothing (not even a pong) for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// On shutdown, how long connections get to finish their in-flight message.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one tenant may hold.
 pub const DEFAULT_MAX_CONNECTIONS_PER_TENANT: u32 = 10_000;
 /// Connections one subject may hold.
@@ -105,6 +111,12 @@ pub struct ServerConfig {
     pub handshakes_per_ip_per_sec: u32,
     /// [`DEFAULT_HANDSHAKE_BURST_PER_IP`].
     pub handshake_burst_per_ip: u32,
+    /// [`DEFAULT_PING_INTERVAL`], ms.
+    pub ping_interval_ms: u64,
+    /// [`DEFAULT_IDLE_TIMEOUT`], ms.
+    pub idle_timeout_ms: u64,
+    /// [`DEFAULT_DRAIN_TIMEOUT`], ms.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +137,9 @@ impl Default for ServerConfig {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             handshakes_per_ip_per_sec: DEFAULT_HANDSHAKES_PER_IP_PER_SEC,
             handshake_burst_per_ip: DEFAULT_HANDSHAKE_BURST_PER_IP,
+            ping_interval_ms: DEFAULT_PING_INTERVAL.as_millis() as u64,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -430,6 +445,8 @@ impl Config {
             ("max_outbound_bytes", s.max_outbound_bytes),
             ("max_json_depth", s.max_json_depth),
             ("handshake_timeout_ms", s.handshake_timeout_ms as usize),
+            ("ping_interval_ms", s.ping_interval_ms as usize),
+            ("idle_timeout_ms", s.idle_timeout_ms as usize),
             (
                 "handshakes_per_ip_per_sec",
                 s.handshakes_per_ip_per_sec as usize,

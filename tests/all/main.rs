@@ -9,6 +9,7 @@ mod chat;
 mod config;
 mod handshake;
 mod jwks;
+mod lifecycle;
 mod limits;
 mod logs;
 mod messages;

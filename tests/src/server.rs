@@ -353,6 +353,21 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Stop accepting, drain every connection, and wait for the server to
+    /// finish; returns how long the drain took.
+    pub async fn shutdown(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task ends cleanly");
+        }
+        started.elapsed()
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

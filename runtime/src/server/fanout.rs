@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub enum Outgoing {
     /// A text frame.
     Text(Utf8Bytes),
+    /// A ping (keep-alive and liveness check).
+    Ping,
     /// A close frame; the writer stops after it.
     Close(u16, String),
 }
@@ -80,6 +82,11 @@ impl Outbox {
             return false;
         }
         true
+    }
+
+    /// Queue a ping.
+    pub fn ping(&self) {
+        let _ = self.tx.send(Outgoing::Ping);
     }
 
     /// Queue a close frame.

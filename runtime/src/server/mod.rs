@@ -61,6 +61,8 @@ pub struct ServerState {
     ip_connections: ConnectionCounter<IpAddr>,
     ip_handshakes: KeyedLimiter<IpAddr>,
     next_id: AtomicU64,
+    /// Set to true when the server drains; every session watches it.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl ServerState {
@@ -116,6 +118,7 @@ impl ServerState {
             ip_connections: ConnectionCounter::default(),
             ip_handshakes,
             next_id: AtomicU64::new(1),
+            shutdown: tokio::sync::watch::channel(false).0,
             fanout: fanout::Fanout::default(),
             tenants,
             sandbox,
@@ -229,5 +232,19 @@ impl Server {
             });
         }
         sweeper.abort();
+        // Drain: every session finishes the message it is handling, applies
+        // its effects, sends close 1001 and ends; wait for all of them, but
+        // no longer than the drain time.
+        state.shutdown.send_replace(true);
+        let drain = Duration::from_millis(state.config.server.drain_timeout_ms);
+        if tokio::time::timeout(drain, state.shutdown.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = state.shutdown.receiver_count(),
+                "drain time passed with connections still open"
+            );
+        }
     }
 }

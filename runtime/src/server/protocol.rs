@@ -82,6 +82,8 @@ pub enum ErrorCode {
     BinaryNotSupported,
     /// Too many channels subscribed on this connection.
     TooManySubscriptions,
+    /// A `refresh` carried a token that does not verify.
+    InvalidToken,
     /// The handler failed.
     HandlerFailed,
     /// The handler ran out of fuel or time.
@@ -104,6 +106,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::HandlerFailed => "handler_failed",
             ErrorCode::HandlerTimeout => "handler_timeout",
             ErrorCode::Unavailable => "unavailable",

@@ -27,6 +27,8 @@ use crate::sandbox::{self, Action, CallErrorKind, Handler};
 
 /// Channels one connection may be subscribed to at once.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// How long the server waits for a client's answer to its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a closing connection's writer may take to flush.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
 
@@ -54,6 +56,18 @@ struct Session {
     subscriptions: HashSet<String>,
     limiter: DefaultDirectRateLimiter,
     limited_in_a_row: u32,
+    /// When the token (plus the tenant's leeway) expires.
+    expires: tokio::time::Instant,
+}
+
+/// The instant a token expiring at `exp` (seconds since the epoch) stops
+/// being valid, allowing `leeway` seconds of clock skew.
+fn expiry(exp: u64, leeway: u64) -> tokio::time::Instant {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = exp.saturating_add(leeway).saturating_sub(now_unix);
+    tokio::time::Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600))
 }
 
 /// Serve an admitted connection until it closes.
@@ -63,6 +77,11 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
         principal,
         slots: _slots,
     } = admitted;
+    let principal_expires_at = principal.expires_at;
+    let server = &state.config.server;
+    let ping_every = Duration::from_millis(server.ping_interval_ms);
+    let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
+    let mut shutdown = state.shutdown.subscribe();
     let id = state.next_connection_id();
     let (outbox, reader) = Outbox::new(state.config.server.max_outbound_bytes);
     let (sink, mut stream) = socket.split();
@@ -88,6 +107,7 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
         outbox: outbox.clone(),
         subscriptions: HashSet::new(),
         limited_in_a_row: 0,
+        expires: expiry(principal_expires_at, tenant.config.auth.leeway_secs),
     };
     tracing::debug!(tenant = %tenant.id, connection = id, "connected");
     state
@@ -100,6 +120,9 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
     ));
 
     let mut flow = session.lifecycle(Phase::Connect).await;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
     while matches!(flow, Flow::Continue) {
         let next = tokio::select! {
             biased;
@@ -108,8 +131,27 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
                 flow = Flow::Close(close::TRY_AGAIN_LATER, "slow consumer".into());
                 break;
             }
+            _ = shutdown.wait_for(|draining| *draining) => {
+                flow = Flow::Close(close::GOING_AWAY, "server shutting down".into());
+                break;
+            }
+            () = tokio::time::sleep_until(session.expires) => {
+                tracing::debug!(tenant = %tenant.id, connection = id, "token expired");
+                flow = Flow::Close(close::POLICY, "token expired".into());
+                break;
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() >= idle_timeout {
+                    tracing::debug!(tenant = %tenant.id, connection = id, "idle timeout");
+                    flow = Flow::Close(close::NORMAL, "idle timeout".into());
+                    break;
+                }
+                outbox.ping();
+                continue;
+            }
             next = stream.next() => next,
         };
+        last_heard = tokio::time::Instant::now();
         flow = match next {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
@@ -129,6 +171,17 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
     }
     if let Flow::Close(code, reason) = flow {
         outbox.close(code, reason);
+        // The closing handshake: wait (briefly) for the client's close frame
+        // before the TCP connection goes, so that the client reads our code
+        // instead of a reset.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(frame)) = stream.next().await {
+                if frame.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     session.cleanup().await;
     drop(session);
@@ -168,6 +221,11 @@ async fn write_loop(
                     let fed = sink.feed(Message::Text(text)).await;
                     reader.written(len);
                     if fed.is_err() {
+                        return;
+                    }
+                }
+                Outgoing::Ping => {
+                    if sink.feed(Message::Ping(Default::default())).await.is_err() {
                         return;
                     }
                 }
@@ -273,6 +331,10 @@ impl Session {
                 self.send(protocol::ack(id, None));
                 return Ok(Flow::Continue);
             }
+            "refresh" => {
+                self.refresh(&envelope)?;
+                return Ok(Flow::Continue);
+            }
             kind if protocol::is_reserved_type(kind) => {
                 return Err(Rejection::error(ErrorCode::UnknownType, "reserved type"));
             }
@@ -336,6 +398,52 @@ impl Session {
             Ok(outcome) => Ok(self.apply(&handler, outcome.actions, Phase::Message, id)),
             Err(e) => Err(call_rejection(&e.kind)),
         }
+    }
+
+    /// `{"type":"refresh","data":{"token":"..."}}`: a new token for the same
+    /// tenant and subject extends the connection; subscriptions the new
+    /// claims no longer allow are dropped and listed in the ack.
+    fn refresh(&mut self, envelope: &protocol::Envelope) -> Result<(), Rejection> {
+        let token = envelope
+            .data
+            .get("token")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| Rejection::error(ErrorCode::BadEnvelope, "refresh needs data.token"))?;
+        let principal = self.tenant.keys.verify(token).map_err(|e| {
+            tracing::debug!(tenant = %self.tenant.id, connection = self.id, reason = %e, "refresh token refused");
+            Rejection::error(ErrorCode::InvalidToken, "the token is not valid")
+        })?;
+        if principal.subject != self.principal.subject {
+            return Err(Rejection::error(
+                ErrorCode::Forbidden,
+                "a refresh must keep the same subject",
+            ));
+        }
+        self.expires = expiry(principal.expires_at, self.tenant.config.auth.leeway_secs);
+        self.conn.principal.claims = self.tenant.exposed_claims(&principal.claims);
+        self.principal = principal;
+        let mut dropped: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|ch| {
+                !channel_allowed(
+                    &self.tenant.channels,
+                    &self.principal,
+                    ch,
+                    ChannelOp::Subscribe,
+                )
+            })
+            .cloned()
+            .collect();
+        dropped.sort();
+        for channel in &dropped {
+            self.unsubscribe(channel);
+        }
+        let data =
+            serde_json::json!({ "expires_at": self.principal.expires_at, "dropped": dropped });
+        let raw = RawValue::from_string(data.to_string()).ok();
+        self.send(protocol::ack(envelope.id.as_deref(), raw.as_deref()));
+        Ok(())
     }
 
     fn subscribe(&mut self, channel: &str) -> Result<(), Rejection> {
