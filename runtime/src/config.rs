@@ -44,6 +44,8 @@ pub const DEFAULT_HANDSHAKE_BURST_PER_IP: u32 = 100;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// A connection that sends nothing (not even a pong) for this long is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where the admin listener (metrics, health) listens by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// On shutdown, how long connections get to finish their in-flight message.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one tenant may hold.
@@ -117,6 +119,9 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     /// [`DEFAULT_DRAIN_TIMEOUT`], ms.
     pub drain_timeout_ms: u64,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), plain HTTP;
+    /// keep it on loopback or a private network ([`DEFAULT_ADMIN_LISTEN`]).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +145,7 @@ impl Default for ServerConfig {
             ping_interval_ms: DEFAULT_PING_INTERVAL.as_millis() as u64,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT.as_millis() as u64,
+            admin_listen: DEFAULT_ADMIN_LISTEN.parse().ok(),
         }
     }
 }

@@ -5,6 +5,7 @@
     reason = "helpers of tests fail the test that called them by panicking"
 )]
 
+mod admin;
 mod chat;
 mod config;
 mod handshake;

@@ -199,6 +199,8 @@ pub fn tenant(secret_file: &str) -> TenantConfig {
 pub struct TestServer {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Where its admin listener (metrics, health) listens.
+    pub admin: Option<std::net::SocketAddr>,
     /// The certificate to trust.
     pub ca_pem: Vec<u8>,
     /// Tenant gamma's key pair.
@@ -246,6 +248,7 @@ impl TestServer {
                 tls_cert: "cert.pem".into(),
                 tls_key: "key.pem".into(),
                 max_connections_per_ip: 10_000,
+                admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
                 handshakes_per_ip_per_sec: 10_000,
                 handshake_burst_per_ip: 10_000,
                 ..ServerConfig::default()
@@ -272,12 +275,14 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
         Self {
             addr,
+            admin,
             ca_pem: cert.into_bytes(),
             ec,
             state,

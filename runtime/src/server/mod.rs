@@ -15,11 +15,13 @@
 //! fanout     channel registry, per-connection queues                  (fanout.rs)
 //! ```
 
+pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod fanout;
 pub mod handshake;
 pub mod jwks;
+pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
 pub mod session;
@@ -126,6 +128,11 @@ impl ServerState {
         }))
     }
 
+    /// Whether the server is draining (shutting down).
+    pub fn is_draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     fn next_connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -147,6 +154,7 @@ impl ServerState {
 pub struct Server {
     state: Arc<ServerState>,
     listener: TcpListener,
+    admin: Option<TcpListener>,
 }
 
 impl Server {
@@ -162,7 +170,19 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        Ok(Self { state, listener })
+        let admin = match state.config.server.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {a} (admin): {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            state,
+            listener,
+            admin,
+        })
     }
 
     /// The address it listens on.
@@ -170,6 +190,11 @@ impl Server {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| self.state.config.server.listen)
+    }
+
+    /// The address of the admin listener, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state.
@@ -180,6 +205,9 @@ impl Server {
     /// Accept connections until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
+        let admin = self
+            .admin
+            .map(|listener| tokio::spawn(admin::serve(listener, Arc::downgrade(&state))));
         let sweeper = {
             let state = Arc::downgrade(&state);
             tokio::spawn(async move {
@@ -232,7 +260,7 @@ impl Server {
             });
         }
         sweeper.abort();
-        // Drain: every session finishes the message it is handling, applies
+        // Drain (readyz answers 503 from here on): every session finishes the message it is handling, applies
         // its effects, sends close 1001 and ends; wait for all of them, but
         // no longer than the drain time.
         state.shutdown.send_replace(true);
@@ -245,6 +273,9 @@ impl Server {
                 remaining = state.shutdown.receiver_count(),
                 "drain time passed with connections still open"
             );
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
     }
 }

@@ -58,6 +58,8 @@ struct Session {
     limited_in_a_row: u32,
     /// When the token (plus the tenant's leeway) expires.
     expires: tokio::time::Instant,
+    /// When the message being handled arrived (for the latency histogram).
+    started: std::time::Instant,
 }
 
 /// The instant a token expiring at `exp` (seconds since the epoch) stops
@@ -108,6 +110,7 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
         subscriptions: HashSet::new(),
         limited_in_a_row: 0,
         expires: expiry(principal_expires_at, tenant.config.auth.leeway_secs),
+        started: std::time::Instant::now(),
     };
     tracing::debug!(tenant = %tenant.id, connection = id, "connected");
     state
@@ -170,6 +173,7 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
         };
     }
     if let Flow::Close(code, reason) = flow {
+        tenant.metrics.closed(code);
         outbox.close(code, reason);
         // The closing handshake: wait (briefly) for the client's close frame
         // before the TCP connection goes, so that the client reads our code
@@ -254,6 +258,11 @@ impl Session {
     }
 
     fn reject(&self, id: Option<&str>, rejection: &Rejection) {
+        if let Rejection::Error { code, .. } = rejection {
+            self.tenant
+                .metrics
+                .message_error(code, self.started.elapsed());
+        }
         if let Some(frame) = rejection.frame(id) {
             self.send(frame);
         }
@@ -276,6 +285,7 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
+        self.started = std::time::Instant::now();
         let rate = self.check_rate();
         let decoded = protocol::decode(text, self.state.config.server.max_json_depth);
         if let Err(wait) = rate {
@@ -316,6 +326,7 @@ impl Session {
         let id = envelope.id.as_deref();
         match envelope.kind.as_str() {
             "ping" => {
+                self.tenant.metrics.message_ok(self.started.elapsed());
                 self.send(protocol::pong(id));
                 return Ok(Flow::Continue);
             }
@@ -328,6 +339,7 @@ impl Session {
                 } else {
                     self.unsubscribe(channel);
                 }
+                self.tenant.metrics.message_ok(self.started.elapsed());
                 self.send(protocol::ack(id, None));
                 return Ok(Flow::Continue);
             }
@@ -525,9 +537,10 @@ impl Session {
     ) -> Flow {
         let mut replied = false;
         let mut flow = Flow::Continue;
-        let tenant_id = self.tenant.id.clone();
+        let tenant = self.tenant.clone();
         let refused = |what: &str| {
-            tracing::warn!(tenant = %tenant_id, handler = %handler.spec().name, action = what, "handler action refused");
+            tenant.metrics.action_refused();
+            tracing::warn!(tenant = %tenant.id, handler = %handler.spec().name, action = what, "handler action refused");
         };
         for action in actions {
             if phase == Phase::Disconnect && !matches!(action, Action::Publish(_) | Action::Send(_))
@@ -600,8 +613,11 @@ impl Session {
                 }
             }
         }
-        if phase == Phase::Message && !replied {
-            self.send(protocol::ack(reply_to, None));
+        if phase == Phase::Message {
+            self.tenant.metrics.message_ok(self.started.elapsed());
+            if !replied {
+                self.send(protocol::ack(reply_to, None));
+            }
         }
         flow
     }

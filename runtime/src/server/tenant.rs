@@ -48,6 +48,8 @@ pub struct Tenant {
     pub subject_connections: ConnectionCounter<String>,
     /// Live connections of the tenant.
     pub connections: ConnectionCounter<()>,
+    /// Counters for `/metrics`.
+    pub metrics: super::metrics::TenantMetrics,
 }
 
 impl Tenant {
@@ -160,6 +162,7 @@ impl Tenant {
             )),
             subject_connections: ConnectionCounter::default(),
             connections: ConnectionCounter::default(),
+            metrics: super::metrics::TenantMetrics::default(),
         }))
     }
 

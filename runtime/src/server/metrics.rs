@@ -1,0 +1,255 @@
+//! Per-tenant counters and the Prometheus text rendering of everything the
+//! admin listener exposes. Plain atomics: recording is a few relaxed adds on
+//! the hot path.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::ServerState;
+
+/// Upper bounds (seconds) of the message latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Counters of one tenant.
+#[derive(Default)]
+pub struct TenantMetrics {
+    messages_ok: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    closes: Mutex<BTreeMap<u16, u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    refused_actions: AtomicU64,
+}
+
+impl TenantMetrics {
+    /// A message answered with an `ack`, after `took`.
+    pub fn message_ok(&self, took: Duration) {
+        self.messages_ok.fetch_add(1, Ordering::Relaxed);
+        self.observe(took);
+    }
+
+    /// A message answered with an `error` frame of `code`.
+    pub fn message_error(&self, code: &str, took: Duration) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(code.to_owned())
+            .or_default() += 1;
+        self.observe(took);
+    }
+
+    /// The server closed a connection with `code`.
+    pub fn closed(&self, code: u16) {
+        *self
+            .closes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// A handler's action was refused by the host.
+    pub fn action_refused(&self) {
+        self.refused_actions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Escape a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Everything, in the Prometheus text exposition format.
+pub fn render(state: &ServerState) -> String {
+    let mut out = String::new();
+    let help = |out: &mut String, name: &str, kind: &str, text: &str| {
+        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+    };
+    help(&mut out, "sluice_connections", "gauge", "Open connections.");
+    for (id, t) in &state.tenants {
+        let _ = writeln!(
+            out,
+            "sluice_connections{{tenant=\"{}\"}} {}",
+            label(id),
+            t.connections.count(&())
+        );
+    }
+    help(
+        &mut out,
+        "sluice_messages_total",
+        "counter",
+        "Client messages by outcome: ok, or the error code answered.",
+    );
+    for (id, t) in &state.tenants {
+        let m = &t.metrics;
+        let _ = writeln!(
+            out,
+            "sluice_messages_total{{tenant=\"{}\",outcome=\"ok\"}} {}",
+            label(id),
+            m.messages_ok.load(Ordering::Relaxed)
+        );
+        for (code, n) in m
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "sluice_messages_total{{tenant=\"{}\",outcome=\"{}\"}} {n}",
+                label(id),
+                label(code)
+            );
+        }
+    }
+    help(
+        &mut out,
+        "sluice_closes_total",
+        "counter",
+        "Connections closed by the server, by close code (1008 expiry/abuse, 1013 slow consumer, ...).",
+    );
+    for (id, t) in &state.tenants {
+        for (code, n) in t
+            .metrics
+            .closes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "sluice_closes_total{{tenant=\"{}\",code=\"{code}\"}} {n}",
+                label(id)
+            );
+        }
+    }
+    help(
+        &mut out,
+        "sluice_refused_actions_total",
+        "counter",
+        "Actions returned by handlers and refused by the host.",
+    );
+    for (id, t) in &state.tenants {
+        let _ = writeln!(
+            out,
+            "sluice_refused_actions_total{{tenant=\"{}\"}} {}",
+            label(id),
+            t.metrics.refused_actions.load(Ordering::Relaxed)
+        );
+    }
+    help(
+        &mut out,
+        "sluice_message_seconds",
+        "histogram",
+        "Time from a message's arrival to its answer.",
+    );
+    for (id, t) in &state.tenants {
+        let m = &t.metrics;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&m.latency_buckets) {
+            let _ = writeln!(
+                out,
+                "sluice_message_seconds_bucket{{tenant=\"{}\",le=\"{bound}\"}} {}",
+                label(id),
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = m.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "sluice_message_seconds_bucket{{tenant=\"{}\",le=\"+Inf\"}} {count}",
+            label(id)
+        );
+        let _ = writeln!(
+            out,
+            "sluice_message_seconds_sum{{tenant=\"{}\"}} {}",
+            label(id),
+            m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "sluice_message_seconds_count{{tenant=\"{}\"}} {count}",
+            label(id)
+        );
+    }
+    help(
+        &mut out,
+        "sluice_handler_calls_total",
+        "counter",
+        "Handler calls by outcome: ok, or the sandbox error kind (trap, out_of_fuel, deadline, memory_limit, quarantined, ...).",
+    );
+    for (id, t) in &state.tenants {
+        for (name, h) in &t.handlers {
+            let s = h.stats();
+            let _ = writeln!(
+                out,
+                "sluice_handler_calls_total{{tenant=\"{}\",handler=\"{}\",outcome=\"ok\"}} {}",
+                label(id),
+                label(name),
+                s.ok
+            );
+            for (kind, n) in &s.errors {
+                let _ = writeln!(
+                    out,
+                    "sluice_handler_calls_total{{tenant=\"{}\",handler=\"{}\",outcome=\"{}\"}} {n}",
+                    label(id),
+                    label(name),
+                    label(kind)
+                );
+            }
+        }
+    }
+    help(
+        &mut out,
+        "sluice_handler_fuel_total",
+        "counter",
+        "Fuel spent by handler calls.",
+    );
+    help(
+        &mut out,
+        "sluice_handler_quarantines_total",
+        "counter",
+        "Times a handler was quarantined.",
+    );
+    for (id, t) in &state.tenants {
+        for (name, h) in &t.handlers {
+            let s = h.stats();
+            let _ = writeln!(
+                out,
+                "sluice_handler_fuel_total{{tenant=\"{}\",handler=\"{}\"}} {}",
+                label(id),
+                label(name),
+                s.fuel_consumed
+            );
+            let _ = writeln!(
+                out,
+                "sluice_handler_quarantines_total{{tenant=\"{}\",handler=\"{}\"}} {}",
+                label(id),
+                label(name),
+                s.quarantines
+            );
+        }
+    }
+    out
+}
