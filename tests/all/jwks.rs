@@ -139,3 +139,34 @@ async fn keys_from_a_jwks_url_verify_and_rotate_without_a_restart() {
     }
     server.assert_honest_client_served().await;
 }
+
+#[tokio::test]
+async fn keys_from_a_jwks_file_verify() {
+    let (jwk, pem) = ec_key("file1");
+    let dir = TempDir::new();
+    let path = dir.0.join("jwks.json");
+    std::fs::write(&path, json!({"keys": [jwk]}).to_string()).expect("write");
+    let server = TestServer::start_with(move |c| {
+        let mut epsilon = sluice_tests::server::tenant("unused");
+        epsilon.auth.keys = Vec::<KeyConfig>::new();
+        epsilon.auth.jwks_file = Some(path);
+        c.tenants.insert("epsilon".into(), epsilon);
+    })
+    .await;
+    server
+        .connect("epsilon", &es256(&pem, "file1", "erin"))
+        .await
+        .expect("a key from the JWKS file");
+    let (_, other) = ec_key("file1");
+    match server
+        .connect("epsilon", &es256(&other, "file1", "erin"))
+        .await
+    {
+        Err(ConnectError::Refused(401)) => {}
+        res => panic!(
+            "a token signed by another key with the same kid: {:?}",
+            res.err()
+        ),
+    }
+    drop(dir);
+}

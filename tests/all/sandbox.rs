@@ -636,3 +636,40 @@ async fn the_same_component_is_compiled_once() {
     assert!(second < first, "second load {second:?} vs first {first:?}");
     assert_eq!(second_handler.digest().len(), 64);
 }
+
+#[tokio::test]
+async fn the_compilation_cache_on_disk_is_used_when_configured() {
+    let dir = sluice_tests::server::TempDir::new();
+    let sandbox = sandbox_with(SandboxConfig {
+        cache_dir: Some(dir.0.clone()),
+        ..SandboxConfig::default()
+    });
+    let echo = load(&sandbox, handlers::ECHO, HandlerSpec::new("echo", "t1")).await;
+    echo.on_message(&conn("t1", "a"), &msg("echo", None, json!(1)))
+        .await
+        .expect("echo");
+    fn files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    // wasmtime writes its cache entries from a background thread.
+    let started = Instant::now();
+    while files(&dir.0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing was cached in {}",
+            dir.0.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
