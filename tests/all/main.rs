@@ -6,6 +6,7 @@
 )]
 
 mod admin;
+mod adversarial;
 mod chat;
 mod config;
 mod handshake;
