@@ -81,6 +81,9 @@ pub struct Config {
     /// The directory relative paths are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file it was read from, if any (what a reload reads again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Listener, TLS and WebSocket settings.
@@ -378,7 +381,9 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&text, &base)
+        let mut config = Self::parse(&text, &base)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parse TOML text, reporting every problem at once.
@@ -418,6 +423,7 @@ impl Config {
             sandbox,
             tenants,
             base_dir: base_dir.to_path_buf(),
+            source: None,
         };
         problems.extend(config.problems(server_ok, &unparsed_handlers));
         if problems.is_empty() {

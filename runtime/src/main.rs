@@ -72,6 +72,13 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Ask a running server to reload its configuration file (same as
+    /// SIGHUP), through its admin listener.
+    Reload {
+        /// The admin listener's address.
+        #[arg(long, default_value = sluice::config::DEFAULT_ADMIN_LISTEN)]
+        admin: String,
+    },
     /// An interactive wss client: sends each line of stdin as a text frame,
     /// prints every frame received.
     Connect(cli::connect::ConnectArgs),
@@ -191,6 +198,7 @@ fn main() -> ExitCode {
                 claims,
             } => token(config, tenant, sub, scopes, ttl, claims).await,
             Command::Check { config } => check(config).await,
+            Command::Reload { admin } => reload(admin).await,
             Command::Connect(args) => cli::connect::run(args).await,
             Command::Call(args) => call(args).await,
             Command::Bench(BenchCommand::Sandbox {
@@ -243,8 +251,51 @@ async fn serve(config: PathBuf) -> anyhow::Result<ExitCode> {
     let config = sluice::config::Config::load(&config)?;
     let server = sluice::server::Server::bind(config).await?;
     eprintln!("sluice listening on wss://{}", server.local_addr());
+    reload_on_sighup(server.state().clone());
     server.run(shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: reload the configuration file; a refused reload is logged and
+/// the old configuration keeps serving.
+pub(crate) fn reload_on_sighup(state: std::sync::Arc<sluice::server::ServerState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match state.reload_from_source().await {
+                Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the old configuration keeps serving")
+                }
+            }
+        }
+    });
+}
+
+async fn reload(admin: String) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(&admin)
+        .await
+        .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
+    tcp.write_all(
+        b"POST /reload HTTP/1.1\r\nHost: sluice\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await?;
+    let ok = raw.starts_with("HTTP/1.1 200");
+    let body = raw.split_once("\r\n\r\n").map_or(raw.as_str(), |(_, b)| b);
+    if ok {
+        print!("{body}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{body}");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
@@ -254,7 +305,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     };
     match loaded {
         Ok(state) => {
-            for (id, t) in &state.tenants {
+            for (id, t) in state.tenants().iter() {
                 println!(
                     "tenant {id}: {} route(s), {} handler(s), {} channel rule(s)",
                     t.routes.len(),

@@ -15,5 +15,6 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod messages;
+mod reload;
 mod sandbox;
 mod tokens;

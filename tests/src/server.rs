@@ -264,6 +264,7 @@ impl TestServer {
             ]
             .into(),
             base_dir: dir.0.clone(),
+            source: None,
         };
         customize(&mut config);
         let state = match ServerState::build(config).await {

@@ -76,6 +76,7 @@ pub async fn run(dir: PathBuf, listen: String) -> anyhow::Result<()> {
         "\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write\n",
         config_path.display()
     );
+    crate::reload_on_sighup(server.state().clone());
     server.run(crate::shutdown_signal()).await;
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The admin listener: plain HTTP on a separate address (loopback by
 //! default), never on the public port. `GET /metrics` (Prometheus text),
 //! `GET /healthz` (the process is up), `GET /readyz` (200 while accepting
-//! connections, 503 while draining).
+//! connections, 503 while draining), `POST /reload` (re-read the config file;
+//! 200 with a summary, or 422 with every problem while the old configuration
+//! keeps serving).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ pub async fn serve(listener: TcpListener, state: std::sync::Weak<ServerState>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&req, state.upgrade())) }
+                async move { Ok::<_, Infallible>(respond(&req, state.upgrade()).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
@@ -42,12 +44,27 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     resp
 }
 
-fn respond(req: &Request<Incoming>, state: Option<Arc<ServerState>>) -> Response<Full<Bytes>> {
+async fn respond(
+    req: &Request<Incoming>,
+    state: Option<Arc<ServerState>>,
+) -> Response<Full<Bytes>> {
     let Some(state) = state else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n");
     };
+    if req.method() == hyper::Method::POST && req.uri().path() == "/reload" {
+        return match state.reload_from_source().await {
+            Ok(summary) => {
+                tracing::info!(%summary, "configuration reloaded");
+                text(StatusCode::OK, format!("reloaded: {summary}\n"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the old configuration keeps serving");
+                text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"))
+            }
+        };
+    }
     if req.method() != hyper::Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only (POST /reload)\n");
     }
     match req.uri().path() {
         "/metrics" => {

@@ -44,7 +44,7 @@ pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
 /// TLS, then the upgrade. The caller bounds this with the handshake deadline.
 pub async fn accept(state: &ServerState, tcp: TcpStream) -> Option<(Socket, Admitted)> {
-    let tls = match state.tls.accept(tcp).await {
+    let tls = match state.tls().accept(tcp).await {
         Ok(tls) => tls,
         Err(e) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -97,11 +97,7 @@ fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusC
         .strip_prefix("/ws/")
         .filter(|t| !t.contains('/'))
         .ok_or(StatusCode::NOT_FOUND)?;
-    let tenant = state
-        .tenants
-        .get(tenant_id)
-        .ok_or(StatusCode::NOT_FOUND)?
-        .clone();
+    let tenant = state.tenant(tenant_id).ok_or(StatusCode::NOT_FOUND)?;
 
     match req.headers().get(http::header::ORIGIN) {
         Some(origin) => {

@@ -83,12 +83,13 @@ fn label(v: &str) -> String {
 
 /// Everything, in the Prometheus text exposition format.
 pub fn render(state: &ServerState) -> String {
+    let tenants = state.tenants();
     let mut out = String::new();
     let help = |out: &mut String, name: &str, kind: &str, text: &str| {
         let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
     };
     help(&mut out, "sluice_connections", "gauge", "Open connections.");
-    for (id, t) in &state.tenants {
+    for (id, t) in tenants.iter() {
         let _ = writeln!(
             out,
             "sluice_connections{{tenant=\"{}\"}} {}",
@@ -102,7 +103,7 @@ pub fn render(state: &ServerState) -> String {
         "counter",
         "Client messages by outcome: ok, or the error code answered.",
     );
-    for (id, t) in &state.tenants {
+    for (id, t) in tenants.iter() {
         let m = &t.metrics;
         let _ = writeln!(
             out,
@@ -130,7 +131,7 @@ pub fn render(state: &ServerState) -> String {
         "counter",
         "Connections closed by the server, by close code (1008 expiry/abuse, 1013 slow consumer, ...).",
     );
-    for (id, t) in &state.tenants {
+    for (id, t) in tenants.iter() {
         for (code, n) in t
             .metrics
             .closes
@@ -151,7 +152,7 @@ pub fn render(state: &ServerState) -> String {
         "counter",
         "Actions returned by handlers and refused by the host.",
     );
-    for (id, t) in &state.tenants {
+    for (id, t) in tenants.iter() {
         let _ = writeln!(
             out,
             "sluice_refused_actions_total{{tenant=\"{}\"}} {}",
@@ -165,7 +166,7 @@ pub fn render(state: &ServerState) -> String {
         "histogram",
         "Time from a message's arrival to its answer.",
     );
-    for (id, t) in &state.tenants {
+    for (id, t) in tenants.iter() {
         let m = &t.metrics;
         for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&m.latency_buckets) {
             let _ = writeln!(
@@ -199,7 +200,7 @@ pub fn render(state: &ServerState) -> String {
         "counter",
         "Handler calls by outcome: ok, or the sandbox error kind (trap, out_of_fuel, deadline, memory_limit, quarantined, ...).",
     );
-    for (id, t) in &state.tenants {
+    for (id, t) in tenants.iter() {
         for (name, h) in &t.handlers {
             let s = h.stats();
             let _ = writeln!(
@@ -232,7 +233,7 @@ pub fn render(state: &ServerState) -> String {
         "counter",
         "Times a handler was quarantined.",
     );
-    for (id, t) in &state.tenants {
+    for (id, t) in tenants.iter() {
         for (name, h) in &t.handlers {
             let s = h.stats();
             let _ = writeln!(

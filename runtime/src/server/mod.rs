@@ -32,8 +32,8 @@ pub mod validate;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -52,13 +52,13 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub struct ServerState {
     /// The configuration it was built from.
     pub config: Config,
-    /// Tenants by id.
-    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// Tenants by id; swapped as a whole by a reload.
+    tenants: RwLock<Arc<HashMap<String, Arc<Tenant>>>>,
     /// The sandbox every handler runs in.
     pub sandbox: Sandbox,
     /// The channel registry.
     pub fanout: fanout::Fanout,
-    tls: TlsAcceptor,
+    tls: RwLock<TlsAcceptor>,
     ws_config: WebSocketConfig,
     ip_connections: ConnectionCounter<IpAddr>,
     ip_handshakes: KeyedLimiter<IpAddr>,
@@ -91,7 +91,7 @@ impl ServerState {
         .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
         let mut tenants = HashMap::new();
         for (id, tc) in &config.tenants {
-            match Tenant::load(id, tc, &config, &sandbox).await {
+            match Tenant::load(id, tc, &config, &sandbox, None).await {
                 Ok(t) => {
                     t.keys.start_refresh();
                     tenants.insert(id.clone(), t);
@@ -115,14 +115,14 @@ impl ServerState {
         let ip_handshakes =
             KeyedLimiter::new(quota(s.handshakes_per_ip_per_sec, s.handshake_burst_per_ip));
         Ok(Arc::new(Self {
-            tls: TlsAcceptor::from(tls),
+            tls: RwLock::new(TlsAcceptor::from(tls)),
             ws_config,
             ip_connections: ConnectionCounter::default(),
             ip_handshakes,
             next_id: AtomicU64::new(1),
             shutdown: tokio::sync::watch::channel(false).0,
             fanout: fanout::Fanout::default(),
-            tenants,
+            tenants: RwLock::new(Arc::new(tenants)),
             sandbox,
             config,
         }))
@@ -137,14 +137,88 @@ impl ServerState {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A tenant by id.
-    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
-        self.tenants.get(id)
+    /// A tenant by id, as currently configured.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.tenants().get(id).cloned()
+    }
+
+    /// Every tenant, as currently configured.
+    pub fn tenants(&self) -> Arc<HashMap<String, Arc<Tenant>>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn tls(&self) -> TlsAcceptor {
+        self.tls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Apply a new configuration without dropping a connection: tenants,
+    /// keys, routes, schemas, handlers and the TLS certificate are rebuilt
+    /// and swapped in at once; a connection picks the new tenant up at its
+    /// next message, a message in flight finishes on the old one. Anything
+    /// that fails to load refuses the whole reload, and the old
+    /// configuration keeps serving. Listener addresses and engine-wide
+    /// sandbox settings need a restart.
+    pub async fn reload(&self, config: Config) -> Result<String, ConfigErrors> {
+        let mut problems = Vec::new();
+        let (old, new) = (&self.config.server, &config.server);
+        if old.listen != new.listen || old.admin_listen != new.admin_listen {
+            problems.push("server: listen and admin_listen change only with a restart".to_owned());
+        }
+        if self.config.sandbox != config.sandbox {
+            problems.push("sandbox: engine settings change only with a restart".to_owned());
+        }
+        let tls = tls::server_config(&config.path(&new.tls_cert), &config.path(&new.tls_key))
+            .map_err(|e| problems.push(format!("server: {e}")))
+            .ok();
+        let current = self.tenants();
+        let mut tenants = HashMap::new();
+        for (id, tc) in &config.tenants {
+            let previous = current.get(id).map(Arc::as_ref);
+            match Tenant::load(id, tc, &config, &self.sandbox, previous).await {
+                Ok(t) => {
+                    tenants.insert(id.clone(), t);
+                }
+                Err(p) => problems.extend(p),
+            }
+        }
+        let Some(tls) = tls else {
+            return Err(ConfigErrors(problems));
+        };
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        for t in tenants.values() {
+            t.keys.start_refresh();
+        }
+        let summary = format!(
+            "{} tenant(s), {} handler(s)",
+            tenants.len(),
+            tenants.values().map(|t| t.handlers.len()).sum::<usize>()
+        );
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = TlsAcceptor::from(tls);
+        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
+        Ok(summary)
+    }
+
+    /// Reload from the file the configuration came from.
+    pub async fn reload_from_source(&self) -> Result<String, ConfigErrors> {
+        let Some(path) = &self.config.source else {
+            return Err(ConfigErrors(vec![
+                "this server was not started from a config file".into(),
+            ]));
+        };
+        self.reload(Config::load(path)?).await
     }
 
     fn sweep(&self) {
         self.ip_handshakes.sweep();
-        for t in self.tenants.values() {
+        for t in self.tenants().values() {
             t.subject_limiter.sweep();
         }
     }

@@ -76,6 +76,15 @@ pub struct ConnectionCounter<K: Hash + Eq + Clone> {
     counts: Arc<Mutex<HashMap<K, u32>>>,
 }
 
+impl<K: Hash + Eq + Clone> Clone for ConnectionCounter<K> {
+    /// A handle to the same counts.
+    fn clone(&self) -> Self {
+        Self {
+            counts: self.counts.clone(),
+        }
+    }
+}
+
 impl<K: Hash + Eq + Clone> Default for ConnectionCounter<K> {
     fn default() -> Self {
         Self {

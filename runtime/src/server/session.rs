@@ -286,6 +286,16 @@ impl Session {
 
     async fn on_text(&mut self, text: &str) -> Flow {
         self.started = std::time::Instant::now();
+        // A reload swaps tenants: pick up the current one (its routes,
+        // schemas, handlers, rules) for this message.
+        match self.state.tenant(&self.tenant.id) {
+            Some(current) if !Arc::ptr_eq(&current, &self.tenant) => {
+                self.conn.principal.claims = current.exposed_claims(&self.principal.claims);
+                self.tenant = current;
+            }
+            Some(_) => {}
+            None => return Flow::Close(close::GOING_AWAY, "tenant removed".into()),
+        }
         let rate = self.check_rate();
         let decoded = protocol::decode(text, self.state.config.server.max_json_depth);
         if let Err(wait) = rate {

@@ -49,7 +49,7 @@ pub struct Tenant {
     /// Live connections of the tenant.
     pub connections: ConnectionCounter<()>,
     /// Counters for `/metrics`.
-    pub metrics: super::metrics::TenantMetrics,
+    pub metrics: Arc<super::metrics::TenantMetrics>,
 }
 
 impl Tenant {
@@ -60,6 +60,7 @@ impl Tenant {
         tc: &TenantConfig,
         config: &Config,
         sandbox: &Sandbox,
+        previous: Option<&Tenant>,
     ) -> Result<Arc<Tenant>, Vec<String>> {
         let mut problems = Vec::new();
         let at = format!("tenants.{id}");
@@ -160,9 +161,13 @@ impl Tenant {
                 limits.tenant_messages_per_sec,
                 limits.tenant_messages_per_sec.saturating_mul(2),
             )),
-            subject_connections: ConnectionCounter::default(),
-            connections: ConnectionCounter::default(),
-            metrics: super::metrics::TenantMetrics::default(),
+            // A reload keeps the live counts: connections admitted under the
+            // old configuration still hold their slots.
+            subject_connections: previous
+                .map(|p| p.subject_connections.clone())
+                .unwrap_or_default(),
+            connections: previous.map(|p| p.connections.clone()).unwrap_or_default(),
+            metrics: previous.map(|p| p.metrics.clone()).unwrap_or_default(),
         }))
     }
 
