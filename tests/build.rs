@@ -41,7 +41,14 @@ fn main() {
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join("wasm-handlers");
+        // One folder per checkout: two clones sharing a CARGO_TARGET_DIR must
+        // not overwrite each other's components.
+        .join(format!("wasm-handlers-{:016x}", {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            root.hash(&mut h);
+            h.finish()
+        }));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&handlers)

@@ -53,6 +53,12 @@ async fn a_full_run_with_query_tokens_logs_no_token() {
         .await
         .expect("query token");
     c.assert_usable().await;
+    // A message body and a handler failure, so the logs have more to say.
+    c.request(
+        serde_json::json!({"type": "echo", "id": "b", "data": {"note": "BODY-SENTINEL-4711"}}),
+    )
+    .await;
+    c.request(serde_json::json!({"type": "misbehave", "id": "p", "data": {"mode": "panic", "target": "BODY-SENTINEL-4711"}})).await;
     let forged = format!("{good}x");
     assert!(server.connect_with("beta", opts(&forged)).await.is_err());
     assert!(server.connect_with("alpha", opts(&good)).await.is_err());
@@ -74,4 +80,14 @@ async fn a_full_run_with_query_tokens_logs_no_token() {
         !logs.contains("access_token=ey"),
         "a query token reached the logs"
     );
+    assert!(
+        !logs.contains("BODY-SENTINEL-4711"),
+        "a message body reached the logs"
+    );
+    for secret in [
+        sluice_tests::server::ALPHA_SECRET,
+        sluice_tests::server::BETA_SECRET,
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
 }

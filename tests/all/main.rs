@@ -17,4 +17,5 @@ mod logs;
 mod messages;
 mod reload;
 mod sandbox;
+mod slow_consumer;
 mod tokens;

@@ -14,6 +14,7 @@
 //! | `log-flood` | writes 5,000 log lines, then replies |
 //! | `stdout-flood` | prints 1 MiB to stdout and stderr, then replies |
 //! | `publish` | publishes `{"hi":true}` to the channel named in `target` (to test that the host re-authorizes actions) |
+//! | `publish-big` | publishes 32 KiB to the channel named in `target` |
 //! | `subscribe` | subscribes the connection to the channel named in `target` |
 //! | `count` | replies with how many calls this instance has served (a static counter: 1 on every call in `fresh` mode) |
 
@@ -58,6 +59,15 @@ impl Handler for Misbehave {
             "publish" => Ok(Actions::new()
                 .publish(target, &serde_json::json!({"hi": true}))
                 .reply(&serde_json::json!({"published": true}))),
+            "publish-big" => {
+                let data = format!("\"{}\"", "z".repeat(32 << 10));
+                Ok(Actions::new().push(sluice_guest_sdk::Action::Publish(
+                    sluice_guest_sdk::Publish {
+                        channel: target,
+                        data,
+                    },
+                )))
+            }
             "subscribe" => Ok(Actions::new().subscribe(target)),
             "count" => {
                 let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
