@@ -136,3 +136,62 @@ async fn a_reconnect_storm_is_served_and_leaves_nothing_behind() {
     );
     server.assert_honest_client_served().await;
 }
+
+#[tokio::test]
+async fn every_misbehave_mode_live_through_the_server_while_another_tenant_chats() {
+    let server = TestServer::start_with(|c| {
+        if let Some(a) = c.tenants.get_mut("alpha") {
+            let h = a.handlers.get_mut("misbehave").expect("misbehave");
+            h.limits.quarantine_after = 1000;
+            h.limits.fuel = 50_000_000;
+        }
+    })
+    .await;
+    let mut beta = server
+        .connect("beta", &server.token("beta", "calm", "chat:write"))
+        .await
+        .expect("beta");
+    beta.request(json!({"type": "chat.join", "id": "j", "channel": "room:1"}))
+        .await;
+    let mut hostile = server
+        .connect("alpha", &server.token("alpha", "evil", ""))
+        .await
+        .expect("alpha");
+    let modes = [
+        ("spin", "handler_timeout"),
+        ("alloc", "handler_failed"),
+        ("recurse", "handler_failed"),
+        ("big-reply", "handler_failed"),
+        ("many-actions", "handler_failed"),
+        ("panic", "handler_failed"),
+        ("state-then-trap", "handler_failed"),
+        ("log-flood", "ack"),
+        ("stdout-flood", "ack"),
+    ];
+    for (i, (mode, expected)) in modes.iter().enumerate() {
+        let f = hostile
+            .request(json!({"type": "misbehave", "id": mode, "data": {"mode": mode}}))
+            .await;
+        let got = f["code"].as_str().unwrap_or("ack");
+        assert_eq!(got, *expected, "{mode}: {f}");
+        // The other tenant is served between every two hostile calls.
+        let ack = beta
+            .request(json!({"type": "chat.send", "id": i.to_string(), "channel": "room:1", "data": {"text": mode}}))
+            .await;
+        assert_eq!(ack["type"], "ack", "beta after {mode}: {ack}");
+    }
+    hostile.assert_usable().await;
+    // Nothing the trapping call wrote survived.
+    let ok = hostile
+        .request(json!({"type": "misbehave", "id": "c", "data": {"mode": "ok"}}))
+        .await;
+    assert_eq!(ok["data"], json!({"ok": true}));
+    assert!(
+        server
+            .state
+            .sandbox
+            .state()
+            .get("alpha", "poison")
+            .is_none()
+    );
+}
