@@ -19,4 +19,5 @@ mod messages;
 mod reload;
 mod sandbox;
 mod slow_consumer;
+mod supply_chain;
 mod tokens;
