@@ -100,7 +100,7 @@ async fn a_reconnect_storm_is_served_and_leaves_nothing_behind() {
         let server = server.clone();
         tasks.push(tokio::spawn(async move {
             let mut served = 0;
-            for i in 0..20 {
+            for i in 0..40 {
                 let sub = format!("storm-{worker}-{i}");
                 let mut c = server
                     .connect("alpha", &server.token("alpha", &sub, ""))
@@ -119,7 +119,7 @@ async fn a_reconnect_storm_is_served_and_leaves_nothing_behind() {
     for t in tasks {
         served += t.await.expect("worker");
     }
-    assert_eq!(served, 1000);
+    assert_eq!(served, 2000);
     let alpha = server.state.tenant("alpha").expect("alpha");
     let started = std::time::Instant::now();
     while alpha.connections.count(&()) > 0 {

@@ -79,32 +79,13 @@ impl ServerState {
         config: Config,
         state: Option<Arc<dyn StateStore>>,
     ) -> Result<Arc<Self>, ConfigErrors> {
-        let mut problems = Vec::new();
         let s = &config.server;
-        let tls = tls::server_config(&config.path(&s.tls_cert), &config.path(&s.tls_key))
-            .map_err(|e| problems.push(format!("server: {e}")))
-            .ok();
         let sandbox = match state {
             Some(st) => Sandbox::with_state(config.sandbox.clone(), st),
             None => Sandbox::new(config.sandbox.clone()),
         }
         .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
-        let mut tenants = HashMap::new();
-        for (id, tc) in &config.tenants {
-            match Tenant::load(id, tc, &config, &sandbox, None).await {
-                Ok(t) => {
-                    t.keys.start_refresh();
-                    tenants.insert(id.clone(), t);
-                }
-                Err(p) => problems.extend(p),
-            }
-        }
-        let Some(tls) = tls else {
-            return Err(ConfigErrors(problems));
-        };
-        if !problems.is_empty() {
-            return Err(ConfigErrors(problems));
-        }
+        let (tls, tenants) = load_parts(&config, &sandbox, None, Vec::new()).await?;
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(s.max_message_bytes))
             .max_frame_size(Some(s.max_frame_bytes))
@@ -173,29 +154,8 @@ impl ServerState {
         if self.config.sandbox != config.sandbox {
             problems.push("sandbox: engine settings change only with a restart".to_owned());
         }
-        let tls = tls::server_config(&config.path(&new.tls_cert), &config.path(&new.tls_key))
-            .map_err(|e| problems.push(format!("server: {e}")))
-            .ok();
         let current = self.tenants();
-        let mut tenants = HashMap::new();
-        for (id, tc) in &config.tenants {
-            let previous = current.get(id).map(Arc::as_ref);
-            match Tenant::load(id, tc, &config, &self.sandbox, previous).await {
-                Ok(t) => {
-                    tenants.insert(id.clone(), t);
-                }
-                Err(p) => problems.extend(p),
-            }
-        }
-        let Some(tls) = tls else {
-            return Err(ConfigErrors(problems));
-        };
-        if !problems.is_empty() {
-            return Err(ConfigErrors(problems));
-        }
-        for t in tenants.values() {
-            t.keys.start_refresh();
-        }
+        let (tls, tenants) = load_parts(&config, &self.sandbox, Some(&current), problems).await?;
         let summary = format!(
             "{} tenant(s), {} handler(s)",
             tenants.len(),
@@ -221,6 +181,40 @@ impl ServerState {
         for t in self.tenants().values() {
             t.subject_limiter.sweep();
         }
+    }
+}
+
+/// The TLS configuration and the tenants `config` describes, or every
+/// problem (added to `problems`). `current` hands live counters over to the
+/// new tenants on a reload. Key refresh starts only when everything loaded.
+async fn load_parts(
+    config: &Config,
+    sandbox: &Sandbox,
+    current: Option<&HashMap<String, Arc<Tenant>>>,
+    mut problems: Vec<String>,
+) -> Result<(Arc<rustls::ServerConfig>, HashMap<String, Arc<Tenant>>), ConfigErrors> {
+    let s = &config.server;
+    let tls = tls::server_config(&config.path(&s.tls_cert), &config.path(&s.tls_key))
+        .map_err(|e| problems.push(format!("server: {e}")))
+        .ok();
+    let mut tenants = HashMap::new();
+    for (id, tc) in &config.tenants {
+        let previous = current.and_then(|c| c.get(id)).map(Arc::as_ref);
+        match Tenant::load(id, tc, config, sandbox, previous).await {
+            Ok(t) => {
+                tenants.insert(id.clone(), t);
+            }
+            Err(p) => problems.extend(p),
+        }
+    }
+    match tls {
+        Some(tls) if problems.is_empty() => {
+            for t in tenants.values() {
+                t.keys.start_refresh();
+            }
+            Ok((tls, tenants))
+        }
+        _ => Err(ConfigErrors(problems)),
     }
 }
 
