@@ -14,6 +14,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod loadgen;
 pub mod logging;
 pub mod sandbox;
 pub mod server;

@@ -167,6 +167,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = sluice::sandbox::DEFAULT_KEEP_RESIDENT)]
         keep_resident: usize,
     },
+    /// Request/answer load over N connections: closed loop (--depth) or
+    /// open loop (--rate); HDR latency, server CPU per message.
+    Load(sluice::loadgen::messages::LoadArgs),
+    /// One publisher, M subscribers of a channel: delivery latency and
+    /// deliveries per second.
+    Fanout(sluice::loadgen::fanout::FanoutArgs),
+    /// Connect-and-close storm: new sessions (TCP + TLS + upgrade + token)
+    /// per second.
+    Storm(sluice::loadgen::storm::StormArgs),
+    /// Hold N idle connections (over several processes) and report the
+    /// server's memory per connection.
+    Idle(sluice::loadgen::idle::IdleArgs),
 }
 
 fn main() -> ExitCode {
@@ -213,6 +225,28 @@ fn main() -> ExitCode {
                     ..SandboxConfig::default()
                 };
                 bench_sandbox(component, base, calls, rounds, json).await
+            }
+            Command::Bench(BenchCommand::Load(args)) => {
+                let json = args.target.json;
+                let report = sluice::loadgen::messages::run(args).await?;
+                print_report(json, &report, sluice::loadgen::messages::print_human)
+            }
+            Command::Bench(BenchCommand::Fanout(args)) => {
+                let json = args.target.json;
+                let report = sluice::loadgen::fanout::run(args).await?;
+                print_report(json, &report, sluice::loadgen::fanout::print_human)
+            }
+            Command::Bench(BenchCommand::Storm(args)) => {
+                let json = args.target.json;
+                let report = sluice::loadgen::storm::run(args).await?;
+                print_report(json, &report, sluice::loadgen::storm::print_human)
+            }
+            Command::Bench(BenchCommand::Idle(args)) => {
+                let json = args.target.json;
+                match sluice::loadgen::idle::run(args).await? {
+                    Some(report) => print_report(json, &report, sluice::loadgen::idle::print_human),
+                    None => Ok(ExitCode::SUCCESS),
+                }
             }
         }
     });
@@ -321,6 +355,20 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Print a benchmark report as JSON or for people.
+fn print_report<R: serde::Serialize>(
+    json: bool,
+    report: &R,
+    human: fn(&R),
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        human(report);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn token(

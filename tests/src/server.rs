@@ -339,6 +339,7 @@ impl TestServer {
             token: None,
             via: TokenVia::Header,
             origin: None,
+            ..Default::default()
         }
     }
 

@@ -43,6 +43,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         token: args.token,
         via,
         origin: args.origin,
+        ..Default::default()
     };
     let socket = connect(&args.url, &opts).await?;
     let (mut sink, mut stream) = socket.split();

@@ -157,7 +157,7 @@ impl Tenant {
                 limits.subject_messages_per_sec,
                 limits.subject_messages_per_sec.saturating_mul(2),
             )),
-            tenant_limiter: governor::RateLimiter::direct(quota(
+            tenant_limiter: crate::server::ratelimit::direct(quota(
                 limits.tenant_messages_per_sec,
                 limits.tenant_messages_per_sec.saturating_mul(2),
             )),
