@@ -313,12 +313,13 @@ function main() {
   /// The envelope, or a Rejection worded as Sluice words it.
   function envelope(msg) {
     const bad = (what) => new Rejection('bad_envelope', `not a valid envelope {type, id, channel, data}: ${what}`);
-    if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) throw bad('expected an object');
+    // serde words a top-level value that is not an object as a wrong type.
+    const wrong = 'a field of the wrong type (type, id and channel are strings)';
+    if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) throw bad(wrong);
     for (const k of Object.keys(msg)) {
       if (!ENVELOPE_FIELDS.has(k)) throw bad('an unknown field (the fields are type, id, channel, data)');
     }
     if (!('type' in msg)) throw bad('missing field `type`');
-    const wrong = 'a field of the wrong type (type, id and channel are strings)';
     if (typeof msg.type !== 'string') throw bad(wrong);
     if (msg.id != null && typeof msg.id !== 'string') throw bad(wrong);
     if (msg.channel != null && typeof msg.channel !== 'string') throw bad(wrong);
