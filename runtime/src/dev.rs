@@ -79,17 +79,38 @@ publish = false
 /// `dir`; returns the config's path.
 pub fn prepare(dir: &Path, listen: &str, echo: &Path, chat: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    if !cert.exists() || !key.exists() {
-        let (c, k) = tls::self_signed(&["localhost", "127.0.0.1"]).map_err(anyhow::Error::msg)?;
-        std::fs::write(&cert, c)?;
-        std::fs::write(&key, k)?;
-    }
-    let secret = dir.join("secret.key");
-    if !secret.exists() {
-        std::fs::write(&secret, random_hex(32)?)?;
-    }
+    write_cert(dir, false)?;
+    write_secret(dir, false)?;
     let config_path = dir.join("sluice.toml");
     std::fs::write(&config_path, demo_config(listen, echo, chat))?;
     Ok(config_path)
+}
+
+/// Names a self-signed certificate made by [`write_cert`] is valid for.
+pub const CERT_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+
+/// Write `dir/cert.pem` and `dir/key.pem`: a self-signed ECDSA P-256
+/// certificate for [`CERT_NAMES`] (the dev server's, the benchmark's). An
+/// existing pair is kept unless `overwrite`. Returns both paths.
+pub fn write_cert(dir: &Path, overwrite: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if overwrite || !cert.exists() || !key.exists() {
+        let (c, k) = tls::self_signed(&CERT_NAMES).map_err(anyhow::Error::msg)?;
+        std::fs::write(&cert, c).with_context(|| format!("writing {}", cert.display()))?;
+        std::fs::write(&key, k).with_context(|| format!("writing {}", key.display()))?;
+    }
+    Ok((cert, key))
+}
+
+/// Write `dir/secret.key`: a random HMAC secret (64 hex characters). An
+/// existing one is kept unless `overwrite`. Returns its path.
+pub fn write_secret(dir: &Path, overwrite: bool) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let secret = dir.join("secret.key");
+    if overwrite || !secret.exists() {
+        std::fs::write(&secret, random_hex(32)?)
+            .with_context(|| format!("writing {}", secret.display()))?;
+    }
+    Ok(secret)
 }

@@ -44,6 +44,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
     },
+    /// Write a self-signed ECDSA P-256 certificate (and with --secret an
+    /// HMAC secret) to a folder: the files the benchmark peers share.
+    Cert(cli::cert::CertArgs),
     /// Mint a token for a tenant with an HMAC key (development and tests).
     Token {
         /// The configuration file.
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
                 ttl,
                 claims,
             } => token(config, tenant, sub, scopes, ttl, claims).await,
+            Command::Cert(args) => cli::cert::run(&args),
             Command::Check { config } => check(config).await,
             Command::Reload { admin } => reload(admin).await,
             Command::Connect(args) => cli::connect::run(args).await,

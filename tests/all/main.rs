@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod messages;
+mod peers;
 mod reload;
 mod sandbox;
 mod slow_consumer;

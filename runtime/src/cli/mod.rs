@@ -1,4 +1,5 @@
 //! Subcommands of the `sluice` binary that need more than a few lines.
 
+pub mod cert;
 pub mod connect;
 pub mod dev;
