@@ -313,9 +313,8 @@ function main() {
   /// The envelope, or a Rejection worded as Sluice words it.
   function envelope(msg) {
     const bad = (what) => new Rejection('bad_envelope', `not a valid envelope {type, id, channel, data}: ${what}`);
-    // serde words a top-level value that is not an object as a wrong type.
     const wrong = 'a field of the wrong type (type, id and channel are strings)';
-    if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) throw bad(wrong);
+    if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) throw bad('expected an object');
     for (const k of Object.keys(msg)) {
       if (!ENVELOPE_FIELDS.has(k)) throw bad('an unknown field (the fields are type, id, channel, data)');
     }

@@ -212,6 +212,7 @@ fn options(files: &Files, token: Option<String>) -> ClientOptions {
         token,
         via: TokenVia::Header,
         origin: None,
+        ..Default::default()
     }
 }
 

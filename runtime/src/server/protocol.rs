@@ -227,6 +227,20 @@ pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
             format!("JSON nested deeper than {max_depth} levels"),
         ));
     }
+    // serde would take a JSON array as a positional envelope
+    // (`["echo","id",null,{}]`): an envelope is an object, nothing else.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Rejection::error(
+                ErrorCode::BadEnvelope,
+                "not a valid envelope {type, id, channel, data}: expected an object",
+            ),
+            Err(e) => Rejection::error(
+                ErrorCode::BadJson,
+                format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+            ),
+        });
+    }
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Rejection::error(
             ErrorCode::BadEnvelope,
@@ -292,6 +306,30 @@ fn redact_serde(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod envelope_message_tests {
     use super::*;
+
+    #[test]
+    fn only_an_object_is_an_envelope() {
+        for text in [
+            r#"["echo","x",null,{"a":1}]"#,
+            "5",
+            r#""echo""#,
+            "null",
+            " [] ",
+        ] {
+            match decode(text, 32) {
+                Err(Rejection::Error { code, message, .. }) => {
+                    assert_eq!(code, ErrorCode::BadEnvelope.as_str(), "{text}");
+                    assert!(message.ends_with("expected an object"), "{text}: {message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            decode("[1,", 32),
+            Err(Rejection::Error { code, .. }) if code == ErrorCode::BadJson.as_str()
+        ));
+        assert!(decode(r#" {"type":"echo"}"#, 32).is_ok());
+    }
 
     #[test]
     fn refusals_never_echo_the_input() {
