@@ -106,6 +106,24 @@ async fn metrics_count_messages_outcomes_handlers_and_connections() {
         )
         .is_some_and(|f| f > 0.0)
     );
+    // Per-handler call durations: the echo calls ran, and every one of
+    // them took at most a second.
+    assert_eq!(
+        value(
+            &m,
+            r#"sluice_handler_call_seconds_count{tenant="alpha",handler="echo"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"sluice_handler_call_seconds_bucket{tenant="alpha",handler="echo",le="1"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
     assert!(!m.contains("eyJ"), "no token in the metrics");
 
     assert_eq!(get(&server, "/healthz").await, (200, "ok\n".to_owned()));

@@ -31,6 +31,8 @@ pub(crate) struct HandlerShared {
 #[derive(Default)]
 pub(crate) struct CallState {
     pub(crate) deadline: Option<Instant>,
+    /// Epoch ticks seen by this call so far.
+    pub(crate) ticks: u32,
     pub(crate) writes: BTreeMap<String, Option<Vec<u8>>>,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) logs_dropped: u64,

@@ -55,6 +55,9 @@ enum Event<'a> {
 
 #[derive(Default)]
 struct Stats {
+    call_buckets: [AtomicU64; CALL_SECONDS_BUCKETS.len()],
+    call_count: AtomicU64,
+    call_sum_us: AtomicU64,
     calls: AtomicU64,
     ok: AtomicU64,
     fuel_consumed: AtomicU64,
@@ -62,6 +65,12 @@ struct Stats {
     quarantines: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
+
+/// Upper bounds (seconds) of the handler call duration histogram's buckets.
+pub const CALL_SECONDS_BUCKETS: [f64; 15] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
+];
 
 /// Counters of one handler since it was loaded.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -78,6 +87,14 @@ pub struct HandlerStats {
     pub instances_created: u64,
     /// Times the handler was quarantined.
     pub quarantines: u64,
+    /// Calls that ran (not refused by quarantine), cumulative per bucket of
+    /// [`CALL_SECONDS_BUCKETS`]: how long a call took, instantiation
+    /// included, waiting for a permit excluded.
+    pub call_seconds_buckets: Vec<u64>,
+    /// Calls that ran.
+    pub call_seconds_count: u64,
+    /// Their total duration, microseconds.
+    pub call_seconds_sum_us: u64,
 }
 
 impl Handler {
@@ -147,6 +164,13 @@ impl Handler {
             fuel_consumed: s.fuel_consumed.load(Ordering::Relaxed),
             instances_created: s.instances_created.load(Ordering::Relaxed),
             quarantines: s.quarantines.load(Ordering::Relaxed),
+            call_seconds_buckets: s
+                .call_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            call_seconds_count: s.call_count.load(Ordering::Relaxed),
+            call_seconds_sum_us: s.call_sum_us.load(Ordering::Relaxed),
         }
     }
 
@@ -265,13 +289,27 @@ impl Handler {
     fn new_store(&self) -> Store<CallCtx> {
         let mut store = Store::new(&self.inner.engine, CallCtx::new(self.inner.shared.clone()));
         store.limiter(|ctx| &mut ctx.limiter);
-        store.epoch_deadline_callback(|ctx| match ctx.data().call.deadline {
-            Some(deadline) if Instant::now() >= deadline => {
-                Err(wasmtime::Error::new(DeadlineExceeded))
+        store.epoch_deadline_callback(|mut ctx| {
+            let call = &mut ctx.data_mut().call;
+            match call.deadline {
+                Some(deadline) if Instant::now() >= deadline => {
+                    Err(wasmtime::Error::new(DeadlineExceeded))
+                }
+                _ => {
+                    call.ticks += 1;
+                    if call.ticks == 1 {
+                        // A short call that a tick happens to land in runs on:
+                        // yielding it would put it behind every other task
+                        // of a busy server, and an overloaded host (not the
+                        // handler) could then run it out of wall-clock time.
+                        Ok(UpdateDeadline::Continue(1))
+                    } else {
+                        // A long call: give the worker thread back to other
+                        // tasks at every tick, then carry on.
+                        Ok(UpdateDeadline::Yield(1))
+                    }
+                }
             }
-            // Still within budget: give the worker thread back to other
-            // tasks at every tick, then carry on.
-            _ => Ok(UpdateDeadline::Yield(1)),
         });
         store
     }
@@ -323,7 +361,19 @@ impl Handler {
                 .fetch_add(spent, Ordering::Relaxed);
         }
         store.data_mut().finish(report);
-        report.elapsed_us = started.elapsed().as_micros() as u64;
+        let took = started.elapsed();
+        report.elapsed_us = took.as_micros() as u64;
+        let stats = &self.inner.stats;
+        let secs = took.as_secs_f64();
+        for (bound, bucket) in CALL_SECONDS_BUCKETS.iter().zip(&stats.call_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        stats.call_count.fetch_add(1, Ordering::Relaxed);
+        stats
+            .call_sum_us
+            .fetch_add(report.elapsed_us, Ordering::Relaxed);
         self.emit_logs(report);
     }
 

@@ -49,7 +49,7 @@ pub use self::bindings::sluice::handler::types::{
 pub use self::call::{
     CallError, CallErrorKind, CallOutcome, CallReport, MAX_REJECTION_MESSAGE_BYTES,
 };
-pub use self::handler::{Handler, HandlerStats};
+pub use self::handler::{CALL_SECONDS_BUCKETS, Handler, HandlerStats};
 pub use self::limits::*;
 pub use self::load::{EVENTS_EXPORT, LoadError, WORLD_VERSION};
 pub(crate) use self::log::truncate_utf8;

@@ -223,6 +223,34 @@ pub fn render(state: &ServerState) -> String {
     }
     help(
         &mut out,
+        "sluice_handler_call_seconds",
+        "histogram",
+        "Duration of handler calls that ran (instantiation included, waiting for a free instance excluded).",
+    );
+    for (id, t) in tenants.iter() {
+        for (name, h) in &t.handlers {
+            let s = h.stats();
+            let labels = format!("tenant=\"{}\",handler=\"{}\"", label(id), label(name));
+            for (bound, n) in crate::sandbox::CALL_SECONDS_BUCKETS
+                .iter()
+                .zip(&s.call_seconds_buckets)
+            {
+                let _ = writeln!(
+                    out,
+                    "sluice_handler_call_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sluice_handler_call_seconds_bucket{{{labels},le=\"+Inf\"}} {}\nsluice_handler_call_seconds_sum{{{labels}}} {}\nsluice_handler_call_seconds_count{{{labels}}} {}",
+                s.call_seconds_count,
+                s.call_seconds_sum_us as f64 / 1e6,
+                s.call_seconds_count
+            );
+        }
+    }
+    help(
+        &mut out,
         "sluice_handler_fuel_total",
         "counter",
         "Fuel spent by handler calls.",
