@@ -43,6 +43,11 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// Serve this chat handler component instead of the Rust one, e.g.
+        /// one built from JavaScript, Python or C by handlers/build-lang
+        /// (handlers/target/lang/js-chat.wasm).
+        #[arg(long, value_name = "COMPONENT")]
+        chat: Option<PathBuf>,
     },
     /// Mint a token for a tenant with an HMAC key (development and tests).
     Token {
@@ -205,9 +210,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config).await,
-            Command::Dev { dir, listen } => {
-                cli::dev::run(dir, listen).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::Dev { dir, listen, chat } => cli::dev::run(dir, listen, chat)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Token {
                 config,
                 tenant,

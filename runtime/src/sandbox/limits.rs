@@ -461,3 +461,58 @@ mod duration_ms {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpreters_get_more_only_where_nothing_was_set() {
+        let defaults = HandlerLimits::default();
+        assert_eq!(defaults.sized_for(ComponentKind::Compiled), defaults);
+        let sized = defaults.sized_for(ComponentKind::Interpreter);
+        assert_eq!(sized.fuel, DEFAULT_INTERPRETER_FUEL);
+        assert_eq!(sized.deadline, DEFAULT_INTERPRETER_DEADLINE);
+        assert_eq!(sized.memory_bytes, DEFAULT_INTERPRETER_MEMORY_BYTES);
+        assert_eq!(sized.max_actions, DEFAULT_MAX_ACTIONS);
+
+        // Changed in code: kept.
+        let custom = HandlerLimits {
+            fuel: 1_000,
+            ..HandlerLimits::default()
+        };
+        let sized = custom.sized_for(ComponentKind::Interpreter);
+        assert_eq!(sized.fuel, 1_000);
+        assert_eq!(sized.memory_bytes, DEFAULT_INTERPRETER_MEMORY_BYTES);
+
+        // Set in a config file, even to the compiled default: kept.
+        #[derive(Deserialize)]
+        struct H {
+            #[serde(deserialize_with = "HandlerLimits::from_table")]
+            limits: HandlerLimits,
+        }
+        let h: H = toml::from_str("limits = { fuel = 10000000, max_actions = 3 }").unwrap();
+        assert!(h.limits.explicit.fuel && !h.limits.explicit.memory_bytes);
+        let sized = h.limits.sized_for(ComponentKind::Interpreter);
+        assert_eq!(sized.fuel, DEFAULT_FUEL);
+        assert_eq!(sized.max_actions, 3);
+        assert_eq!(sized.memory_bytes, DEFAULT_INTERPRETER_MEMORY_BYTES);
+        assert!(toml::from_str::<H>("limits = { fule = 1 }").is_err());
+    }
+
+    #[test]
+    fn the_kind_follows_the_declared_initial_memory() {
+        assert_eq!(
+            ComponentKind::from_initial_memory(0),
+            ComponentKind::Compiled
+        );
+        assert_eq!(
+            ComponentKind::from_initial_memory(INTERPRETER_INITIAL_MEMORY - 1),
+            ComponentKind::Compiled
+        );
+        assert_eq!(
+            ComponentKind::from_initial_memory(INTERPRETER_INITIAL_MEMORY),
+            ComponentKind::Interpreter
+        );
+    }
+}
