@@ -1,6 +1,8 @@
-//! Builds every handler in `handlers/` for wasm32-wasip2 and generates a
-//! constant with the path of each component, so tests always run against
-//! handlers built from the current source.
+//! Builds every handler in `handlers/` — the Rust ones for wasm32-wasip2,
+//! the JavaScript, Python and C ones with `handlers/build-lang` (cached,
+//! installs its pinned tools) — and generates a constant with the path of
+//! each component, so tests always run against handlers built from the
+//! current source. A missing toolchain fails the build; nothing is skipped.
 
 #![expect(
     clippy::expect_used,
@@ -35,6 +37,15 @@ fn main() {
     }
     for name in HANDLERS {
         println!("cargo:rerun-if-changed={}", handlers.join(name).display());
+    }
+    for watched in ["js", "python", "c", "lang-world.wit", "build-lang"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            handlers.join(watched).display()
+        );
+    }
+    for var in ["SLUICE_HANDLER_CACHE", "SLUICE_TOOLS"] {
+        println!("cargo:rerun-if-env-changed={var}");
     }
 
     require_target();
@@ -83,6 +94,7 @@ fn main() {
             path.display().to_string()
         );
     }
+    code.push_str(&build_lang(&handlers));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("handlers.rs");
     std::fs::write(out, code).expect("writing handlers.rs");
 }
@@ -108,4 +120,54 @@ fn require_target() {
              (or run tests/run, which does it for you)\n"
         );
     }
+}
+
+/// Build the JavaScript, Python and C handlers with `handlers/build-lang all`
+/// (cached outside the clone) and return constants such as `JS_CHAT`.
+fn build_lang(handlers: &Path) -> String {
+    let script = handlers.join("build-lang");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("all")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("could not run handlers/build-lang");
+    assert!(
+        output.status.success(),
+        "\n\nhandlers/build-lang all failed (see its ERROR line above): the JavaScript, Python \
+         and C handlers need node + npm, python3 + venv, and clang/lld/wasi-libc. Run it by \
+         hand to see what is missing:\n\n    {}\n",
+        script.display()
+    );
+    let mut code = String::new();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut built = 0;
+    for line in stdout.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(lang), Some(name), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        assert!(Path::new(path).exists(), "{path} was not built");
+        let _ = writeln!(
+            code,
+            "/// `handlers/{lang}/{name}`, built by handlers/build-lang.\npub const {}_{}: &str = {:?};",
+            lang.to_uppercase(),
+            name.to_uppercase(),
+            path
+        );
+        built += 1;
+    }
+    assert_eq!(
+        built, 6,
+        "handlers/build-lang printed {built} components, not 6:\n{stdout}"
+    );
+    code
 }

@@ -75,6 +75,20 @@ publish = false
     )
 }
 
+/// The chat handler `sluice dev` serves: `custom` (`--chat`), checked to
+/// be a readable file and made absolute, or the Rust demo handler.
+pub fn chat_component(custom: Option<&Path>, rust_chat: &Path) -> anyhow::Result<PathBuf> {
+    let Some(path) = custom else {
+        return Ok(rust_chat.to_owned());
+    };
+    path.canonicalize().with_context(|| {
+        format!(
+            "--chat {}: no such component (build one with handlers/build-lang js|python|c)",
+            path.display()
+        )
+    })
+}
+
 /// Write the certificate (once), the secret (once) and the demo config into
 /// `dir`; returns the config's path.
 pub fn prepare(dir: &Path, listen: &str, echo: &Path, chat: &Path) -> anyhow::Result<PathBuf> {

@@ -43,6 +43,11 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// Serve this chat handler component instead of the Rust one, e.g.
+        /// one built from JavaScript, Python or C by handlers/build-lang
+        /// (handlers/target/lang/js-chat.wasm).
+        #[arg(long, value_name = "COMPONENT")]
+        chat: Option<PathBuf>,
     },
     /// Write a self-signed ECDSA P-256 certificate (and with --secret an
     /// HMAC secret) to a folder: the files the benchmark peers share.
@@ -153,10 +158,20 @@ enum EventArg {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Per-call cost of an echo handler: reuse vs fresh, fuel on vs off.
+    /// What a handler costs: size, compile time, first call, fuel and memory
+    /// per call, and per-call time in reuse vs fresh, fuel on vs off.
     Sandbox {
-        /// The echo component (handlers/target/wasm32-wasip2/release/echo.wasm).
+        /// The component (e.g. handlers/target/wasm32-wasip2/release/echo.wasm).
         component: PathBuf,
+        /// The route of every message (e.g. `chat.send`).
+        #[arg(long, default_value = "echo")]
+        route: String,
+        /// The channel of every message.
+        #[arg(long, default_value = "room:1")]
+        channel: String,
+        /// The data of every message, as JSON (e.g. '{"text":"hi"}').
+        #[arg(long, default_value = r#"{"text":"hello, sluice","n":42}"#)]
+        data: String,
         /// Calls per round and configuration.
         #[arg(long, default_value_t = 20_000)]
         calls: u64,
@@ -169,6 +184,15 @@ enum BenchCommand {
         /// Bytes of a freed memory slot reset by memset (the rest by madvise).
         #[arg(long, default_value_t = sluice::sandbox::DEFAULT_KEEP_RESIDENT)]
         keep_resident: usize,
+        /// Fuel per call (default: the handler default).
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Wall-clock budget per call in ms (default: the handler default).
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        /// Memory per instance in bytes (default: the handler default).
+        #[arg(long)]
+        memory: Option<usize>,
     },
     /// Request/answer load over N connections: closed loop (--depth) or
     /// open loop (--rate); HDR latency, server CPU per message.
@@ -201,9 +225,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config).await,
-            Command::Dev { dir, listen } => {
-                cli::dev::run(dir, listen).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::Dev { dir, listen, chat } => cli::dev::run(dir, listen, chat)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Token {
                 config,
                 tenant,
@@ -219,16 +243,40 @@ fn main() -> ExitCode {
             Command::Call(args) => call(args).await,
             Command::Bench(BenchCommand::Sandbox {
                 component,
+                route,
+                channel,
+                data,
                 calls,
                 rounds,
                 json,
                 keep_resident,
+                fuel,
+                deadline_ms,
+                memory,
             }) => {
                 let base = SandboxConfig {
                     keep_resident,
                     ..SandboxConfig::default()
                 };
-                bench_sandbox(component, base, calls, rounds, json).await
+                let mut limits = HandlerLimits::default();
+                if let Some(fuel) = fuel {
+                    limits.fuel = fuel;
+                }
+                if let Some(ms) = deadline_ms {
+                    limits.deadline = std::time::Duration::from_millis(ms);
+                }
+                if let Some(memory) = memory {
+                    limits.memory_bytes = memory;
+                }
+                let opts = sluice::bench::SandboxBenchOptions {
+                    route,
+                    channel: Some(channel),
+                    data,
+                    calls_per_round: calls,
+                    rounds,
+                    limits,
+                };
+                bench_sandbox(component, base, opts, json).await
             }
             Command::Bench(BenchCommand::Load(args)) => {
                 let json = args.target.json;
@@ -494,37 +542,66 @@ fn action_json(action: &Action) -> Value {
 async fn bench_sandbox(
     component: PathBuf,
     base: SandboxConfig,
-    calls: u64,
-    rounds: u32,
+    opts: sluice::bench::SandboxBenchOptions,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let bytes = tokio::fs::read(&component)
         .await
         .with_context(|| format!("cannot read {}", component.display()))?;
-    let rows = sluice::bench::sandbox(bytes, base, calls.max(1), rounds.max(1)).await?;
+    let report = sluice::bench::sandbox(bytes, base, &opts).await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let data: String = opts.data.chars().take(40).collect();
+    let more = if data.len() < opts.data.len() {
+        "..."
     } else {
+        ""
+    };
+    println!(
+        "handler {} ({} {data}{more})",
+        component.display(),
+        opts.route
+    );
+    println!(
+        "  component {:.1} MiB, compiled in {} ms; limits: fuel {}, deadline {} ms, memory {:.0} MiB",
+        mib(report.component_bytes as u64),
+        report.compile_ms,
+        report.fuel_limit,
+        report.deadline_ms,
+        mib(report.memory_limit_bytes as u64)
+    );
+    for (what, c) in [
+        ("first call (new instance)", &report.first_call),
+        ("warm call (reuse)", &report.warm_call),
+        ("fresh call (new instance)", &report.fresh_call),
+    ] {
         println!(
-            "sandbox call cost, {} ({} rounds x {} calls, median of round means)",
-            component.display(),
-            rounds,
-            calls
+            "  {what:<26} {:>8} us {:>11} fuel {:>8.1} MiB memory",
+            c.elapsed_us,
+            c.fuel,
+            mib(c.memory_bytes)
         );
+    }
+    println!(
+        "per-call cost ({} rounds x {} calls, median of round means)",
+        opts.rounds, opts.calls_per_round
+    );
+    println!(
+        "{:<8} {:<5} {:>10} {:>10} {:>10}",
+        "mode", "fuel", "us/call", "min", "max"
+    );
+    for r in report.rows {
         println!(
-            "{:<8} {:<5} {:>10} {:>10} {:>10}",
-            "mode", "fuel", "us/call", "min", "max"
+            "{:<8} {:<5} {:>10.2} {:>10.2} {:>10.2}",
+            r.isolation.to_string(),
+            if r.fuel { "on" } else { "off" },
+            r.us_per_call,
+            r.round_min_us,
+            r.round_max_us
         );
-        for r in rows {
-            println!(
-                "{:<8} {:<5} {:>10.2} {:>10.2} {:>10.2}",
-                r.isolation.to_string(),
-                if r.fuel { "on" } else { "off" },
-                r.us_per_call,
-                r.round_min_us,
-                r.round_max_us
-            );
-        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -117,3 +117,45 @@ async fn the_dev_config_builds_and_serves() {
     assert!(principal.scopes.contains("chat:write"));
     let _ = json!(null);
 }
+
+#[tokio::test]
+async fn sluice_dev_serves_a_chat_handler_of_another_language() {
+    // `sluice dev --chat handlers/target/lang/c-chat.wasm`: the component
+    // is checked, then served as the demo's chat handler.
+    let missing = sluice::dev::chat_component(
+        Some(Path::new("/nonexistent/chat.wasm")),
+        Path::new(handlers::CHAT),
+    )
+    .expect_err("a missing component is refused");
+    assert!(
+        missing.to_string().contains("handlers/build-lang"),
+        "{missing}"
+    );
+    let chat =
+        sluice::dev::chat_component(Some(Path::new(handlers::C_CHAT)), Path::new(handlers::CHAT))
+            .expect("the C chat component");
+    assert_eq!(
+        chat,
+        Path::new(handlers::C_CHAT).canonicalize().expect("path")
+    );
+    assert_eq!(
+        sluice::dev::chat_component(None, Path::new(handlers::CHAT)).expect("default"),
+        Path::new(handlers::CHAT)
+    );
+
+    let dir = TempDir::new();
+    let path = sluice::dev::prepare(&dir.0, "127.0.0.1:0", Path::new(handlers::ECHO), &chat)
+        .expect("prepare");
+    let state = ServerState::build(Config::load(&path).expect("parses"))
+        .await
+        .unwrap_or_else(|e| panic!("the dev config builds: {e}"));
+    let tenant = state.tenant("demo").expect("demo tenant");
+    let out = tenant.handlers["chat"]
+        .on_message(
+            &sluice_tests::conn("demo", "dev-user"),
+            &sluice_tests::msg("chat.send", Some("room:1"), json!({"text": "hi from C"})),
+        )
+        .await
+        .expect("the C chat handler answers");
+    assert_eq!(out.actions.len(), 2, "{:?}", out.actions);
+}

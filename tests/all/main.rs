@@ -9,6 +9,7 @@ mod admin;
 mod adversarial;
 mod chat;
 mod config;
+mod conformance;
 mod corpus;
 mod handshake;
 mod jwks;

@@ -600,6 +600,30 @@ async fn components_that_do_not_fit_the_world_are_refused_with_a_readable_error(
         "{err}"
     );
 
+    // A component whose declared initial memory exceeds its memory limit
+    // could never start: refused at load, with the fix.
+    let big_start = br#"(component
+        (core module $m (memory 96))
+        (core instance (instantiate $m)))"#;
+    let tight = HandlerLimits {
+        memory_bytes: 4 << 20,
+        ..HandlerLimits::default()
+    };
+    let err = load_err(&sandbox, big_start.to_vec(), spec().limits(tight))
+        .await
+        .to_string();
+    assert!(
+        err.contains("6291456 bytes of initial linear memory")
+            && err.contains("raise memory_bytes"),
+        "{err}"
+    );
+    // With the defaults it is sized as an interpreter (64 MiB), so what
+    // refuses it is only the missing export.
+    let err = load_err(&sandbox, big_start.to_vec(), spec())
+        .await
+        .to_string();
+    assert!(err.contains("does not export"), "{err}");
+
     // And the sandbox still loads and serves honest handlers afterwards.
     let echo = load(&sandbox, handlers::ECHO, spec()).await;
     echo.on_message(&conn("t1", "a"), &msg("echo", None, json!(1)))

@@ -76,7 +76,9 @@ pub struct EcKeys {
     pub public_pem: String,
 }
 
-fn handler(component: &str, grants: &[Capability]) -> HandlerConfig {
+/// A handler of `component` with `grants`, reuse isolation and a generous
+/// deadline.
+pub fn handler(component: &str, grants: &[Capability]) -> HandlerConfig {
     HandlerConfig {
         component: PathBuf::from(component),
         isolation: Isolation::Reuse,
@@ -90,7 +92,8 @@ fn handler(component: &str, grants: &[Capability]) -> HandlerConfig {
     }
 }
 
-fn route(
+/// A route to `handler`.
+pub fn route(
     handler: &str,
     channel: ChannelAccess,
     scopes: &[&str],
@@ -105,7 +108,8 @@ fn route(
     }
 }
 
-fn rule(pattern: &str, publish: bool, publish_scopes: &[&str]) -> ChannelRuleConfig {
+/// A channel rule.
+pub fn rule(pattern: &str, publish: bool, publish_scopes: &[&str]) -> ChannelRuleConfig {
     ChannelRuleConfig {
         pattern: pattern.into(),
         subscribe: true,

@@ -39,8 +39,10 @@ fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Run the dev server.
-pub async fn run(dir: PathBuf, listen: String) -> anyhow::Result<()> {
-    let (echo, chat) = demo_components()?;
+pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow::Result<()> {
+    let (echo, rust_chat) = demo_components()?;
+    let chat = sluice::dev::chat_component(chat.as_deref(), &rust_chat)?;
+    println!("chat handler: {}", chat.display());
     let config_path = sluice::dev::prepare(&dir, &listen, &echo, &chat)?;
     let cert = dir.join("cert.pem");
     let config = Config::load(&config_path)?;

@@ -92,6 +92,7 @@ impl CallCtx {
         report.stdout = stdout;
         report.stderr = stderr;
         report.stdio_dropped = out_dropped + err_dropped;
+        report.memory_bytes = self.limiter.memory_total as u64;
     }
 
     /// Commit the call's buffered state writes.
@@ -219,6 +220,9 @@ pub struct CallReport {
     pub stderr: String,
     /// Bytes of stdout and stderr dropped past the cap.
     pub stdio_dropped: u64,
+    /// Linear memory the instance held when the call ended, summed over its
+    /// memories (what counts against `memory_bytes`).
+    pub memory_bytes: u64,
 }
 
 /// A successful call: the actions to authorize and apply, in order.

@@ -21,6 +21,22 @@ pub const DEFAULT_FUEL: u64 = 10_000_000;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 /// Linear memory one instance may hold, summed over all its memories.
 pub const DEFAULT_MEMORY_BYTES: usize = 32 << 20;
+/// Fuel per call of an interpreter component (see [`INTERPRETER_INITIAL_MEMORY`]).
+/// The JavaScript chat handler spends up to ~16M on `chat.send` with a
+/// 500-character text and a full history (Rust: ~2.3M, Python: ~5.6M).
+pub const DEFAULT_INTERPRETER_FUEL: u64 = 50_000_000;
+/// Wall-clock budget of one call of an interpreter component. A new Python
+/// instance's first call takes ~40 ms on the reference machine, idle.
+pub const DEFAULT_INTERPRETER_DEADLINE: Duration = Duration::from_millis(250);
+/// Memory per instance of an interpreter component. The JavaScript and
+/// Python chat handlers hold ~9 and ~12.5 MiB.
+pub const DEFAULT_INTERPRETER_MEMORY_BYTES: usize = 64 << 20;
+/// A component that declares a linear memory of at least this initial size
+/// is an interpreter component (componentize-js and componentize-py ship a
+/// pre-initialized interpreter heap of ~9-12 MiB; Rust and C handlers start
+/// with ~1 MiB): its fuel, deadline and memory limits that the
+/// configuration leaves unset take the `DEFAULT_INTERPRETER_*` values.
+pub const INTERPRETER_INITIAL_MEMORY: usize = 4 << 20;
 /// Table elements one instance may hold (per table).
 pub const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
 /// Core instances, tables and memories one component instance may create.
@@ -197,6 +213,55 @@ pub struct HandlerLimits {
     pub max_concurrency: usize,
     /// Warm instances kept in `reuse` mode ([`DEFAULT_MAX_IDLE_INSTANCES`]).
     pub max_idle_instances: usize,
+    /// Which of `fuel`, `deadline_ms` and `memory_bytes` the configuration
+    /// set explicitly (filled by the config loader). A limit that is neither
+    /// set nor changed from its default is sized for the component at load
+    /// (see [`HandlerLimits::sized_for`]).
+    #[serde(skip)]
+    pub explicit: ExplicitLimits,
+}
+
+/// Limits a configuration file set explicitly, even to their default value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExplicitLimits {
+    /// `fuel` was set.
+    pub fuel: bool,
+    /// `deadline_ms` was set.
+    pub deadline: bool,
+    /// `memory_bytes` was set.
+    pub memory_bytes: bool,
+}
+
+/// What kind of guest a component is, as far as its limits go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComponentKind {
+    /// Compiled code (Rust, C, ...): a small initial memory.
+    Compiled,
+    /// An interpreter with its heap (JavaScript, Python): a declared
+    /// initial memory of at least [`INTERPRETER_INITIAL_MEMORY`].
+    Interpreter,
+}
+
+impl ComponentKind {
+    /// The kind of a component whose largest declared initial memory is
+    /// `initial_memory` bytes.
+    pub fn from_initial_memory(initial_memory: usize) -> Self {
+        if initial_memory >= INTERPRETER_INITIAL_MEMORY {
+            ComponentKind::Interpreter
+        } else {
+            ComponentKind::Compiled
+        }
+    }
+}
+
+impl fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ComponentKind::Compiled => "compiled",
+            ComponentKind::Interpreter => "interpreter",
+        })
+    }
 }
 
 impl Default for HandlerLimits {
@@ -219,11 +284,49 @@ impl Default for HandlerLimits {
             quarantine_for: DEFAULT_QUARANTINE_FOR,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             max_idle_instances: DEFAULT_MAX_IDLE_INSTANCES,
+            explicit: ExplicitLimits::default(),
         }
     }
 }
 
 impl HandlerLimits {
+    /// These limits for a component of `kind`: for an interpreter, `fuel`,
+    /// `deadline` and `memory_bytes` that were neither set explicitly nor
+    /// changed from their default take the interpreter defaults. Everything
+    /// set stays as set; compiled components keep every value.
+    #[must_use]
+    pub fn sized_for(&self, kind: ComponentKind) -> Self {
+        let mut limits = self.clone();
+        if kind == ComponentKind::Interpreter {
+            if !self.explicit.fuel && self.fuel == DEFAULT_FUEL {
+                limits.fuel = DEFAULT_INTERPRETER_FUEL;
+            }
+            if !self.explicit.deadline && self.deadline == DEFAULT_DEADLINE {
+                limits.deadline = DEFAULT_INTERPRETER_DEADLINE;
+            }
+            if !self.explicit.memory_bytes && self.memory_bytes == DEFAULT_MEMORY_BYTES {
+                limits.memory_bytes = DEFAULT_INTERPRETER_MEMORY_BYTES;
+            }
+        }
+        limits
+    }
+
+    /// Read limits from a config table, remembering which of the sized
+    /// limits it set.
+    pub fn from_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let table = toml::Table::deserialize(d)?;
+        let explicit = ExplicitLimits {
+            fuel: table.contains_key("fuel"),
+            deadline: table.contains_key("deadline_ms"),
+            memory_bytes: table.contains_key("memory_bytes"),
+        };
+        let mut limits = HandlerLimits::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(e.message()))?;
+        limits.explicit = explicit;
+        Ok(limits)
+    }
+
     /// Every problem with these limits, checked against the sandbox's
     /// engine-wide settings; empty when they are usable.
     pub fn problems(&self, sandbox: &SandboxConfig) -> Vec<String> {
@@ -356,5 +459,60 @@ mod duration_ms {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpreters_get_more_only_where_nothing_was_set() {
+        let defaults = HandlerLimits::default();
+        assert_eq!(defaults.sized_for(ComponentKind::Compiled), defaults);
+        let sized = defaults.sized_for(ComponentKind::Interpreter);
+        assert_eq!(sized.fuel, DEFAULT_INTERPRETER_FUEL);
+        assert_eq!(sized.deadline, DEFAULT_INTERPRETER_DEADLINE);
+        assert_eq!(sized.memory_bytes, DEFAULT_INTERPRETER_MEMORY_BYTES);
+        assert_eq!(sized.max_actions, DEFAULT_MAX_ACTIONS);
+
+        // Changed in code: kept.
+        let custom = HandlerLimits {
+            fuel: 1_000,
+            ..HandlerLimits::default()
+        };
+        let sized = custom.sized_for(ComponentKind::Interpreter);
+        assert_eq!(sized.fuel, 1_000);
+        assert_eq!(sized.memory_bytes, DEFAULT_INTERPRETER_MEMORY_BYTES);
+
+        // Set in a config file, even to the compiled default: kept.
+        #[derive(Deserialize)]
+        struct H {
+            #[serde(deserialize_with = "HandlerLimits::from_table")]
+            limits: HandlerLimits,
+        }
+        let h: H = toml::from_str("limits = { fuel = 10000000, max_actions = 3 }").unwrap();
+        assert!(h.limits.explicit.fuel && !h.limits.explicit.memory_bytes);
+        let sized = h.limits.sized_for(ComponentKind::Interpreter);
+        assert_eq!(sized.fuel, DEFAULT_FUEL);
+        assert_eq!(sized.max_actions, 3);
+        assert_eq!(sized.memory_bytes, DEFAULT_INTERPRETER_MEMORY_BYTES);
+        assert!(toml::from_str::<H>("limits = { fule = 1 }").is_err());
+    }
+
+    #[test]
+    fn the_kind_follows_the_declared_initial_memory() {
+        assert_eq!(
+            ComponentKind::from_initial_memory(0),
+            ComponentKind::Compiled
+        );
+        assert_eq!(
+            ComponentKind::from_initial_memory(INTERPRETER_INITIAL_MEMORY - 1),
+            ComponentKind::Compiled
+        );
+        assert_eq!(
+            ComponentKind::from_initial_memory(INTERPRETER_INITIAL_MEMORY),
+            ComponentKind::Interpreter
+        );
     }
 }

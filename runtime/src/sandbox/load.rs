@@ -72,6 +72,17 @@ pub(crate) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     ))
 }
 
+/// The largest initial size, in bytes, of the linear memories the
+/// component's core modules declare (0 when it cannot be told statically).
+pub(crate) fn initial_memory(component: &Component) -> usize {
+    component
+        .resources_required()
+        .and_then(|r| r.max_initial_memory_size)
+        .map_or(0, |pages| {
+            usize::try_from(pages.saturating_mul(65536)).unwrap_or(usize::MAX)
+        })
+}
+
 /// Every way the component's imports and exports miss the world, at once.
 pub(crate) fn check_world(
     engine: &Engine,

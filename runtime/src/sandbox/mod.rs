@@ -130,7 +130,7 @@ impl Sandbox {
     /// Load a component (binary or WAT text): check its size and header,
     /// compile it off the async runtime (once per distinct component), check
     /// it against the world and the spec's grants, and prepare instances.
-    pub async fn load(&self, bytes: Vec<u8>, spec: HandlerSpec) -> Result<Handler, LoadError> {
+    pub async fn load(&self, bytes: Vec<u8>, mut spec: HandlerSpec) -> Result<Handler, LoadError> {
         let config = &self.inner.config;
         if bytes.len() > config.max_component_bytes {
             return Err(LoadError::TooLarge {
@@ -145,6 +145,29 @@ impl Sandbox {
         }
         let digest = hex(&Sha256::digest(&bytes));
         let component = self.compile(&digest, bytes).await?;
+
+        // Size the limits the configuration left unset for what the
+        // component is (an interpreter starts with a heap of several MiB),
+        // and refuse limits it cannot start under.
+        let initial_memory = load::initial_memory(&component);
+        let kind = ComponentKind::from_initial_memory(initial_memory);
+        spec.limits = spec.limits.sized_for(kind);
+        let mut problems = spec.limits.problems(config);
+        if initial_memory > spec.limits.memory_bytes {
+            problems.push(format!(
+                "the component declares {initial_memory} bytes of initial linear memory, more than \
+                 its memory_bytes limit {} (raise memory_bytes)",
+                spec.limits.memory_bytes
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(LoadError::InvalidLimits(problems));
+        }
+        if kind == ComponentKind::Interpreter {
+            tracing::debug!(handler = %spec.name, tenant = %spec.tenant, initial_memory,
+                fuel = spec.limits.fuel, deadline_ms = spec.limits.deadline.as_millis() as u64,
+                memory_bytes = spec.limits.memory_bytes, "interpreter component: limits sized for it");
+        }
 
         let engine = &self.inner.engine;
         let mut problems = load::check_world(engine, &component, &spec.grants);
