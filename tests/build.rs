@@ -36,13 +36,13 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     for name in HANDLERS {
-        println!("cargo:rerun-if-changed={}", handlers.join(name).display());
+        watch(&handlers.join(name));
     }
+    // Every file, named one by one (node_modules and caches left out):
+    // cargo did not notice an edit inside these folders when given the
+    // folder.
     for watched in ["js", "python", "c", "lang-world.wit", "build-lang"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            handlers.join(watched).display()
-        );
+        watch(&handlers.join(watched));
     }
     for var in ["SLUICE_HANDLER_CACHE", "SLUICE_TOOLS"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -170,4 +170,19 @@ fn build_lang(handlers: &Path) -> String {
         "handlers/build-lang printed {built} components, not 6:\n{stdout}"
     );
     code
+}
+
+/// Print `rerun-if-changed` for `path` and, for a folder, every file in it.
+fn watch(path: &Path) {
+    println!("cargo:rerun-if-changed={}", path.display());
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name == "node_modules" || name == "__pycache__" {
+            continue;
+        }
+        watch(&entry.path());
+    }
 }

@@ -25,8 +25,9 @@ pub const DEFAULT_MEMORY_BYTES: usize = 32 << 20;
 /// The JavaScript chat handler spends up to ~16M on `chat.send` with a
 /// 500-character text and a full history (Rust: ~2.3M, Python: ~5.6M).
 pub const DEFAULT_INTERPRETER_FUEL: u64 = 50_000_000;
-/// Wall-clock budget of one call of an interpreter component. A new Python
-/// instance's first call takes ~40 ms on the reference machine, idle.
+/// Wall-clock budget of one call of an interpreter component. The first
+/// call of a new instance measured 8-39 ms (Python) and 6-62 ms
+/// (JavaScript) on the reference machine.
 pub const DEFAULT_INTERPRETER_DEADLINE: Duration = Duration::from_millis(250);
 /// Memory per instance of an interpreter component. The JavaScript and
 /// Python chat handlers hold ~9 and ~12.5 MiB.
@@ -34,7 +35,7 @@ pub const DEFAULT_INTERPRETER_MEMORY_BYTES: usize = 64 << 20;
 /// A component that declares a linear memory of at least this initial size
 /// is an interpreter component (componentize-js and componentize-py ship a
 /// pre-initialized interpreter heap of ~9-12 MiB; Rust and C handlers start
-/// with ~1 MiB): its fuel, deadline and memory limits that the
+/// with ~0.1 MiB): its fuel, deadline and memory limits that the
 /// configuration leaves unset take the `DEFAULT_INTERPRETER_*` values.
 pub const INTERPRETER_INITIAL_MEMORY: usize = 4 << 20;
 /// Table elements one instance may hold (per table).
