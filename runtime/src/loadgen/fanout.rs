@@ -36,8 +36,10 @@ pub struct FanoutArgs {
     /// The channel.
     #[arg(long, default_value = "room:fanout")]
     pub channel: String,
-    /// The route subscribers send to join the channel.
-    #[arg(long, default_value = "chat.join")]
+    /// What subscribers send to join the channel: the reserved `subscribe`
+    /// (no handler call), or a route such as `chat.join` (whose handler may
+    /// publish to everyone already there: n joins cost n^2/2 deliveries).
+    #[arg(long, default_value = "subscribe")]
     pub join: String,
     /// The route the publisher sends (its `data` is `{"text":"b<k>"}`).
     #[arg(long, default_value = "chat.send")]

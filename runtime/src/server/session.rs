@@ -1,8 +1,10 @@
 //! One task per connection: read a frame, then decode -> rate-limit ->
 //! authorize -> validate -> call the handler -> authorize and apply its
-//! actions, in that order, one message at a time. A separate writer task
-//! drains the connection's bounded outbound queue, batching every frame that
-//! is ready into one flush.
+//! actions, in that order, one message at a time. The same task drains the
+//! connection's bounded outbound queue once no more input is buffered,
+//! batching every frame that is ready into one flush: a message costs no
+//! wake-up of a second task, and a pipelining client's answers go out in one
+//! write.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -73,7 +75,7 @@ fn expiry(exp: u64, leeway: u64) -> tokio::time::Instant {
 }
 
 /// Serve an admitted connection until it closes.
-pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
+pub async fn run(state: Arc<ServerState>, mut socket: Box<Socket>, admitted: Admitted) {
     let Admitted {
         tenant,
         principal,
@@ -85,9 +87,7 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
     let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
     let mut shutdown = state.shutdown.subscribe();
     let id = state.next_connection_id();
-    let (outbox, reader) = Outbox::new(state.config.server.max_outbound_bytes);
-    let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, reader));
+    let (outbox, mut reader) = Outbox::new(state.config.server.max_outbound_bytes);
     let limits = &tenant.config.limits;
     let mut session = Session {
         conn: sandbox::Connection {
@@ -122,28 +122,51 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
         session.principal.expires_at,
     ));
 
-    let mut flow = session.lifecycle(Phase::Connect).await;
+    // Message handling is boxed (one allocation per message): its state,
+    // with the handler call inside, is kilobytes that an idle connection
+    // would otherwise carry for its whole life.
+    let mut flow = Box::pin(session.lifecycle(Phase::Connect)).await;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    let token_expiry = tokio::time::sleep_until(session.expires);
+    tokio::pin!(token_expiry);
+    // Frames read since the last write: reads that are already buffered are
+    // all handled before one flush (a pipelining client's answers go out in
+    // one write), but never more than this many, so that a client that
+    // never pauses still gets its answers.
+    let mut reads_since_write = 0usize;
     while matches!(flow, Flow::Continue) {
-        let next = tokio::select! {
+        if token_expiry.deadline() != session.expires {
+            token_expiry.as_mut().reset(session.expires);
+        }
+        let must_write = reads_since_write >= MAX_READS_PER_WRITE && !reader.rx.is_empty();
+        let woke = tokio::select! {
             biased;
-            () = outbox.overflowed() => {
+            () = outbox.overflowed() => Woke::Overflowed,
+            _ = shutdown.wait_for(|draining| *draining) => Woke::Draining,
+            () = &mut token_expiry => Woke::Expired,
+            _ = ticker.tick() => Woke::Tick,
+            next = socket.next(), if !must_write => Woke::Read(next),
+            Some(first) = reader.rx.recv() => Woke::Write(first),
+        };
+        let next = match woke {
+            Woke::Read(next) => next,
+            Woke::Overflowed => {
                 tracing::debug!(tenant = %tenant.id, connection = id, "slow consumer disconnected");
                 flow = Flow::Close(close::TRY_AGAIN_LATER, "slow consumer".into());
                 break;
             }
-            _ = shutdown.wait_for(|draining| *draining) => {
+            Woke::Draining => {
                 flow = Flow::Close(close::GOING_AWAY, "server shutting down".into());
                 break;
             }
-            () = tokio::time::sleep_until(session.expires) => {
+            Woke::Expired => {
                 tracing::debug!(tenant = %tenant.id, connection = id, "token expired");
                 flow = Flow::Close(close::POLICY, "token expired".into());
                 break;
             }
-            _ = ticker.tick() => {
+            Woke::Tick => {
                 if last_heard.elapsed() >= idle_timeout {
                     tracing::debug!(tenant = %tenant.id, connection = id, "idle timeout");
                     flow = Flow::Close(close::NORMAL, "idle timeout".into());
@@ -152,12 +175,35 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
                 outbox.ping();
                 continue;
             }
-            next = stream.next() => next,
+            Woke::Write(first) => {
+                reads_since_write = 0;
+                // A client that stops reading blocks the flush: the queue
+                // then overflows (1013), or the server drains (1001).
+                let written = tokio::select! {
+                    biased;
+                    written = write_queued(&mut socket, &mut reader, first) => written,
+                    () = outbox.overflowed() => Written::Overflowed,
+                    _ = shutdown.wait_for(|draining| *draining) => Written::Draining,
+                };
+                match written {
+                    Written::Ok => continue,
+                    Written::Closed => break,
+                    Written::Overflowed => {
+                        flow = Flow::Close(close::TRY_AGAIN_LATER, "slow consumer".into());
+                        break;
+                    }
+                    Written::Draining => {
+                        flow = Flow::Close(close::GOING_AWAY, "server shutting down".into());
+                        break;
+                    }
+                }
+            }
         };
+        reads_since_write += 1;
         last_heard = tokio::time::Instant::now();
         flow = match next {
             None | Some(Ok(Message::Close(_))) => break,
-            Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
+            Some(Ok(Message::Text(text))) => Box::pin(session.on_text(text.as_str())).await,
             Some(Ok(Message::Binary(_))) => {
                 session.reject(
                     None,
@@ -172,32 +218,68 @@ pub async fn run(state: Arc<ServerState>, socket: Socket, admitted: Admitted) {
             Some(Err(e)) => read_error(&e),
         };
     }
-    if let Flow::Close(code, reason) = flow {
-        tenant.metrics.closed(code);
-        outbox.close(code, reason);
+    // Whatever the handler answered before the end still goes out, then
+    // our close frame (if we are the ones closing).
+    if let Flow::Close(code, reason) = &flow {
+        tenant.metrics.closed(*code);
+        outbox.close(*code, reason.clone());
+    }
+    Box::pin(session.cleanup()).await;
+    drop(session);
+    drop(outbox);
+    let _ = tokio::time::timeout(WRITER_GRACE, async {
+        while let Ok(out) = reader.rx.try_recv() {
+            if matches!(
+                write_queued(&mut socket, &mut reader, out).await,
+                Written::Closed
+            ) {
+                return;
+            }
+        }
+        let _ = socket.flush().await;
+    })
+    .await;
+    if matches!(flow, Flow::Close(..)) {
         // The closing handshake: wait (briefly) for the client's close frame
         // before the TCP connection goes, so that the client reads our code
         // instead of a reset.
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(frame)) = stream.next().await {
+            while let Some(Ok(frame)) = socket.next().await {
                 if frame.is_close() {
                     break;
                 }
             }
         })
         .await;
-    }
-    session.cleanup().await;
-    drop(session);
-    drop(outbox);
-    let mut writer = writer;
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+    } else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut socket)).await;
     }
     tracing::debug!(tenant = %tenant.id, connection = id, "disconnected");
+}
+
+/// Frames read before queued output is written, at most.
+const MAX_READS_PER_WRITE: usize = 32;
+
+/// What woke the connection's task.
+enum Woke {
+    Overflowed,
+    Draining,
+    Expired,
+    Tick,
+    Read(Option<Result<Message, WsError>>),
+    Write(Outgoing),
+}
+
+/// How writing the queue ended.
+enum Written {
+    /// Everything queued was written and flushed.
+    Ok,
+    /// The connection is gone, or our close frame went out.
+    Closed,
+    /// The queue overflowed while a flush was blocked.
+    Overflowed,
+    /// The server started draining while a flush was blocked.
+    Draining,
 }
 
 /// The wire response to a read error.
@@ -210,46 +292,43 @@ fn read_error(e: &WsError) -> Flow {
     }
 }
 
-/// Write frames as they come; everything already queued goes out in one
-/// flush.
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Socket, Message>,
-    mut reader: OutboxReader,
-) {
-    while let Some(first) = reader.rx.recv().await {
-        let mut next = Some(first);
-        while let Some(out) = next.take() {
-            match out {
-                Outgoing::Text(text) => {
-                    let len = text.len();
-                    let fed = sink.feed(Message::Text(text)).await;
-                    reader.written(len);
-                    if fed.is_err() {
-                        return;
-                    }
-                }
-                Outgoing::Ping => {
-                    if sink.feed(Message::Ping(Default::default())).await.is_err() {
-                        return;
-                    }
-                }
-                Outgoing::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code: CloseCode::from(code),
-                        reason: Utf8Bytes::from(reason),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    let _ = sink.close().await;
-                    return;
+/// Write `first` and everything else already queued, then flush once.
+async fn write_queued(socket: &mut Socket, reader: &mut OutboxReader, first: Outgoing) -> Written {
+    let mut next = Some(first);
+    while let Some(out) = next.take() {
+        match out {
+            Outgoing::Text(text) => {
+                let len = text.len();
+                let fed = socket.feed(Message::Text(text)).await;
+                reader.written(len);
+                if fed.is_err() {
+                    return Written::Closed;
                 }
             }
-            next = reader.rx.try_recv().ok();
+            Outgoing::Ping => {
+                if socket
+                    .feed(Message::Ping(Default::default()))
+                    .await
+                    .is_err()
+                {
+                    return Written::Closed;
+                }
+            }
+            Outgoing::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: Utf8Bytes::from(reason),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return Written::Closed;
+            }
         }
-        if sink.flush().await.is_err() {
-            return;
-        }
+        next = reader.rx.try_recv().ok();
     }
-    let _ = sink.close().await;
+    if socket.flush().await.is_err() {
+        return Written::Closed;
+    }
+    Written::Ok
 }
 
 impl Session {
