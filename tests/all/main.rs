@@ -15,6 +15,7 @@ mod handshake;
 mod jwks;
 mod lifecycle;
 mod limits;
+mod loadgen;
 mod logs;
 mod messages;
 mod peers;
