@@ -162,12 +162,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let (done_tx, mut done_rx) = watch::channel(0usize);
     let m = args.subscribers as u32;
     // The collector: counts deliveries per broadcast.
+    let (mut delivery, mut last) = (new_histogram()?, new_histogram()?);
     let collector = {
         let published = Arc::clone(&published);
         tokio::spawn(async move {
             let mut counts = vec![0u32; broadcasts];
-            let mut delivery = new_histogram();
-            let mut last = new_histogram();
+
             let mut deliveries = 0u64;
             let mut complete = 0u64;
             let mut last_at = None;

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::probe::Probe;
 use super::{
-    Counters, FrameKind, Latencies, LatencySummary, Target, TargetArgs, classify, parse_duration,
-    spawn_progress, thousands,
+    Counters, FrameKind, Latencies, LatencySummary, Target, TargetArgs, classify, kind_of,
+    parse_duration, spawn_progress, thousands,
 };
 use crate::client::ClientSocket;
 
@@ -181,7 +181,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         .open_many(args.connections, args.connect_parallel, 0)
         .await?;
     let counters = Arc::new(Counters::default());
-    let latencies = Arc::new(Latencies::new());
+    let latencies = Arc::new(Latencies::new()?);
     let skipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let join_channel = routes.iter().find_map(|r| r.channel.clone());
     let mut tasks = tokio::task::JoinSet::new();
@@ -350,11 +350,7 @@ async fn closed_loop(
                 None => bail!("closed by the server"),
             },
         };
-        let kind = match &frame {
-            Message::Text(t) => classify(t),
-            Message::Close(_) => bail!("closed by the server"),
-            _ => FrameKind::Other,
-        };
+        let kind = kind_of(&frame)?;
         if kind != FrameKind::Other {
             let Some(at) = sent.pop_front() else {
                 bail!("an answer nobody asked for")
@@ -420,11 +416,7 @@ async fn open_loop(
                     Some(f) => f?,
                     None => bail!("closed by the server"),
                 };
-                let kind = match &frame {
-                    Message::Text(t) => classify(t),
-                    Message::Close(_) => bail!("closed by the server"),
-                    _ => FrameKind::Other,
-                };
+                let kind = kind_of(&frame)?;
                 if kind != FrameKind::Other {
                     let Some(at) = sent.pop_front() else {
                         bail!("an answer nobody asked for")

@@ -254,14 +254,17 @@ pub fn classify(text: &str) -> FrameKind {
 /// record without contending on one lock.
 pub struct Latencies {
     shards: Vec<Mutex<Histogram<u64>>>,
+    empty: Histogram<u64>,
 }
 
 impl Latencies {
     /// 16 shards, 1 us to 60 s at 3 significant figures.
-    pub fn new() -> Self {
-        Self {
-            shards: (0..16).map(|_| Mutex::new(new_histogram())).collect(),
-        }
+    pub fn new() -> anyhow::Result<Self> {
+        let empty = new_histogram()?;
+        Ok(Self {
+            shards: (0..16).map(|_| Mutex::new(empty.clone())).collect(),
+            empty,
+        })
     }
 
     /// Record `d` from the task with key `key`.
@@ -274,7 +277,7 @@ impl Latencies {
 
     /// All shards merged.
     pub fn merged(&self) -> Histogram<u64> {
-        let mut all = new_histogram();
+        let mut all = self.empty.clone();
         for shard in &self.shards {
             if let Ok(h) = shard.lock() {
                 let _ = all.add(&*h);
@@ -284,19 +287,19 @@ impl Latencies {
     }
 }
 
-impl Default for Latencies {
-    fn default() -> Self {
-        Self::new()
-    }
+/// An empty histogram of microseconds (1 us to 60 s, 3 significant figures).
+pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a latency histogram")
 }
 
-/// An empty histogram of microseconds (1 us to 60 s, 3 significant figures).
-pub fn new_histogram() -> Histogram<u64> {
-    #[expect(
-        clippy::expect_used,
-        reason = "constant bounds that hdrhistogram accepts"
-    )]
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+/// What a frame read from the server is; a close frame ends the run.
+pub fn kind_of(frame: &tokio_tungstenite::tungstenite::Message) -> anyhow::Result<FrameKind> {
+    use tokio_tungstenite::tungstenite::Message;
+    match frame {
+        Message::Text(t) => Ok(classify(t)),
+        Message::Close(_) => bail!("closed by the server"),
+        _ => Ok(FrameKind::Other),
+    }
 }
 
 /// Percentiles of a histogram, in microseconds.

@@ -74,7 +74,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormReport> {
             .collect::<anyhow::Result<_>>()?,
     );
     let counters = Arc::new(Counters::default());
-    let latencies = Arc::new(Latencies::new());
+    let latencies = Arc::new(Latencies::new()?);
     let failed = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let mut tasks = tokio::task::JoinSet::new();
