@@ -42,6 +42,8 @@ fn corpus() -> Vec<(String, &'static str)> {
         "[]",
         "[1]",
         r#"[{"type":"echo"}]"#,
+        // serde would read this as a positional envelope.
+        r#"["echo","x",null,{"a":1}]"#,
     ] {
         cases.push((text.to_owned(), "bad_envelope"));
     }
