@@ -3,18 +3,30 @@
 //!
 //! The host does all security-critical work itself and hands a tenant's
 //! handler only authorized, validated, bounded input; the handler proposes
-//! actions, the host disposes. [`server`] is the pipeline from TCP accept to
-//! a handler's effects; [`sandbox`] runs handlers under hard limits;
-//! [`config`] is the strict configuration file; [`client`] is a wss client
-//! for tools and tests.
+//! actions, the host disposes.
+//!
+//! This crate is the `sluice` command and a facade over the workspace crates
+//! whose dependency graph is the architecture (docs/ARCHITECTURE.md):
+//!
+//! ```text
+//! sluice (CLI) ──> sluice-tools ──> sluice-server ──> sluice-sandbox ──> sluice-config ──> sluice-protocol
+//!                                         └──> sluice-tls        (and server ──> config, protocol)
+//! ```
+//!
+//! [`server`] is the pipeline from TCP accept to a handler's effects;
+//! [`sandbox`] runs handlers under hard limits; [`config`] is the strict
+//! configuration file; [`protocol`] is the wire format; [`client`] is a wss
+//! client for tools and tests.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod client;
-pub mod config;
+pub use sluice_config as config;
+pub use sluice_protocol as protocol;
+pub use sluice_sandbox as sandbox;
+pub use sluice_server as server;
+pub use sluice_tls as tls;
+pub use sluice_tools::{bench, client, loadgen};
+
 pub mod dev;
-pub mod loadgen;
 pub mod logging;
-pub mod sandbox;
-pub mod server;

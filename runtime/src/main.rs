@@ -1,5 +1,7 @@
 //! The `sluice` command.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::collections::BTreeSet;
@@ -115,8 +117,8 @@ struct CallArgs {
     #[arg(long)]
     channel: Option<String>,
     /// Which export to call.
-    #[arg(long, value_enum, default_value = "message")]
-    event: EventArg,
+    #[arg(long, default_value = "message")]
+    event: sluice::sandbox::Export,
     /// The tenant of the connection and the handler.
     #[arg(long, default_value = "dev")]
     tenant: String,
@@ -147,13 +149,6 @@ struct CallArgs {
     /// Print the call report (fuel, time, logs, stdout/stderr) too.
     #[arg(long, short)]
     verbose: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum EventArg {
-    Connect,
-    Message,
-    Disconnect,
 }
 
 #[derive(Subcommand)]
@@ -494,11 +489,7 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         channel: args.channel,
         data: data.to_string(),
     };
-    let result = match args.event {
-        EventArg::Connect => handler.on_connect(&conn).await,
-        EventArg::Message => handler.on_message(&conn, &msg).await,
-        EventArg::Disconnect => handler.on_disconnect(&conn).await,
-    };
+    let result = handler.call_export(args.event, &conn, &msg).await;
     let (out, code) = match result {
         Ok(outcome) => {
             let mut out = json!({ "ok": true, "actions": outcome.actions.iter().map(action_json).collect::<Vec<_>>() });
@@ -508,9 +499,9 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             (out, ExitCode::SUCCESS)
         }
         Err(err) => {
-            let mut error = json!({ "kind": err.kind.name(), "message": err.kind.to_string(), "client_code": err.kind.client_code() });
+            let mut error = json!({ "kind": err.kind.name(), "message": err.kind.to_string(), "client_code": sluice::server::rejection::client_code(&err.kind) });
             if let sluice::sandbox::CallErrorKind::Rejected { code, message } = &err.kind {
-                error["code"] = json!(code);
+                error["code"] = json!(code.as_str());
                 error["message"] = json!(message);
             }
             let mut out = json!({ "ok": false, "error": error });
@@ -520,8 +511,24 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             (out, ExitCode::from(2))
         }
     };
+    let mut out = out;
+    if args.verbose
+        && let Some(peak) = peak_rss_bytes()
+    {
+        // What running this handler cost the host process at most, for a
+        // handler author tuning limits (and the host-copy budget's test).
+        out["peak_rss_bytes"] = json!(peak);
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(code)
+}
+
+/// This process's peak resident memory (Linux: `VmHWM`), in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// An action as JSON, with its JSON-text payloads parsed back into values.

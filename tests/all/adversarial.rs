@@ -192,6 +192,8 @@ async fn every_misbehave_mode_live_through_the_server_while_another_tenant_chats
             .sandbox
             .state()
             .get("alpha", "poison")
+            .await
+            .expect("the in-memory store answers")
             .is_none()
     );
 }

@@ -81,5 +81,5 @@ async fn two_clients_chat_in_a_room() {
         .await;
     alice.request(json!({"type": "chat.send", "id": "a4", "channel": "room:42", "data": {"text": "gone?"}})).await;
     bob.assert_usable().await;
-    assert_eq!(server.state.fanout.subscribers("alpha", "room:42"), 2);
+    assert_eq!(server.state.subscribers("alpha", "room:42"), 2);
 }

@@ -90,8 +90,8 @@ async fn a_refresh_drops_subscriptions_the_new_claims_no_longer_allow() {
         .request(json!({"type": "refresh", "id": "r", "data": {"token": new}}))
         .await;
     assert_eq!(ack["data"]["dropped"], json!(["team:red"]));
-    assert_eq!(server.state.fanout.subscribers("alpha", "team:red"), 0);
-    assert_eq!(server.state.fanout.subscribers("alpha", "team:blue"), 1);
+    assert_eq!(server.state.subscribers("alpha", "team:red"), 0);
+    assert_eq!(server.state.subscribers("alpha", "team:blue"), 1);
     let err = c
         .request(json!({"type": "subscribe", "id": "4", "channel": "team:red"}))
         .await;

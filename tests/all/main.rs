@@ -7,6 +7,7 @@
 
 mod admin;
 mod adversarial;
+mod call_budget;
 mod chat;
 mod config;
 mod conformance;

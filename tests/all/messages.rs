@@ -254,7 +254,7 @@ async fn channel_rules_decide_subscribe_and_publish() {
     assert_eq!(c.next_event().await["data"]["text"], "x");
     c.request(json!({"type": "unsubscribe", "id": "11", "channel": "room:1"}))
         .await;
-    assert_eq!(server.state.fanout.subscribers("alpha", "room:1"), 0);
+    assert_eq!(server.state.subscribers("alpha", "room:1"), 0);
 }
 
 #[tokio::test]
@@ -289,7 +289,7 @@ async fn actions_a_handler_returns_are_authorized_again() {
     }
     // A handler cannot subscribe its caller to someone else's channel.
     mallory.request(json!({"type": "misbehave", "id": "4", "data": {"mode": "subscribe", "target": "user:victim"}})).await;
-    assert_eq!(server.state.fanout.subscribers("alpha", "user:victim"), 1);
+    assert_eq!(server.state.subscribers("alpha", "user:victim"), 1);
 
     // A principal with chat:write may publish to room:7 through the
     // handler, and only alpha's subscribers get it, never beta's.
@@ -304,7 +304,7 @@ async fn actions_a_handler_returns_are_authorized_again() {
     victim.assert_usable().await;
     // The victim got exactly one event: the allowed one (the pings above
     // returned with nothing before them).
-    assert_eq!(server.state.fanout.subscribers("beta", "room:7"), 1);
+    assert_eq!(server.state.subscribers("beta", "room:7"), 1);
 }
 
 #[tokio::test]

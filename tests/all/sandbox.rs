@@ -161,13 +161,16 @@ async fn chat_keeps_room_history_in_state_across_calls() {
             .await
             .expect_err("rejected");
         assert_eq!(err.kind.name(), "rejected");
-        assert_eq!(err.kind.client_code(), code);
+        assert_eq!(sluice::server::rejection::client_code(&err.kind), code);
     }
     let err = chat
         .on_message(&alice, &msg("chat.send", None, json!({"text": "hi"})))
         .await
         .expect_err("no channel");
-    assert_eq!(err.kind.client_code(), "channel_required");
+    assert_eq!(
+        sluice::server::rejection::client_code(&err.kind),
+        "channel_required"
+    );
 
     // Another subject joining later sees the history, oldest first, and the
     // sequence continues where it was (the rejections committed nothing).
@@ -223,8 +226,9 @@ async fn state_is_scoped_to_the_handlers_tenant() {
         .await
         .expect("join");
     assert_eq!(reply_json(&joined.actions), json!({"history": []}));
-    assert_eq!(sandbox.state().key_count("tenant-a"), 1);
-    assert_eq!(sandbox.state().key_count("tenant-b"), 0);
+    let store = sandbox.state();
+    assert_eq!(store.usage("tenant-a").await.expect("usage").keys, 1);
+    assert_eq!(store.usage("tenant-b").await.expect("usage").keys, 0);
 }
 
 #[tokio::test]
@@ -264,7 +268,12 @@ async fn every_kind_of_misbehaviour_is_contained_and_the_next_call_served() {
             assert!(err.kind.is_handler_failure());
             // A refused call never returns actions and never commits state.
             assert!(
-                sandbox.state().get("t1", "poison").is_none(),
+                sandbox
+                    .state()
+                    .get("t1", "poison")
+                    .await
+                    .expect("the in-memory store answers")
+                    .is_none(),
                 "{mode} left state behind"
             );
             assert_still_serves(&handler).await;
@@ -277,12 +286,18 @@ async fn every_kind_of_misbehaviour_is_contained_and_the_next_call_served() {
             "stderr: {:?}",
             err.report.stderr
         );
-        assert_eq!(err.kind.client_code(), "handler_failed");
+        assert_eq!(
+            sluice::server::rejection::client_code(&err.kind),
+            "handler_failed"
+        );
 
         // Spin out of fuel: the whole budget was spent.
         let err = misbehave(&handler, "spin").await.expect_err("spin");
         assert_eq!(err.report.fuel_consumed, Some(limits.fuel));
-        assert_eq!(err.kind.client_code(), "handler_timeout");
+        assert_eq!(
+            sluice::server::rejection::client_code(&err.kind),
+            "handler_timeout"
+        );
     }
 }
 
@@ -477,7 +492,10 @@ async fn a_handler_that_keeps_failing_is_quarantined_then_tried_again() {
         "{}",
         err.kind
     );
-    assert_eq!(err.kind.client_code(), "unavailable");
+    assert_eq!(
+        sluice::server::rejection::client_code(&err.kind),
+        "unavailable"
+    );
     assert!(!err.kind.is_handler_failure());
     let stats = handler.stats();
     assert_eq!(stats.quarantines, 1);

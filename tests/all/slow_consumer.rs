@@ -79,7 +79,7 @@ async fn a_client_that_stops_reading_is_closed_and_the_publisher_keeps_going() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        server.state.fanout.subscribers("alpha", "room:5"),
+        server.state.subscribers("alpha", "room:5"),
         1,
         "only the reader is left"
     );

@@ -36,3 +36,20 @@ pub fn component(path: &str) -> Vec<u8> {
 }
 
 pub mod server;
+
+/// The `sluice` binary of this build (`cargo test --workspace` builds it
+/// next to the test binary's `deps/` folder).
+pub fn sluice_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the target profile folder");
+    let bin = dir.join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (tests/run), which builds it",
+        bin.display()
+    );
+    bin
+}

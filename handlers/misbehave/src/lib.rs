@@ -17,6 +17,11 @@
 //! | `publish-big` | publishes 32 KiB to the channel named in `target` |
 //! | `subscribe` | subscribes the connection to the channel named in `target` |
 //! | `count` | replies with how many calls this instance has served (a static counter: 1 on every call in `fresh` mode) |
+//! | `sleep` | sleeps 30 s in a WASI sleep (a host wait epoch interruption cannot see), then replies |
+//! | `block` | sleeps for ever (a pollable that never resolves in practice: `u64::MAX` ns) |
+//! | `burn` | spins `target` iterations (default 1,500,000: most of the default fuel), then replies `{"ok":true}` |
+//! | `clock` | replies with what the WASI clocks say: `{"wall_ms":..,"mono_ns":..}` (both 0 without the `clock` grant) |
+//! | `alias-reply` | returns 1,000 `reply` actions whose strings all point at one 8 MiB buffer (a host-copy amplification) |
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +53,23 @@ fn recurse() -> u64 {
     let below = recurse();
     DEPTH.fetch_sub(1, Ordering::Relaxed);
     below.wrapping_add(depth)
+}
+
+/// 1,000 `reply` actions whose strings share one leaked 8 MiB buffer: the
+/// guest holds 8 MiB, a host that copied every string would hold 8 GB. The
+/// host must refuse the copy past its budget. (Aliasing `String`s is
+/// undefined behaviour in Rust once they are freed; the host traps the call
+/// while lifting them, before the guest's post-return could free any.)
+fn alias_reply() -> Actions {
+    let buffer: &'static mut str = "\"".repeat(8 << 20).leak();
+    let (ptr, len) = (buffer.as_mut_ptr(), buffer.len());
+    let mut actions = Actions::new();
+    for _ in 0..1_000 {
+        // SAFETY: none; see above. The strings are never read by the guest.
+        let alias = unsafe { String::from_raw_parts(ptr, len, len) };
+        actions = actions.reply_raw(alias);
+    }
+    actions
 }
 
 struct Misbehave;
@@ -106,6 +128,32 @@ impl Handler for Misbehave {
                 }
                 Ok(actions)
             }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Ok(Actions::new().reply(&serde_json::json!({"slept": true})))
+            }
+            "block" => {
+                std::thread::sleep(std::time::Duration::from_nanos(u64::MAX));
+                Ok(Actions::new().reply(&serde_json::json!({"woke": true})))
+            }
+            "burn" => {
+                let n: u64 = target.parse().unwrap_or(1_500_000);
+                let mut x: u64 = 0;
+                for i in 0..n {
+                    x = black_box(x.wrapping_add(i));
+                }
+                Ok(Actions::new().reply(&serde_json::json!({"ok": true, "x": x})))
+            }
+            "clock" => {
+                let wall_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let start = std::time::Instant::now();
+                let mono_ns = start.elapsed().as_nanos() as u64;
+                Ok(Actions::new()
+                    .reply(&serde_json::json!({"wall_ms": wall_ms, "mono_ns": mono_ns})))
+            }
+            "alias-reply" => Ok(alias_reply()),
             "panic" => panic!("misbehave: asked to panic"),
             "state-then-trap" => {
                 state::set("poison", b"1").map_err(|e| HandlerError::fail(format!("{e:?}")))?;

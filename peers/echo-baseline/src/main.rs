@@ -4,7 +4,7 @@
 //! Sluice's full pipeline can be reported as a fraction of it.
 //!
 //! Same as Sluice:
-//! - TLS: `sluice::server::tls::server_config` itself (rustls, aws-lc-rs
+//! - TLS: `sluice_tls::server_config` itself (rustls, aws-lc-rs
 //!   provider, TLS 1.3 and 1.2, ALPN `http/1.1`, stateless session tickets
 //!   from the aws-lc-rs ticketer, rustls' default session cache);
 //! - the tokio multi-thread runtime with one worker per core, TCP_NODELAY
@@ -22,6 +22,8 @@
 //! The echo loop is what a user would write: read a message, `send` it
 //! (which flushes), repeat.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,8 +37,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Sluice's `max_message_bytes` and `max_frame_bytes` defaults.
-const MAX_MESSAGE_BYTES: usize = sluice::config::DEFAULT_MAX_MESSAGE_BYTES;
-const MAX_FRAME_BYTES: usize = sluice::config::DEFAULT_MAX_FRAME_BYTES;
+const MAX_MESSAGE_BYTES: usize = sluice_config::DEFAULT_MAX_MESSAGE_BYTES;
+const MAX_FRAME_BYTES: usize = sluice_config::DEFAULT_MAX_FRAME_BYTES;
 
 /// A bare wss echo server (benchmark baseline).
 #[derive(Parser)]
@@ -73,8 +75,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let tls =
-        sluice::server::tls::server_config(&args.cert, &args.key).map_err(anyhow::Error::msg)?;
+    let tls = sluice_tls::server_config(&args.cert, &args.key).map_err(anyhow::Error::msg)?;
     let acceptor = TlsAcceptor::from(tls);
     let listener = TcpListener::bind(args.listen)
         .await

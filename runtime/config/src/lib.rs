@@ -1,0 +1,652 @@
+//! The configuration file: one TOML document, strict (unknown fields are
+//! errors), every default a named constant, secrets by reference (an
+//! environment variable or a file, never inline).
+//!
+//! [`Config::parse`] reports every problem it can find at once: each tenant,
+//! handler, route and key is read separately, so one typo does not hide the
+//! next. Semantic checks (files, schemas, handlers) happen when the server is
+//! built (`sluice check` runs both).
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub mod channel;
+pub mod jwt;
+mod limits;
+
+pub use jwt::JwtAlgorithm;
+pub use limits::*;
+
+/// Address `sluice serve` listens on by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Time for TCP accept + TLS + HTTP upgrade, after which a client is dropped.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message (after reassembly of fragments).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
+/// Largest single frame.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 10;
+/// Initial read buffer per connection (tungstenite's default is 128 KiB).
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 4 << 10;
+/// Bytes buffered before a write reaches the socket.
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 16 << 10;
+/// Bytes of outbound frames queued for one connection before it is
+/// disconnected as a slow consumer.
+pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 1 << 20;
+/// Deepest JSON nesting accepted in a client message.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
+/// Concurrent connections from one IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+/// Handshakes per second from one IP address (sustained).
+pub const DEFAULT_HANDSHAKES_PER_IP_PER_SEC: u32 = 50;
+/// Handshake burst from one IP address.
+pub const DEFAULT_HANDSHAKE_BURST_PER_IP: u32 = 100;
+/// How often the server pings an otherwise quiet connection.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A connection that sends nothing (not even a pong) for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where the admin listener (metrics, health) listens by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// On shutdown, how long connections get to finish their in-flight message.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one tenant may hold.
+pub const DEFAULT_MAX_CONNECTIONS_PER_TENANT: u32 = 10_000;
+/// Connections one subject may hold.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SUBJECT: u32 = 16;
+/// Messages per second one connection may send (sustained).
+pub const DEFAULT_MESSAGES_PER_SEC: u32 = 50;
+/// Message burst of one connection.
+pub const DEFAULT_MESSAGE_BURST: u32 = 100;
+/// Messages per second one subject may send over all its connections.
+pub const DEFAULT_SUBJECT_MESSAGES_PER_SEC: u32 = 100;
+/// Messages per second one tenant may receive over all its connections.
+pub const DEFAULT_TENANT_MESSAGES_PER_SEC: u32 = 10_000;
+/// Rate-limited messages in a row after which a connection is closed (1008).
+pub const DEFAULT_ABUSE_CLOSE_AFTER: u32 = 50;
+/// How often a JWKS URL is fetched again.
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// The claim that carries scopes (a space-separated string or an array).
+pub const DEFAULT_SCOPES_CLAIM: &str = "scope";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Config {
+    /// Listener, TLS and WebSocket settings.
+    pub server: ServerConfig,
+    /// Engine-wide sandbox settings.
+    pub sandbox: SandboxConfig,
+    /// Tenants by id (the `<tenant>` in `/ws/<tenant>`).
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// The directory relative paths are resolved against.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file it was read from, if any (what a reload reads again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Listener, TLS and WebSocket settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on ([`DEFAULT_LISTEN`]).
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub tls_cert: PathBuf,
+    /// PEM private key.
+    pub tls_key: PathBuf,
+    /// Handshake deadline, ms ([`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout_ms: u64,
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`].
+    pub max_message_bytes: usize,
+    /// [`DEFAULT_MAX_FRAME_BYTES`].
+    pub max_frame_bytes: usize,
+    /// [`DEFAULT_READ_BUFFER_BYTES`].
+    pub read_buffer_bytes: usize,
+    /// [`DEFAULT_WRITE_BUFFER_BYTES`].
+    pub write_buffer_bytes: usize,
+    /// [`DEFAULT_MAX_OUTBOUND_BYTES`].
+    pub max_outbound_bytes: usize,
+    /// [`DEFAULT_MAX_JSON_DEPTH`].
+    pub max_json_depth: usize,
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IP`].
+    pub max_connections_per_ip: u32,
+    /// [`DEFAULT_HANDSHAKES_PER_IP_PER_SEC`].
+    pub handshakes_per_ip_per_sec: u32,
+    /// [`DEFAULT_HANDSHAKE_BURST_PER_IP`].
+    pub handshake_burst_per_ip: u32,
+    /// [`DEFAULT_PING_INTERVAL`], ms.
+    pub ping_interval_ms: u64,
+    /// [`DEFAULT_IDLE_TIMEOUT`], ms.
+    pub idle_timeout_ms: u64,
+    /// [`DEFAULT_DRAIN_TIMEOUT`], ms.
+    pub drain_timeout_ms: u64,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), plain HTTP;
+    /// keep it on loopback or a private network ([`DEFAULT_ADMIN_LISTEN`]).
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            handshakes_per_ip_per_sec: DEFAULT_HANDSHAKES_PER_IP_PER_SEC,
+            handshake_burst_per_ip: DEFAULT_HANDSHAKE_BURST_PER_IP,
+            ping_interval_ms: DEFAULT_PING_INTERVAL.as_millis() as u64,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT.as_millis() as u64,
+            admin_listen: DEFAULT_ADMIN_LISTEN.parse().ok(),
+        }
+    }
+}
+
+/// One tenant (application).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// How tokens are verified.
+    pub auth: AuthConfig,
+    /// Browser origins allowed to connect, matched exactly
+    /// (`https://app.example.com`). Empty: no browser origin is allowed.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Refuse clients that send no `Origin` (native mobile apps send none).
+    #[serde(default)]
+    pub require_origin: bool,
+    /// Accept the token in the query string (`?access_token=`); off by
+    /// default because URLs end up in logs. It is redacted from Sluice's own.
+    #[serde(default)]
+    pub query_token: bool,
+    /// The claims handlers see (besides the subject).
+    #[serde(default)]
+    pub exposed_claims: Vec<String>,
+    /// The claim that carries scopes ([`DEFAULT_SCOPES_CLAIM`]).
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// Connection and message limits.
+    #[serde(default)]
+    pub limits: TenantLimits,
+    /// Handlers by name.
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Routes by message type.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Who may subscribe and publish to which channels.
+    #[serde(default)]
+    pub channels: Vec<ChannelRuleConfig>,
+}
+
+fn default_scopes_claim() -> String {
+    DEFAULT_SCOPES_CLAIM.to_owned()
+}
+
+/// Token verification for one tenant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Tolerated clock skew, seconds ([`DEFAULT_LEEWAY_SECS`]).
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Verification keys.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// A JWKS file (public keys with `kid` and `alg`).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (`https://` only), fetched at start and refreshed.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Extra CA certificates (PEM) to trust for `jwks_url`, besides the
+    /// public web roots.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Seconds between refreshes of `jwks_url` ([`DEFAULT_JWKS_REFRESH_SECS`]).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_secs: u64,
+}
+
+fn default_jwks_refresh() -> u64 {
+    DEFAULT_JWKS_REFRESH_SECS
+}
+
+fn default_leeway() -> u64 {
+    DEFAULT_LEEWAY_SECS
+}
+
+/// One verification key. Exactly one of `secret_env`, `secret_file`,
+/// `public_key_file` must be set; the algorithm is pinned to the key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The `kid` tokens name this key by; a key without one matches tokens
+    /// without a `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `HS256`, `HS384`, `HS512`, `RS256`, `RS384`, `RS512`, `PS256`,
+    /// `PS384`, `PS512`, `ES256`, `ES384` or `EdDSA`.
+    pub algorithm: String,
+    /// Environment variable holding an HMAC secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding an HMAC secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl KeyConfig {
+    /// The algorithm, typed; `None` when the configured name is not one
+    /// Sluice supports (reported by [`Config::parse`]).
+    pub fn algorithm(&self) -> Option<JwtAlgorithm> {
+        self.algorithm.parse().ok()
+    }
+}
+
+/// Connection and message limits of one tenant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_TENANT`].
+    pub max_connections: u32,
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_SUBJECT`].
+    pub max_connections_per_subject: u32,
+    /// [`DEFAULT_MESSAGES_PER_SEC`], per connection.
+    pub messages_per_sec: u32,
+    /// [`DEFAULT_MESSAGE_BURST`], per connection.
+    pub message_burst: u32,
+    /// [`DEFAULT_SUBJECT_MESSAGES_PER_SEC`].
+    pub subject_messages_per_sec: u32,
+    /// [`DEFAULT_TENANT_MESSAGES_PER_SEC`].
+    pub tenant_messages_per_sec: u32,
+    /// [`DEFAULT_ABUSE_CLOSE_AFTER`].
+    pub abuse_close_after: u32,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS_PER_TENANT,
+            max_connections_per_subject: DEFAULT_MAX_CONNECTIONS_PER_SUBJECT,
+            messages_per_sec: DEFAULT_MESSAGES_PER_SEC,
+            message_burst: DEFAULT_MESSAGE_BURST,
+            subject_messages_per_sec: DEFAULT_SUBJECT_MESSAGES_PER_SEC,
+            tenant_messages_per_sec: DEFAULT_TENANT_MESSAGES_PER_SEC,
+            abuse_close_after: DEFAULT_ABUSE_CLOSE_AFTER,
+        }
+    }
+}
+
+/// A handler component of a tenant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// The component file.
+    pub component: PathBuf,
+    /// `reuse` (default) or `fresh`.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Capabilities granted: `state`, `log`, `clock`. None by default.
+    #[serde(default)]
+    pub grants: Vec<Capability>,
+    /// Per-call limits (see the README's limits table). `fuel`,
+    /// `deadline_ms` and `memory_bytes` left unset are sized for the
+    /// component at load (interpreter components get more).
+    #[serde(default, deserialize_with = "HandlerLimits::from_table")]
+    pub limits: HandlerLimits,
+}
+
+/// What a route does with its channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelAccess {
+    /// The route takes no channel; a message carrying one is refused.
+    #[default]
+    None,
+    /// The message publishes to its channel: needs publish permission.
+    Publish,
+    /// The message subscribes to (or leaves) its channel: needs subscribe
+    /// permission.
+    Subscribe,
+}
+
+/// One message type a tenant accepts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The handler (by name) that receives it.
+    pub handler: String,
+    /// Scopes the token must carry.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// What the route does with its channel.
+    #[serde(default)]
+    pub channel: ChannelAccess,
+    /// The JSON Schema of `data`, inline.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// The JSON Schema of `data`, from a file.
+    #[serde(default)]
+    pub schema_file: Option<PathBuf>,
+}
+
+/// A channel rule: the channels matching `pattern` may be subscribed to
+/// and/or published to by principals holding the listed scopes.
+///
+/// Pattern syntax: literal text and placeholders. `{sub}` matches only the
+/// principal's own subject; `{claim:NAME}` matches the value of claim NAME
+/// (or any element, if it is an array); any other `{name}` matches one
+/// segment of `A-Z a-z 0-9 _ - .` (no `:`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRuleConfig {
+    /// e.g. `room:{id}`, `user:{sub}`, `team:{claim:teams}`.
+    pub pattern: String,
+    /// Whether matching channels may be subscribed to.
+    #[serde(default = "yes")]
+    pub subscribe: bool,
+    /// Whether matching channels may be published to.
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// Scopes needed to subscribe.
+    #[serde(default)]
+    pub subscribe_scopes: Vec<String>,
+    /// Scopes needed to publish.
+    #[serde(default)]
+    pub publish_scopes: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the configuration:\n  - {}", .0.len(), .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Config {
+    /// Read and parse a file; relative paths in it resolve against its
+    /// directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut config = Self::parse(&text, &base)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parse TOML text, reporting every problem at once.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut root: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => return Err(ConfigErrors(vec![format!("not valid TOML: {e}")])),
+        };
+        let server_present = root.contains_key("server");
+        let server = section::<ServerConfig>(&mut root, "server", &mut problems);
+        let server_ok = server.is_some() || !server_present;
+        let server = server.unwrap_or_default();
+        let sandbox =
+            section::<SandboxConfig>(&mut root, "sandbox", &mut problems).unwrap_or_default();
+        let mut tenants = BTreeMap::new();
+        let mut unparsed_handlers = Vec::new();
+        if let Some(value) = root.remove("tenants") {
+            match value {
+                toml::Value::Table(table) => {
+                    for (id, value) in table {
+                        if let Some(t) = tenant(&id, value, &mut problems, &mut unparsed_handlers) {
+                            tenants.insert(id, t);
+                        }
+                    }
+                }
+                _ => problems.push("`tenants` must be a table of tenants".into()),
+            }
+        }
+        for key in root.keys() {
+            problems.push(format!(
+                "unknown top-level key `{key}` (expected server, sandbox, tenants)"
+            ));
+        }
+        let config = Config {
+            server,
+            sandbox,
+            tenants,
+            base_dir: base_dir.to_path_buf(),
+            source: None,
+        };
+        problems.extend(config.problems(server_ok, &unparsed_handlers));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// A path from the file, resolved against its directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Checks that need no files: references, names, numbers.
+    fn problems(&self, server_ok: bool, unparsed_handlers: &[(String, String)]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let s = &self.server;
+        if server_ok && (s.tls_cert.as_os_str().is_empty() || s.tls_key.as_os_str().is_empty()) {
+            problems.push(
+                "server: tls_cert and tls_key are required (Sluice serves wss:// only)".into(),
+            );
+        }
+        for (name, v) in [
+            ("max_message_bytes", s.max_message_bytes),
+            ("max_frame_bytes", s.max_frame_bytes),
+            ("max_outbound_bytes", s.max_outbound_bytes),
+            ("max_json_depth", s.max_json_depth),
+            ("handshake_timeout_ms", s.handshake_timeout_ms as usize),
+            ("ping_interval_ms", s.ping_interval_ms as usize),
+            ("idle_timeout_ms", s.idle_timeout_ms as usize),
+            (
+                "handshakes_per_ip_per_sec",
+                s.handshakes_per_ip_per_sec as usize,
+            ),
+            ("max_connections_per_ip", s.max_connections_per_ip as usize),
+        ] {
+            if v == 0 {
+                problems.push(format!("server.{name} must be greater than zero"));
+            }
+        }
+        if self.tenants.is_empty() {
+            problems.push("no tenants: add at least one [tenants.<id>]".into());
+        }
+        for (id, t) in &self.tenants {
+            if !is_name(id) {
+                problems.push(format!("tenant id {id:?} must be 1-64 of a-z 0-9 _ -"));
+            }
+            let at = format!("tenants.{id}");
+            if t.auth.keys.is_empty() && t.auth.jwks_file.is_none() && t.auth.jwks_url.is_none() {
+                problems.push(format!(
+                    "{at}.auth: no keys, no jwks_file and no jwks_url: no token could ever verify"
+                ));
+            }
+            if let Some(url) = &t.auth.jwks_url
+                && !url.starts_with("https://")
+            {
+                problems.push(format!(
+                    "{at}.auth.jwks_url: {url:?} must be an https:// URL"
+                ));
+            }
+            for (i, k) in t.auth.keys.iter().enumerate() {
+                let sources = [
+                    k.secret_env.is_some(),
+                    k.secret_file.is_some(),
+                    k.public_key_file.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() != 1 {
+                    problems.push(format!(
+                        "{at}.auth.keys[{i}]: set exactly one of secret_env, secret_file, public_key_file"
+                    ));
+                }
+                if k.algorithm().is_none() {
+                    problems.push(format!(
+                        "{at}.auth.keys[{i}]: unknown algorithm {:?}",
+                        k.algorithm
+                    ));
+                }
+            }
+            for o in &t.origins {
+                if o == "null"
+                    || o.contains('*')
+                    || o.ends_with('/')
+                    || !(o.starts_with("https://") || o.starts_with("http://"))
+                {
+                    problems.push(format!(
+                        "{at}.origins: {o:?} is not an exact origin like https://app.example.com (no wildcards, no path, not \"null\")"
+                    ));
+                }
+            }
+            for (route, r) in &t.routes {
+                if sluice_protocol::is_reserved_type(route) {
+                    problems.push(format!(
+                        "{at}.routes.{route}: `{route}` is a reserved message type"
+                    ));
+                }
+                let unparsed = unparsed_handlers
+                    .iter()
+                    .any(|(tid, h)| tid == id && *h == r.handler);
+                if !t.handlers.contains_key(&r.handler) && !unparsed {
+                    problems.push(format!(
+                        "{at}.routes.{route}: no handler named {:?}",
+                        r.handler
+                    ));
+                }
+                if r.schema.is_some() && r.schema_file.is_some() {
+                    problems.push(format!(
+                        "{at}.routes.{route}: set schema or schema_file, not both"
+                    ));
+                }
+            }
+            for (i, rule) in t.channels.iter().enumerate() {
+                if let Err(e) = channel::ChannelPattern::parse(&rule.pattern) {
+                    problems.push(format!("{at}.channels[{i}]: {e}"));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Read a file the configuration names and parse it as JSON (schemas, JWKS
+/// files). The error says which file and what is wrong, without its content.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// A name for tenants and handlers: 1-64 of `a-z 0-9 _ -`.
+pub fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn section<T: DeserializeOwned>(
+    root: &mut toml::Table,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let value = root.remove(key)?;
+    deserialize(value, key, problems)
+}
+
+fn deserialize<T: DeserializeOwned>(
+    value: toml::Value,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    match T::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.push(format!("{at}: {}", e.to_string().trim()));
+            None
+        }
+    }
+}
+
+/// Read one tenant, table by table, so that problems in its handlers,
+/// routes and auth are all reported.
+fn tenant(
+    id: &str,
+    value: toml::Value,
+    problems: &mut Vec<String>,
+    unparsed_handlers: &mut Vec<(String, String)>,
+) -> Option<TenantConfig> {
+    let at = format!("tenants.{id}");
+    let toml::Value::Table(mut table) = value else {
+        problems.push(format!("{at} must be a table"));
+        return None;
+    };
+    let mut handlers = BTreeMap::new();
+    if let Some(toml::Value::Table(hs)) = table.remove("handlers") {
+        for (name, v) in hs {
+            if !is_name(&name) {
+                problems.push(format!(
+                    "{at}.handlers.{name}: handler names are 1-64 of a-z 0-9 _ -"
+                ));
+            }
+            match deserialize::<HandlerConfig>(v, &format!("{at}.handlers.{name}"), problems) {
+                Some(h) => {
+                    handlers.insert(name, h);
+                }
+                None => unparsed_handlers.push((id.to_owned(), name)),
+            }
+        }
+    }
+    let mut routes = BTreeMap::new();
+    if let Some(toml::Value::Table(rs)) = table.remove("routes") {
+        for (name, v) in rs {
+            if let Some(r) = deserialize::<RouteConfig>(v, &format!("{at}.routes.{name}"), problems)
+            {
+                routes.insert(name, r);
+            }
+        }
+    }
+    table.insert("handlers".into(), toml::Value::Table(toml::Table::new()));
+    table.insert("routes".into(), toml::Value::Table(toml::Table::new()));
+    let mut tenant = deserialize::<TenantConfig>(toml::Value::Table(table), &at, problems)?;
+    tenant.handlers = handlers;
+    tenant.routes = routes;
+    // Kept even when some of its parts failed, so that the checks that
+    // follow report their problems too.
+    Some(tenant)
+}

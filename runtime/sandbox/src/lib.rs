@@ -1,0 +1,331 @@
+//! The sandbox: runs tenant handlers (WebAssembly components of the
+//! `sluice:handler` world) under hard limits.
+//!
+//! One wasmtime [`Engine`] per sandbox, with the pooling allocator
+//! (copy-on-write memory images), epoch interruption driven by one ticker
+//! thread, and fuel metering. A loaded [`Handler`] is a compiled component
+//! plus an `InstancePre`, made once; every call runs under the handler's
+//! [`HandlerLimits`]: fuel, a wall-clock deadline, a memory cap, a stack
+//! cap, and caps on output, logs and stdio. A call never blocks the async
+//! runtime: it runs on a fiber and yields at every epoch tick.
+//!
+//! Guarantees:
+//! - a handler can only import `sluice:handler` capabilities it was granted
+//!   and an empty WASI context (checked at load, with a readable error);
+//! - a trap, timeout or limit breach costs only that call: the instance is
+//!   dropped, no state write of the call is committed, no action applied;
+//! - the next call of the same handler is served by a clean instance;
+//! - a handler that keeps failing is quarantined for a cooling period.
+
+#![forbid(unsafe_code)]
+
+mod bindings;
+mod call;
+mod capabilities;
+mod clock;
+mod export;
+mod handler;
+mod histogram;
+mod load;
+mod log;
+mod quarantine;
+mod spec;
+mod state;
+mod stdio;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel,
+    PoolingAllocationConfig,
+};
+
+pub use self::bindings::sluice::handler::types::{
+    Action, CloseRequest, Connection, Message, Principal, Publish, SendToSubject,
+};
+pub use self::call::{
+    CallError, CallErrorKind, CallOutcome, CallReport, HARD_DEADLINE_FACTOR,
+    MAX_REJECTION_MESSAGE_BYTES,
+};
+pub use self::export::Export;
+pub use self::handler::{CALL_SECONDS_BUCKETS, Handler, HandlerStats};
+pub use self::histogram::{Histogram, HistogramSnapshot};
+pub use self::load::{EVENTS_EXPORT, LoadError, WORLD_VERSION};
+pub use self::log::{GUEST_LOG_QUEUE, GuestLog, LogLevel, LogLine, escape_control};
+pub use self::spec::HandlerSpec;
+pub use self::state::{BoxFuture, MemoryStateStore, StateStore, StoreError, Usage, Writes};
+pub use sluice_config::{
+    Capability, ComponentKind, DEFAULT_ASYNC_STACK, DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK,
+    DEFAULT_FUEL, DEFAULT_INTERPRETER_DEADLINE, DEFAULT_INTERPRETER_FUEL,
+    DEFAULT_INTERPRETER_MEMORY_BYTES, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_ACTIONS,
+    DEFAULT_MAX_COMPONENT_BYTES, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_CORE_INSTANCES,
+    DEFAULT_MAX_IDLE_INSTANCES, DEFAULT_MAX_LOG_LINE_BYTES, DEFAULT_MAX_LOG_LINES,
+    DEFAULT_MAX_MEMORIES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_STATE_KEY_BYTES,
+    DEFAULT_MAX_STATE_KEYS, DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITES,
+    DEFAULT_MAX_STDIO_BYTES, DEFAULT_MAX_TABLES, DEFAULT_MAX_WASM_STACK, DEFAULT_MEMORY_BYTES,
+    DEFAULT_POOL_INSTANCES, DEFAULT_POOL_MAX_MEMORY, DEFAULT_QUARANTINE_AFTER,
+    DEFAULT_QUARANTINE_FOR, DEFAULT_TABLE_ELEMENTS, ExplicitLimits, HandlerLimits,
+    INTERPRETER_INITIAL_MEMORY, Isolation, SandboxConfig,
+};
+pub use sluice_protocol::{HandlerCode, truncate_utf8};
+
+use self::call::CallCtx;
+
+/// Runs handlers. Cheap to clone; every clone shares the engine.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<SandboxInner>,
+}
+
+struct SandboxInner {
+    engine: Engine,
+    linker: Linker<CallCtx>,
+    config: SandboxConfig,
+    state: Arc<dyn StateStore>,
+    /// Compiled components by SHA-256 of their bytes: a component loaded
+    /// twice (several tenants, a reload) is compiled once.
+    compiled: Mutex<HashMap<String, Component>>,
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// A sandbox with in-memory state.
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        Self::with_state(config, MemoryStateStore::new())
+    }
+
+    /// A sandbox whose handlers keep state in `state`.
+    pub fn with_state(config: SandboxConfig, state: Arc<dyn StateStore>) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config)?)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasm engine")?;
+        let mut linker = Linker::<CallCtx>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        capabilities::link_all(&mut linker)?;
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+        Ok(Self {
+            inner: Arc::new(SandboxInner {
+                engine,
+                linker,
+                config,
+                state,
+                compiled: Mutex::new(HashMap::new()),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The engine-wide settings.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    /// The state store shared by every handler of this sandbox.
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.inner.state
+    }
+
+    /// Load a component from a file.
+    pub async fn load_file(&self, path: &Path, spec: HandlerSpec) -> Result<Handler, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        self.load(bytes, spec).await
+    }
+
+    /// Load a component (binary or WAT text): check its size and header,
+    /// compile it off the async runtime (once per distinct component), check
+    /// it against the world and the spec's grants, and prepare instances.
+    pub async fn load(&self, bytes: Vec<u8>, mut spec: HandlerSpec) -> Result<Handler, LoadError> {
+        let config = &self.inner.config;
+        if bytes.len() > config.max_component_bytes {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                max: config.max_component_bytes,
+            });
+        }
+        load::check_header(&bytes)?;
+        let problems = spec.limits.problems(config);
+        if !problems.is_empty() {
+            return Err(LoadError::InvalidLimits(problems));
+        }
+        let digest = hex(&Sha256::digest(&bytes));
+        let component = self.compile(&digest, bytes).await?;
+
+        // Size the limits the configuration left unset for what the
+        // component is (an interpreter starts with a heap of several MiB),
+        // and refuse limits it cannot start under.
+        let initial_memory = load::initial_memory(&component);
+        let kind = ComponentKind::from_initial_memory(initial_memory);
+        spec.limits = spec.limits.sized_for(kind);
+        let mut problems = spec.limits.problems(config);
+        if initial_memory > spec.limits.memory_bytes {
+            problems.push(format!(
+                "the component declares {initial_memory} bytes of initial linear memory, more than \
+                 its memory_bytes limit {} (raise memory_bytes)",
+                spec.limits.memory_bytes
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(LoadError::InvalidLimits(problems));
+        }
+        if kind == ComponentKind::Interpreter {
+            tracing::debug!(handler = %spec.name, tenant = %spec.tenant, initial_memory,
+                fuel = spec.limits.fuel, deadline_ms = spec.limits.deadline.as_millis() as u64,
+                memory_bytes = spec.limits.memory_bytes, "interpreter component: limits sized for it");
+        }
+
+        let engine = &self.inner.engine;
+        let mut problems = load::check_world(engine, &component, &spec.grants);
+        if !problems.is_empty() {
+            return Err(LoadError::World(problems));
+        }
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::HandlerPre::new);
+        match pre {
+            Ok(pre) => Ok(Handler::new(
+                engine.clone(),
+                pre,
+                spec,
+                digest,
+                self.inner.state.clone(),
+                config.fuel,
+            )),
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                Err(LoadError::World(problems))
+            }
+        }
+    }
+
+    async fn compile(&self, digest: &str, bytes: Vec<u8>) -> Result<Component, LoadError> {
+        let cached = self
+            .inner
+            .compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned();
+        if let Some(component) = cached {
+            return Ok(component);
+        }
+        let engine = self.inner.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| LoadError::Compile(format!("the compiler task failed: {e}")))?
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.inner
+            .compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest.to_owned(), component.clone());
+        Ok(component)
+    }
+}
+
+fn engine_config(config: &SandboxConfig) -> anyhow::Result<Config> {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(config.fuel)
+        .max_wasm_stack(config.max_wasm_stack)
+        .async_stack_size(config.async_stack)
+        .cranelift_opt_level(OptLevel::Speed)
+        .memory_init_cow(true);
+    let n = config.pool_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(config.pool_max_memory)
+        .table_elements(DEFAULT_TABLE_ELEMENTS)
+        .max_core_instances_per_component(DEFAULT_MAX_CORE_INSTANCES as u32)
+        .max_memories_per_component(DEFAULT_MAX_MEMORIES as u32)
+        .max_tables_per_component(DEFAULT_MAX_TABLES as u32)
+        .linear_memory_keep_resident(config.keep_resident)
+        .table_keep_resident(config.keep_resident.min(TABLE_KEEP_RESIDENT))
+        .decommit_batch_size(DECOMMIT_BATCH);
+    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(dir) = &config.cache_dir {
+        let mut cache = CacheConfig::new();
+        cache.with_directory(dir);
+        cfg.cache(Some(
+            Cache::new(cache)
+                .map_err(anyhow::Error::from)
+                .context("opening the compilation cache")?,
+        ));
+    }
+    Ok(cfg)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Bytes of a freed table slot reset by memset (tables of handlers are
+/// small; resetting more costs more than the madvise it saves).
+const TABLE_KEEP_RESIDENT: usize = 65536;
+
+/// Freed slots whose pages are returned to the kernel in one batch: one
+/// madvise round (and one TLB shootdown) per batch instead of per instance.
+const DECOMMIT_BATCH: usize = 32;
+
+/// One thread that advances the engine's epoch every tick; stopped (and
+/// joined) when the sandbox is dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .context("starting the epoch thread")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

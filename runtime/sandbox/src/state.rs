@@ -1,0 +1,345 @@
+//! Tenant-scoped key-value state: the store interface ([`StateStore`],
+//! async, so that a networked store can be awaited under a call's deadline),
+//! the embedded in-memory store, and the host side of
+//! `sluice:handler/state` ([`StateHost`]).
+//!
+//! A call never writes to the store directly: its writes are buffered in the
+//! call and committed in one step only when the handler returns `ok` (and its
+//! actions pass the output limits). A rejection, failure, trap or timeout
+//! leaves the store as it was. Reads see the call's own buffered writes.
+//!
+//! Quotas per tenant: keys (`max_state_keys`) and bytes of keys and values
+//! (`max_state_bytes`). A `set` or `delete` is checked against the committed
+//! usage plus what the call has buffered so far; calls running at the same
+//! moment are checked against the same committed usage, so a tenant can
+//! overshoot by at most (concurrent calls x writes per call).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use sluice_config::HandlerLimits;
+
+use super::bindings::sluice::handler::state::{self as wit, StateError};
+
+/// A boxed, sendable future (what the store's methods return).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One call's writes: `None` deletes.
+pub type Writes = BTreeMap<String, Option<Vec<u8>>>;
+
+/// A store that could not answer (a networked store cut off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "state store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// What a tenant holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Keys.
+    pub keys: usize,
+    /// Bytes of keys and values.
+    pub bytes: usize,
+}
+
+/// Where committed state lives. One store serves every tenant; every method
+/// takes the tenant, and implementations must keep tenants apart.
+pub trait StateStore: Send + Sync + 'static {
+    /// The value under `key` for `tenant`.
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+    /// The size of the entry under `key` (key and value bytes), if any.
+    fn entry_bytes<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<usize>, StoreError>>;
+    /// What `tenant` holds.
+    fn usage<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Usage, StoreError>>;
+    /// Apply a call's writes atomically; durable (for a durable store)
+    /// before the future resolves.
+    fn commit<'a>(
+        &'a self,
+        tenant: &'a str,
+        writes: Writes,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// The size an entry counts for.
+fn entry_size(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len()
+}
+
+#[derive(Default, Debug)]
+struct TenantState {
+    entries: HashMap<String, Vec<u8>>,
+    bytes: usize,
+}
+
+/// The embedded default: state in this process's memory, one lock per
+/// tenant (tenants never wait for each other).
+#[derive(Default, Debug)]
+pub struct MemoryStateStore {
+    tenants: RwLock<HashMap<String, Arc<Mutex<TenantState>>>>,
+}
+
+impl MemoryStateStore {
+    /// An empty store.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn tenant(&self, tenant: &str) -> Option<Arc<Mutex<TenantState>>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .cloned()
+    }
+
+    fn tenant_or_new(&self, tenant: &str) -> Arc<Mutex<TenantState>> {
+        if let Some(t) = self.tenant(tenant) {
+            return t;
+        }
+        self.tenants
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Synchronous read (tests and tools).
+    pub fn get_now(&self, tenant: &str, key: &str) -> Option<Vec<u8>> {
+        let t = self.tenant(tenant)?;
+        let t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        t.entries.get(key).cloned()
+    }
+
+    /// Synchronous usage (tests and tools).
+    pub fn usage_now(&self, tenant: &str) -> Usage {
+        self.tenant(tenant).map_or(Usage::default(), |t| {
+            let t = t.lock().unwrap_or_else(PoisonError::into_inner);
+            Usage {
+                keys: t.entries.len(),
+                bytes: t.bytes,
+            }
+        })
+    }
+
+    /// Synchronous commit (tests and tools).
+    pub fn commit_now(&self, tenant: &str, writes: Writes) {
+        if writes.is_empty() {
+            return;
+        }
+        let t = self.tenant_or_new(tenant);
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in writes {
+            let old = match value {
+                Some(v) => {
+                    t.bytes += entry_size(&key, &v);
+                    t.entries.insert(key.clone(), v)
+                }
+                None => t.entries.remove(&key),
+            };
+            if let Some(old) = old {
+                t.bytes -= entry_size(&key, &old);
+            }
+        }
+    }
+}
+
+impl StateStore for MemoryStateStore {
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.get_now(tenant, key))))
+    }
+
+    fn entry_bytes<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<usize>, StoreError>> {
+        let size = self.tenant(tenant).and_then(|t| {
+            let t = t.lock().unwrap_or_else(PoisonError::into_inner);
+            t.entries.get(key).map(|v| entry_size(key, v))
+        });
+        Box::pin(std::future::ready(Ok(size)))
+    }
+
+    fn usage<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Usage, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.usage_now(tenant))))
+    }
+
+    fn commit<'a>(
+        &'a self,
+        tenant: &'a str,
+        writes: Writes,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.commit_now(tenant, writes);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// The host side of `sluice:handler/state` for one instance: the store, the
+/// tenant and limits, and the current call's buffered writes.
+pub(crate) struct StateHost {
+    tenant: String,
+    limits: HandlerLimits,
+    store: Arc<dyn StateStore>,
+    writes: Writes,
+    /// Keys and bytes the buffered writes add to the committed usage (may
+    /// be negative after deletes).
+    added_keys: isize,
+    added_bytes: isize,
+    /// The store failed during this call: the call must not succeed.
+    pub(crate) failed: Option<StoreError>,
+}
+
+impl StateHost {
+    pub(crate) fn new(tenant: String, limits: HandlerLimits, store: Arc<dyn StateStore>) -> Self {
+        Self {
+            tenant,
+            limits,
+            store,
+            writes: Writes::new(),
+            added_keys: 0,
+            added_bytes: 0,
+            failed: None,
+        }
+    }
+
+    /// Forget the last call's writes.
+    pub(crate) fn begin(&mut self) {
+        self.writes.clear();
+        self.added_keys = 0;
+        self.added_bytes = 0;
+        self.failed = None;
+    }
+
+    /// Commit the call's buffered writes.
+    pub(crate) async fn commit(&mut self) -> Result<(), StoreError> {
+        let writes = std::mem::take(&mut self.writes);
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(&self.tenant, writes).await
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), StateError> {
+        if key.is_empty() || key.len() > self.limits.max_state_key_bytes {
+            return Err(StateError::KeyTooLarge);
+        }
+        if !self.writes.contains_key(key) && self.writes.len() >= self.limits.max_state_writes {
+            return Err(StateError::TooManyWrites);
+        }
+        Ok(())
+    }
+
+    /// The size `key` has once the call's buffered writes are applied.
+    async fn current_size(&mut self, key: &str) -> Result<Option<usize>, StateError> {
+        match self.writes.get(key) {
+            Some(Some(v)) => Ok(Some(entry_size(key, v))),
+            Some(None) => Ok(None),
+            None => match self.store.entry_bytes(&self.tenant, key).await {
+                Ok(size) => Ok(size),
+                Err(e) => Err(self.store_failed(e)),
+            },
+        }
+    }
+
+    fn store_failed(&mut self, e: StoreError) -> StateError {
+        tracing::warn!(tenant = %self.tenant, error = %e, "state store failed during a call");
+        self.failed = Some(e);
+        StateError::QuotaExceeded
+    }
+}
+
+impl wit::Host for StateHost {
+    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        if let Some(buffered) = self.writes.get(&key) {
+            return buffered.clone();
+        }
+        match self.store.get(&self.tenant, &key).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.store_failed(e);
+                None
+            }
+        }
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError> {
+        self.check_key(&key)?;
+        if value.len() > self.limits.max_state_value_bytes {
+            return Err(StateError::ValueTooLarge);
+        }
+        let before = self.current_size(&key).await?;
+        let after = entry_size(&key, &value);
+        let keys = self.added_keys + isize::from(before.is_none());
+        let bytes = self.added_bytes + after as isize - before.unwrap_or(0) as isize;
+        if keys > 0 || bytes > 0 {
+            let usage = match self.store.usage(&self.tenant).await {
+                Ok(u) => u,
+                Err(e) => return Err(self.store_failed(e)),
+            };
+            if usage.keys as isize + keys > self.limits.max_state_keys as isize
+                || usage.bytes as isize + bytes > self.limits.max_state_bytes as isize
+            {
+                return Err(StateError::QuotaExceeded);
+            }
+        }
+        self.added_keys = keys;
+        self.added_bytes = bytes;
+        self.writes.insert(key, Some(value));
+        Ok(())
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), StateError> {
+        self.check_key(&key)?;
+        let before = self.current_size(&key).await?;
+        if let Some(size) = before {
+            self.added_keys -= 1;
+            self.added_bytes -= size as isize;
+        }
+        self.writes.insert(key, None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_are_kept_apart_and_bytes_counted() {
+        let store = MemoryStateStore::new();
+        store.commit_now("a", Writes::from([("k".to_owned(), Some(b"12".to_vec()))]));
+        assert_eq!(store.get_now("a", "k"), Some(b"12".to_vec()));
+        assert_eq!(store.get_now("b", "k"), None);
+        assert_eq!(store.usage_now("a"), Usage { keys: 1, bytes: 3 });
+        assert_eq!(store.usage_now("b"), Usage::default());
+        store.commit_now(
+            "a",
+            Writes::from([("k".to_owned(), Some(b"1234".to_vec()))]),
+        );
+        assert_eq!(store.usage_now("a"), Usage { keys: 1, bytes: 5 });
+        store.commit_now("a", Writes::from([("k".to_owned(), None)]));
+        assert_eq!(store.usage_now("a"), Usage::default());
+    }
+}

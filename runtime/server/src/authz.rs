@@ -1,0 +1,199 @@
+//! Authorization of every action: route scopes, and channel rules for
+//! subscribing and publishing. Used twice per message: before the handler
+//! runs (the client's request) and after (every action the handler returns).
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use sluice_config::ChannelRuleConfig;
+pub use sluice_config::channel::{ChannelPattern, Part};
+
+/// The verified identity of a connection.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The tenant.
+    pub tenant: String,
+    /// The token's `sub`.
+    pub subject: String,
+    /// Every claim of the token.
+    pub claims: Map<String, Value>,
+    /// Scopes from the tenant's scopes claim.
+    pub scopes: BTreeSet<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// Whether `channel` matches `pattern` for `principal`.
+pub fn pattern_matches(pattern: &ChannelPattern, channel: &str, principal: &Principal) -> bool {
+    match_parts(pattern.parts(), channel, principal)
+}
+
+fn is_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn match_parts(parts: &[Part], channel: &str, principal: &Principal) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return channel.is_empty();
+    };
+    match first {
+        Part::Literal(l) => channel
+            .strip_prefix(l.as_str())
+            .is_some_and(|c| match_parts(rest, c, principal)),
+        placeholder => {
+            // The segment runs to the next literal (or the end).
+            let (segment, remaining) = match rest.first() {
+                Some(Part::Literal(l)) => match channel.find(l.as_str()) {
+                    Some(i) => (&channel[..i], &channel[i..]),
+                    None => return false,
+                },
+                _ => (channel, ""),
+            };
+            let ok = match placeholder {
+                Part::Subject => segment == principal.subject,
+                Part::Claim(name) => match principal.claims.get(name) {
+                    Some(Value::String(s)) => segment == s,
+                    Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(segment)),
+                    Some(Value::Number(n)) => segment == n.to_string(),
+                    _ => false,
+                },
+                _ => is_segment(segment),
+            };
+            ok && match_parts(rest, remaining, principal)
+        }
+    }
+}
+
+/// What a principal wants to do with a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelOp {
+    /// Receive its events.
+    Subscribe,
+    /// Send events to it.
+    Publish,
+}
+
+/// A compiled channel rule.
+#[derive(Clone, Debug)]
+pub struct ChannelRule {
+    pattern: ChannelPattern,
+    subscribe: bool,
+    publish: bool,
+    subscribe_scopes: Vec<String>,
+    publish_scopes: Vec<String>,
+}
+
+impl ChannelRule {
+    /// Compile a rule from config.
+    pub fn compile(c: &ChannelRuleConfig) -> Result<Self, String> {
+        Ok(Self {
+            pattern: ChannelPattern::parse(&c.pattern)?,
+            subscribe: c.subscribe,
+            publish: c.publish,
+            subscribe_scopes: c.subscribe_scopes.clone(),
+            publish_scopes: c.publish_scopes.clone(),
+        })
+    }
+}
+
+/// Whether `principal` holds every scope in `needed`.
+pub fn has_scopes(principal: &Principal, needed: &[String]) -> bool {
+    needed.iter().all(|s| principal.scopes.contains(s))
+}
+
+/// Whether any rule lets `principal` do `op` on `channel`. No rule, no
+/// access: channels are deny-by-default.
+pub fn channel_allowed(
+    rules: &[ChannelRule],
+    principal: &Principal,
+    channel: &str,
+    op: ChannelOp,
+) -> bool {
+    sluice_protocol::is_valid_channel(channel)
+        && rules.iter().any(|r| {
+            let (allowed, scopes) = match op {
+                ChannelOp::Subscribe => (r.subscribe, &r.subscribe_scopes),
+                ChannelOp::Publish => (r.publish, &r.publish_scopes),
+            };
+            allowed
+                && has_scopes(principal, scopes)
+                && pattern_matches(&r.pattern, channel, principal)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Principal {
+        let claims = serde_json::json!({"teams": ["red", "blue"], "org": "acme"});
+        Principal {
+            tenant: "t".into(),
+            subject: "alice".into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            scopes: ["chat".to_owned()].into(),
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn placeholders_match_subject_claims_and_segments() {
+        let p = alice();
+        let user = ChannelPattern::parse("user:{sub}").unwrap();
+        assert!(pattern_matches(&user, "user:alice", &p));
+        assert!(!pattern_matches(&user, "user:bob", &p));
+        assert!(!pattern_matches(&user, "user:alice:x", &p));
+        let team = ChannelPattern::parse("team:{claim:teams}:chat").unwrap();
+        assert!(pattern_matches(&team, "team:red:chat", &p));
+        assert!(!pattern_matches(&team, "team:green:chat", &p));
+        let room = ChannelPattern::parse("room:{id}").unwrap();
+        assert!(pattern_matches(&room, "room:42", &p));
+        assert!(!pattern_matches(&room, "room:", &p));
+        assert!(!pattern_matches(&room, "room:4:2", &p));
+        assert!(!pattern_matches(&room, "lobby:1", &p));
+        let org = ChannelPattern::parse("org:{claim:org}").unwrap();
+        assert!(pattern_matches(&org, "org:acme", &p));
+        assert!(!pattern_matches(&org, "org:acm", &p));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in [
+            "",
+            "room:{",
+            "room:{a b}",
+            "{a}{b}",
+            "room:{claim:}",
+            "room x",
+        ] {
+            assert!(ChannelPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules_are_deny_by_default_and_scoped() {
+        let rules = vec![
+            ChannelRule::compile(&ChannelRuleConfig {
+                pattern: "room:{id}".into(),
+                subscribe: true,
+                publish: true,
+                subscribe_scopes: vec![],
+                publish_scopes: vec!["admin".into()],
+            })
+            .unwrap(),
+        ];
+        let p = alice();
+        assert!(channel_allowed(&rules, &p, "room:1", ChannelOp::Subscribe));
+        assert!(!channel_allowed(&rules, &p, "room:1", ChannelOp::Publish));
+        assert!(!channel_allowed(
+            &rules,
+            &p,
+            "other:1",
+            ChannelOp::Subscribe
+        ));
+        assert!(!channel_allowed(&[], &p, "room:1", ChannelOp::Subscribe));
+    }
+}

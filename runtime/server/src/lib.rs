@@ -1,0 +1,383 @@
+//! The server: the pipeline from TCP accept to a handler's effects.
+//!
+//! ```text
+//! accept     per-IP concurrent-connection cap and handshake rate    (mod.rs)
+//! tls        rustls, wss only                                         (tls.rs)
+//! handshake  path -> tenant, Origin, token, connection caps           (handshake.rs)
+//! auth       JWT -> Principal                                         (auth.rs)
+//! session    one task per connection, bounded reads and queue         (session/)
+//! decode     UTF-8, JSON depth, envelope -> Request                   (stages/decode.rs)
+//! limit      connection, subject, tenant quotas                       (ratelimit.rs)
+//! authorize  route scopes, channel rules -> Authorized                (stages/authorize.rs, authz.rs)
+//! validate   the route's JSON Schema -> Validated                     (stages/validate.rs, validate.rs)
+//! call       the tenant's handler under limits -> Proposed            (stages/call.rs, sluice-sandbox)
+//! effects    every returned action authorized again -> Vec<Effect>    (stages/effects.rs)
+//! broker     who receives what is published                           (broker.rs)
+//! outbox     per-connection bounded queues                            (outbox.rs)
+//! rejection  sandbox and read failures -> what the client sees        (rejection.rs)
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod authz;
+pub mod broker;
+pub mod handshake;
+pub mod jwks;
+pub mod metrics;
+pub mod outbox;
+pub mod ratelimit;
+pub mod rejection;
+pub mod session;
+pub mod stages;
+pub mod tenant;
+pub mod validate;
+
+pub use sluice_protocol as protocol;
+pub use sluice_tls as tls;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use ratelimit::{ConnectionCounter, KeyedLimiter, quota};
+use sluice_config::{Config, ConfigErrors};
+use sluice_sandbox::{Sandbox, StateStore};
+use tenant::Tenant;
+
+/// How often idle keys are swept from the keyed rate limiters.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Everything the running server shares between connections.
+pub struct ServerState {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// Tenants by id; swapped as a whole by a reload.
+    tenants: RwLock<Arc<HashMap<String, Arc<Tenant>>>>,
+    /// The sandbox every handler runs in.
+    pub sandbox: Sandbox,
+    /// Who receives what is published (the in-process broker by default).
+    pub broker: Arc<dyn broker::Broker>,
+    tls: RwLock<TlsAcceptor>,
+    ws_config: WebSocketConfig,
+    ip_connections: ConnectionCounter<IpAddr>,
+    ip_handshakes: KeyedLimiter<IpAddr>,
+    next_id: AtomicU64,
+    /// Set to true when the server drains; every session watches it.
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// Bumped by every reload; every session watches it and checks itself
+    /// against the new configuration at once.
+    reloads: tokio::sync::watch::Sender<u64>,
+}
+
+impl ServerState {
+    /// Build everything the configuration describes: TLS, keys, schemas,
+    /// handlers. Reports every problem at once.
+    pub async fn build(config: Config) -> Result<Arc<Self>, ConfigErrors> {
+        Self::build_with_state(config, None).await
+    }
+
+    /// Like [`ServerState::build`], with handler state kept in `state`.
+    pub async fn build_with_state(
+        config: Config,
+        state: Option<Arc<dyn StateStore>>,
+    ) -> Result<Arc<Self>, ConfigErrors> {
+        let s = &config.server;
+        let sandbox = match state {
+            Some(st) => Sandbox::with_state(config.sandbox.clone(), st),
+            None => Sandbox::new(config.sandbox.clone()),
+        }
+        .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
+        let (tls, tenants) = load_parts(&config, &sandbox, None, Vec::new()).await?;
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(s.max_message_bytes))
+            .max_frame_size(Some(s.max_frame_bytes))
+            .read_buffer_size(s.read_buffer_bytes)
+            .write_buffer_size(s.write_buffer_bytes)
+            .max_write_buffer_size(s.max_outbound_bytes.max(s.write_buffer_bytes + 1))
+            .accept_unmasked_frames(false);
+        let ip_handshakes =
+            KeyedLimiter::new(quota(s.handshakes_per_ip_per_sec, s.handshake_burst_per_ip));
+        Ok(Arc::new(Self {
+            tls: RwLock::new(TlsAcceptor::from(tls)),
+            ws_config,
+            ip_connections: ConnectionCounter::default(),
+            ip_handshakes,
+            next_id: AtomicU64::new(1),
+            shutdown: tokio::sync::watch::channel(false).0,
+            reloads: tokio::sync::watch::channel(0).0,
+            broker: Arc::new(broker::LocalBroker::default()),
+            tenants: RwLock::new(Arc::new(tenants)),
+            sandbox,
+            config,
+        }))
+    }
+
+    /// Local subscribers of `channel` of `tenant`.
+    pub fn subscribers(&self, tenant: &str, channel: &str) -> usize {
+        self.broker
+            .subscribers(&broker::ChannelKey::new(&Arc::from(tenant), channel))
+    }
+
+    /// Whether the server is draining (shutting down).
+    pub fn is_draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A tenant by id, as currently configured.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.tenants().get(id).cloned()
+    }
+
+    /// Every tenant, as currently configured.
+    pub fn tenants(&self) -> Arc<HashMap<String, Arc<Tenant>>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn tls(&self) -> TlsAcceptor {
+        self.tls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Apply a new configuration without dropping a connection: tenants,
+    /// keys, routes, schemas, handlers and the TLS certificate are rebuilt
+    /// and swapped in at once. Every live session then checks itself against
+    /// the new configuration at once (a message in flight finishes on the
+    /// old one): a removed tenant's connections close (1001), a connection
+    /// whose token no longer verifies closes (1008 "key revoked"), and
+    /// subscriptions the new channel rules no longer allow are dropped, the
+    /// client told with an `unsubscribed` frame. Anything
+    /// that fails to load refuses the whole reload, and the old
+    /// configuration keeps serving. Listener addresses and engine-wide
+    /// sandbox settings need a restart.
+    pub async fn reload(&self, config: Config) -> Result<String, ConfigErrors> {
+        let mut problems = Vec::new();
+        let (old, new) = (&self.config.server, &config.server);
+        if old.listen != new.listen || old.admin_listen != new.admin_listen {
+            problems.push("server: listen and admin_listen change only with a restart".to_owned());
+        }
+        if self.config.sandbox != config.sandbox {
+            problems.push("sandbox: engine settings change only with a restart".to_owned());
+        }
+        let current = self.tenants();
+        let (tls, tenants) = load_parts(&config, &self.sandbox, Some(&current), problems).await?;
+        let summary = format!(
+            "{} tenant(s), {} handler(s)",
+            tenants.len(),
+            tenants.values().map(|t| t.handlers.len()).sum::<usize>()
+        );
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = TlsAcceptor::from(tls);
+        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
+        self.reloads.send_modify(|n| *n += 1);
+        Ok(summary)
+    }
+
+    /// Reload from the file the configuration came from.
+    pub async fn reload_from_source(&self) -> Result<String, ConfigErrors> {
+        let Some(path) = &self.config.source else {
+            return Err(ConfigErrors(vec![
+                "this server was not started from a config file".into(),
+            ]));
+        };
+        self.reload(Config::load(path)?).await
+    }
+
+    fn sweep(&self) {
+        self.ip_handshakes.sweep();
+        for t in self.tenants().values() {
+            t.subject_limiter.sweep();
+        }
+    }
+}
+
+/// The TLS configuration and the tenants `config` describes, or every
+/// problem (added to `problems`). `current` hands live counters over to the
+/// new tenants on a reload. Key refresh starts only when everything loaded.
+async fn load_parts(
+    config: &Config,
+    sandbox: &Sandbox,
+    current: Option<&HashMap<String, Arc<Tenant>>>,
+    mut problems: Vec<String>,
+) -> Result<(Arc<rustls::ServerConfig>, HashMap<String, Arc<Tenant>>), ConfigErrors> {
+    let s = &config.server;
+    let tls = tls::server_config(&config.path(&s.tls_cert), &config.path(&s.tls_key))
+        .map_err(|e| problems.push(format!("server: {e}")))
+        .ok();
+    let mut tenants = HashMap::new();
+    for (id, tc) in &config.tenants {
+        let previous = current.and_then(|c| c.get(id)).map(Arc::as_ref);
+        match Tenant::load(id, tc, config, sandbox, previous).await {
+            Ok(t) => {
+                tenants.insert(id.clone(), t);
+            }
+            Err(p) => problems.extend(p),
+        }
+    }
+    match tls {
+        Some(tls) if problems.is_empty() => {
+            for t in tenants.values() {
+                t.keys.start_refresh();
+            }
+            Ok((tls, tenants))
+        }
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+/// A bound server.
+pub struct Server {
+    state: Arc<ServerState>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+impl Server {
+    /// Build the state and bind the configured address.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let listen = config.server.listen;
+        let state = ServerState::build(config).await?;
+        Self::bind_state(state, listen).await
+    }
+
+    /// Bind `addr` for prepared state.
+    pub async fn bind_state(state: Arc<ServerState>, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let admin = match state.config.server.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {a} (admin): {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            state,
+            listener,
+            admin,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.server.listen)
+    }
+
+    /// The address of the admin listener, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Accept connections until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let state = self.state;
+        let admin = self
+            .admin
+            .map(|listener| tokio::spawn(admin::serve(listener, Arc::downgrade(&state))));
+        let sweeper = {
+            let state = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    match state.upgrade() {
+                        Some(s) => s.sweep(),
+                        None => return,
+                    }
+                }
+            })
+        };
+        let handshake_deadline = Duration::from_millis(state.config.server.handshake_timeout_ms);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let ip = peer.ip();
+            if state.ip_handshakes.check(&ip).is_err() {
+                tracing::debug!("handshake rate exceeded for a client address");
+                continue;
+            }
+            let Some(ip_slot) = state
+                .ip_connections
+                .acquire(ip, state.config.server.max_connections_per_ip)
+            else {
+                tracing::debug!("connection cap reached for a client address");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _ip_slot = ip_slot;
+                // The handshake's state (TLS, HTTP upgrade: ~9 KB) lives on
+                // the heap and is freed once it is done, so that an idle
+                // connection's task holds only the session.
+                match tokio::time::timeout(
+                    handshake_deadline,
+                    Box::pin(handshake::accept(&state, tcp)),
+                )
+                .await
+                {
+                    Ok(Some((socket, admitted))) => {
+                        // Boxed: the socket's 1.5 KB would otherwise be held
+                        // twice in the session's future.
+                        session::run(state, Box::new(socket), admitted).await
+                    }
+                    Ok(None) => {}
+                    Err(_) => tracing::debug!("handshake deadline passed"),
+                }
+            });
+        }
+        sweeper.abort();
+        // Drain (readyz answers 503 from here on): every session finishes the message it is handling, applies
+        // its effects, sends close 1001 and ends; wait for all of them, but
+        // no longer than the drain time.
+        state.shutdown.send_replace(true);
+        let drain = Duration::from_millis(state.config.server.drain_timeout_ms);
+        if tokio::time::timeout(drain, state.shutdown.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = state.shutdown.receiver_count(),
+                "drain time passed with connections still open"
+            );
+        }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The session over in-memory frames: no socket, no TLS, no handler. A
+//! tenant with channel rules only exercises the reserved requests, the
+//! rejection vocabulary, the broker and the connection's limits.
+
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{Sink, Stream};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::run;
+use crate::ServerState;
+use crate::handshake::Admitted;
+
+/// One end of an in-memory WebSocket: what the session reads and writes.
+struct MemSocket {
+    incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+    outgoing: mpsc::UnboundedSender<Message>,
+}
+
+impl Stream for MemSocket {
+    type Item = Result<Message, WsError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx)
+    }
+}
+
+impl Sink<Message> for MemSocket {
+    type Error = WsError;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        self.outgoing
+            .send(item)
+            .map_err(|_| WsError::ConnectionClosed)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The client's end.
+struct Client {
+    tx: mpsc::UnboundedSender<Result<Message, WsError>>,
+    rx: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Client {
+    fn send(&self, v: Value) {
+        self.tx
+            .send(Ok(Message::Text(v.to_string().into())))
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the session is still writing")
+    }
+
+    async fn json(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Ping(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+async fn state(dir: &std::path::Path, extra: &str) -> Arc<ServerState> {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = sluice_tls::self_signed(&["localhost"]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef").unwrap();
+    let toml = format!(
+        r#"
+[server]
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+admin_listen = "127.0.0.1:0"
+{extra}
+
+[tenants.t.auth]
+issuer = "iss"
+audience = "aud"
+keys = [{{ algorithm = "HS256", secret_file = "secret" }}]
+
+[[tenants.t.channels]]
+pattern = "room:{{id}}"
+subscribe = true
+publish = true
+"#
+    );
+    let config = sluice_config::Config::parse(&toml, dir).unwrap();
+    ServerState::build(config).await.unwrap()
+}
+
+fn connect(state: &Arc<ServerState>, subject: &str) -> Client {
+    let tenant = state.tenant("t").unwrap();
+    let token = tenant
+        .keys
+        .mint(subject, &[], 3600, serde_json::Map::new())
+        .unwrap();
+    let principal = tenant.keys.verify(&token).unwrap();
+    let slots = (
+        tenant
+            .subject_connections
+            .acquire(subject.to_owned(), 16)
+            .unwrap(),
+        tenant.connections.acquire((), 16).unwrap(),
+    );
+    let (tx, incoming) = mpsc::unbounded_channel();
+    let (outgoing, rx) = mpsc::unbounded_channel();
+    let admitted = Admitted {
+        tenant,
+        principal,
+        token: token.into(),
+        slots,
+    };
+    tokio::spawn(run(
+        state.clone(),
+        MemSocket { incoming, outgoing },
+        admitted,
+    ));
+    Client { tx, rx }
+}
+
+fn dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("sluice-session-{name}-{}", std::process::id()))
+}
+
+#[tokio::test]
+async fn reserved_requests_and_refusals_over_memory_frames() {
+    let state = state(&dir("reserved"), "").await;
+    let mut c = connect(&state, "alice");
+    assert_eq!(c.json().await["type"], "welcome");
+    c.send(json!({"type":"ping","id":"p1"}));
+    assert_eq!(c.json().await, json!({"type":"pong","id":"p1"}));
+    c.send(json!({"type":"subscribe","id":"s1","channel":"lobby"}));
+    let refused = c.json().await;
+    assert_eq!(refused["code"], "forbidden");
+    assert_eq!(refused["id"], "s1");
+    c.send(json!({"type":"nope","id":"n"}));
+    assert_eq!(c.json().await["code"], "unknown_type");
+    c.tx.send(Ok(Message::Binary(vec![1, 2].into()))).unwrap();
+    assert_eq!(c.json().await["code"], "binary_not_supported");
+    // Still served after every refusal.
+    c.send(json!({"type":"subscribe","id":"s2","channel":"room:1"}));
+    assert_eq!(c.json().await, json!({"type":"ack","id":"s2","data":null}));
+    assert_eq!(state.subscribers("t", "room:1"), 1);
+    assert_eq!(state.subscribers("other", "room:1"), 0);
+}
+
+#[tokio::test]
+async fn a_read_error_closes_with_its_code_and_the_subscription_goes() {
+    let state = state(&dir("readerr"), "").await;
+    let mut c = connect(&state, "bob");
+    assert_eq!(c.json().await["type"], "welcome");
+    c.send(json!({"type":"subscribe","id":"s","channel":"room:2"}));
+    assert_eq!(c.json().await["type"], "ack");
+    c.tx.send(Err(WsError::Utf8("bad".into()))).unwrap();
+    match c.next().await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1007);
+            assert_eq!(frame.reason.as_str(), "invalid UTF-8");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(c.tx);
+    for _ in 0..100 {
+        if state.subscribers("t", "room:2") == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the subscription outlived the connection");
+}
+
+#[tokio::test]
+async fn a_blocked_write_does_not_outlive_the_idle_timeout() {
+    // The client reads nothing: the writer is fed but the socket never
+    // accepts (`poll_ready` pending). The idle timeout still closes it.
+    struct Stuck(MemSocket);
+    impl Stream for Stuck {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Pin::new(&mut self.0).poll_next(cx)
+        }
+    }
+    impl Sink<Message> for Stuck {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), WsError> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let state = state(
+        &dir("stuck"),
+        "idle_timeout_ms = 300\nping_interval_ms = 100",
+    )
+    .await;
+    let tenant = state.tenant("t").unwrap();
+    let token = tenant
+        .keys
+        .mint("carol", &[], 3600, serde_json::Map::new())
+        .unwrap();
+    let admitted = Admitted {
+        principal: tenant.keys.verify(&token).unwrap(),
+        token: token.clone().into(),
+        slots: (
+            tenant
+                .subject_connections
+                .acquire("carol".into(), 16)
+                .unwrap(),
+            tenant.connections.acquire((), 16).unwrap(),
+        ),
+        tenant: tenant.clone(),
+    };
+    let (_tx, incoming) = mpsc::unbounded_channel();
+    let (outgoing, _rx) = mpsc::unbounded_channel();
+    let session = tokio::spawn(run(
+        state.clone(),
+        Stuck(MemSocket { incoming, outgoing }),
+        admitted,
+    ));
+    // Idle timeout + close grace + writer grace, with margin.
+    tokio::time::timeout(Duration::from_secs(6), session)
+        .await
+        .expect("the session ends although its writes never complete")
+        .unwrap();
+    assert_eq!(tenant.connections.count(&()), 0, "its slot is released");
+}
+
+/// The unit-test config with other channel rules / keys, for reloads.
+fn reconfigured(
+    dir: &std::path::Path,
+    secret: &str,
+    rules: &str,
+    tenants: &str,
+) -> sluice_config::Config {
+    std::fs::write(dir.join("secret2"), secret).unwrap();
+    let toml = format!(
+        r#"
+[server]
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+admin_listen = "127.0.0.1:0"
+
+[tenants.t.auth]
+issuer = "iss"
+audience = "aud"
+keys = [{{ algorithm = "HS256", secret_file = "secret2" }}]
+
+{rules}
+{tenants}
+"#
+    );
+    sluice_config::Config::parse(&toml, dir).unwrap()
+}
+
+async fn closed_with(c: &mut Client) -> (u16, String) {
+    loop {
+        match c.next().await {
+            Message::Close(Some(frame)) => {
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+            Message::Text(_) | Message::Ping(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+const SAME_SECRET: &str = "0123456789abcdef0123456789abcdef";
+const ROOMS: &str =
+    "[[tenants.t.channels]]\npattern = \"room:{id}\"\nsubscribe = true\npublish = true";
+
+#[tokio::test]
+async fn a_reload_that_revokes_the_key_closes_live_sessions_with_1008() {
+    let d = dir("revoke");
+    let state = state(&d, "").await;
+    let mut c = connect(&state, "alice");
+    assert_eq!(c.json().await["type"], "welcome");
+    c.send(json!({"type":"subscribe","id":"s","channel":"room:7"}));
+    assert_eq!(c.json().await["type"], "ack");
+    // Same key material under another file: nothing happens.
+    state
+        .reload(reconfigured(&d, SAME_SECRET, ROOMS, ""))
+        .await
+        .unwrap();
+    c.send(json!({"type":"ping","id":"p"}));
+    assert_eq!(c.json().await["type"], "pong");
+    // The secret rotated: the receive-only session is closed at once.
+    state
+        .reload(reconfigured(
+            &d,
+            "another-secret-another-secret-xx",
+            ROOMS,
+            "",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&mut c).await, (1008, "key revoked".into()));
+}
+
+#[tokio::test]
+async fn a_reload_drops_subscriptions_the_new_rules_refuse_and_says_so() {
+    let d = dir("rules");
+    let state = state(&d, "").await;
+    let mut c = connect(&state, "bob");
+    assert_eq!(c.json().await["type"], "welcome");
+    c.send(json!({"type":"subscribe","id":"s","channel":"room:7"}));
+    assert_eq!(c.json().await["type"], "ack");
+    let lobby_only = "[[tenants.t.channels]]\npattern = \"lobby\"\nsubscribe = true";
+    state
+        .reload(reconfigured(&d, SAME_SECRET, lobby_only, ""))
+        .await
+        .unwrap();
+    let told = c.json().await;
+    assert_eq!(told["type"], "unsubscribed", "{told}");
+    assert_eq!(told["channel"], "room:7");
+    assert_eq!(state.subscribers("t", "room:7"), 0);
+    // Still served, under the new rules.
+    c.send(json!({"type":"subscribe","id":"l","channel":"lobby"}));
+    assert_eq!(c.json().await["type"], "ack");
+}
+
+#[tokio::test]
+async fn a_removed_tenant_closes_with_1001_and_a_reused_id_adopts_nobody() {
+    let d = dir("removed");
+    let state = state(&d, "").await;
+    let original = state.tenant("t").unwrap().incarnation;
+    let mut c = connect(&state, "carol");
+    assert_eq!(c.json().await["type"], "welcome");
+    // Tenant `t` replaced by `u` only.
+    let only_u = "[tenants.u.auth]\nissuer = \"iss\"\naudience = \"aud\"\nkeys = [{ algorithm = \"HS256\", secret_file = \"secret2\" }]";
+    let toml = format!(
+        "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nadmin_listen = \"127.0.0.1:0\"\n\n{only_u}\n"
+    );
+    std::fs::write(d.join("secret2"), SAME_SECRET).unwrap();
+    state
+        .reload(sluice_config::Config::parse(&toml, &d).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&mut c).await, (1001, "tenant removed".into()));
+    let old = state.tenant("t");
+    assert!(old.is_none());
+    // `t` comes back: a new incarnation, which no old session adopts.
+    state
+        .reload(reconfigured(&d, SAME_SECRET, ROOMS, ""))
+        .await
+        .unwrap();
+    let back = state.tenant("t").unwrap();
+    assert_ne!(back.incarnation, original);
+}

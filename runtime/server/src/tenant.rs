@@ -1,0 +1,189 @@
+//! A tenant as the server runs it: keys, routes with compiled schemas,
+//! loaded handlers, channel rules, limiters and connection counters, all
+//! built from config once, with every problem reported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use governor::DefaultDirectRateLimiter;
+
+use super::auth::KeySet;
+use super::authz::ChannelRule;
+use super::ratelimit::{ConnectionCounter, KeyedLimiter, quota};
+use super::validate::Schema;
+use sluice_config::{ChannelAccess, Config, TenantConfig};
+use sluice_sandbox::{Handler, HandlerSpec, Sandbox};
+
+/// One route, ready to serve.
+pub struct Route {
+    /// The handler that receives it.
+    pub handler: Handler,
+    /// Scopes required.
+    pub scopes: Vec<String>,
+    /// What the route does with its channel.
+    pub channel: ChannelAccess,
+    /// The compiled schema of `data`.
+    pub schema: Option<Schema>,
+}
+
+/// A tenant, ready to serve.
+pub struct Tenant {
+    /// Its id.
+    pub id: String,
+    /// Its id as the first part of broker keys.
+    pub key: Arc<str>,
+    /// Which life of this tenant id this is: kept across reloads, new when
+    /// the id is removed and added again (old sessions never adopt it).
+    pub incarnation: u64,
+    /// Its configuration.
+    pub config: TenantConfig,
+    /// Its verification keys.
+    pub keys: KeySet,
+    /// Routes by message type.
+    pub routes: HashMap<String, Route>,
+    /// Handlers by name.
+    pub handlers: BTreeMap<String, Handler>,
+    /// Channel rules.
+    pub channels: Vec<ChannelRule>,
+    /// Messages per subject, over all its connections.
+    pub subject_limiter: KeyedLimiter<String>,
+    /// Messages over the whole tenant.
+    pub tenant_limiter: DefaultDirectRateLimiter,
+    /// Live connections per subject.
+    pub subject_connections: ConnectionCounter<String>,
+    /// Live connections of the tenant.
+    pub connections: ConnectionCounter<()>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<super::metrics::TenantMetrics>,
+}
+
+impl Tenant {
+    /// Build a tenant: load keys, compile schemas (off the async runtime),
+    /// load handlers into the sandbox.
+    pub async fn load(
+        id: &str,
+        tc: &TenantConfig,
+        config: &Config,
+        sandbox: &Sandbox,
+        previous: Option<&Tenant>,
+    ) -> Result<Arc<Tenant>, Vec<String>> {
+        let mut problems = Vec::new();
+        let at = format!("tenants.{id}");
+        let keys = KeySet::load(id, &tc.auth, &tc.scopes_claim, config)
+            .await
+            .map_err(|p| problems.extend(p))
+            .ok();
+
+        let mut handlers = BTreeMap::new();
+        for (name, hc) in &tc.handlers {
+            let spec = HandlerSpec::new(name.clone(), id)
+                .isolation(hc.isolation)
+                .limits(hc.limits.clone())
+                .grant(hc.grants.iter().copied());
+            match sandbox.load_file(&config.path(&hc.component), spec).await {
+                Ok(h) => {
+                    handlers.insert(name.clone(), h);
+                }
+                Err(e) => problems.push(format!("{at}.handlers.{name}: {e}")),
+            }
+        }
+
+        let mut routes = HashMap::new();
+        for (route, rc) in &tc.routes {
+            let schema_value = match (&rc.schema, &rc.schema_file) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(file)) => {
+                    let path = config.path(file);
+                    match sluice_config::read_json::<serde_json::Value>(&path) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            problems.push(format!("{at}.routes.{route}: schema_file: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => None,
+            };
+            let schema = match schema_value {
+                Some(v) => match tokio::task::spawn_blocking(move || Schema::compile(&v)).await {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) => {
+                        problems.push(format!("{at}.routes.{route}: {e}"));
+                        continue;
+                    }
+                    Err(e) => {
+                        problems.push(format!("{at}.routes.{route}: schema compiler failed: {e}"));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if let Some(handler) = handlers.get(&rc.handler) {
+                routes.insert(
+                    route.clone(),
+                    Route {
+                        handler: handler.clone(),
+                        scopes: rc.scopes.clone(),
+                        channel: rc.channel,
+                        schema,
+                    },
+                );
+            }
+        }
+
+        let mut channels = Vec::new();
+        for rule in &tc.channels {
+            match ChannelRule::compile(rule) {
+                Ok(r) => channels.push(r),
+                Err(e) => problems.push(format!("{at}.channels: {e}")),
+            }
+        }
+
+        let (Some(keys), true) = (keys, problems.is_empty()) else {
+            return Err(problems);
+        };
+        let limits = &tc.limits;
+        Ok(Arc::new(Tenant {
+            id: id.to_owned(),
+            key: Arc::from(id),
+            incarnation: previous.map_or_else(next_incarnation, |p| p.incarnation),
+            config: tc.clone(),
+            keys,
+            routes,
+            handlers,
+            channels,
+            subject_limiter: KeyedLimiter::new(quota(
+                limits.subject_messages_per_sec,
+                limits.subject_messages_per_sec.saturating_mul(2),
+            )),
+            tenant_limiter: crate::ratelimit::direct(quota(
+                limits.tenant_messages_per_sec,
+                limits.tenant_messages_per_sec.saturating_mul(2),
+            )),
+            // A reload keeps the live counts: connections admitted under the
+            // old configuration still hold their slots.
+            subject_connections: previous
+                .map(|p| p.subject_connections.clone())
+                .unwrap_or_default(),
+            connections: previous.map(|p| p.connections.clone()).unwrap_or_default(),
+            metrics: previous.map(|p| p.metrics.clone()).unwrap_or_default(),
+        }))
+    }
+
+    /// The claims handlers may see, as a JSON object.
+    pub fn exposed_claims(&self, claims: &serde_json::Map<String, serde_json::Value>) -> String {
+        let exposed: serde_json::Map<String, serde_json::Value> = self
+            .config
+            .exposed_claims
+            .iter()
+            .filter_map(|name| claims.get(name).map(|v| (name.clone(), v.clone())))
+            .collect();
+        serde_json::Value::Object(exposed).to_string()
+    }
+}
+
+/// A new tenant incarnation number.
+fn next_incarnation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

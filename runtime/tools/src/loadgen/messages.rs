@@ -1,0 +1,530 @@
+//! `sluice bench load`: request/answer traffic over N connections, closed
+//! loop (a fixed number of messages in flight per connection) or open loop
+//! (a fixed total rate, latency measured from each message's scheduled send
+//! time so a stalled server cannot hide its queueing: no coordinated
+//! omission).
+//!
+//! Answers are matched to requests in order per connection (Sluice answers
+//! a connection's messages in the order they arrive; so do the peers).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::probe::Probe;
+use super::{
+    Counters, FrameKind, Latencies, LatencySummary, Target, TargetArgs, classify, kind_of,
+    parse_duration, spawn_progress, thousands,
+};
+use crate::client::ClientSocket;
+
+/// Arguments of `sluice bench load`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// Where to connect and how to authenticate.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connections.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    pub connections: u64,
+    /// Measured time, after the warm-up (e.g. 8s, 500ms, 1m).
+    #[arg(long, short = 'd', default_value = "8s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up time, not measured.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Closed loop: messages in flight per connection.
+    #[arg(long, default_value_t = 1, conflicts_with = "rate")]
+    pub depth: usize,
+    /// Open loop: total messages per second over all connections.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// A route to send, `ROUTE[:WEIGHT][@CHANNEL]`, repeatable for a mix
+    /// (e.g. `--route echo:9 --route 'chat.send:1@room:{n}'`); `{n}` in a
+    /// channel is the connection's number.
+    #[arg(long = "route", default_value = "echo")]
+    pub routes: Vec<String>,
+    /// The `data` of every message (JSON).
+    #[arg(long, default_value = r#"{"text":"hello from sluice bench"}"#)]
+    pub data: String,
+    /// Send this route once per connection before measuring, with the
+    /// channel of the first routed message that has one (e.g. chat.join).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Connections opened at once during set-up.
+    #[arg(long, default_value_t = 64)]
+    pub connect_parallel: usize,
+}
+
+/// One route of the mix.
+#[derive(Clone, Debug, PartialEq)]
+struct RouteSpec {
+    route: String,
+    weight: u32,
+    channel: Option<String>,
+}
+
+fn parse_route(s: &str) -> anyhow::Result<RouteSpec> {
+    let (head, channel) = match s.split_once('@') {
+        Some((h, c)) => (h, Some(c.to_owned())),
+        None => (s, None),
+    };
+    let (route, weight) = match head.rsplit_once(':') {
+        Some((r, w)) if w.chars().all(|c| c.is_ascii_digit()) && !w.is_empty() => {
+            (r, w.parse::<u32>().context("weight")?)
+        }
+        _ => (head, 1),
+    };
+    if route.is_empty() || weight == 0 {
+        bail!("--route {s:?}: expected ROUTE[:WEIGHT][@CHANNEL] with a weight of at least 1");
+    }
+    Ok(RouteSpec {
+        route: route.to_owned(),
+        weight,
+        channel,
+    })
+}
+
+/// The frames one connection sends, repeated by weight, cycled in order.
+fn frames_for(routes: &[RouteSpec], data: &Value, n: u64) -> Vec<Message> {
+    let mut out = Vec::new();
+    for r in routes {
+        let mut env = serde_json::Map::new();
+        env.insert("type".into(), Value::String(r.route.clone()));
+        if let Some(c) = &r.channel {
+            env.insert(
+                "channel".into(),
+                Value::String(c.replace("{n}", &n.to_string())),
+            );
+        }
+        env.insert("data".into(), data.clone());
+        let text = Value::Object(env).to_string();
+        for _ in 0..r.weight {
+            out.push(Message::text(text.clone()));
+        }
+    }
+    out
+}
+
+/// The result of a load run.
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    /// Connections that ran.
+    pub connections: u64,
+    /// Messages in flight per connection (closed loop).
+    pub depth: Option<usize>,
+    /// Target rate (open loop).
+    pub target_rate: Option<f64>,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Answers in the measured window.
+    pub answered: u64,
+    /// Refusals (`error` frames) in the measured window.
+    pub refused: u64,
+    /// Answers per second.
+    pub messages_per_sec: f64,
+    /// Round-trip latency of answers.
+    pub latency: LatencySummary,
+    /// Connections that failed mid-run.
+    pub failed_connections: u64,
+    /// Open loop: sends skipped because a connection already had 1024
+    /// unanswered messages (the server could not keep up).
+    pub skipped_sends: u64,
+    /// Server CPU (user + system) per answered message, with --server-pid.
+    pub server_cpu_us_per_message: Option<f64>,
+    /// Server CPU time over the window, seconds.
+    pub server_cpu_seconds: Option<f64>,
+    /// Server RSS at the end, bytes.
+    pub server_rss_bytes: Option<u64>,
+}
+
+const MAX_OPEN_LOOP_IN_FLIGHT: usize = 1024;
+
+/// Run `sluice bench load`.
+pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
+    let routes = args
+        .routes
+        .iter()
+        .map(|r| parse_route(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let data: Value = serde_json::from_str(&args.data).context("--data is not JSON")?;
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if args.depth == 0 {
+        bail!("--depth must be at least 1");
+    }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of messages per second");
+    }
+    let target = Arc::new(Target::new(&args.target, true).await?);
+    let probe = target.server_pid.map(Probe::new).transpose()?;
+
+    if !target.quiet {
+        eprintln!(
+            "opening {} connections to {} ...",
+            args.connections, args.target.url
+        );
+    }
+    let sockets = target
+        .open_many(args.connections, args.connect_parallel, 0)
+        .await?;
+    let counters = Arc::new(Counters::default());
+    let latencies = Arc::new(Latencies::new()?);
+    let skipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let join_channel = routes.iter().find_map(|r| r.channel.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now() + Duration::from_millis(50);
+    for (n, socket) in sockets {
+        let frames = frames_for(&routes, &data, n);
+        let join = match &args.join {
+            Some(route) => {
+                let mut env = serde_json::Map::new();
+                env.insert("type".into(), Value::String(route.clone()));
+                if let Some(c) = &join_channel {
+                    env.insert(
+                        "channel".into(),
+                        Value::String(c.replace("{n}", &n.to_string())),
+                    );
+                }
+                env.insert("data".into(), Value::Object(serde_json::Map::new()));
+                Some(Message::text(Value::Object(env).to_string()))
+            }
+            None => None,
+        };
+        let counters = Arc::clone(&counters);
+        let latencies = Arc::clone(&latencies);
+        let skipped = Arc::clone(&skipped);
+        let depth = args.depth;
+        let interval = args
+            .rate
+            .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+        tasks.spawn(async move {
+            let result = async {
+                let mut socket = socket;
+                if let Some(join) = join {
+                    socket.send(join).await?;
+                    wait_answer(&mut socket).await?;
+                }
+                match interval {
+                    None => closed_loop(socket, frames, depth, n, &counters, &latencies).await,
+                    Some(every) => {
+                        // Spread the connections' first sends over one interval.
+                        let offset = every.mul_f64((n % 1000) as f64 / 1000.0);
+                        open_loop(
+                            socket,
+                            frames,
+                            start + offset,
+                            every,
+                            n,
+                            &counters,
+                            &latencies,
+                            &skipped,
+                        )
+                        .await
+                    }
+                }
+            }
+            .await;
+            if result.is_err() && !counters.stopped() {
+                counters.failed_connections.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    let progress = spawn_progress(Arc::clone(&counters), "msg", target.quiet);
+    tokio::time::sleep_until((start + args.warmup).into()).await;
+    let before = probe.map(|p| p.read()).transpose()?;
+    counters.measuring.store(true, Ordering::Relaxed);
+    let window_start = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    counters.measuring.store(false, Ordering::Relaxed);
+    counters.stop.store(true, Ordering::Relaxed);
+    let seconds = window_start.elapsed().as_secs_f64();
+    let after = probe.map(|p| p.read()).transpose()?;
+    let _ = progress.await;
+    // Let connections see their last answers, then drop the rest.
+    let drain = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drain.is_err() {
+        tasks.abort_all();
+    }
+
+    let answered = counters.answered.load(Ordering::Relaxed);
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
+        _ => None,
+    };
+    Ok(LoadReport {
+        mode: if args.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        connections: args.connections,
+        depth: args.rate.is_none().then_some(args.depth),
+        target_rate: args.rate,
+        seconds,
+        answered,
+        refused: counters.refused.load(Ordering::Relaxed),
+        messages_per_sec: answered as f64 / seconds,
+        latency: LatencySummary::of(&latencies.merged()),
+        failed_connections: counters.failed_connections.load(Ordering::Relaxed),
+        skipped_sends: skipped.load(Ordering::Relaxed),
+        server_cpu_us_per_message: cpu
+            .filter(|_| answered > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / answered as f64),
+        server_cpu_seconds: cpu.map(|c| c.as_secs_f64()),
+        server_rss_bytes: after.map(|a| a.rss_bytes),
+    })
+}
+
+/// Read until one answer (or refusal) arrives; fail on a refusal.
+async fn wait_answer(socket: &mut ClientSocket) -> anyhow::Result<()> {
+    while let Some(frame) = socket.next().await {
+        if let Message::Text(t) = frame? {
+            match classify(&t) {
+                FrameKind::Answer => return Ok(()),
+                FrameKind::Refused => bail!("the join was refused: {t}"),
+                FrameKind::Other => {}
+            }
+        }
+    }
+    bail!("the server closed the connection")
+}
+
+/// Count one answer (or refusal) sent at `sent`.
+fn count(kind: FrameKind, sent: Instant, n: u64, counters: &Counters, latencies: &Latencies) {
+    counters.total.fetch_add(1, Ordering::Relaxed);
+    if counters.measuring() {
+        match kind {
+            FrameKind::Refused => {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                counters.answered.fetch_add(1, Ordering::Relaxed);
+                latencies.record(n, sent.elapsed());
+            }
+        }
+    }
+}
+
+/// `depth` messages in flight: each answer sends the next message. Frames
+/// already received are all handled before one flush, so a burst of answers
+/// costs one write.
+async fn closed_loop(
+    mut socket: ClientSocket,
+    frames: Vec<Message>,
+    depth: usize,
+    n: u64,
+    counters: &Counters,
+    latencies: &Latencies,
+) -> anyhow::Result<()> {
+    let mut next = (n as usize) % frames.len();
+    let mut sent = VecDeque::with_capacity(depth);
+    for _ in 0..depth {
+        socket.feed(frames[next].clone()).await?;
+        next = (next + 1) % frames.len();
+        sent.push_back(Instant::now());
+    }
+    socket.flush().await?;
+    let mut pending = None;
+    loop {
+        let frame = match pending.take() {
+            Some(f) => f,
+            None => match socket.next().await {
+                Some(f) => f?,
+                None => bail!("closed by the server"),
+            },
+        };
+        let kind = kind_of(&frame)?;
+        if kind != FrameKind::Other {
+            let Some(at) = sent.pop_front() else {
+                bail!("an answer nobody asked for")
+            };
+            count(kind, at, n, counters, latencies);
+            if !counters.stopped() {
+                socket.feed(frames[next].clone()).await?;
+                next = (next + 1) % frames.len();
+                sent.push_back(Instant::now());
+            } else if sent.is_empty() {
+                socket.flush().await?;
+                let _ = socket.close(None).await;
+                return Ok(());
+            }
+        }
+        // Another frame already buffered? Handle it before flushing.
+        match socket.next().now_or_never() {
+            Some(Some(f)) => pending = Some(f?),
+            Some(None) => bail!("closed by the server"),
+            None => socket.flush().await?,
+        }
+    }
+}
+
+/// Send on a fixed schedule whatever the answers do; latency counts from
+/// the scheduled time.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the open loop's parameters are its configuration, passed once"
+)]
+async fn open_loop(
+    socket: ClientSocket,
+    frames: Vec<Message>,
+    first: Instant,
+    every: Duration,
+    n: u64,
+    counters: &Counters,
+    latencies: &Latencies,
+    skipped: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<()> {
+    let (mut sink, mut stream) = socket.split();
+    let mut next = (n as usize) % frames.len();
+    let mut sent: VecDeque<Instant> = VecDeque::new();
+    let mut due = first;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(due.into()), if !counters.stopped() => {
+                // Catch up on every send that fell due (bursts after a stall).
+                let now = Instant::now();
+                while due <= now {
+                    if sent.len() >= MAX_OPEN_LOOP_IN_FLIGHT {
+                        if counters.measuring() {
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        sink.feed(frames[next].clone()).await?;
+                        next = (next + 1) % frames.len();
+                        sent.push_back(due);
+                    }
+                    due += every;
+                }
+                sink.flush().await?;
+            }
+            frame = stream.next() => {
+                let frame = match frame {
+                    Some(f) => f?,
+                    None => bail!("closed by the server"),
+                };
+                let kind = kind_of(&frame)?;
+                if kind != FrameKind::Other {
+                    let Some(at) = sent.pop_front() else {
+                        bail!("an answer nobody asked for")
+                    };
+                    count(kind, at, n, counters, latencies);
+                }
+                if counters.stopped() && sent.is_empty() {
+                    let _ = sink.close().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The human summary.
+pub fn print_human(r: &LoadReport) {
+    let shape = match (r.depth, r.target_rate) {
+        (Some(d), _) => format!("closed loop, {d} in flight per connection"),
+        (None, Some(rate)) => format!("open loop at {rate:.0} msg/s"),
+        (None, None) => String::new(),
+    };
+    println!(
+        "{} connections, {shape}, {:.1} s measured",
+        r.connections, r.seconds
+    );
+    println!(
+        "  {:.0} msg/s   ({} answered, {} refused, {} failed connections{})",
+        r.messages_per_sec,
+        thousands(r.answered),
+        thousands(r.refused),
+        r.failed_connections,
+        if r.skipped_sends > 0 {
+            format!(
+                ", {} sends skipped: server behind",
+                thousands(r.skipped_sends)
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!("  round trip: {}", r.latency.line());
+    if let Some(cpu) = r.server_cpu_us_per_message {
+        println!(
+            "  server: {cpu:.1} us CPU per message, RSS {:.1} MiB",
+            r.server_rss_bytes.unwrap_or(0) as f64 / 1048576.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_with_weight_and_channel() {
+        assert_eq!(
+            parse_route("echo").ok(),
+            Some(RouteSpec {
+                route: "echo".into(),
+                weight: 1,
+                channel: None
+            })
+        );
+        assert_eq!(
+            parse_route("chat.send:3@room:{n}").ok(),
+            Some(RouteSpec {
+                route: "chat.send".into(),
+                weight: 3,
+                channel: Some("room:{n}".into())
+            })
+        );
+        // A colon in a route name that is not followed by a number is part
+        // of the name.
+        assert_eq!(parse_route("a:b").ok().map(|r| r.route), Some("a:b".into()));
+        assert!(parse_route(":2").is_err());
+        assert!(parse_route("echo:0").is_err());
+    }
+
+    #[test]
+    fn frames_follow_the_weights_and_fill_in_the_channel() {
+        let routes = vec![
+            RouteSpec {
+                route: "echo".into(),
+                weight: 2,
+                channel: None,
+            },
+            RouteSpec {
+                route: "chat.send".into(),
+                weight: 1,
+                channel: Some("room:{n}".into()),
+            },
+        ];
+        let frames = frames_for(&routes, &serde_json::json!({"text": "x"}), 7);
+        let texts: Vec<String> = frames
+            .iter()
+            .map(|m| m.to_text().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                r#"{"type":"echo","data":{"text":"x"}}"#,
+                r#"{"type":"echo","data":{"text":"x"}}"#,
+                r#"{"type":"chat.send","channel":"room:7","data":{"text":"x"}}"#,
+            ]
+        );
+    }
+}
