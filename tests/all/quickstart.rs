@@ -69,6 +69,8 @@ fn newest_source(dir: &Path) -> SystemTime {
         let path = entry.path();
         let modified = if path.is_dir() {
             newest_source(&path)
+        } else if path.extension().is_none_or(|e| e != "rs") {
+            continue;
         } else {
             entry
                 .metadata()
