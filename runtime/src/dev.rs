@@ -2,10 +2,11 @@
 //! needs (a self-signed certificate, an HMAC secret), written to a folder.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-
-use crate::server::tls;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
 /// `bytes` random bytes from the OS, as hex.
 pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
@@ -104,13 +105,16 @@ pub fn prepare(dir: &Path, listen: &str, echo: &Path, chat: &Path) -> anyhow::Re
 pub const CERT_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
 /// Write `dir/cert.pem` and `dir/key.pem`: a self-signed ECDSA P-256
-/// certificate for [`CERT_NAMES`] (the dev server's, the benchmark's). An
-/// existing pair is kept unless `overwrite`. Returns both paths.
+/// certificate for [`CERT_NAMES`] (the dev server's, the benchmark's), valid
+/// for [`CERT_VALIDITY_DAYS`]. An existing pair is kept unless `overwrite`,
+/// or unless [`cert_needs_renewal`] says so (expired, about to expire, or
+/// not one this version makes). Returns both paths.
 pub fn write_cert(dir: &Path, overwrite: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    if overwrite || !cert.exists() || !key.exists() {
-        let (c, k) = tls::self_signed(&CERT_NAMES).map_err(anyhow::Error::msg)?;
+    if overwrite || !cert.exists() || !key.exists() || cert_needs_renewal(&cert, SystemTime::now())
+    {
+        let (c, k) = dev_cert(SystemTime::now())?;
         std::fs::write(&cert, c).with_context(|| format!("writing {}", cert.display()))?;
         std::fs::write(&key, k).with_context(|| format!("writing {}", key.display()))?;
     }
@@ -127,4 +131,170 @@ pub fn write_secret(dir: &Path, overwrite: bool) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("writing {}", secret.display()))?;
     }
     Ok(secret)
+}
+
+/// How long a certificate made by [`write_cert`] is valid.
+pub const CERT_VALIDITY_DAYS: u64 = 90;
+
+/// A certificate with less than this left is replaced by [`write_cert`].
+pub const CERT_RENEW_BEFORE: Duration = Duration::from_secs(24 * 3600);
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The dev certificate made at `now`: valid from a day before `now` (clocks
+/// drift) for [`CERT_VALIDITY_DAYS`] after it. PEM certificate and key.
+pub fn dev_cert(now: SystemTime) -> anyhow::Result<(String, String)> {
+    let from = now.checked_sub(DAY).unwrap_or(now);
+    let until = now + DAY * CERT_VALIDITY_DAYS as u32;
+    self_signed_valid(&CERT_NAMES, from, until)
+}
+
+/// A self-signed ECDSA P-256 certificate for `names`, valid from `from`
+/// until `until` (both after 1970). PEM certificate and key.
+pub fn self_signed_valid(
+    names: &[&str],
+    from: SystemTime,
+    until: SystemTime,
+) -> anyhow::Result<(String, String)> {
+    let since_epoch = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .context("a certificate date before 1970")
+    };
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params.not_before = epoch + since_epoch(from)?;
+    params.not_after = epoch + since_epoch(until)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Whether the certificate in `path` should be replaced at `now`: it cannot
+/// be read, it is not yet valid, it has less than [`CERT_RENEW_BEFORE`]
+/// left, or it is valid for longer than [`write_cert`] makes them (one from
+/// an older version, valid for centuries).
+pub fn cert_needs_renewal(path: &Path, now: SystemTime) -> bool {
+    let Some((from, until)) = std::fs::read(path).ok().and_then(|pem| cert_validity(&pem)) else {
+        return true;
+    };
+    let longest = now + DAY * (CERT_VALIDITY_DAYS as u32 + 1);
+    from > now + DAY || until < now + CERT_RENEW_BEFORE || until > longest
+}
+
+/// The validity (notBefore, notAfter) of the first certificate in `pem`.
+pub fn cert_validity(pem: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    let (cert, _) = der::expect(der.as_ref(), der::SEQUENCE)?;
+    let (mut tbs, _) = der::expect(cert, der::SEQUENCE)?;
+    if tbs.first() == Some(&der::VERSION) {
+        tbs = der::next(tbs)?.2;
+    }
+    // serialNumber, signature, issuer, then validity.
+    for tag in [der::INTEGER, der::SEQUENCE, der::SEQUENCE] {
+        tbs = der::expect(tbs, tag)?.1;
+    }
+    let (validity, _) = der::expect(tbs, der::SEQUENCE)?;
+    let (tag, not_before, rest) = der::next(validity)?;
+    let from = der::time(tag, not_before)?;
+    let (tag, not_after, _) = der::next(rest)?;
+    Some((from, der::time(tag, not_after)?))
+}
+
+/// `t` as a UTC calendar date, `YYYY-MM-DD`.
+pub fn format_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// (year, month, day) -> days since 1970-01-01 (`days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Just enough DER to find a certificate's validity.
+mod der {
+    use std::time::{Duration, SystemTime};
+
+    pub const INTEGER: u8 = 0x02;
+    pub const SEQUENCE: u8 = 0x30;
+    /// `[0] EXPLICIT Version` of a TBSCertificate.
+    pub const VERSION: u8 = 0xa0;
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+
+    /// The first element of `input`: (tag, contents, what follows).
+    pub fn next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    /// The first element, which must have `tag`: (contents, what follows).
+    pub fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (t, contents, rest) = next(input)?;
+        (t == tag).then_some((contents, rest))
+    }
+
+    /// A UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+    pub fn time(tag: u8, contents: &[u8]) -> Option<SystemTime> {
+        let text = std::str::from_utf8(contents).ok()?.strip_suffix('Z')?;
+        if !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let num = |s: &str| s.parse::<u32>().ok();
+        let (year, rest) = match (tag, text.len()) {
+            (UTC_TIME, 12) => {
+                let yy = i64::from(num(&text[..2])?);
+                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+            }
+            (GENERALIZED_TIME, 14) => (i64::from(num(&text[..4])?), &text[4..]),
+            _ => return None,
+        };
+        let (month, day) = (num(&rest[0..2])?, num(&rest[2..4])?);
+        let (h, m, s) = (num(&rest[4..6])?, num(&rest[6..8])?, num(&rest[8..10])?);
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+            return None;
+        }
+        let days = super::days_from_civil(year, month, day);
+        let secs = days * 86_400 + i64::from(h * 3600 + m * 60 + s);
+        let secs = u64::try_from(secs).ok()?;
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    }
 }

@@ -20,6 +20,7 @@ mod loadgen;
 mod logs;
 mod messages;
 mod peers;
+mod quickstart;
 mod reload;
 mod sandbox;
 mod slow_consumer;

@@ -2,8 +2,10 @@
 //! self-signed certificate, a demo tenant (echo and chat handlers), a dev
 //! token and a copy-paste client command.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 use sluice::config::Config;
@@ -26,13 +28,17 @@ fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
                 script.display()
             );
         }
-        eprintln!("building the demo handlers (first run only)...");
-        let status = Command::new("bash")
+        // One line while it runs; the build's own output only if it fails.
+        eprintln!("building the demo handlers with handlers/build (first run: a few minutes)...");
+        let output = Command::new("bash")
             .arg(&script)
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .context("running handlers/build")?;
-        if !status.success() {
-            bail!("handlers/build failed");
+        if !output.status.success() {
+            std::io::stderr().write_all(&output.stdout)?;
+            std::io::stderr().write_all(&output.stderr)?;
+            bail!("{} failed ({})", script.display(), output.status);
         }
     }
     Ok((echo.canonicalize()?, chat.canonicalize()?))
@@ -40,12 +46,27 @@ fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
 
 /// Run the dev server.
 pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before the handlers build, so a busy port is known in a second.
+    check_listen(&listen)?;
     let (echo, rust_chat) = demo_components()?;
     let chat = sluice::dev::chat_component(chat.as_deref(), &rust_chat)?;
-    println!("chat handler: {}", chat.display());
     let config_path = sluice::dev::prepare(&dir, &listen, &echo, &chat)?;
     let cert = dir.join("cert.pem");
-    let config = Config::load(&config_path)?;
+    let valid_until = std::fs::read(&cert)
+        .ok()
+        .and_then(|pem| sluice::dev::cert_validity(&pem))
+        .map_or_else(String::new, |(_, until)| {
+            format!(", valid until {}", sluice::dev::format_date(until))
+        });
+    let sluice = own_command();
+    let mut config = Config::load(&config_path)?;
+    // Another dev server (or sluice serve) holds the default admin port:
+    // take any free one rather than fail; the banner says which.
+    if let Some(admin) = config.server.admin_listen
+        && in_use(admin)
+    {
+        config.server.admin_listen = Some(SocketAddr::new(admin.ip(), 0));
+    }
     let state = ServerState::build(config).await?;
     let tenant = state.tenant("demo").context("the demo tenant is missing")?;
     let token = tenant
@@ -62,23 +83,80 @@ pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow:
     let addr = server.local_addr();
     let url = format!("wss://{addr}/ws/demo");
     println!("Sluice dev server on {url}");
-    println!("  config:      {}", config_path.display());
-    println!("  certificate: {} (self-signed)", cert.display());
+    println!("  config:       {}", config_path.display());
+    println!(
+        "  certificate:  {} (self-signed{valid_until})",
+        cert.display()
+    );
+    println!("  chat handler: {}", chat.display());
+    if let Some(admin) = server.admin_addr() {
+        println!("  admin:        http://{admin}/metrics (health, reload)");
+    }
     println!("  dev token (subject dev-user, scope chat:write, 1 hour):\n\n{token}\n");
     println!("Connect (type JSON messages, one per line):\n");
     println!(
-        "  cargo run -p sluice -- connect {url} --ca {} --token {token}\n",
-        cert.display()
+        "  {sluice} connect {url} --ca {} --token {token}\n",
+        shell_word(&cert.display().to_string())
     );
     println!("Then try:");
     println!(r#"  {{"type":"echo","id":"1","data":{{"hello":"world"}}}}"#);
     println!(r#"  {{"type":"chat.join","id":"2","channel":"room:1"}}"#);
     println!(r#"  {{"type":"chat.send","id":"3","channel":"room:1","data":{{"text":"hi"}}}}"#);
     println!(
-        "\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write\n",
-        config_path.display()
+        "\nMore tokens: {sluice} token -c {} --tenant demo --sub alice --scope chat:write\n",
+        shell_word(&config_path.display().to_string())
     );
     crate::reload_on_sighup(server.state().clone());
     server.run(crate::shutdown_signal()).await;
     Ok(())
+}
+
+/// Refuse an address another process listens on, saying what to do.
+fn check_listen(listen: &str) -> anyhow::Result<()> {
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen}: expected an address like 127.0.0.1:8443"))?;
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let next = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1).max(1));
+            bail!(
+                "{addr} is already in use (another sluice dev?); pick another address with --listen {next}"
+            )
+        }
+        Err(e) => bail!("cannot listen on {addr}: {e}"),
+    }
+}
+
+/// Whether another socket listens on `addr`.
+fn in_use(addr: SocketAddr) -> bool {
+    matches!(std::net::TcpListener::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// How to run this very binary again (the build the user already has): its
+/// path, relative to the working directory when it lies below it.
+fn own_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "sluice".to_owned();
+    };
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        // `sluice` alone would be looked up in PATH.
+        .map(|rel| match rel.components().count() {
+            1 => Path::new(".").join(rel),
+            _ => rel,
+        })
+        .unwrap_or(exe);
+    shell_word(&shown.display().to_string())
+}
+
+/// `word` quoted for a POSIX shell if it needs it.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }

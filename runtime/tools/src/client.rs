@@ -30,7 +30,8 @@ pub enum TokenVia {
 /// How to connect.
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
-    /// PEM certificates to trust (the server's CA or its self-signed cert).
+    /// PEM certificates to trust (the server's CA or its self-signed cert);
+    /// empty: the public web PKI roots (Mozilla's, from `webpki-roots`).
     pub ca_pem: Vec<u8>,
     /// The token, if any.
     pub token: Option<String>,
@@ -56,6 +57,10 @@ pub enum ConnectError {
     /// The server answered the upgrade with this HTTP status.
     #[error("the server refused the upgrade with HTTP {0}")]
     Refused(u16),
+    /// The server's certificate was refused (not issued by a trusted CA,
+    /// expired, or for another name).
+    #[error("{0}")]
+    Certificate(String),
     /// Anything else (TCP, TLS, a bad URL).
     #[error("{0}")]
     Failed(String),
@@ -80,8 +85,8 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// Trust `opts.ca_pem`; `opts.token` is ignored (each connection brings
-    /// its own).
+    /// Trust `opts.ca_pem` (or, when it is empty, the public web PKI roots);
+    /// `opts.token` is ignored (each connection brings its own).
     pub fn new(opts: &ClientOptions) -> Result<Self, ConnectError> {
         let fail = |e: &dyn std::fmt::Display| ConnectError::Failed(e.to_string());
         let mut roots = rustls::RootCertStore::empty();
@@ -90,7 +95,9 @@ impl Connector {
                 .add(cert.map_err(|e| fail(&e))?)
                 .map_err(|e| fail(&e))?;
         }
-        if roots.is_empty() {
+        if opts.ca_pem.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        } else if roots.is_empty() {
             return Err(ConnectError::Failed(
                 "no CA certificate given to trust".into(),
             ));
@@ -186,11 +193,14 @@ impl Connector {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let stream = self
-            .tls
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| fail(&e))?;
+        let stream = self.tls.connect(server_name, tcp).await.map_err(|e| {
+            match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                Some(tls @ rustls::Error::InvalidCertificate(_)) => {
+                    ConnectError::Certificate(tls.to_string())
+                }
+                _ => fail(&e),
+            }
+        })?;
         let config = WebSocketConfig::default()
             .max_message_size(Some(16 << 20))
             .max_frame_size(Some(16 << 20));
