@@ -37,51 +37,6 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `<target>/<profile>/sluice`, beside `<target>/<profile>/deps/all-<hash>`,
-/// checked to be newer than every source file it is built from.
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .ancestors()
-        .nth(2)
-        .expect("the test binary lives in <target>/<profile>/deps")
-        .join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} is missing: build it with `cargo build --workspace --bin sluice` (tests/run does)",
-                bin.display()
-            )
-        });
-    let newest = newest_source(&repo_root().join("runtime/src"));
-    assert!(
-        built >= newest,
-        "{} is older than the sources: rebuild it with `cargo build --workspace --bin sluice` (tests/run does)",
-        bin.display()
-    );
-    bin
-}
-
-fn newest_source(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).expect("read runtime/src").flatten() {
-        let path = entry.path();
-        let modified = if path.is_dir() {
-            newest_source(&path)
-        } else if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        } else {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        newest = newest.max(modified);
-    }
-    newest
-}
-
 /// The README's example conversation: (what the user types, what the
 /// server answers), from between the `quickstart-transcript` markers.
 fn readme_transcript() -> (Vec<String>, Vec<String>) {
@@ -163,7 +118,7 @@ struct Dev {
 
 impl Dev {
     fn spawn(cwd: &Path, args: &[&str]) -> Child {
-        Command::new(sluice_bin())
+        Command::new(sluice_tests::sluice_bin())
             .arg("dev")
             .args(args)
             .current_dir(cwd)
@@ -349,7 +304,7 @@ fn quickstart_the_printed_client_command_gets_the_readme_answers() {
         Path::new(program)
             .canonicalize()
             .expect("the printed program exists"),
-        sluice_bin().canonicalize().expect("the binary exists"),
+        sluice_tests::sluice_bin().canonicalize().expect("the binary exists"),
         "{command}"
     );
     assert!(command.contains(&format!(" connect {url} --ca dev/cert.pem --token ey")));
@@ -380,7 +335,7 @@ fn dev_on_a_busy_port_says_to_pick_another_with_listen() {
     let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = busy.local_addr().expect("addr");
     let cwd = TempDir::new();
-    let mut cmd = Command::new(sluice_bin());
+    let mut cmd = Command::new(sluice_tests::sluice_bin());
     cmd.args(["dev", "--listen", &addr.to_string()])
         .current_dir(&cwd.0);
     let started = Instant::now();
@@ -498,7 +453,7 @@ async fn connect_without_ca_refuses_a_self_signed_server_and_names_ca() {
     let run = |ca: Option<PathBuf>| {
         let (url, token) = (url.clone(), token.clone());
         tokio::task::spawn_blocking(move || {
-            let mut cmd = Command::new(sluice_bin());
+            let mut cmd = Command::new(sluice_tests::sluice_bin());
             cmd.args(["connect", &url, "--token", &token]);
             if let Some(ca) = ca {
                 cmd.arg("--ca").arg(ca);

@@ -37,19 +37,55 @@ pub fn component(path: &str) -> Vec<u8> {
 
 pub mod server;
 
-/// The `sluice` binary of this build (`cargo test --workspace` builds it
-/// next to the test binary's `deps/` folder).
+/// `<target>/<profile>/sluice`, beside `<target>/<profile>/deps/all-<hash>`,
+/// checked to be newer than every source file of the crates it is built from
+/// (`runtime/src` and `runtime/*/src`).
 pub fn sluice_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("the target profile folder");
-    let bin = dir.join("sluice");
+    let bin = exe
+        .ancestors()
+        .nth(2)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it with `cargo build --workspace --bin sluice` (tests/run does)",
+                bin.display()
+            )
+        });
+    let runtime = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime");
+    let mut newest = newest_source(&runtime.join("src"));
+    for entry in std::fs::read_dir(&runtime).expect("read runtime/").flatten() {
+        let src = entry.path().join("src");
+        if entry.file_name() != "fuzz" && src.is_dir() {
+            newest = newest.max(newest_source(&src));
+        }
+    }
     assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (tests/run), which builds it",
+        built >= newest,
+        "{} is older than the sources: rebuild it with `cargo build --workspace --bin sluice` (tests/run does)",
         bin.display()
     );
     bin
+}
+
+fn newest_source(dir: &std::path::Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).expect("read a source folder").flatten() {
+        let path = entry.path();
+        let modified = if path.is_dir() {
+            newest_source(&path)
+        } else if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(modified);
+    }
+    newest
 }
