@@ -300,7 +300,8 @@ export class SluiceClient extends Emitter<ClientEvents> {
   private streams = new Set<EventStream<SluiceEvent>>();
   private waiters: Array<{ resolve(w: Welcome): void; reject(e: unknown): void }> = [];
   private onOnline = (): void => {
-    if (this.current === "reconnecting" && this.ws === undefined) {
+    // Waiting out a backoff delay: try now.
+    if (this.timers.reconnect !== undefined) {
       cancel(this.timers.reconnect);
       void this.open();
     }

@@ -433,3 +433,28 @@ test("events as an async iterator, ending with the subscription", async () => {
   assert.deepEqual(got, [1, 2, 3]);
   c.close();
 });
+
+test("a browser `online` event cuts a backoff delay short", async () => {
+  const target = new EventTarget();
+  globalThis.addEventListener = target.addEventListener.bind(target);
+  globalThis.removeEventListener = target.removeEventListener.bind(target);
+  try {
+    const c = client({ backoff: { initialDelayMs: 60_000, maxDelayMs: 60_000 } });
+    c.connect();
+    await settle();
+    latest().welcome();
+    latest().serverClose(1006);
+    await advance(1000);
+    assert.equal(FakeSocket.all.length, 1, "waiting 30 s");
+    target.dispatchEvent(new Event("online"));
+    await settle();
+    assert.equal(FakeSocket.all.length, 2, "tried at once");
+    c.close();
+    target.dispatchEvent(new Event("online"));
+    await settle();
+    assert.equal(FakeSocket.all.length, 2, "not after close");
+  } finally {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  }
+});

@@ -39,11 +39,18 @@ fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Run the dev server.
-pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    dir: PathBuf,
+    listen: String,
+    chat: Option<PathBuf>,
+    page: String,
+) -> anyhow::Result<()> {
     let (echo, rust_chat) = demo_components()?;
     let chat = sluice::dev::chat_component(chat.as_deref(), &rust_chat)?;
     println!("chat handler: {}", chat.display());
-    let config_path = sluice::dev::prepare(&dir, &listen, &echo, &chat)?;
+    let page = super::demo_page::bind(&page).await?;
+    let config_path =
+        sluice::dev::prepare_with_origins(&dir, &listen, &echo, &chat, &page.origins())?;
     let cert = dir.join("cert.pem");
     let config = Config::load(&config_path)?;
     let state = ServerState::build(config).await?;
@@ -78,6 +85,20 @@ pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow:
         "\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write\n",
         config_path.display()
     );
+    match super::demo_page::client_bundle(&repo_root()) {
+        Ok(client_js) => {
+            let page_url = page.url();
+            page.serve(
+                &cert,
+                &dir.join("key.pem"),
+                std::sync::Arc::downgrade(server.state()),
+                url.clone(),
+                client_js,
+            )?;
+            println!("Chat demo page (open it in two tabs): {page_url}\n");
+        }
+        Err(e) => println!("Chat demo page off: {e:#}\n"),
+    }
     crate::reload_on_sighup(server.state().clone());
     server.run(crate::shutdown_signal()).await;
     Ok(())
