@@ -197,6 +197,7 @@ export type SubscriptionEvents = {
 };
 
 interface Pending {
+  id: string;
   frame: string;
   sent: boolean;
   timer: unknown;
@@ -296,6 +297,13 @@ export class SluiceClient extends Emitter<ClientEvents> {
   private timers: { reconnect?: unknown; refresh?: unknown; heartbeat?: unknown; hold?: unknown } = {};
   private pending = new Map<string, Pending>();
   private queue: string[] = [];
+  /**
+   * Ids sent and not answered yet, in sending order. The server handles a
+   * connection's messages one at a time and answers each, so answers come
+   * in this order: an `error` without an id (`too_deep`, `bad_json`: the
+   * server could not read the id) answers the oldest.
+   */
+  private inflight: string[] = [];
   private subs = new Map<string, Subscription>();
   private streams = new Set<EventStream<SluiceEvent>>();
   private waiters: Array<{ resolve(w: Welcome): void; reject(e: unknown): void }> = [];
@@ -395,6 +403,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     }
     const id = this.id();
     const entry: Pending = {
+      id,
       frame: JSON.stringify({ type, id, channel: options.channel, data }),
       sent: false,
       timer: undefined,
@@ -536,6 +545,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     const welcomed = this.current === "open";
     this.ws = undefined;
     this.info = undefined;
+    this.inflight = [];
     for (const key of ["refresh", "heartbeat", "hold"] as const) {
       cancel(this.timers[key]);
       this.timers[key] = undefined;
@@ -599,7 +609,16 @@ export class SluiceClient extends Emitter<ClientEvents> {
 
   private transmit(entry: Pending): void {
     entry.sent = true;
+    this.inflight.push(entry.id);
     this.ws?.send(entry.frame);
+  }
+
+  /** The id an answer is for: its own, or for an id-less error the oldest in flight. */
+  private answered(id: string | undefined): string | undefined {
+    if (id === undefined) return this.inflight.shift();
+    const i = this.inflight.indexOf(id);
+    if (i >= 0) this.inflight.splice(i, 1);
+    return id;
   }
 
   /** Resolve or reject pending request `id`. */
@@ -643,7 +662,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     } catch {
       return;
     }
-    const id = typeof msg.id === "string" ? msg.id : undefined;
+    let id = typeof msg.id === "string" ? msg.id : undefined;
     switch (msg.type) {
       case "welcome": {
         const d = isObject(msg.data) ? msg.data : {};
@@ -665,9 +684,13 @@ export class SluiceClient extends Emitter<ClientEvents> {
         return;
       }
       case "ack":
-        if (id !== undefined) this.settle(id, { data: msg.data ?? null });
+        if (id !== undefined) this.settle(this.answered(id) as string, { data: msg.data ?? null });
+        return;
+      case "pong":
+        this.answered(id);
         return;
       case "error": {
+        id = this.answered(id);
         const retryAfterMs = typeof msg.retry_after_ms === "number" ? msg.retry_after_ms : undefined;
         if (msg.code === "rate_limited" && retryAfterMs !== undefined) {
           this.holdUntil = Math.max(this.holdUntil, Date.now() + retryAfterMs);
@@ -823,6 +846,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
         return;
       }
       const sentAt = Date.now();
+      this.inflight.push("heartbeat");
       this.ws?.send(JSON.stringify({ type: "ping", id: "heartbeat" }));
       this.timers.heartbeat = later(() => {
         if (this.lastReceived < sentAt) this.drop(1006, "heartbeat timeout");

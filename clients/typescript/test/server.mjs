@@ -57,6 +57,7 @@ grants = ["state", "clock"]
 
 [tenants.${name}.handlers.misbehave]
 component = ${misbehave}
+grants = ["state", "log"]
 limits = { deadline_ms = 200, quarantine_after = 2, quarantine_ms = 3000 }
 
 [tenants.${name}.routes.echo]

@@ -198,7 +198,7 @@ test("without refresh: closed 1008 token expired, then a new token and a reconne
 test("stops for good and says why: foreign origin (403), unknown tenant (404), tokens refused (401)", async () => {
   const cases = [
     [{ webSocketOptions: { ca: server.ca, origin: "https://evil.example" } }, /403/],
-    [{ tenant: "nope" }, /404/],
+    [{ url: server.url("nope") }, /404/],
   ];
   for (const [options, why] of cases) {
     const c = connect("gina", options);
@@ -224,10 +224,12 @@ test("events as an async iterator, in order", async () => {
   await Promise.all([h.connect(), i.connect()]);
   const room = h.subscribe("room:iter");
   await room.ready;
+  // Iterators see the events from their creation on.
   const all = h.events();
+  const mine = room.events();
   for (const text of ["one", "two", "three"]) await i.request("chat.send", { text }, { channel: "room:iter" });
   const got = [];
-  for await (const e of room) {
+  for await (const e of mine) {
     got.push(e.data.text);
     if (got.length === 3) break;
   }

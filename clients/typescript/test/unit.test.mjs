@@ -458,3 +458,29 @@ test("a browser `online` event cuts a backoff delay short", async () => {
     delete globalThis.removeEventListener;
   }
 });
+
+test("an error without an id (too_deep, bad_json) answers the oldest request in flight", async () => {
+  const c = client({ heartbeatIntervalMs: 1000, heartbeatTimeoutMs: 500 });
+  c.connect();
+  await settle();
+  latest().welcome();
+  const a = c.request("echo", 1);
+  const b = c.request("echo", 2);
+  const [fa, fb] = latest().sent;
+  latest().frame({ type: "error", id: null, code: "too_deep", message: "JSON nested deeper than 32 levels" });
+  await assert.rejects(a, { code: "too_deep" });
+  latest().frame({ type: "ack", id: fb.id, data: 2 });
+  assert.equal(await b, 2);
+  // A late answer to a timed-out request still keeps the order straight.
+  const slow = assert.rejects(c.request("echo", 3, { timeoutMs: 100 }), { code: "timeout" });
+  await advance(100);
+  await slow;
+  const next = c.request("echo", 4);
+  const [, , fc, fd] = latest().sent;
+  latest().frame({ type: "ack", id: fc.id, data: 3 });
+  latest().frame({ type: "error", code: "bad_json", message: "not valid JSON" });
+  await assert.rejects(next, { code: "bad_json" });
+  assert.equal(fd.data, 4);
+  assert.equal(fa.data, 1);
+  c.close();
+});
