@@ -48,9 +48,16 @@ pub async fn run(
     let (echo, rust_chat) = demo_components()?;
     let chat = sluice::dev::chat_component(chat.as_deref(), &rust_chat)?;
     println!("chat handler: {}", chat.display());
-    let page = super::demo_page::bind(&page).await?;
-    let config_path =
-        sluice::dev::prepare_with_origins(&dir, &listen, &echo, &chat, &page.origins())?;
+    // The demo page is a convenience: a busy port turns it off, not the server.
+    let page = match super::demo_page::bind(&page).await {
+        Ok(page) => Some(page),
+        Err(e) => {
+            println!("Chat demo page off: {e:#}");
+            None
+        }
+    };
+    let origins = page.as_ref().map(|p| p.origins()).unwrap_or_default();
+    let config_path = sluice::dev::prepare_with_origins(&dir, &listen, &echo, &chat, &origins)?;
     let cert = dir.join("cert.pem");
     let config = Config::load(&config_path)?;
     let state = ServerState::build(config).await?;
@@ -85,8 +92,9 @@ pub async fn run(
         "\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write\n",
         config_path.display()
     );
-    match super::demo_page::client_bundle(&repo_root()) {
-        Ok(client_js) => {
+    match page.map(|page| (page, super::demo_page::client_bundle(&repo_root()))) {
+        None => {}
+        Some((page, Ok(client_js))) => {
             let page_url = page.url();
             page.serve(
                 &cert,
@@ -97,7 +105,7 @@ pub async fn run(
             )?;
             println!("Chat demo page (open it in two tabs): {page_url}\n");
         }
-        Err(e) => println!("Chat demo page off: {e:#}\n"),
+        Some((_, Err(e))) => println!("Chat demo page off: {e:#}\n"),
     }
     crate::reload_on_sighup(server.state().clone());
     server.run(crate::shutdown_signal()).await;
