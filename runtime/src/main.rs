@@ -50,6 +50,9 @@ enum Command {
         /// (handlers/target/lang/js-chat.wasm).
         #[arg(long, value_name = "COMPONENT")]
         chat: Option<PathBuf>,
+        /// Address of the chat demo page (its own origin, same certificate).
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        page: String,
     },
     /// Write a self-signed ECDSA P-256 certificate (and with --secret an
     /// HMAC secret) to a folder: the files the benchmark peers share.
@@ -220,7 +223,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config).await,
-            Command::Dev { dir, listen, chat } => cli::dev::run(dir, listen, chat)
+            Command::Dev {
+                dir,
+                listen,
+                chat,
+                page,
+            } => cli::dev::run(dir, listen, chat, page)
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Token {

@@ -45,12 +45,24 @@ fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Run the dev server.
-pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    dir: PathBuf,
+    listen: String,
+    chat: Option<PathBuf>,
+    page: String,
+) -> anyhow::Result<()> {
     // Before the handlers build, so a busy port is known in a second.
     check_listen(&listen)?;
     let (echo, rust_chat) = demo_components()?;
     let chat = sluice::dev::chat_component(chat.as_deref(), &rust_chat)?;
-    let config_path = sluice::dev::prepare(&dir, &listen, &echo, &chat)?;
+    // The demo page is a convenience: a busy port turns it off (said after
+    // the banner), not the server.
+    let page = super::demo_page::bind(&page).await;
+    let origins = page
+        .as_ref()
+        .map(|p| p.origins())
+        .unwrap_or_default();
+    let config_path = sluice::dev::prepare_with_origins(&dir, &listen, &echo, &chat, &origins)?;
     let cert = dir.join("cert.pem");
     let valid_until = std::fs::read(&cert)
         .ok()
@@ -106,6 +118,21 @@ pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow:
         "\nMore tokens: {sluice} token -c {} --tenant demo --sub alice --scope chat:write\n",
         shell_word(&config_path.display().to_string())
     );
+    match page.map(|page| (page, super::demo_page::client_bundle(&repo_root()))) {
+        Err(e) => println!("Chat demo page off: {e:#}\n"),
+        Ok((page, Ok(client_js))) => {
+            let page_url = page.url();
+            page.serve(
+                &cert,
+                &dir.join("key.pem"),
+                std::sync::Arc::downgrade(server.state()),
+                url.clone(),
+                client_js,
+            )?;
+            println!("Chat demo page (open it in two tabs): {page_url}\n");
+        }
+        Ok((_, Err(e))) => println!("Chat demo page off: {e:#}\n"),
+    }
     crate::reload_on_sighup(server.state().clone());
     server.run(crate::shutdown_signal()).await;
     Ok(())

@@ -2,4 +2,5 @@
 
 pub mod cert;
 pub mod connect;
+pub mod demo_page;
 pub mod dev;

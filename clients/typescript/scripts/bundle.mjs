@@ -1,0 +1,18 @@
+// One minified ESM file of the client (dist/sluice-client.min.js): what the
+// demo page loads, and what the bundle size in the README measures.
+import { build } from "esbuild";
+import { readFileSync } from "node:fs";
+import { gzipSync } from "node:zlib";
+
+const out = new URL("../dist/sluice-client.min.js", import.meta.url).pathname;
+await build({
+  entryPoints: [new URL("../dist/index.js", import.meta.url).pathname],
+  bundle: true,
+  minify: true,
+  format: "esm",
+  target: "es2020",
+  outfile: out,
+  logLevel: "warning",
+});
+const bytes = readFileSync(out);
+console.log(`dist/sluice-client.min.js: ${bytes.length} bytes minified, ${gzipSync(bytes, { level: 9 }).length} bytes gzipped`);

@@ -1,0 +1,858 @@
+import { ClientErrorCode, SluiceError } from "./errors.js";
+import { backoffDelay, closeDecision, DEFAULT_BACKOFF, type BackoffOptions } from "./policy.js";
+import { Emitter, EventStream } from "./stream.js";
+
+/** The subprotocol Sluice speaks. */
+export const SUBPROTOCOL = "sluice.v1";
+
+/** Timers looked up on each call, so fake clocks in tests take effect. */
+interface Platform {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+  addEventListener?(name: string, fn: () => void): void;
+  removeEventListener?(name: string, fn: () => void): void;
+  WebSocket?: WebSocketConstructor;
+  location?: unknown;
+  navigator?: { product?: string };
+}
+const platform = globalThis as unknown as Platform;
+const later = (fn: () => void, ms: number): unknown => platform.setTimeout(fn, ms);
+const cancel = (id: unknown): void => {
+  if (id !== undefined) platform.clearTimeout(id);
+};
+
+/**
+ * A WebSocket class: the browser's and React Native's global one, or Node's
+ * `ws` package (`import WebSocket from "ws"`). Called as
+ * `new WebSocket(url, protocols, options)`; `options` (headers, `ca`) is
+ * passed only where `tokenIn` is `"header"` or `webSocketOptions` is set.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type WebSocketConstructor = new (url: string, protocols?: string | string[], ...rest: any[]) => any;
+
+/** The parts of a WebSocket the client uses (the standard browser API). */
+interface Socket {
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** Options of {@link SluiceClient}. */
+export interface ClientOptions {
+  /** `wss://host/ws/<tenant>`. */
+  url: string;
+  /**
+   * Returns a token for the tenant (a JWT). Called before every connection
+   * attempt and before the current token expires (then sent as `refresh`).
+   */
+  getToken: () => string | Promise<string>;
+  /** The WebSocket class; default the global `WebSocket`. In Node pass `ws`. */
+  WebSocket?: WebSocketConstructor;
+  /**
+   * Where the token goes: `"subprotocol"` (`["sluice.v1", "bearer.<token>"]`,
+   * the only way in browsers) or `"header"` (`Authorization: Bearer`, for
+   * `ws` in Node and React Native). Default: `"subprotocol"` in browsers,
+   * `"header"` elsewhere.
+   */
+  tokenIn?: "header" | "subprotocol";
+  /** Extra options for the WebSocket constructor's third argument (e.g. `ws`'s `ca`). */
+  webSocketOptions?: Record<string, unknown>;
+  /** How long a request waits for its answer, queued time included (default 10000 ms). */
+  requestTimeoutMs?: number;
+  /**
+   * Requests made while disconnected wait in a queue of this many and are
+   * sent in order once connected (default 100); beyond it they are refused
+   * with `queue_full` at once. 0 refuses every request made while disconnected.
+   */
+  maxQueue?: number;
+  /** Reconnect backoff (exponential with full jitter). */
+  backoff?: Partial<BackoffOptions>;
+  /** Give up after this many reconnect attempts in a row (default: never). */
+  maxReconnectAttempts?: number;
+  /** Send `refresh` with a new token before the current one expires (default true). */
+  refreshBeforeExpiry?: boolean;
+  /** Refresh this long before expiry, at most a fifth of the token's remaining life (default 30000 ms). */
+  refreshMarginMs?: number;
+  /**
+   * With nothing received for this long, send a `ping`; no answer within
+   * `heartbeatTimeoutMs` drops the connection and reconnects (default 25000
+   * ms; 0 turns it off). Browsers cannot see the server's own pings.
+   */
+  heartbeatIntervalMs?: number;
+  /** See `heartbeatIntervalMs` (default 10000 ms). */
+  heartbeatTimeoutMs?: number;
+  /** Events an async iterator buffers for a slow consumer before it fails with `overflow` (default 1000). */
+  maxBufferedEvents?: number;
+  /** A source of random numbers in [0, 1) for the backoff's jitter (default `Math.random`). */
+  random?: () => number;
+}
+
+/** The server's `welcome`. */
+export interface Welcome {
+  connectionId: number;
+  subject: string;
+  /** When the token expires, Unix seconds. */
+  expiresAt: number;
+}
+
+/** A stream position: present once the server sends offsets (channel history). */
+export interface StreamPosition {
+  offset: number;
+  epoch: string | number;
+}
+
+/** An `event` frame. */
+export interface SluiceEvent {
+  /** The channel, or undefined for an event sent to this subject. */
+  channel: string | undefined;
+  data: unknown;
+  /** Set by servers with channel history. */
+  offset?: number;
+  epoch?: string | number;
+}
+
+/** The connection's state. */
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** A dropped connection that will be retried. */
+export interface Disconnect {
+  code: number;
+  reason: string;
+  /** The refused handshake's HTTP status, where the WebSocket implementation tells it. */
+  httpStatus: number | undefined;
+  /** The wait before the next attempt. */
+  delayMs: number;
+  /** Reconnect attempts in a row so far (0 before the first). */
+  attempt: number;
+}
+
+/** The client stopped for good. */
+export interface Closed {
+  code: number;
+  reason: string;
+  /** Why it will not reconnect, in words. */
+  why: string;
+}
+
+/** A resubscription that could not recover what was missed: refetch. */
+export interface RecoveryFailed {
+  channel: string;
+  /** The position the client asked to resume from. */
+  since: StreamPosition;
+  /** The channel's current position. */
+  current: StreamPosition;
+}
+
+/** Events of {@link SluiceClient}. */
+export type ClientEvents = {
+  state: ConnectionState;
+  welcome: Welcome;
+  event: SluiceEvent;
+  disconnected: Disconnect;
+  closed: Closed;
+  refreshed: { expiresAt: number; dropped: string[] };
+  recoveryFailed: RecoveryFailed;
+  /** Problems without a caller to tell: `getToken()` threw, a refresh was refused. */
+  error: Error;
+};
+
+/** Options of {@link SluiceClient.subscribe}. */
+export interface SubscribeOptions {
+  /**
+   * The message that subscribes: the reserved `subscribe` (default) or a
+   * route of the tenant that subscribes through its handler (e.g.
+   * `chat.join`). It is sent again after every reconnect.
+   */
+  type?: string;
+  /** Its data. */
+  data?: unknown;
+  /** The message that unsubscribes (default the reserved `unsubscribe`), e.g. `{ type: "chat.leave" }`. */
+  leave?: { type: string; data?: unknown };
+}
+
+/** What a (re)subscription's ack said. */
+export interface Subscribed {
+  /** The ack's data (for a route: the handler's reply). */
+  data: unknown;
+  /** False the first time, true after a reconnect. */
+  resubscribed: boolean;
+  /**
+   * After a resubscribe with `since`: whether the server replayed what was
+   * missed. Undefined when the server gave no position (no channel
+   * history): events sent while disconnected may be missing.
+   */
+  recovered: boolean | undefined;
+}
+
+/** Events of a {@link Subscription}. */
+export type SubscriptionEvents = {
+  event: SluiceEvent;
+  subscribed: Subscribed;
+  recoveryFailed: RecoveryFailed;
+  /** The subscription ended: refused, or dropped by a token refresh. */
+  error: SluiceError;
+};
+
+interface Pending {
+  id: string;
+  frame: string;
+  sent: boolean;
+  timer: unknown;
+  resolve(data: unknown): void;
+  reject(error: SluiceError): void;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** A channel the client keeps subscribed across reconnects. */
+export class Subscription extends Emitter<SubscriptionEvents> {
+  /** Resolves with the first ack's data; rejects if the subscription is refused. */
+  readonly ready: Promise<unknown>;
+  /** @internal */ state: "pending" | "active" | "gone" = "pending";
+  /** @internal */ everActive = false;
+  /** @internal */ position: StreamPosition | undefined;
+  /** @internal */ streams = new Set<EventStream<SluiceEvent>>();
+  /** @internal */ settle!: { resolve(v: unknown): void; reject(e: SluiceError): void; done: boolean };
+
+  /** @internal */
+  constructor(
+    private readonly client: SluiceClient,
+    readonly channel: string,
+    /** @internal */ readonly options: SubscribeOptions,
+  ) {
+    super();
+    this.ready = new Promise((resolve, reject) => {
+      this.settle = { resolve, reject, done: false };
+    });
+    // An unawaited refusal must not become an unhandled rejection.
+    this.ready.catch(() => undefined);
+  }
+
+  /** Whether the server has acknowledged it on the current connection. */
+  get active(): boolean {
+    return this.state === "active";
+  }
+
+  /** The last position delivered (servers with channel history only). */
+  get lastPosition(): StreamPosition | undefined {
+    return this.position;
+  }
+
+  /** This channel's events as an async iterator (ends on unsubscribe). */
+  events(): AsyncIterableIterator<SluiceEvent> {
+    return this.client.stream(this.streams);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<SluiceEvent> {
+    return this.events();
+  }
+
+  /**
+   * Who is present on the channel: a `presence` request. Awaits the
+   * server's presence support; until then it rejects with `unknown_type`.
+   */
+  presence<T = unknown>(): Promise<T> {
+    return this.client.request<T>("presence", undefined, { channel: this.channel });
+  }
+
+  /** Stop: no more events, no resubscription; tells the server if connected. */
+  async unsubscribe(): Promise<void> {
+    if (this.state === "gone") return;
+    this.client.forget(this, undefined);
+    if (this.client.state === "open") {
+      const leave = this.options.leave ?? { type: "unsubscribe" };
+      await this.client.request(leave.type, leave.data, { channel: this.channel });
+    }
+  }
+
+  /** @internal */
+  fire<K extends keyof SubscriptionEvents>(name: K, value: SubscriptionEvents[K]): void {
+    this.emit(name, value);
+  }
+}
+
+/**
+ * A Sluice connection that stays up: reconnects with backoff, refreshes
+ * its token, resubscribes, and answers requests with promises.
+ */
+export class SluiceClient extends Emitter<ClientEvents> {
+  private readonly o: Required<Omit<ClientOptions, "WebSocket" | "webSocketOptions" | "backoff" | "tokenIn">> & {
+    backoff: BackoffOptions;
+    tokenIn: "header" | "subprotocol";
+  };
+  private readonly Ws: WebSocketConstructor;
+  private readonly wsOptions: Record<string, unknown> | undefined;
+  private ws: Socket | undefined;
+  private current: ConnectionState = "idle";
+  private info: Welcome | undefined;
+  private nextId = 0;
+  private attempt = 0;
+  private everOpen = false;
+  private last401 = false;
+  private holdUntil = 0;
+  private lastReceived = 0;
+  private timers: { reconnect?: unknown; refresh?: unknown; heartbeat?: unknown; hold?: unknown } = {};
+  private pending = new Map<string, Pending>();
+  private queue: string[] = [];
+  /**
+   * Ids sent and not answered yet, in sending order. The server handles a
+   * connection's messages one at a time and answers each, so answers come
+   * in this order: an `error` without an id (`too_deep`, `bad_json`: the
+   * server could not read the id) answers the oldest.
+   */
+  private inflight: string[] = [];
+  private subs = new Map<string, Subscription>();
+  private streams = new Set<EventStream<SluiceEvent>>();
+  private waiters: Array<{ resolve(w: Welcome): void; reject(e: unknown): void }> = [];
+  private onOnline = (): void => {
+    // Waiting out a backoff delay: try now.
+    if (this.timers.reconnect !== undefined) {
+      cancel(this.timers.reconnect);
+      void this.open();
+    }
+  };
+
+  constructor(options: ClientOptions) {
+    super();
+    const Ws = options.WebSocket ?? platform.WebSocket;
+    if (!Ws) throw new TypeError("no WebSocket implementation: pass options.WebSocket (e.g. the ws package in Node)");
+    this.Ws = Ws;
+    const browser = platform.location !== undefined && platform.navigator?.product !== "ReactNative";
+    this.o = {
+      url: options.url,
+      getToken: options.getToken,
+      tokenIn: options.tokenIn ?? (browser ? "subprotocol" : "header"),
+      requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
+      maxQueue: options.maxQueue ?? 100,
+      backoff: { ...DEFAULT_BACKOFF, ...options.backoff },
+      maxReconnectAttempts: options.maxReconnectAttempts ?? Infinity,
+      refreshBeforeExpiry: options.refreshBeforeExpiry ?? true,
+      refreshMarginMs: options.refreshMarginMs ?? 30_000,
+      heartbeatIntervalMs: options.heartbeatIntervalMs ?? 25_000,
+      heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? 10_000,
+      maxBufferedEvents: options.maxBufferedEvents ?? 1000,
+      random: options.random ?? Math.random,
+    };
+    this.wsOptions = options.webSocketOptions;
+  }
+
+  /** The connection's state. */
+  get state(): ConnectionState {
+    return this.current;
+  }
+
+  /** The current connection's `welcome` (undefined while not connected). */
+  get welcome(): Welcome | undefined {
+    return this.info;
+  }
+
+  /**
+   * Start connecting (and keep reconnecting). Resolves with the first
+   * `welcome`; rejects if the client stops for good before one.
+   */
+  connect(): Promise<Welcome> {
+    if (this.current === "closed") return Promise.reject(new SluiceError(ClientErrorCode.closed, "the client is closed"));
+    if (this.current === "open" && this.info) return Promise.resolve(this.info);
+    const p = new Promise<Welcome>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    // Callers that do not wait for it must not get an unhandled rejection.
+    p.catch(() => undefined);
+    if (this.current === "idle") {
+      platform.addEventListener?.("online", this.onOnline);
+      void this.open();
+    }
+    return p;
+  }
+
+  /** Close for good: pending and queued requests fail with `closed`. */
+  close(): void {
+    this.stop({ code: 1000, reason: "", why: "closed by the app" });
+  }
+
+  /**
+   * Send a message of `type` (a route of the tenant) and resolve with the
+   * ack's data; reject with a {@link SluiceError}.
+   */
+  request<T = unknown>(type: string, data?: unknown, options: { channel?: string; timeoutMs?: number } = {}): Promise<T> {
+    return this.call<T>(type, data, options, false);
+  }
+
+  /**
+   * A request; `internal` ones (subscribe, refresh) go out at once while
+   * connected, ahead of the queue and the rate-limit hold, and are never
+   * refused for a full queue.
+   */
+  private call<T>(type: string, data: unknown, options: { channel?: string; timeoutMs?: number }, internal: boolean): Promise<T> {
+    return new Promise<T>((resolve, reject) => this.send(type, data, options, internal, resolve as (d: unknown) => void, reject));
+  }
+
+  /** Send (or queue) a message; exactly one of `resolve` and `reject` is called, synchronously on its answer. */
+  private send(
+    type: string,
+    data: unknown,
+    options: { channel?: string; timeoutMs?: number },
+    internal: boolean,
+    resolve: (data: unknown) => void,
+    reject: (error: SluiceError) => void,
+  ): void {
+    if (this.current === "closed") {
+      reject(new SluiceError(ClientErrorCode.closed, "the client is closed"));
+      return;
+    }
+    const id = this.id();
+    const entry: Pending = {
+      id,
+      frame: JSON.stringify({ type, id, channel: options.channel, data }),
+      sent: false,
+      timer: undefined,
+      resolve,
+      reject,
+    };
+    const timeoutMs = options.timeoutMs ?? this.o.requestTimeoutMs;
+    entry.timer = later(() => {
+      if (this.pending.delete(id)) {
+        this.queue = this.queue.filter((q) => q !== id);
+        reject(new SluiceError(ClientErrorCode.timeout, `no answer to ${type} within ${timeoutMs} ms`));
+      }
+    }, timeoutMs);
+    this.pending.set(id, entry);
+    if (internal ? this.current === "open" && this.ws !== undefined : this.canSend() && this.queue.length === 0) {
+      this.transmit(entry);
+    } else if (internal || this.queue.length < this.o.maxQueue) {
+      this.queue.push(id);
+      this.armHold();
+    } else {
+      this.settle(id, new SluiceError(ClientErrorCode.queueFull, this.o.maxQueue === 0 ? "not connected" : `not connected and ${this.o.maxQueue} requests already wait`));
+    }
+  }
+
+  /**
+   * Subscribe to `channel` now and after every reconnect (resuming from the
+   * last position where the server keeps channel history).
+   */
+  subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
+    if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
+    const sub = new Subscription(this, channel, options);
+    this.subs.set(channel, sub);
+    if (this.current === "closed") this.forget(sub, new SluiceError(ClientErrorCode.closed, "the client is closed"));
+    else if (this.current === "open") this.sendSubscribe(sub);
+    return sub;
+  }
+
+  /** Every event (all channels, and those sent to this subject) as an async iterator. */
+  events(): AsyncIterableIterator<SluiceEvent> {
+    return this.stream(this.streams);
+  }
+
+  /** @internal */
+  stream(set: Set<EventStream<SluiceEvent>>): EventStream<SluiceEvent> {
+    const s = new EventStream<SluiceEvent>(this.o.maxBufferedEvents, (done) => set.delete(done));
+    if (this.current === "closed") s.end();
+    else set.add(s);
+    return s;
+  }
+
+  /** @internal Drop a subscription (unsubscribed, refused or dropped). */
+  forget(sub: Subscription, error: SluiceError | undefined): void {
+    if (sub.state === "gone") return;
+    sub.state = "gone";
+    if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+    for (const s of [...sub.streams]) s.end(error);
+    if (!sub.settle.done) {
+      sub.settle.done = true;
+      sub.settle.reject(error ?? new SluiceError(ClientErrorCode.closed, "unsubscribed"));
+    }
+    if (error) sub.fire("error", error);
+  }
+
+  // --- connection ---------------------------------------------------------
+
+  private id(): string {
+    this.nextId += 1;
+    return String(this.nextId);
+  }
+
+  private canSend(): boolean {
+    return this.current === "open" && this.ws !== undefined && Date.now() >= this.holdUntil;
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.current === state) return;
+    this.current = state;
+    this.emit("state", state);
+  }
+
+  private async open(): Promise<void> {
+    this.timers.reconnect = undefined;
+    this.setState(this.attempt === 0 && this.info === undefined && !this.everOpen ? "connecting" : "reconnecting");
+    let token: string;
+    try {
+      token = await this.o.getToken();
+    } catch (e) {
+      if (this.current === "closed") return;
+      this.emit("error", e instanceof Error ? e : new Error(String(e)));
+      this.retry(1006, "getToken() failed", undefined, { retry: true, freshToken: true, immediate: false });
+      return;
+    }
+    if (this.current === "closed") return;
+    const header = this.o.tokenIn === "header";
+    const protocols = header ? [SUBPROTOCOL] : [SUBPROTOCOL, `bearer.${token}`];
+    let options = this.wsOptions;
+    if (header) {
+      const headers = { ...(options?.headers as Record<string, string> | undefined), Authorization: `Bearer ${token}` };
+      options = { ...options, headers };
+    }
+    let ws: Socket;
+    try {
+      ws = (options ? new this.Ws(this.o.url, protocols, options) : new this.Ws(this.o.url, protocols)) as Socket;
+    } catch (e) {
+      // A malformed URL: retrying cannot help.
+      this.stop({ code: 1006, reason: "", why: `cannot open ${this.o.url}: ${(e as Error).message}` });
+      return;
+    }
+    this.ws = ws;
+    let httpStatus: number | undefined;
+    ws.onmessage = (ev) => {
+      if (this.ws === ws) this.onFrame(typeof ev.data === "string" ? ev.data : String(ev.data));
+    };
+    ws.onerror = (ev) => {
+      // Node's ws reports a refused handshake as "Unexpected server response: 401".
+      const e = ev as { message?: unknown; error?: { message?: unknown } };
+      const m = /Unexpected server response: (\d{3})/.exec(String(e?.message ?? e?.error?.message ?? ""));
+      if (m) httpStatus = Number(m[1]);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws === ws) this.lost(ev.code, ev.reason ?? "", httpStatus);
+    };
+  }
+  /** Drop the current socket without waiting for a closing handshake. */
+  private drop(code: number, reason: string): void {
+    const ws = this.ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(1000);
+    } catch {
+      // Already closed.
+    }
+    this.lost(code, reason, undefined);
+  }
+
+  /** The connection ended: clean up, then reconnect or stop. */
+  private lost(code: number, reason: string, httpStatus: number | undefined): void {
+    const welcomed = this.current === "open";
+    this.ws = undefined;
+    this.info = undefined;
+    this.inflight = [];
+    for (const key of ["refresh", "heartbeat", "hold"] as const) {
+      cancel(this.timers[key]);
+      this.timers[key] = undefined;
+    }
+    for (const [id, p] of [...this.pending]) {
+      if (p.sent) this.settle(id, new SluiceError(ClientErrorCode.connectionLost, "the connection dropped before the answer; the request may or may not have been applied"));
+    }
+    for (const sub of this.subs.values()) sub.state = "pending";
+    if (this.current === "closed") return;
+    const decision = closeDecision(code, reason, welcomed ? undefined : httpStatus, this.last401);
+    this.last401 = !welcomed && httpStatus === 401;
+    this.retry(code, reason, welcomed ? undefined : httpStatus, decision);
+  }
+
+  private retry(code: number, reason: string, httpStatus: number | undefined, decision: ReturnType<typeof closeDecision>): void {
+    if (!decision.retry) {
+      this.stop({ code, reason, why: decision.why });
+      return;
+    }
+    if (this.attempt >= this.o.maxReconnectAttempts) {
+      this.stop({ code, reason, why: `gave up after ${this.attempt} reconnect attempts` });
+      return;
+    }
+    const delayMs = decision.immediate ? 0 : backoffDelay(this.attempt, this.o.backoff, this.o.random);
+    const attempt = this.attempt;
+    this.attempt += 1;
+    this.setState("reconnecting");
+    this.emit("disconnected", { code, reason, httpStatus, delayMs, attempt });
+    this.timers.reconnect = later(() => void this.open(), delayMs);
+  }
+
+  private stop(closed: Closed): void {
+    if (this.current === "closed") return;
+    this.setState("closed");
+    platform.removeEventListener?.("online", this.onOnline);
+    for (const t of Object.values(this.timers)) cancel(t);
+    this.timers = {};
+    const ws = this.ws;
+    this.ws = undefined;
+    this.info = undefined;
+    if (ws) {
+      ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(1000);
+      } catch {
+        // Already closed.
+      }
+    }
+    const error = new SluiceError(ClientErrorCode.closed, `the client stopped: ${closed.why}`);
+    for (const id of [...this.pending.keys()]) this.settle(id, error);
+    this.queue = [];
+    // Closed by the app: subscriptions and iterators end quietly.
+    const quiet = closed.why === "closed by the app";
+    for (const sub of [...this.subs.values()]) this.forget(sub, quiet ? undefined : error);
+    for (const s of [...this.streams]) s.end();
+    for (const w of this.waiters.splice(0)) w.reject(error);
+    this.emit("closed", closed);
+  }
+
+  // --- frames -------------------------------------------------------------
+
+  private transmit(entry: Pending): void {
+    entry.sent = true;
+    this.inflight.push(entry.id);
+    this.ws?.send(entry.frame);
+  }
+
+  /** The id an answer is for: its own, or for an id-less error the oldest in flight. */
+  private answered(id: string | undefined): string | undefined {
+    if (id === undefined) return this.inflight.shift();
+    const i = this.inflight.indexOf(id);
+    if (i >= 0) this.inflight.splice(i, 1);
+    return id;
+  }
+
+  /** Resolve or reject pending request `id`. */
+  private settle(id: string, result: SluiceError | { data: unknown }): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    cancel(p.timer);
+    if (result instanceof SluiceError) p.reject(result);
+    else p.resolve(result.data);
+  }
+
+  /** Send queued requests, in order, as far as the rate-limit hold allows. */
+  private flush(): void {
+    while (this.queue.length > 0 && this.canSend()) {
+      const id = this.queue.shift() as string;
+      const p = this.pending.get(id);
+      if (p) this.transmit(p);
+    }
+    this.armHold();
+  }
+
+  /** After a `rate_limited`, wait `retry_after_ms` before sending more. */
+  private armHold(): void {
+    if (this.timers.hold !== undefined || this.queue.length === 0 || this.current !== "open") return;
+    const wait = this.holdUntil - Date.now();
+    if (wait <= 0) return;
+    this.timers.hold = later(() => {
+      this.timers.hold = undefined;
+      this.flush();
+    }, wait);
+  }
+
+  private onFrame(text: string): void {
+    this.lastReceived = Date.now();
+    let msg: Record<string, unknown>;
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (!isObject(parsed)) return;
+      msg = parsed;
+    } catch {
+      return;
+    }
+    let id = typeof msg.id === "string" ? msg.id : undefined;
+    switch (msg.type) {
+      case "welcome": {
+        const d = isObject(msg.data) ? msg.data : {};
+        this.info = {
+          connectionId: Number(d.connection_id),
+          subject: String(d.subject),
+          expiresAt: Number(d.expires_at),
+        };
+        this.attempt = 0;
+        this.last401 = false;
+        this.everOpen = true;
+        this.setState("open");
+        this.emit("welcome", this.info);
+        for (const w of this.waiters.splice(0)) w.resolve(this.info);
+        this.scheduleRefresh(undefined);
+        this.scheduleHeartbeat();
+        for (const sub of this.subs.values()) this.sendSubscribe(sub);
+        this.flush();
+        return;
+      }
+      case "ack":
+        if (id !== undefined) this.settle(this.answered(id) as string, { data: msg.data ?? null });
+        return;
+      case "pong":
+        this.answered(id);
+        return;
+      case "error": {
+        id = this.answered(id);
+        const retryAfterMs = typeof msg.retry_after_ms === "number" ? msg.retry_after_ms : undefined;
+        if (msg.code === "rate_limited" && retryAfterMs !== undefined) {
+          this.holdUntil = Math.max(this.holdUntil, Date.now() + retryAfterMs);
+        }
+        const error = new SluiceError(String(msg.code), String(msg.message ?? ""), retryAfterMs);
+        if (id !== undefined && this.pending.has(id)) this.settle(id, error);
+        else this.emit("error", error);
+        return;
+      }
+      case "event":
+        this.onEvent(msg);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private onEvent(msg: Record<string, unknown>): void {
+    const channel = typeof msg.channel === "string" ? msg.channel : undefined;
+    const event: SluiceEvent = { channel, data: msg.data };
+    const sub = channel === undefined ? undefined : this.subs.get(channel);
+    if (typeof msg.offset === "number" && (typeof msg.epoch === "string" || typeof msg.epoch === "number")) {
+      event.offset = msg.offset;
+      event.epoch = msg.epoch;
+      if (sub) {
+        const p = sub.position;
+        // Already delivered (a replay overlapping what arrived before the drop).
+        if (p && p.epoch === msg.epoch && msg.offset <= p.offset) return;
+        sub.position = { offset: msg.offset, epoch: msg.epoch };
+      }
+    }
+    this.emit("event", event);
+    for (const s of this.streams) s.push(event);
+    if (sub && sub.state !== "gone") {
+      sub.fire("event", event);
+      for (const s of sub.streams) s.push(event);
+    }
+  }
+
+  // --- subscriptions ------------------------------------------------------
+
+  private sendSubscribe(sub: Subscription): void {
+    const reserved = sub.options.type === undefined || sub.options.type === "subscribe";
+    const since = reserved ? sub.position : undefined;
+    let data = sub.options.data;
+    if (since) data = { ...(isObject(data) ? data : {}), since };
+    const ws = this.ws;
+    this.send(
+      reserved ? "subscribe" : (sub.options.type as string),
+      data,
+      { channel: sub.channel },
+      true,
+      (ack) => this.subscribed(sub, ack, since),
+      (error: SluiceError) => {
+        if (sub.state === "gone" || this.ws !== ws) return; // Resent on the next connection.
+        if (error.code === ClientErrorCode.timeout) {
+          sub.fire("error", error);
+        } else if (error.retryAfterMs !== undefined) {
+          later(() => {
+            if (this.ws === ws && sub.state === "pending" && this.subs.get(sub.channel) === sub) this.sendSubscribe(sub);
+          }, error.retryAfterMs);
+        } else if (error.code !== ClientErrorCode.closed && error.code !== ClientErrorCode.connectionLost) {
+          this.forget(sub, error);
+        }
+      },
+    );
+  }
+
+  private subscribed(sub: Subscription, data: unknown, since: StreamPosition | undefined): void {
+    if (sub.state === "gone") return;
+    const resubscribed = sub.everActive;
+    sub.everActive = true;
+    sub.state = "active";
+    let recovered: boolean | undefined;
+    if (isObject(data) && typeof data.offset === "number" && (typeof data.epoch === "string" || typeof data.epoch === "number")) {
+      const current = { offset: data.offset, epoch: data.epoch };
+      if (since) {
+        recovered = data.recovered === true;
+        if (!recovered) {
+          sub.position = current;
+          const info: RecoveryFailed = { channel: sub.channel, since, current };
+          sub.fire("recoveryFailed", info);
+          this.emit("recoveryFailed", info);
+        }
+      } else if (!sub.position) {
+        sub.position = current;
+      }
+    }
+    if (!sub.settle.done) {
+      sub.settle.done = true;
+      sub.settle.resolve(data);
+    }
+    sub.fire("subscribed", { data, resubscribed, recovered });
+  }
+
+  // --- token refresh and heartbeat ---------------------------------------
+
+  private scheduleRefresh(previousExpiry: number | undefined): void {
+    cancel(this.timers.refresh);
+    this.timers.refresh = undefined;
+    const info = this.info;
+    if (!this.o.refreshBeforeExpiry || !info || !Number.isFinite(info.expiresAt)) return;
+    // A refresh that did not extend the token: let it expire, then
+    // reconnect with a fresh one, rather than refresh in a loop.
+    if (previousExpiry !== undefined && info.expiresAt <= previousExpiry) return;
+    const remaining = info.expiresAt * 1000 - Date.now();
+    const delay = Math.max(1000, remaining - Math.min(this.o.refreshMarginMs, remaining / 5));
+    this.timers.refresh = later(() => void this.refresh(), delay);
+  }
+
+  private async refresh(): Promise<void> {
+    this.timers.refresh = undefined;
+    const ws = this.ws;
+    const info = this.info;
+    if (!ws || !info) return;
+    let token: string;
+    try {
+      token = await this.o.getToken();
+    } catch (e) {
+      this.emit("error", e instanceof Error ? e : new Error(String(e)));
+      this.scheduleRefresh(undefined);
+      return;
+    }
+    if (this.ws !== ws) return;
+    const ack = (await this.call("refresh", { token }, {}, true).catch((e: SluiceError) => e)) as unknown;
+    if (this.ws !== ws || !this.info) return;
+    if (ack instanceof SluiceError) {
+      this.emit("error", ack);
+      this.scheduleRefresh(undefined);
+      return;
+    }
+    const d = isObject(ack) ? ack : {};
+    const expiresAt = Number(d.expires_at);
+    const dropped = Array.isArray(d.dropped) ? d.dropped.map(String) : [];
+    this.info = { ...this.info, expiresAt };
+    for (const channel of dropped) {
+      const sub = this.subs.get(channel);
+      if (sub) this.forget(sub, new SluiceError("forbidden", "the refreshed token does not allow this channel"));
+    }
+    this.emit("refreshed", { expiresAt, dropped });
+    this.scheduleRefresh(info.expiresAt);
+  }
+
+  private scheduleHeartbeat(): void {
+    cancel(this.timers.heartbeat);
+    const interval = this.o.heartbeatIntervalMs;
+    if (interval <= 0) return;
+    this.lastReceived = Date.now();
+    const tick = (): void => {
+      const idle = Date.now() - this.lastReceived;
+      if (idle < interval) {
+        this.timers.heartbeat = later(tick, interval - idle);
+        return;
+      }
+      const sentAt = Date.now();
+      this.inflight.push("heartbeat");
+      this.ws?.send(JSON.stringify({ type: "ping", id: "heartbeat" }));
+      this.timers.heartbeat = later(() => {
+        if (this.lastReceived < sentAt) this.drop(1006, "heartbeat timeout");
+        else tick();
+      }, this.o.heartbeatTimeoutMs);
+    };
+    this.timers.heartbeat = later(tick, interval);
+  }
+}

@@ -1,0 +1,34 @@
+/**
+ * A refused or failed request.
+ *
+ * `code` is one of the server's error codes (`forbidden`, `schema_invalid`,
+ * `rate_limited`, ..., or a handler's own code such as `empty_text`), or one
+ * of the client's own codes in {@link ClientErrorCode}.
+ */
+export class SluiceError extends Error {
+  /** The error code. */
+  readonly code: string;
+  /** For `rate_limited` and `unavailable`: when to try again, in ms. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(code: string, message: string, retryAfterMs?: number) {
+    super(message);
+    this.name = "SluiceError";
+    this.code = code;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** Codes the client itself gives (the server never sends these). */
+export const ClientErrorCode = {
+  /** No answer within the request's timeout (queued time included). */
+  timeout: "timeout",
+  /** Sent, then the connection dropped before the answer: it may or may not have been applied. */
+  connectionLost: "connection_lost",
+  /** Made while disconnected with a full queue (or with `maxQueue: 0`). */
+  queueFull: "queue_full",
+  /** The client was closed by the app or stopped for good (see the `closed` event). */
+  closed: "closed",
+  /** An async iterator's consumer fell more than its buffer behind. */
+  overflow: "overflow",
+} as const;

@@ -1,0 +1,28 @@
+export {
+  SluiceClient,
+  Subscription,
+  SUBPROTOCOL,
+  type ClientEvents,
+  type ClientOptions,
+  type Closed,
+  type ConnectionState,
+  type Disconnect,
+  type RecoveryFailed,
+  type SluiceEvent,
+  type StreamPosition,
+  type SubscribeOptions,
+  type Subscribed,
+  type SubscriptionEvents,
+  type WebSocketConstructor,
+  type Welcome,
+} from "./client.js";
+export { ClientErrorCode, SluiceError } from "./errors.js";
+export {
+  backoffDelay,
+  closeDecision,
+  DEFAULT_BACKOFF,
+  NO_RETRY_CLOSE_CODES,
+  NO_RETRY_HTTP_STATUSES,
+  type BackoffOptions,
+  type CloseDecision,
+} from "./policy.js";
