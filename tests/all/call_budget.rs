@@ -22,10 +22,14 @@ fn sandbox() -> Sandbox {
     .expect("sandbox")
 }
 
-async fn misbehave(sandbox: &Sandbox, tenant: &str, spec: HandlerSpec) -> Handler {
-    let _ = tenant;
+/// Load the misbehave handler; it imports `state` and `log`, which are
+/// granted on top of `spec`'s grants.
+async fn misbehave(sandbox: &Sandbox, spec: HandlerSpec) -> Handler {
     sandbox
-        .load(component(handlers::MISBEHAVE), spec)
+        .load(
+            component(handlers::MISBEHAVE),
+            spec.grant([Capability::State, Capability::Log]),
+        )
         .await
         .expect("load misbehave")
 }
@@ -61,7 +65,6 @@ async fn host_waits_are_bounded_by_the_deadline() {
     for isolation in [Isolation::Reuse, Isolation::Fresh] {
         let h = misbehave(
             &sandbox,
-            "t",
             HandlerSpec::new("m", "t")
                 .isolation(isolation)
                 .limits(limits.clone()),
@@ -96,13 +99,8 @@ async fn hanging_calls_never_starve_the_next_caller_for_long() {
         max_concurrency: 2,
         ..HandlerLimits::default()
     };
-    let stuck = misbehave(
-        &sandbox,
-        "t",
-        HandlerSpec::new("m", "t").limits(limits.clone()),
-    )
-    .await;
-    let other = misbehave(&sandbox, "u", HandlerSpec::new("m", "u")).await;
+    let stuck = misbehave(&sandbox, HandlerSpec::new("m", "t").limits(limits.clone())).await;
+    let other = misbehave(&sandbox, HandlerSpec::new("m", "u")).await;
     let hogs: Vec<_> = (0..2)
         .map(|_| {
             let h = stuck.clone();
@@ -153,7 +151,6 @@ fn a_cpu_hungry_tenant_never_runs_another_out_of_time() {
         let sandbox = sandbox();
         let burner = misbehave(
             &sandbox,
-            "noisy",
             HandlerSpec::new("burn", "noisy").limits(HandlerLimits {
                 deadline: Duration::from_millis(500),
                 fuel: 2_000_000_000,
@@ -163,7 +160,6 @@ fn a_cpu_hungry_tenant_never_runs_another_out_of_time() {
         .await;
         let victim = misbehave(
             &sandbox,
-            "quiet",
             HandlerSpec::new("ok", "quiet").limits(HandlerLimits {
                 deadline: Duration::from_millis(20),
                 quarantine_after: 2,
@@ -198,12 +194,11 @@ fn a_cpu_hungry_tenant_never_runs_another_out_of_time() {
 #[tokio::test]
 async fn wasi_clocks_are_frozen_without_the_clock_grant() {
     let sandbox = sandbox();
-    let plain = misbehave(&sandbox, "t", HandlerSpec::new("m", "t")).await;
+    let plain = misbehave(&sandbox, HandlerSpec::new("m", "t")).await;
     let frozen = reply(&call(&plain, json!({"mode": "clock"})).await.expect("clock"));
     assert_eq!(frozen, json!({"wall_ms": 0, "mono_ns": 0}));
     let granted = misbehave(
         &sandbox,
-        "t",
         HandlerSpec::new("m", "t").grant([Capability::Clock]),
     )
     .await;
@@ -229,7 +224,6 @@ async fn the_host_copies_a_bounded_amount_out_of_a_guest() {
     let sandbox = sandbox();
     let h = misbehave(
         &sandbox,
-        "t",
         HandlerSpec::new("m", "t").limits(HandlerLimits {
             memory_bytes: 64 << 20,
             ..HandlerLimits::default()

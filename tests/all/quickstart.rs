@@ -304,7 +304,9 @@ fn quickstart_the_printed_client_command_gets_the_readme_answers() {
         Path::new(program)
             .canonicalize()
             .expect("the printed program exists"),
-        sluice_tests::sluice_bin().canonicalize().expect("the binary exists"),
+        sluice_tests::sluice_bin()
+            .canonicalize()
+            .expect("the binary exists"),
         "{command}"
     );
     assert!(command.contains(&format!(" connect {url} --ca dev/cert.pem --token ey")));

@@ -57,7 +57,10 @@ pub fn sluice_bin() -> std::path::PathBuf {
         });
     let runtime = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime");
     let mut newest = newest_source(&runtime.join("src"));
-    for entry in std::fs::read_dir(&runtime).expect("read runtime/").flatten() {
+    for entry in std::fs::read_dir(&runtime)
+        .expect("read runtime/")
+        .flatten()
+    {
         let src = entry.path().join("src");
         if entry.file_name() != "fuzz" && src.is_dir() {
             newest = newest.max(newest_source(&src));
@@ -73,7 +76,10 @@ pub fn sluice_bin() -> std::path::PathBuf {
 
 fn newest_source(dir: &std::path::Path) -> std::time::SystemTime {
     let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).expect("read a source folder").flatten() {
+    for entry in std::fs::read_dir(dir)
+        .expect("read a source folder")
+        .flatten()
+    {
         let path = entry.path();
         let modified = if path.is_dir() {
             newest_source(&path)

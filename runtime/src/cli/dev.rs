@@ -58,10 +58,7 @@ pub async fn run(
     // The demo page is a convenience: a busy port turns it off (said after
     // the banner), not the server.
     let page = super::demo_page::bind(&page).await;
-    let origins = page
-        .as_ref()
-        .map(|p| p.origins())
-        .unwrap_or_default();
+    let origins = page.as_ref().map(|p| p.origins()).unwrap_or_default();
     let config_path = sluice::dev::prepare_with_origins(&dir, &listen, &echo, &chat, &origins)?;
     let cert = dir.join("cert.pem");
     let valid_until = std::fs::read(&cert)
