@@ -19,6 +19,7 @@ mod loadgen;
 mod logs;
 mod messages;
 mod peers;
+mod probe;
 mod reload;
 mod sandbox;
 mod slow_consumer;
