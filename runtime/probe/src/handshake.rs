@@ -112,6 +112,9 @@ pub const GARBAGE_TOKEN: &str = "sluice-probe-garbage-token";
 /// The offered extension.
 pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
+/// How a token is derived from `--token`.
+type Derive = fn(&Jwt) -> Derived;
+
 /// The base request every check varies: `--token` and `--origin`.
 #[derive(Clone, Copy, Debug)]
 pub struct Base<'a> {
@@ -212,7 +215,7 @@ pub async fn run(endpoint: &Endpoint, base: Base<'_>, control: &Control) -> Vec<
     );
 
     let jwt = base.token.and_then(Jwt::parse);
-    let derived: [(Spec, fn(&Jwt) -> Derived); 4] = [
+    let derived: [(Spec, Derive); 4] = [
         (ALG_NONE, Jwt::alg_none),
         (TAMPERED, Jwt::tampered_signature),
         (EXPIRED, |j| j.expired(now())),

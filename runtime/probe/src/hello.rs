@@ -202,7 +202,7 @@ pub fn parse_answer(bytes: &[u8]) -> ServerAnswer {
             description: body[1],
         },
         // handshake: type 2 = ServerHello; version(2) random(32) sid(1+n) suite(2)
-        0x16 if body.len() >= 4 + 2 + 32 + 1 && body[0] == 0x02 => {
+        0x16 if body.len() > 4 + 2 + 32 && body[0] == 0x02 => {
             let hello = &body[4..];
             let version = u16::from_be_bytes([hello[0], hello[1]]);
             let sid_len = hello[34] as usize;
