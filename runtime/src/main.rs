@@ -105,6 +105,10 @@ enum Command {
     /// Print benchmark figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Audit any WebSocket endpoint from the outside: transport, handshake
+    /// authentication, Origin, timeouts, compression, and with --active
+    /// message validation and flooding. Exit status 1 if a check fails.
+    Probe(sluice_probe::ProbeArgs),
 }
 
 #[derive(clap::Args)]
@@ -244,6 +248,7 @@ fn main() -> ExitCode {
             Command::Reload { admin } => reload(admin).await,
             Command::Connect(args) => cli::connect::run(args).await,
             Command::Call(args) => call(args).await,
+            Command::Probe(args) => sluice_probe::run(args).await,
             Command::Bench(BenchCommand::Sandbox {
                 component,
                 route,

@@ -20,6 +20,7 @@ mod loadgen;
 mod logs;
 mod messages;
 mod peers;
+mod probe;
 mod quickstart;
 mod reload;
 mod sandbox;

@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 /// What the Node peer and the benchmark config expect (peers/sluice-bench.toml).
-const TENANT: &str = "bench";
+pub(crate) const TENANT: &str = "bench";
 const ISSUER: &str = "sluice-bench";
 const AUDIENCE: &str = "sluice";
-const ORIGIN: &str = "https://bench.example.com";
+pub(crate) const ORIGIN: &str = "https://bench.example.com";
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
 /// How long a peer may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,13 +46,13 @@ fn target_dir() -> PathBuf {
 }
 
 /// The certificate, key and HMAC secret every server of a test shares.
-struct Files {
+pub(crate) struct Files {
     dir: TempDir,
     ca_pem: Vec<u8>,
 }
 
 impl Files {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = TempDir::new();
         let (cert, _) = sluice::dev::write_cert(&dir.0, false).expect("cert");
         std::fs::write(dir.0.join("secret.key"), SECRET).expect("secret");
@@ -60,15 +60,15 @@ impl Files {
         Self { dir, ca_pem }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.0.join(name)
     }
 }
 
 /// A peer process, killed on drop.
-struct Peer {
+pub(crate) struct Peer {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Peer {
@@ -118,7 +118,7 @@ impl Peer {
         Self::start(cmd, "echo-baseline")
     }
 
-    fn node(files: &Files) -> Self {
+    pub(crate) fn node(files: &Files) -> Self {
         let dir = repo_root().join("peers/node");
         assert!(
             dir.join("node_modules/ws").exists(),
@@ -202,7 +202,7 @@ fn token_with(sub: &str, scope: &str, change: impl FnOnce(&mut Value)) -> String
     sign_hs(SECRET, &claims, Algorithm::HS256, None)
 }
 
-fn token(sub: &str, scope: &str) -> String {
+pub(crate) fn token(sub: &str, scope: &str) -> String {
     token_with(sub, scope, |_| {})
 }
 
