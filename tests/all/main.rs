@@ -23,4 +23,5 @@ mod reload;
 mod sandbox;
 mod slow_consumer;
 mod supply_chain;
+mod tls;
 mod tokens;
