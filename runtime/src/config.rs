@@ -46,6 +46,8 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the admin listener (metrics, health) listens by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// Shortest admin token accepted, in bytes (`[server] admin_token`).
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 /// On shutdown, how long connections get to finish their in-flight message.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one tenant may hold.
@@ -125,6 +127,57 @@ pub struct ServerConfig {
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`), plain HTTP;
     /// keep it on loopback or a private network ([`DEFAULT_ADMIN_LISTEN`]).
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token `POST /reload` on the admin listener requires
+    /// (`admin_token = { secret_file = "admin.token" }` or
+    /// `{ secret_env = "SLUICE_ADMIN_TOKEN" }`, at least
+    /// [`MIN_ADMIN_TOKEN_BYTES`] printable characters). None: no POST
+    /// endpoint is served (SIGHUP still reloads).
+    pub admin_token: Option<SecretRef>,
+}
+
+/// A secret by reference: exactly one of an environment variable or a file
+/// (its contents, trimmed), never the secret inline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the secret (relative to the config file).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    /// Read the secret; `at` names the setting in messages.
+    pub fn read(&self, config: &Config, at: &str) -> Result<String, String> {
+        let (secret, from) = match (&self.secret_env, &self.secret_file) {
+            (Some(var), None) => (
+                std::env::var(var)
+                    .map_err(|_| format!("{at}: environment variable ${var} is not set"))?,
+                format!("${var}"),
+            ),
+            (None, Some(file)) => {
+                let path = config.path(file);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{at}: cannot read {}: {e}", path.display()))?;
+                (text, path.display().to_string())
+            }
+            _ => return Err(format!("{at}: set exactly one of secret_env, secret_file")),
+        };
+        let secret = secret.trim();
+        if secret.len() < MIN_ADMIN_TOKEN_BYTES {
+            return Err(format!(
+                "{at}: the secret in {from} is shorter than {MIN_ADMIN_TOKEN_BYTES} bytes"
+            ));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{at}: the secret in {from} must be printable ASCII without spaces (it is sent in an HTTP header)"
+            ));
+        }
+        Ok(secret.to_owned())
+    }
 }
 
 impl Default for ServerConfig {
@@ -149,6 +202,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT.as_millis() as u64,
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().ok(),
+            admin_token: None,
         }
     }
 }
@@ -435,6 +489,15 @@ impl Config {
         }
     }
 
+    /// The admin token (`[server] admin_token`), read from its source.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        self.server
+            .admin_token
+            .as_ref()
+            .map(|t| t.read(self, "server.admin_token"))
+            .transpose()
+    }
+
     /// A path from the file, resolved against its directory.
     pub fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -470,6 +533,11 @@ impl Config {
             if v == 0 {
                 problems.push(format!("server.{name} must be greater than zero"));
             }
+        }
+        if let Some(token) = &s.admin_token
+            && token.secret_env.is_some() == token.secret_file.is_some()
+        {
+            problems.push("server.admin_token: set exactly one of secret_env, secret_file".into());
         }
         if self.tenants.is_empty() {
             problems.push("no tenants: add at least one [tenants.<id>]".into());

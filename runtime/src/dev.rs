@@ -25,6 +25,7 @@ pub fn demo_config(listen: &str, echo: &Path, chat: &Path) -> String {
 listen = "{listen}"
 tls_cert = "cert.pem"
 tls_key = "key.pem"
+admin_token = {{ secret_file = "admin.token" }}   # for `sluice reload -c`
 
 [tenants.demo]
 origins = ["https://localhost:8443", "http://localhost:5173"]
@@ -95,6 +96,7 @@ pub fn prepare(dir: &Path, listen: &str, echo: &Path, chat: &Path) -> anyhow::Re
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_cert(dir, false)?;
     write_secret(dir, false)?;
+    write_admin_token(dir)?;
     let config_path = dir.join("sluice.toml");
     std::fs::write(&config_path, demo_config(listen, echo, chat))?;
     Ok(config_path)
@@ -130,6 +132,18 @@ pub fn write_secret(dir: &Path, overwrite: bool) -> anyhow::Result<PathBuf> {
         keep_private(&secret)?;
     }
     Ok(secret)
+}
+
+/// Write `dir/admin.token` (once): the bearer token `POST /reload` on the
+/// admin listener requires, which `sluice reload -c` reads. Returns its path.
+pub fn write_admin_token(dir: &Path) -> anyhow::Result<PathBuf> {
+    let token = dir.join("admin.token");
+    if token.exists() {
+        keep_private(&token)?;
+    } else {
+        write_private(&token, random_hex(32)?.as_bytes())?;
+    }
+    Ok(token)
 }
 
 /// Permissions of the private key and the HMAC secret: the owner may read
@@ -219,6 +233,7 @@ mod tests {
         .unwrap();
         assert_eq!(mode(&dir.join("key.pem")), 0o600);
         assert_eq!(mode(&dir.join("secret.key")), 0o600);
+        assert_eq!(mode(&dir.join("admin.token")), 0o600);
         // Public files stay readable: only secrets are private.
         assert_ne!(mode(&dir.join("cert.pem")) & 0o044, 0);
         assert_ne!(mode(&config) & 0o044, 0);
@@ -243,7 +258,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["cert.pem", "key.pem", "secret.key", "sluice.toml"]);
+        assert_eq!(
+            names,
+            [
+                "admin.token",
+                "cert.pem",
+                "key.pem",
+                "secret.key",
+                "sluice.toml"
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -6,6 +6,7 @@
 )]
 
 mod admin;
+mod admin_reload;
 mod adversarial;
 mod chat;
 mod config;

@@ -75,7 +75,11 @@ pub async fn run(dir: PathBuf, listen: String, chat: Option<PathBuf>) -> anyhow:
     println!(r#"  {{"type":"chat.join","id":"2","channel":"room:1"}}"#);
     println!(r#"  {{"type":"chat.send","id":"3","channel":"room:1","data":{{"text":"hi"}}}}"#);
     println!(
-        "\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write\n",
+        "\nMore tokens: cargo run -p sluice -- token -c {} --tenant demo --sub alice --scope chat:write",
+        config_path.display()
+    );
+    println!(
+        "Reload after editing the config: cargo run -p sluice -- reload -c {}\n",
         config_path.display()
     );
     crate::reload_on_sighup(server.state().clone());

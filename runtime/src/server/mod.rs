@@ -63,6 +63,12 @@ pub struct ServerState {
     ip_connections: ConnectionCounter<IpAddr>,
     ip_handshakes: KeyedLimiter<IpAddr>,
     next_id: AtomicU64,
+    /// The bearer token POST endpoints of the admin listener require;
+    /// swapped by a reload.
+    admin_token: RwLock<Option<Arc<str>>>,
+    /// Held for the whole of a reload: two reloads never interleave, and the
+    /// one asked for last is the one that stays.
+    reload_lock: tokio::sync::Mutex<()>,
     /// Set to true when the server drains; every session watches it.
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -85,7 +91,13 @@ impl ServerState {
             None => Sandbox::new(config.sandbox.clone()),
         }
         .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
-        let (tls, tenants) = load_parts(&config, &sandbox, None, Vec::new()).await?;
+        let mut problems = Vec::new();
+        let admin_token = config
+            .admin_token()
+            .map_err(|e| problems.push(e))
+            .ok()
+            .flatten();
+        let (tls, tenants) = load_parts(&config, &sandbox, None, problems).await?;
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(s.max_message_bytes))
             .max_frame_size(Some(s.max_frame_bytes))
@@ -101,6 +113,8 @@ impl ServerState {
             ip_connections: ConnectionCounter::default(),
             ip_handshakes,
             next_id: AtomicU64::new(1),
+            admin_token: RwLock::new(admin_token.map(Arc::from)),
+            reload_lock: tokio::sync::Mutex::new(()),
             shutdown: tokio::sync::watch::channel(false).0,
             fanout: fanout::Fanout::default(),
             tenants: RwLock::new(Arc::new(tenants)),
@@ -138,15 +152,30 @@ impl ServerState {
             .clone()
     }
 
+    /// The admin token POST endpoints require, if one is configured.
+    pub fn admin_token(&self) -> Option<Arc<str>> {
+        self.admin_token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Apply a new configuration without dropping a connection: tenants,
-    /// keys, routes, schemas, handlers and the TLS certificate are rebuilt
-    /// and swapped in at once; a connection picks the new tenant up at its
-    /// next message, a message in flight finishes on the old one. Anything
-    /// that fails to load refuses the whole reload, and the old
-    /// configuration keeps serving. Listener addresses and engine-wide
-    /// sandbox settings need a restart.
+    /// keys, routes, schemas, handlers, the admin token and the TLS
+    /// certificate are rebuilt and swapped in at once; a connection picks
+    /// the new tenant up at its next message, a message in flight finishes
+    /// on the old one. Anything that fails to load refuses the whole reload,
+    /// and the old configuration keeps serving. Listener addresses and
+    /// engine-wide sandbox settings need a restart. Reloads run one at a
+    /// time, in the order they were asked for.
     pub async fn reload(&self, config: Config) -> Result<String, ConfigErrors> {
+        let _one_at_a_time = self.reload_lock.lock().await;
         let mut problems = Vec::new();
+        let admin_token = config
+            .admin_token()
+            .map_err(|e| problems.push(e))
+            .ok()
+            .flatten();
         let (old, new) = (&self.config.server, &config.server);
         if old.listen != new.listen || old.admin_listen != new.admin_listen {
             problems.push("server: listen and admin_listen change only with a restart".to_owned());
@@ -162,6 +191,10 @@ impl ServerState {
             tenants.values().map(|t| t.handlers.len()).sum::<usize>()
         );
         *self.tls.write().unwrap_or_else(PoisonError::into_inner) = TlsAcceptor::from(tls);
+        *self
+            .admin_token
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = admin_token.map(Arc::from);
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
         Ok(summary)
     }
