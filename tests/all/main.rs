@@ -5,6 +5,7 @@
     reason = "helpers of tests fail the test that called them by panicking"
 )]
 
+mod accept;
 mod admin;
 mod admin_reload;
 mod adversarial;
