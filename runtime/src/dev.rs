@@ -32,6 +32,7 @@ pub fn demo_config(listen: &str, echo: &Path, chat: &Path, page_origins: &[Strin
 listen = "{listen}"
 tls_cert = "cert.pem"
 tls_key = "key.pem"
+admin_token = {{ secret_file = "admin.token" }}   # for `sluice reload -c`
 
 [tenants.demo]
 origins = {origins:?}
@@ -113,6 +114,7 @@ pub fn prepare_with_origins(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_cert(dir, false)?;
     write_secret(dir, false)?;
+    write_admin_token(dir)?;
     let config_path = dir.join("sluice.toml");
     std::fs::write(&config_path, demo_config(listen, echo, chat, page_origins))?;
     Ok(config_path)
@@ -133,7 +135,9 @@ pub fn write_cert(dir: &Path, overwrite: bool) -> anyhow::Result<(PathBuf, PathB
     {
         let (c, k) = dev_cert(SystemTime::now())?;
         std::fs::write(&cert, c).with_context(|| format!("writing {}", cert.display()))?;
-        std::fs::write(&key, k).with_context(|| format!("writing {}", key.display()))?;
+        write_private(&key, k.as_bytes())?;
+    } else {
+        keep_private(&key)?;
     }
     Ok((cert, key))
 }
@@ -144,8 +148,9 @@ pub fn write_secret(dir: &Path, overwrite: bool) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let secret = dir.join("secret.key");
     if overwrite || !secret.exists() {
-        std::fs::write(&secret, random_hex(32)?)
-            .with_context(|| format!("writing {}", secret.display()))?;
+        write_private(&secret, random_hex(32)?.as_bytes())?;
+    } else {
+        keep_private(&secret)?;
     }
     Ok(secret)
 }
@@ -313,5 +318,175 @@ mod der {
         let secs = days * 86_400 + i64::from(h * 3600 + m * 60 + s);
         let secs = u64::try_from(secs).ok()?;
         SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    }
+}
+
+/// Write `dir/admin.token` (once): the bearer token `POST /reload` on the
+/// admin listener requires, which `sluice reload -c` reads. Returns its path.
+pub fn write_admin_token(dir: &Path) -> anyhow::Result<PathBuf> {
+    let token = dir.join("admin.token");
+    if token.exists() {
+        keep_private(&token)?;
+    } else {
+        write_private(&token, random_hex(32)?.as_bytes())?;
+    }
+    Ok(token)
+}
+
+/// Permissions of the private key and the HMAC secret: the owner may read
+/// and write them, nobody else may read them.
+#[cfg(unix)]
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Write a secret to `path` so that only its owner can read it: the bytes
+/// go to a new file created with [`PRIVATE_FILE_MODE`] (never readable by
+/// others, not even for a moment), which then replaces `path` at once.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let context = || format!("writing {}", path.display());
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.as_deref().unwrap_or("secret"),
+        std::process::id()
+    ));
+    // A file left by a crashed run may have other permissions: create anew.
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE_MODE);
+    let written = options
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(context)
+}
+
+/// An existing secret that is kept: if an earlier version of Sluice wrote it
+/// readable by others, make it private and say so (the old contents may have
+/// been read; replace it with `sluice cert --force` to be sure).
+fn keep_private(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+                .with_context(|| format!("making {} private", path.display()))?;
+            tracing::warn!(
+                file = %path.display(),
+                "the file was readable by other users; it is now private (0600). \
+                 Replace it (sluice cert --force) if others may have read it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-dev-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_private_key_and_the_secret_are_readable_by_their_owner_only() {
+        let dir = temp_dir("modes");
+        let config = prepare(
+            &dir,
+            "127.0.0.1:0",
+            Path::new("e.wasm"),
+            Path::new("c.wasm"),
+        )
+        .unwrap();
+        assert_eq!(mode(&dir.join("key.pem")), 0o600);
+        assert_eq!(mode(&dir.join("secret.key")), 0o600);
+        assert_eq!(mode(&dir.join("admin.token")), 0o600);
+        // Public files stay readable: only secrets are private.
+        assert_ne!(mode(&dir.join("cert.pem")) & 0o044, 0);
+        assert_ne!(mode(&config) & 0o044, 0);
+        // Forced replacement writes a new private file, even over a
+        // world-readable one, and leaves no temporary file behind.
+        std::fs::set_permissions(
+            dir.join("secret.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let old = std::fs::read_to_string(dir.join("secret.key")).unwrap();
+        write_secret(&dir, true).unwrap();
+        write_cert(&dir, true).unwrap();
+        assert_ne!(
+            std::fs::read_to_string(dir.join("secret.key")).unwrap(),
+            old
+        );
+        assert_eq!(mode(&dir.join("secret.key")), 0o600);
+        assert_eq!(mode(&dir.join("key.pem")), 0o600);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "admin.token",
+                "cert.pem",
+                "key.pem",
+                "secret.key",
+                "sluice.toml"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_kept_secret_that_others_could_read_is_made_private() {
+        let dir = temp_dir("legacy");
+        // What earlier versions wrote: 0644.
+        std::fs::write(dir.join("secret.key"), "a".repeat(64)).unwrap();
+        std::fs::set_permissions(
+            dir.join("secret.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        write_cert(&dir, false).unwrap();
+        std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        let key = std::fs::read_to_string(dir.join("key.pem")).unwrap();
+        prepare(
+            &dir,
+            "127.0.0.1:0",
+            Path::new("e.wasm"),
+            Path::new("c.wasm"),
+        )
+        .unwrap();
+        // Kept (not replaced), but no longer readable by others.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("secret.key")).unwrap(),
+            "a".repeat(64)
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("key.pem")).unwrap(), key);
+        assert_eq!(mode(&dir.join("secret.key")), 0o600);
+        assert_eq!(mode(&dir.join("key.pem")), 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -86,11 +86,16 @@ enum Command {
         config: PathBuf,
     },
     /// Ask a running server to reload its configuration file (same as
-    /// SIGHUP), through its admin listener.
+    /// SIGHUP), through its admin listener, with the admin token.
     Reload {
-        /// The admin listener's address.
-        #[arg(long, default_value = sluice::config::DEFAULT_ADMIN_LISTEN)]
-        admin: String,
+        /// The server's configuration file: where its admin listener is
+        /// (`admin_listen`) and the token to send (`admin_token`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The admin listener's address (default: the config's
+        /// `admin_listen`, else 127.0.0.1:9464).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// An interactive wss client: sends each line of stdin as a text frame,
     /// prints every frame received.
@@ -245,7 +250,7 @@ fn main() -> ExitCode {
             } => token(config, tenant, sub, scopes, ttl, claims).await,
             Command::Cert(args) => cli::cert::run(&args),
             Command::Check { config } => check(config).await,
-            Command::Reload { admin } => reload(admin).await,
+            Command::Reload { config, admin } => reload(config, admin).await,
             Command::Connect(args) => cli::connect::run(args).await,
             Command::Call(args) => call(args).await,
             Command::Probe(args) => sluice_probe::run(args).await,
@@ -370,20 +375,14 @@ pub(crate) fn reload_on_sighup(state: std::sync::Arc<sluice::server::ServerState
     });
 }
 
-async fn reload(admin: String) -> anyhow::Result<ExitCode> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(&admin)
-        .await
-        .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
-    tcp.write_all(
-        b"POST /reload HTTP/1.1\r\nHost: sluice\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await?;
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await?;
-    let ok = raw.starts_with("HTTP/1.1 200");
-    let body = raw.split_once("\r\n\r\n").map_or(raw.as_str(), |(_, b)| b);
-    if ok {
+async fn reload(config: Option<PathBuf>, admin: Option<String>) -> anyhow::Result<ExitCode> {
+    let config = match config {
+        Some(path) => Some(sluice::config::Config::load(&path)?),
+        None => None,
+    };
+    let (status, body) =
+        sluice::server::admin::request_reload(config.as_ref(), admin.as_deref()).await?;
+    if status == 200 {
         print!("{body}");
         Ok(ExitCode::SUCCESS)
     } else {

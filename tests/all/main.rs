@@ -5,7 +5,9 @@
     reason = "helpers of tests fail the test that called them by panicking"
 )]
 
+mod accept;
 mod admin;
+mod admin_reload;
 mod adversarial;
 mod call_budget;
 mod chat;
@@ -26,4 +28,5 @@ mod reload;
 mod sandbox;
 mod slow_consumer;
 mod supply_chain;
+mod tls;
 mod tokens;

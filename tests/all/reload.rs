@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use sluice::config::{ChannelAccess, RouteConfig};
+use sluice::config::{ChannelAccess, RouteConfig, SecretRef};
 use sluice_tests::server::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -98,17 +98,63 @@ async fn a_reload_changes_routes_on_open_connections_and_a_bad_one_is_refused() 
 
 #[tokio::test]
 async fn reload_over_the_admin_listener_reports_why_it_cannot() {
+    // No admin token configured: POST /reload is refused, with how to
+    // configure one.
     let server = TestServer::start().await;
     let addr = server.admin.expect("admin");
+    let (status, body) = post_reload(addr, "localhost", None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin_token = { secret_file"), "{body}");
+    assert!(body.contains("sluice reload -c"), "{body}");
+    server.assert_honest_client_served().await;
+
+    // A token, but the server was not started from a file: 422, why.
+    let server = TestServer::start_with(|c| {
+        std::fs::write(c.base_dir.join("admin.token"), ADMIN_TOKEN).expect("token");
+        c.server.admin_token = Some(SecretRef {
+            secret_env: None,
+            secret_file: Some("admin.token".into()),
+        });
+    })
+    .await;
+    let addr = server.admin.expect("admin");
+    let (status, body) = post_reload(addr, "localhost", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("not started from a config file"), "{body}");
+    server.assert_honest_client_served().await;
+}
+
+/// An admin token of the right length.
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0123456789";
+
+/// `POST /reload` with this `Host` and bearer token: status and body.
+pub async fn post_reload(
+    addr: std::net::SocketAddr,
+    host: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     tcp.write_all(
-        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        format!(
+            "POST /reload HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .expect("write");
     let mut raw = String::new();
     tcp.read_to_string(&mut raw).await.expect("read");
-    assert!(raw.starts_with("HTTP/1.1 422"), "{raw}");
-    assert!(raw.contains("not started from a config file"), "{raw}");
-    server.assert_honest_client_served().await;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

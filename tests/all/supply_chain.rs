@@ -1,7 +1,8 @@
 //! Dependencies stay at or above the releases that fixed known advisories
 //! (SECURITY.md). The RustSec database itself cannot be fetched here (no
-//! network but the package registries), so the floors are checked against
-//! Cargo.lock offline, on every test run.
+//! network but the package registries): `.ci/supply-chain` runs cargo-deny
+//! against an offline snapshot of it, which ages; these floors are the
+//! second line, checked against Cargo.lock on every test run.
 
 use std::path::Path;
 

@@ -53,6 +53,15 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the admin listener (metrics, health) listens by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// IPv6 clients are keyed by this prefix for per-IP limits: one host (or
+/// one customer of a provider) usually holds a whole /64, so keying by the
+/// full address would give it 2^64 separate caps.
+pub const DEFAULT_IPV6_PREFIX_LEN: u8 = 64;
+/// Connections in the TLS/upgrade phase at once, over all clients; past it
+/// a new connection is closed at accept (file descriptors stay bounded).
+pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: u32 = 1024;
+/// Shortest admin token accepted, in bytes (`[server] admin_token`).
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 /// On shutdown, how long connections get to finish their in-flight message.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one tenant may hold.
@@ -123,6 +132,19 @@ pub struct ServerConfig {
     pub handshakes_per_ip_per_sec: u32,
     /// [`DEFAULT_HANDSHAKE_BURST_PER_IP`].
     pub handshake_burst_per_ip: u32,
+    /// Per-IP limits key IPv6 clients by this many leading bits of their
+    /// address, 1-128 ([`DEFAULT_IPV6_PREFIX_LEN`]; 128: each address).
+    pub ipv6_prefix_len: u8,
+    /// Connections in the TLS/upgrade phase at once
+    /// ([`DEFAULT_MAX_HANDSHAKES_IN_FLIGHT`]).
+    pub max_handshakes_in_flight: u32,
+    /// TCP load balancers whose connections start with a PROXY protocol v2
+    /// header carrying the client's address (`["10.0.0.0/8"]`); per-IP
+    /// limits then apply to that address. A connection from these
+    /// addresses without a valid header is closed; from any other address
+    /// a header is never read (it fails the TLS handshake). Empty (the
+    /// default): no PROXY protocol.
+    pub proxy_protocol_from: Vec<Cidr>,
     /// [`DEFAULT_PING_INTERVAL`], ms.
     pub ping_interval_ms: u64,
     /// [`DEFAULT_IDLE_TIMEOUT`], ms.
@@ -132,6 +154,133 @@ pub struct ServerConfig {
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`), plain HTTP;
     /// keep it on loopback or a private network ([`DEFAULT_ADMIN_LISTEN`]).
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token `POST /reload` on the admin listener requires
+    /// (`admin_token = { secret_file = "admin.token" }` or
+    /// `{ secret_env = "SLUICE_ADMIN_TOKEN" }`, at least
+    /// [`MIN_ADMIN_TOKEN_BYTES`] printable characters). None: no POST
+    /// endpoint is served (SIGHUP still reloads).
+    pub admin_token: Option<SecretRef>,
+}
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare
+/// address is one host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    /// The network's address (bits past the prefix are zero).
+    pub addr: std::net::IpAddr,
+    /// Leading bits that must match.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as
+    /// their IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+/// `ip` with every bit past the first `prefix` cleared.
+pub fn mask(ip: std::net::IpAddr, prefix: u8) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let keep = u32::from(prefix.min(32));
+            let bits = if keep == 0 {
+                0
+            } else {
+                u32::MAX << (32 - keep)
+            };
+            IpAddr::V4((u32::from(v4) & bits).into())
+        }
+        IpAddr::V6(v6) => {
+            let keep = u32::from(prefix.min(128));
+            let bits = if keep == 0 {
+                0
+            } else {
+                u128::MAX << (128 - keep)
+            };
+            IpAddr::V6((u128::from(v6) & bits).into())
+        }
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an address range like 10.0.0.0/8 or 2001:db8::/32");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.as_str(), None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        if mask(addr, prefix) != addr {
+            return Err(format!(
+                "{s:?} has bits set past its /{prefix} prefix (did you mean {}/{prefix}?)",
+                mask(addr, prefix)
+            ));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        format!("{}/{}", c.addr, c.prefix)
+    }
+}
+
+/// A secret by reference: exactly one of an environment variable or a file
+/// (its contents, trimmed), never the secret inline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the secret (relative to the config file).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    /// Read the secret; `at` names the setting in messages.
+    pub fn read(&self, config: &Config, at: &str) -> Result<String, String> {
+        let (secret, from) = match (&self.secret_env, &self.secret_file) {
+            (Some(var), None) => (
+                std::env::var(var)
+                    .map_err(|_| format!("{at}: environment variable ${var} is not set"))?,
+                format!("${var}"),
+            ),
+            (None, Some(file)) => {
+                let path = config.path(file);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{at}: cannot read {}: {e}", path.display()))?;
+                (text, path.display().to_string())
+            }
+            _ => return Err(format!("{at}: set exactly one of secret_env, secret_file")),
+        };
+        let secret = secret.trim();
+        if secret.len() < MIN_ADMIN_TOKEN_BYTES {
+            return Err(format!(
+                "{at}: the secret in {from} is shorter than {MIN_ADMIN_TOKEN_BYTES} bytes"
+            ));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{at}: the secret in {from} must be printable ASCII without spaces (it is sent in an HTTP header)"
+            ));
+        }
+        Ok(secret.to_owned())
+    }
 }
 
 impl Default for ServerConfig {
@@ -152,10 +301,14 @@ impl Default for ServerConfig {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             handshakes_per_ip_per_sec: DEFAULT_HANDSHAKES_PER_IP_PER_SEC,
             handshake_burst_per_ip: DEFAULT_HANDSHAKE_BURST_PER_IP,
+            ipv6_prefix_len: DEFAULT_IPV6_PREFIX_LEN,
+            max_handshakes_in_flight: DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            proxy_protocol_from: Vec::new(),
             ping_interval_ms: DEFAULT_PING_INTERVAL.as_millis() as u64,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT.as_millis() as u64,
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().ok(),
+            admin_token: None,
         }
     }
 }
@@ -450,6 +603,15 @@ impl Config {
         }
     }
 
+    /// The admin token (`[server] admin_token`), read from its source.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        self.server
+            .admin_token
+            .as_ref()
+            .map(|t| t.read(self, "server.admin_token"))
+            .transpose()
+    }
+
     /// A path from the file, resolved against its directory.
     pub fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -481,10 +643,25 @@ impl Config {
                 s.handshakes_per_ip_per_sec as usize,
             ),
             ("max_connections_per_ip", s.max_connections_per_ip as usize),
+            (
+                "max_handshakes_in_flight",
+                s.max_handshakes_in_flight as usize,
+            ),
         ] {
             if v == 0 {
                 problems.push(format!("server.{name} must be greater than zero"));
             }
+        }
+        if !(1..=128).contains(&s.ipv6_prefix_len) {
+            problems.push(format!(
+                "server.ipv6_prefix_len: {} must be 1-128 (64 keys each /64, 128 each address)",
+                s.ipv6_prefix_len
+            ));
+        }
+        if let Some(token) = &s.admin_token
+            && token.secret_env.is_some() == token.secret_file.is_some()
+        {
+            problems.push("server.admin_token: set exactly one of secret_env, secret_file".into());
         }
         if self.tenants.is_empty() {
             problems.push("no tenants: add at least one [tenants.<id>]".into());

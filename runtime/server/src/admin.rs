@@ -4,8 +4,21 @@
 //! connections, 503 while draining), `POST /reload` (re-read the config file;
 //! 200 with a summary, or 422 with every problem while the old configuration
 //! keeps serving).
+//!
+//! Two guards, because any web page open on the machine can make the
+//! browser send requests to loopback:
+//! - every request must name the admin listener in `Host`: a loopback name
+//!   or address (`localhost`, `127.0.0.1`, `[::1]`), the configured
+//!   `admin_listen` address or the address the request arrived on; anything
+//!   else is 403 (this defeats DNS rebinding, where a page on
+//!   `evil.example` resolves its own name to 127.0.0.1 to read the answers);
+//! - POST endpoints need `Authorization: Bearer <admin_token>` (`[server]
+//!   admin_token`): 401 with a wrong or missing token, 403 when no token is
+//!   configured (a page can send a POST it cannot read the answer of; it
+//!   cannot know the token).
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -21,6 +34,9 @@ pub async fn serve(listener: TcpListener, state: std::sync::Weak<ServerState>) {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
         let Some(strong) = state.upgrade() else {
             return;
         };
@@ -29,7 +45,7 @@ pub async fn serve(listener: TcpListener, state: std::sync::Weak<ServerState>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&req, state.upgrade()).await) }
+                async move { Ok::<_, Infallible>(respond(&req, local, state.upgrade()).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
@@ -44,14 +60,102 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Why `POST /reload` is refused on a server without an admin token.
+pub const NO_TOKEN_MESSAGE: &str = "POST /reload is disabled: no admin token is configured. \
+Set `admin_token = { secret_file = \"admin.token\" }` (or `{ secret_env = \"VAR\" }`) in [server], \
+then run `sluice reload -c <config>`, which sends it. SIGHUP reloads without a token.\n";
+
+/// Whether `host` (a `Host` header's value) names this admin listener: a
+/// loopback name or address, the configured `admin_listen` address or the
+/// address the request arrived on (`local`). The port is not compared.
+pub fn host_allowed(host: &str, local: SocketAddr, configured: Option<SocketAddr>) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port))
+                if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
+            }
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let Ok(ip) = name.parse::<IpAddr>() else {
+        return false;
+    };
+    ip.is_loopback()
+        || ip == local.ip()
+        || configured.is_some_and(|c| !c.ip().is_unspecified() && c.ip() == ip)
+}
+
+/// Compare without an early exit, so the time taken does not tell how much
+/// of a guessed token was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Check the bearer token of a POST request: `Some` is the refusal.
+fn unauthorized(req: &Request<Incoming>, state: &ServerState) -> Option<Response<Full<Bytes>>> {
+    let Some(expected) = state.admin_token() else {
+        return Some(text(StatusCode::FORBIDDEN, NO_TOKEN_MESSAGE));
+    };
+    let offered = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match offered {
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => None,
+        _ => {
+            let mut resp = text(
+                StatusCode::UNAUTHORIZED,
+                "POST /reload needs `Authorization: Bearer <admin token>` \
+                 (`sluice reload -c <config>` sends it)\n",
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Some(resp)
+        }
+    }
+}
+
 async fn respond(
     req: &Request<Incoming>,
+    local: SocketAddr,
     state: Option<Arc<ServerState>>,
 ) -> Response<Full<Bytes>> {
     let Some(state) = state else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n");
     };
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !host.is_some_and(|h| host_allowed(h, local, state.config.server.admin_listen)) {
+        tracing::warn!("admin request refused: its Host does not name the admin listener");
+        return text(
+            StatusCode::FORBIDDEN,
+            "the Host header must name the admin listener (localhost or its address)\n",
+        );
+    }
     if req.method() == hyper::Method::POST && req.uri().path() == "/reload" {
+        if let Some(refused) = unauthorized(req, &state) {
+            tracing::warn!(status = %refused.status(), "admin reload refused");
+            return refused;
+        }
         return match state.reload_from_source().await {
             Ok(summary) => {
                 tracing::info!(%summary, "configuration reloaded");
@@ -79,5 +183,105 @@ async fn respond(
         "/readyz" if state.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// What `sluice reload` does: `POST /reload` to the admin listener of the
+/// server `config` describes (its `admin_listen`, reached through loopback
+/// when it listens on every address), or to `admin` when given, with the
+/// config's `admin_token`. Returns the HTTP status and body.
+pub async fn request_reload(
+    config: Option<&sluice_config::Config>,
+    admin: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use anyhow::Context as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = match config {
+        Some(c) => c.admin_token().map_err(anyhow::Error::msg)?,
+        None => None,
+    };
+    let admin = match (admin, config.and_then(|c| c.server.admin_listen)) {
+        (Some(a), _) => a.to_owned(),
+        (None, Some(a)) if a.ip().is_unspecified() => {
+            let loopback: IpAddr = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            SocketAddr::new(loopback, a.port()).to_string()
+        }
+        (None, Some(a)) => a.to_string(),
+        (None, None) => sluice_config::DEFAULT_ADMIN_LISTEN.to_owned(),
+    };
+    let mut tcp = tokio::net::TcpStream::connect(&admin)
+        .await
+        .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    tcp.write_all(
+        format!(
+            "POST /reload HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP answer from {admin}"))?;
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hosts_that_name_the_admin_listener_are_allowed() {
+        let local: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let private: SocketAddr = "10.1.2.3:9464".parse().unwrap();
+        for ok in [
+            "localhost",
+            "LOCALHOST:9464",
+            "localhost.",
+            "127.0.0.1",
+            "127.0.0.1:9464",
+            "127.8.9.10:1",
+            "[::1]",
+            "[::1]:9464",
+        ] {
+            assert!(host_allowed(ok, local, None), "{ok}");
+        }
+        // The address the request arrived on, and the configured one.
+        assert!(host_allowed("10.1.2.3:9464", private, None));
+        assert!(host_allowed(
+            "10.9.9.9",
+            local,
+            Some("10.9.9.9:9464".parse().unwrap())
+        ));
+        for refused in [
+            "",
+            "evil.example",
+            "evil.example:9464",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.1.2.4:9464",
+            "0.0.0.0:9464",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "127.0.0.1:80:80",
+            "localhost:port",
+        ] {
+            assert!(
+                !host_allowed(refused, private, Some("0.0.0.0:9464".parse().unwrap())),
+                "{refused}"
+            );
+        }
     }
 }

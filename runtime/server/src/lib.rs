@@ -1,7 +1,9 @@
 //! The server: the pipeline from TCP accept to a handler's effects.
 //!
 //! ```text
-//! accept     per-IP concurrent-connection cap and handshake rate    (mod.rs)
+//! accept     handshakes-in-flight cap; PROXY v2 from configured load
+//!            balancers (proxy.rs); per-IP (IPv6: per-/64) connection cap
+//!            and handshake rate                                       (mod.rs)
 //! tls        rustls, wss only                                         (tls.rs)
 //! handshake  path -> tenant, Origin, token, connection caps           (handshake.rs)
 //! auth       JWT -> Principal                                         (auth.rs)
@@ -27,6 +29,7 @@ pub mod handshake;
 pub mod jwks;
 pub mod metrics;
 pub mod outbox;
+pub mod proxy;
 pub mod ratelimit;
 pub mod rejection;
 pub mod session;
@@ -70,7 +73,17 @@ pub struct ServerState {
     ws_config: WebSocketConfig,
     ip_connections: ConnectionCounter<IpAddr>,
     ip_handshakes: KeyedLimiter<IpAddr>,
+    /// Connections between accept and the end of the WebSocket upgrade.
+    handshakes_in_flight: ConnectionCounter<()>,
+    /// Connections closed at accept, by reason (`/metrics`).
+    pub refused: metrics::AcceptMetrics,
     next_id: AtomicU64,
+    /// The bearer token POST endpoints of the admin listener require;
+    /// swapped by a reload.
+    admin_token: RwLock<Option<Arc<str>>>,
+    /// Held for the whole of a reload: two reloads never interleave, and the
+    /// one asked for last is the one that stays.
+    reload_lock: tokio::sync::Mutex<()>,
     /// Set to true when the server drains; every session watches it.
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Bumped by every reload; every session watches it and checks itself
@@ -96,7 +109,13 @@ impl ServerState {
             None => Sandbox::new(config.sandbox.clone()),
         }
         .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
-        let (tls, tenants) = load_parts(&config, &sandbox, None, Vec::new()).await?;
+        let mut problems = Vec::new();
+        let admin_token = config
+            .admin_token()
+            .map_err(|e| problems.push(e))
+            .ok()
+            .flatten();
+        let (tls, tenants) = load_parts(&config, &sandbox, None, problems).await?;
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(s.max_message_bytes))
             .max_frame_size(Some(s.max_frame_bytes))
@@ -111,7 +130,11 @@ impl ServerState {
             ws_config,
             ip_connections: ConnectionCounter::default(),
             ip_handshakes,
+            handshakes_in_flight: ConnectionCounter::default(),
+            refused: metrics::AcceptMetrics::default(),
             next_id: AtomicU64::new(1),
+            admin_token: RwLock::new(admin_token.map(Arc::from)),
+            reload_lock: tokio::sync::Mutex::new(()),
             shutdown: tokio::sync::watch::channel(false).0,
             reloads: tokio::sync::watch::channel(0).0,
             broker: Arc::new(broker::LocalBroker::default()),
@@ -156,6 +179,14 @@ impl ServerState {
             .clone()
     }
 
+    /// The admin token POST endpoints require, if one is configured.
+    pub fn admin_token(&self) -> Option<Arc<str>> {
+        self.admin_token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Apply a new configuration without dropping a connection: tenants,
     /// keys, routes, schemas, handlers and the TLS certificate are rebuilt
     /// and swapped in at once. Every live session then checks itself against
@@ -166,9 +197,16 @@ impl ServerState {
     /// client told with an `unsubscribed` frame. Anything
     /// that fails to load refuses the whole reload, and the old
     /// configuration keeps serving. Listener addresses and engine-wide
-    /// sandbox settings need a restart.
+    /// sandbox settings need a restart. The admin token is swapped too.
+    /// Reloads run one at a time, in the order they were asked for.
     pub async fn reload(&self, config: Config) -> Result<String, ConfigErrors> {
+        let _one_at_a_time = self.reload_lock.lock().await;
         let mut problems = Vec::new();
+        let admin_token = config
+            .admin_token()
+            .map_err(|e| problems.push(e))
+            .ok()
+            .flatten();
         let (old, new) = (&self.config.server, &config.server);
         if old.listen != new.listen || old.admin_listen != new.admin_listen {
             problems.push("server: listen and admin_listen change only with a restart".to_owned());
@@ -184,6 +222,10 @@ impl ServerState {
             tenants.values().map(|t| t.handlers.len()).sum::<usize>()
         );
         *self.tls.write().unwrap_or_else(PoisonError::into_inner) = TlsAcceptor::from(tls);
+        *self
+            .admin_token
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = admin_token.map(Arc::from);
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
         self.reloads.send_modify(|n| *n += 1);
         Ok(summary)
@@ -197,6 +239,39 @@ impl ServerState {
             ]));
         };
         self.reload(Config::load(path)?).await
+    }
+
+    /// Connections in the TLS/upgrade phase now.
+    pub fn handshakes_in_flight(&self) -> u32 {
+        self.handshakes_in_flight.count(&())
+    }
+
+    /// The per-IP checks for a client at `ip`: its handshake rate, then a
+    /// slot under its connection cap (IPv6 keyed by its prefix). `None`:
+    /// close the connection (counted).
+    fn admit_ip(&self, ip: IpAddr) -> Option<ratelimit::ConnectionSlot<IpAddr>> {
+        let s = &self.config.server;
+        let key = ratelimit::ip_key(ip, s.ipv6_prefix_len);
+        if self.ip_handshakes.check(&key).is_err() {
+            tracing::debug!("handshake rate exceeded for a client address");
+            self.refused.count(metrics::AcceptRefusal::IpHandshakeRate);
+            return None;
+        }
+        let slot = self.ip_connections.acquire(key, s.max_connections_per_ip);
+        if slot.is_none() {
+            tracing::debug!("connection cap reached for a client address");
+            self.refused.count(metrics::AcceptRefusal::IpConnections);
+        }
+        slot
+    }
+
+    /// Whether connections from `peer` must start with a PROXY v2 header.
+    fn is_load_balancer(&self, peer: IpAddr) -> bool {
+        self.config
+            .server
+            .proxy_protocol_from
+            .iter()
+            .any(|c| c.contains(peer))
     }
 
     fn sweep(&self) {
@@ -326,32 +401,61 @@ impl Server {
                     }
                 },
             };
-            let ip = peer.ip();
-            if state.ip_handshakes.check(&ip).is_err() {
-                tracing::debug!("handshake rate exceeded for a client address");
-                continue;
-            }
-            let Some(ip_slot) = state
-                .ip_connections
-                .acquire(ip, state.config.server.max_connections_per_ip)
+            // Every connection in TLS/upgrade holds a file descriptor and
+            // ~9 KB: past the cap a new one is closed at once, before any
+            // read, whoever it is from.
+            let Some(in_flight) = state
+                .handshakes_in_flight
+                .acquire((), state.config.server.max_handshakes_in_flight)
             else {
-                tracing::debug!("connection cap reached for a client address");
+                tracing::debug!("too many handshakes in flight");
+                state
+                    .refused
+                    .count(metrics::AcceptRefusal::HandshakesInFlight);
                 continue;
+            };
+            // A direct client is checked here, before a task exists; behind
+            // a load balancer the client's address comes in the PROXY
+            // header, read in the connection's task under the deadline.
+            let behind_proxy = state.is_load_balancer(peer.ip());
+            let ip_slot = if behind_proxy {
+                None
+            } else {
+                match state.admit_ip(peer.ip()) {
+                    Some(slot) => Some(slot),
+                    None => continue,
+                }
             };
             let _ = tcp.set_nodelay(true);
             let state = state.clone();
             tokio::spawn(async move {
-                let _ip_slot = ip_slot;
                 // The handshake's state (TLS, HTTP upgrade: ~9 KB) lives on
                 // the heap and is freed once it is done, so that an idle
                 // connection's task holds only the session.
-                match tokio::time::timeout(
-                    handshake_deadline,
-                    Box::pin(handshake::accept(&state, tcp)),
-                )
-                .await
-                {
-                    Ok(Some((socket, admitted))) => {
+                let handshake = Box::pin(async {
+                    let mut tcp = tcp;
+                    let ip_slot = match ip_slot {
+                        Some(slot) => slot,
+                        None => {
+                            let client = match proxy::read_header(&mut tcp).await {
+                                Ok(client) => client.unwrap_or(peer.ip()),
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "load balancer connection refused");
+                                    state.refused.count(metrics::AcceptRefusal::ProxyHeader);
+                                    return None;
+                                }
+                            };
+                            state.admit_ip(client)?
+                        }
+                    };
+                    handshake::accept(&state, tcp)
+                        .await
+                        .map(|accepted| (accepted, ip_slot))
+                });
+                let accepted = tokio::time::timeout(handshake_deadline, handshake).await;
+                drop(in_flight);
+                match accepted {
+                    Ok(Some(((socket, admitted), _ip_slot))) => {
                         // Boxed: the socket's 1.5 KB would otherwise be held
                         // twice in the session's future.
                         session::run(state, Box::new(socket), admitted).await

@@ -254,5 +254,71 @@ pub fn render(state: &ServerState) -> String {
             );
         }
     }
+    state.refused.render(&mut out);
     out
+}
+
+/// Why a TCP connection was closed at accept, before TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptRefusal {
+    /// `max_handshakes_in_flight` connections were already in TLS/upgrade.
+    HandshakesInFlight,
+    /// The client's address is over `handshakes_per_ip_per_sec`.
+    IpHandshakeRate,
+    /// The client's address holds `max_connections_per_ip` connections.
+    IpConnections,
+    /// A configured load balancer sent no valid PROXY protocol v2 header.
+    ProxyHeader,
+}
+
+impl AcceptRefusal {
+    const ALL: [AcceptRefusal; 4] = [
+        Self::HandshakesInFlight,
+        Self::IpHandshakeRate,
+        Self::IpConnections,
+        Self::ProxyHeader,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HandshakesInFlight => "handshakes_in_flight",
+            Self::IpHandshakeRate => "ip_handshake_rate",
+            Self::IpConnections => "ip_connections",
+            Self::ProxyHeader => "proxy_header",
+        }
+    }
+}
+
+/// Connections closed at accept, by reason.
+#[derive(Default)]
+pub struct AcceptMetrics {
+    counts: [AtomicU64; AcceptRefusal::ALL.len()],
+}
+
+impl AcceptMetrics {
+    /// Count one refusal.
+    pub fn count(&self, why: AcceptRefusal) {
+        self.counts[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals so far for `why`.
+    pub fn get(&self, why: AcceptRefusal) -> u64 {
+        self.counts[why as usize].load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_accept_refused_total TCP connections closed at accept, before TLS, by reason.\n# TYPE sluice_accept_refused_total counter"
+        );
+        for why in AcceptRefusal::ALL {
+            let _ = writeln!(
+                out,
+                "sluice_accept_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                self.get(why)
+            );
+        }
+    }
 }

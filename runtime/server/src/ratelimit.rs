@@ -37,6 +37,17 @@ pub fn quota(per_sec: u32, burst: u32) -> Quota {
     Quota::per_second(per_sec).allow_burst(burst)
 }
 
+/// The key per-IP limits count a client under: an IPv4 address as it is
+/// (an IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address cut
+/// to its first `v6_prefix` bits, since one host or customer usually holds
+/// a whole /64 and could otherwise take a fresh cap per address.
+pub fn ip_key(ip: std::net::IpAddr, v6_prefix: u8) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        v4 @ std::net::IpAddr::V4(_) => v4,
+        v6 => sluice_config::mask(v6, v6_prefix),
+    }
+}
+
 /// A limiter per key, generic over the clock so it can be tested with a
 /// fake one.
 pub struct KeyedLimiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
@@ -198,6 +209,23 @@ mod tests {
         assert!(limiter.check(&"b").is_ok(), "keys are independent");
         clock.advance(Duration::from_millis(500));
         assert!(limiter.check(&"a").is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix() {
+        let key = |ip: &str, prefix| ip_key(ip.parse().unwrap(), prefix);
+        // Two addresses of one /64 share a key; the next /64 does not.
+        assert_eq!(key("2001:db8:1:2::1", 64), key("2001:db8:1:2:ffff::9", 64));
+        assert_eq!(key("2001:db8:1:2::1", 64).to_string(), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:2::1", 64), key("2001:db8:1:3::1", 64));
+        assert_eq!(key("2001:db8:1:2::1", 48), key("2001:db8:1:3::1", 48));
+        assert_ne!(key("2001:db8::1", 128), key("2001:db8::2", 128));
+        assert_eq!(key("::1", 64).to_string(), "::");
+        // IPv4 as it is, also when it arrives IPv4-mapped on a dual-stack
+        // listener.
+        assert_eq!(key("192.0.2.7", 64).to_string(), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7", 64).to_string(), "192.0.2.7");
+        assert_ne!(key("192.0.2.7", 64), key("192.0.2.8", 64));
     }
 
     #[test]

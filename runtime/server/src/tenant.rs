@@ -45,10 +45,11 @@ pub struct Tenant {
     pub handlers: BTreeMap<String, Handler>,
     /// Channel rules.
     pub channels: Vec<ChannelRule>,
-    /// Messages per subject, over all its connections.
-    pub subject_limiter: KeyedLimiter<String>,
-    /// Messages over the whole tenant.
-    pub tenant_limiter: DefaultDirectRateLimiter,
+    /// Messages per subject, over all its connections. Shared with the
+    /// tenant a reload replaces when the rate did not change.
+    pub subject_limiter: Arc<KeyedLimiter<String>>,
+    /// Messages over the whole tenant; carried over like `subject_limiter`.
+    pub tenant_limiter: Arc<DefaultDirectRateLimiter>,
     /// Live connections per subject.
     pub subject_connections: ConnectionCounter<String>,
     /// Live connections of the tenant.
@@ -143,6 +144,26 @@ impl Tenant {
             return Err(problems);
         };
         let limits = &tc.limits;
+        // A reload keeps the rate-limit buckets (a subject over its rate
+        // stays over it: reloading must not lift limits) unless the rate
+        // itself changed.
+        let same_rate = |rate: fn(&sluice_config::TenantLimits) -> u32| {
+            previous.filter(|p| rate(&p.config.limits) == rate(limits))
+        };
+        let subject_limiter = match same_rate(|l| l.subject_messages_per_sec) {
+            Some(p) => p.subject_limiter.clone(),
+            None => Arc::new(KeyedLimiter::new(quota(
+                limits.subject_messages_per_sec,
+                limits.subject_messages_per_sec.saturating_mul(2),
+            ))),
+        };
+        let tenant_limiter = match same_rate(|l| l.tenant_messages_per_sec) {
+            Some(p) => p.tenant_limiter.clone(),
+            None => Arc::new(crate::ratelimit::direct(quota(
+                limits.tenant_messages_per_sec,
+                limits.tenant_messages_per_sec.saturating_mul(2),
+            ))),
+        };
         Ok(Arc::new(Tenant {
             id: id.to_owned(),
             key: Arc::from(id),
@@ -152,14 +173,8 @@ impl Tenant {
             routes,
             handlers,
             channels,
-            subject_limiter: KeyedLimiter::new(quota(
-                limits.subject_messages_per_sec,
-                limits.subject_messages_per_sec.saturating_mul(2),
-            )),
-            tenant_limiter: crate::ratelimit::direct(quota(
-                limits.tenant_messages_per_sec,
-                limits.tenant_messages_per_sec.saturating_mul(2),
-            )),
+            subject_limiter,
+            tenant_limiter,
             // A reload keeps the live counts: connections admitted under the
             // old configuration still hold their slots.
             subject_connections: previous

@@ -57,6 +57,12 @@ mod tests {
         let secret = std::fs::read_to_string(&paths[2]).unwrap();
         assert_eq!(secret.len(), 64);
         assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+        #[cfg(unix)]
+        for private in [&paths[1], &paths[2]] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(private).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", private.display());
+        }
 
         write(&args(true, false)).unwrap();
         assert_eq!(std::fs::read_to_string(&paths[0]).unwrap(), pem);

@@ -112,7 +112,11 @@ pub async fn run(
     println!(r#"  {{"type":"chat.join","id":"2","channel":"room:1"}}"#);
     println!(r#"  {{"type":"chat.send","id":"3","channel":"room:1","data":{{"text":"hi"}}}}"#);
     println!(
-        "\nMore tokens: {sluice} token -c {} --tenant demo --sub alice --scope chat:write\n",
+        "\nMore tokens: {sluice} token -c {} --tenant demo --sub alice --scope chat:write",
+        shell_word(&config_path.display().to_string())
+    );
+    println!(
+        "Reload after editing the config: {sluice} reload -c {}\n",
         shell_word(&config_path.display().to_string())
     );
     match page.map(|page| (page, super::demo_page::client_bundle(&repo_root()))) {

@@ -1,0 +1,1 @@
+// Never built: .ci/supply-chain only reads its Cargo.lock.
