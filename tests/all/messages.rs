@@ -418,3 +418,47 @@ async fn keys_and_values_the_client_chose_never_come_back_in_an_error() {
     assert_eq!(ack["data"], json!({"ok": true}));
     server.assert_honest_client_served().await;
 }
+
+#[tokio::test]
+async fn a_subject_or_claim_with_a_colon_cannot_name_another_subjects_channel() {
+    let server = TestServer::start_with(|c| {
+        if let Some(alpha) = c.tenants.get_mut("alpha") {
+            alpha
+                .channels
+                .push(sluice_tests::server::rule("user:{sub}:inbox", false, &[]));
+        }
+    })
+    .await;
+    let sub = |ch: &str, id: &str| json!({"type": "subscribe", "id": id, "channel": ch});
+    // `user:{sub}` for subject `bob:inbox` would be bob's `user:{sub}:inbox`.
+    let mut forger = alpha(&server, "bob:inbox", "").await;
+    let err = forger.request(sub("user:bob:inbox", "1")).await;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    // A claim value is one segment too: `team:{claim:teams}` for a team
+    // `red:x` does not reach `team:red:x`.
+    let claims = json!({
+        "sub": "carol", "iss": sluice_tests::server::ISSUER, "aud": sluice_tests::server::AUDIENCE,
+        "exp": sluice_tests::server::now() + 60, "teams": ["red:x"],
+    });
+    let token = sluice_tests::server::sign_hs(
+        sluice_tests::server::ALPHA_SECRET,
+        &claims,
+        jsonwebtoken::Algorithm::HS256,
+        Some("k1"),
+    );
+    let mut carol = server.connect("alpha", &token).await.expect("connect");
+    let err = carol.request(sub("team:red:x", "2")).await;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    forger.assert_usable().await;
+    carol.assert_usable().await;
+
+    // bob is served on both of his channels.
+    let mut bob = alpha(&server, "bob", "").await;
+    assert_eq!(bob.request(sub("user:bob:inbox", "3")).await["type"], "ack");
+    assert_eq!(bob.request(sub("user:bob", "4")).await["type"], "ack");
+    assert_eq!(
+        server.state.fanout.subscribers("alpha", "user:bob:inbox"),
+        1
+    );
+    server.assert_honest_client_served().await;
+}
