@@ -2,15 +2,17 @@
 //! admin listener exposes. Plain atomics: recording is a few relaxed adds on
 //! the hot path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::ServerState;
+use super::auth::JwksStatus;
 use super::protocol::ErrorCode;
+use super::tenant::Tenant;
 
 /// Upper bounds (seconds) of the message latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -148,6 +150,60 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The state of every JWKS URL (tenants without one have no series).
+fn render_jwks(tenants: &HashMap<String, Arc<Tenant>>, out: &mut String) {
+    let mut statuses: Vec<(&String, JwksStatus)> = tenants
+        .iter()
+        .filter_map(|(id, t)| t.keys.jwks_status().map(|s| (id, s)))
+        .collect();
+    statuses.sort_by(|a, b| a.0.cmp(b.0));
+    let gauges: [(&str, &str, fn(&JwksStatus) -> String); 5] = [
+        (
+            "sluice_jwks_last_refresh_age_seconds",
+            "Seconds since the tenant's JWKS URL was last refreshed successfully.",
+            |s| format!("{:.3}", s.age.as_secs_f64()),
+        ),
+        (
+            "sluice_jwks_refresh_failures",
+            "Refreshes of the tenant's JWKS URL that failed since the last successful one.",
+            |s| s.consecutive_failures.to_string(),
+        ),
+        (
+            "sluice_jwks_stale",
+            "1 while the tenant's JWKS is stale: its last refresh failed and the last good one is several refresh intervals old (/readyz answers 503).",
+            |s| u8::from(s.stale).to_string(),
+        ),
+        (
+            "sluice_jwks_keys",
+            "Keys of the tenant's JWKS URL in use.",
+            |s| s.keys.to_string(),
+        ),
+        (
+            "sluice_jwks_skipped_keys",
+            "Keys of the tenant's JWKS URL skipped as unusable at the last successful refresh.",
+            |s| s.skipped_keys.to_string(),
+        ),
+    ];
+    for (name, text, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} gauge");
+        for (id, status) in &statuses {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", label(id), value(status));
+        }
+    }
+}
+
+/// Tenants whose JWKS is stale, sorted (for `/readyz`).
+pub fn stale_jwks(state: &ServerState) -> Vec<String> {
+    let mut stale: Vec<String> = state
+        .tenants()
+        .iter()
+        .filter(|(_, t)| t.keys.jwks_status().is_some_and(|s| s.stale))
+        .map(|(id, _)| id.clone())
+        .collect();
+    stale.sort();
+    stale
+}
+
 /// Everything, in the Prometheus text exposition format.
 pub fn render(state: &ServerState) -> String {
     let tenants = state.tenants();
@@ -194,6 +250,7 @@ pub fn render(state: &ServerState) -> String {
             );
         }
     }
+    render_jwks(&tenants, &mut out);
     help(
         &mut out,
         "sluice_refused_actions_total",
