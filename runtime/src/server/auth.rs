@@ -236,23 +236,25 @@ fn usable_key(jwk: &Value) -> Result<Key, String> {
             .collect();
         format!("unsupported `alg` {shown:?}")
     })?;
-    let fits = match (algorithm, field("kty"), field("crv")) {
-        (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512, Some("oct"), _) => true,
+    let fits = matches!(
+        (algorithm, field("kty"), field("crv")),
         (
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512,
+            Some("oct"),
+            _
+        ) | (
             Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512,
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512,
             Some("RSA"),
             _,
-        ) => true,
-        (Algorithm::ES256, Some("EC"), Some("P-256"))
-        | (Algorithm::ES384, Some("EC"), Some("P-384"))
-        | (Algorithm::EdDSA, Some("OKP"), Some("Ed25519")) => true,
-        _ => false,
-    };
+        ) | (Algorithm::ES256, Some("EC"), Some("P-256"))
+            | (Algorithm::ES384, Some("EC"), Some("P-384"))
+            | (Algorithm::EdDSA, Some("OKP"), Some("Ed25519"))
+    );
     if !fits {
         return Err(format!("key type or curve does not fit `alg` {alg_name}"));
     }

@@ -150,6 +150,9 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// How one JWKS gauge reads a tenant's status.
+type JwksGauge = fn(&JwksStatus) -> String;
+
 /// The state of every JWKS URL (tenants without one have no series).
 fn render_jwks(tenants: &HashMap<String, Arc<Tenant>>, out: &mut String) {
     let mut statuses: Vec<(&String, JwksStatus)> = tenants
@@ -157,7 +160,7 @@ fn render_jwks(tenants: &HashMap<String, Arc<Tenant>>, out: &mut String) {
         .filter_map(|(id, t)| t.keys.jwks_status().map(|s| (id, s)))
         .collect();
     statuses.sort_by(|a, b| a.0.cmp(b.0));
-    let gauges: [(&str, &str, fn(&JwksStatus) -> String); 5] = [
+    let gauges: [(&str, &str, JwksGauge); 5] = [
         (
             "sluice_jwks_last_refresh_age_seconds",
             "Seconds since the tenant's JWKS URL was last refreshed successfully.",
