@@ -152,13 +152,20 @@ impl HandlerError {
     }
 }
 
+/// The `invalid_data` message of [`Message::data`], whatever the data.
+pub const INVALID_DATA_MESSAGE: &str = "data does not fit the expected shape";
+
 impl Message {
     /// Deserialize the message's data. The host has validated it against the
     /// route's schema; if it still does not fit `T`, the client gets
-    /// `invalid_data`.
+    /// `invalid_data` with [`INVALID_DATA_MESSAGE`]: a fixed text, because
+    /// serde's own messages quote the input (`unknown field \`...\``,
+    /// `invalid type: string "..."`), and what a client sent must never come
+    /// back in an error. To tell the client more, deserialize yourself and
+    /// reject with your own words.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
         serde_json::from_str(&self.data)
-            .map_err(|e| HandlerError::reject("invalid_data", format!("data does not fit: {e}")))
+            .map_err(|_| HandlerError::reject("invalid_data", INVALID_DATA_MESSAGE))
     }
 }
 
@@ -350,5 +357,62 @@ pub mod clock {
     /// Milliseconds since the Unix epoch.
     pub fn now_ms() -> u64 {
         crate::bindings::sluice::handler::clock::now_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only deserialized")]
+    struct Shape {
+        text: String,
+        #[serde(default)]
+        count: u8,
+    }
+
+    fn message(data: &str) -> Message {
+        Message {
+            route: "r".into(),
+            channel: None,
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn invalid_data_never_quotes_the_input() {
+        for data in [
+            r#"{"text": "ok", "SECRET_field": 1}"#,
+            r#""SECRET_string""#,
+            r#"{"text": 1234567}"#,
+            r#"{"text": "ok", "count": 99999}"#,
+            r#"{"text": ["SECRET_item"]}"#,
+            r#"{"count": 1}"#,
+        ] {
+            // serde's own words would quote it: the reason for the fixed text.
+            let serde_says = serde_json::from_str::<Shape>(data)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!serde_says.is_empty(), "{data} must not fit");
+            match message(data).data::<Shape>() {
+                Err(HandlerError::Reject(r)) => {
+                    assert_eq!(r.code, "invalid_data");
+                    assert_eq!(r.message, INVALID_DATA_MESSAGE, "{data}");
+                }
+                other => panic!("{data}: {other:?}"),
+            }
+        }
+        assert!(
+            serde_json::from_str::<Shape>(r#"{"text": "ok", "SECRET_field": 1}"#)
+                .err()
+                .is_some_and(|e| e.to_string().contains("SECRET")),
+            "serde quotes unknown fields"
+        );
+        assert!(message(r#"{"text": "fits"}"#).data::<Shape>().is_ok());
     }
 }

@@ -155,55 +155,87 @@ async fn oversized_messages_and_endless_fragments_close_with_1009() {
 }
 
 #[tokio::test]
-async fn schema_violations_name_the_path_and_keyword_never_the_input() {
+async fn schema_violations_name_the_schema_location_and_keyword_never_the_input() {
     let server = TestServer::start().await;
     let mut c = alpha(&server, "schema", "").await;
     let cases = [
-        (json!({"age": 3}), "/", "required"),
+        (json!({"age": 3}), "/required", "required"),
         (
-            json!({"name": "abc", "extra": 1}),
-            "/",
+            json!({"name": "abc", "SECRET_extra": 1}),
+            "/additionalProperties",
             "additionalProperties",
         ),
-        (json!({"name": 5}), "/name", "type"),
-        (json!({"name": ""}), "/name", "minLength"),
+        (json!({"name": 5}), "/properties/name/type", "type"),
+        (
+            json!({"name": ""}),
+            "/properties/name/minLength",
+            "minLength",
+        ),
         (
             json!({"name": "abcdefghijklmnopqrstuvwxyz"}),
-            "/name",
+            "/properties/name/maxLength",
             "maxLength",
         ),
-        (json!({"name": "SECRET"}), "/name", "pattern"),
-        (json!({"name": "ok", "age": -1}), "/age", "minimum"),
-        (json!({"name": "ok", "age": 151}), "/age", "maximum"),
-        (json!({"name": "ok", "age": 1.5}), "/age", "type"),
+        (
+            json!({"name": "SECRET"}),
+            "/properties/name/pattern",
+            "pattern",
+        ),
+        (
+            json!({"name": "ok", "age": -1}),
+            "/properties/age/minimum",
+            "minimum",
+        ),
+        (
+            json!({"name": "ok", "age": 151}),
+            "/properties/age/maximum",
+            "maximum",
+        ),
+        (
+            json!({"name": "ok", "age": 1.5}),
+            "/properties/age/type",
+            "type",
+        ),
         (
             json!({"name": "ok", "tags": ["a", "b", "c", "d"]}),
-            "/tags",
+            "/properties/tags/maxItems",
             "maxItems",
         ),
         (
             json!({"name": "ok", "tags": ["a", "a"]}),
-            "/tags",
+            "/properties/tags/uniqueItems",
             "uniqueItems",
         ),
-        (json!({"name": "ok", "tags": [1]}), "/tags/0", "type"),
-        (json!({"name": "ok", "kind": "c"}), "/kind", "enum"),
-        (json!({"name": "ok", "score": 0.3}), "/score", "multipleOf"),
+        (
+            json!({"name": "ok", "tags": [1]}),
+            "/properties/tags/items/type",
+            "type",
+        ),
+        (
+            json!({"name": "ok", "kind": "c"}),
+            "/properties/kind/enum",
+            "enum",
+        ),
+        (
+            json!({"name": "ok", "score": 0.3}),
+            "/properties/score/multipleOf",
+            "multipleOf",
+        ),
         (
             json!({"name": "ok", "score": 10}),
-            "/score",
+            "/properties/score/exclusiveMaximum",
             "exclusiveMaximum",
         ),
-        (json!("not an object"), "/", "type"),
+        (json!("not an object"), "/type", "type"),
     ];
-    for (data, path, keyword) in cases {
+    for (data, at, keyword) in cases {
         let err = c
             .request(json!({"type": "profile.set", "id": "s", "data": data}))
             .await;
         assert_eq!(err["code"], "schema_invalid", "{data}");
         assert_eq!(
             err["message"],
-            format!("data at {path} fails `{keyword}`"),
+            format!("data fails `{keyword}` at schema #{at}"),
             "{data}"
         );
         assert!(!err.to_string().contains("SECRET"));
@@ -323,5 +355,110 @@ async fn hostile_handlers_answer_with_codes_and_the_connection_stays() {
         assert_eq!(err["code"], code, "{mode}");
         c.assert_usable().await;
     }
+    server.assert_honest_client_served().await;
+}
+
+#[tokio::test]
+async fn keys_and_values_the_client_chose_never_come_back_in_an_error() {
+    let server = TestServer::start_with(|c| {
+        if let Some(alpha) = c.tenants.get_mut("alpha") {
+            alpha.routes.insert(
+                "counts.set".into(),
+                sluice_tests::server::route(
+                    "echo",
+                    sluice::config::ChannelAccess::None,
+                    &[],
+                    Some(json!({"type": "object", "additionalProperties": {"type": "integer"}})),
+                ),
+            );
+        }
+    })
+    .await;
+    let mut c = alpha(&server, "keys", "").await;
+    // The schema: a key of the client's choosing, at any depth.
+    for (id, data) in [
+        ("1", json!({"SECRET_token_abc": "x"})),
+        (
+            "2",
+            json!({"ok": 1, "SECRET_token_abc": {"SECRET_nested": 1}}),
+        ),
+    ] {
+        let err = c
+            .request(json!({"type": "counts.set", "id": id, "data": data}))
+            .await;
+        assert_eq!(err["code"], "schema_invalid", "{err}");
+        assert_eq!(
+            err["message"],
+            "data fails `type` at schema #/additionalProperties/type"
+        );
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+        c.assert_usable().await;
+    }
+    // A Rust handler's `msg.data::<T>()` (the guest SDK): serde's own error
+    // would quote the string.
+    for (id, data) in [
+        ("3", json!("SECRET_token_abc")),
+        ("4", json!({"mode": "ok", "target": ["SECRET_token_abc"]})),
+    ] {
+        let err = c
+            .request(json!({"type": "misbehave", "id": id, "data": data}))
+            .await;
+        assert_eq!(err["code"], "invalid_data", "{err}");
+        assert_eq!(err["message"], "data does not fit the expected shape");
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+        c.assert_usable().await;
+    }
+    let ack = c
+        .request(json!({"type": "counts.set", "id": "5", "data": {"a": 1}}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let ack = c
+        .request(json!({"type": "misbehave", "id": "6", "data": {"mode": "ok"}}))
+        .await;
+    assert_eq!(ack["data"], json!({"ok": true}));
+    server.assert_honest_client_served().await;
+}
+
+#[tokio::test]
+async fn a_subject_or_claim_with_a_colon_cannot_name_another_subjects_channel() {
+    let server = TestServer::start_with(|c| {
+        if let Some(alpha) = c.tenants.get_mut("alpha") {
+            alpha
+                .channels
+                .push(sluice_tests::server::rule("user:{sub}:inbox", false, &[]));
+        }
+    })
+    .await;
+    let sub = |ch: &str, id: &str| json!({"type": "subscribe", "id": id, "channel": ch});
+    // `user:{sub}` for subject `bob:inbox` would be bob's `user:{sub}:inbox`.
+    let mut forger = alpha(&server, "bob:inbox", "").await;
+    let err = forger.request(sub("user:bob:inbox", "1")).await;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    // A claim value is one segment too: `team:{claim:teams}` for a team
+    // `red:x` does not reach `team:red:x`.
+    let claims = json!({
+        "sub": "carol", "iss": sluice_tests::server::ISSUER, "aud": sluice_tests::server::AUDIENCE,
+        "exp": sluice_tests::server::now() + 60, "teams": ["red:x"],
+    });
+    let token = sluice_tests::server::sign_hs(
+        sluice_tests::server::ALPHA_SECRET,
+        &claims,
+        jsonwebtoken::Algorithm::HS256,
+        Some("k1"),
+    );
+    let mut carol = server.connect("alpha", &token).await.expect("connect");
+    let err = carol.request(sub("team:red:x", "2")).await;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    forger.assert_usable().await;
+    carol.assert_usable().await;
+
+    // bob is served on both of his channels.
+    let mut bob = alpha(&server, "bob", "").await;
+    assert_eq!(bob.request(sub("user:bob:inbox", "3")).await["type"], "ack");
+    assert_eq!(bob.request(sub("user:bob", "4")).await["type"], "ack");
+    assert_eq!(
+        server.state.fanout.subscribers("alpha", "user:bob:inbox"),
+        1
+    );
     server.assert_honest_client_served().await;
 }

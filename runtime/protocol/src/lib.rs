@@ -95,6 +95,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every host code (keep in step with the enum): `/metrics` always gives
+    /// these a label of their own, whatever codes handlers invent.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::BadJson,
+        ErrorCode::TooDeep,
+        ErrorCode::BadEnvelope,
+        ErrorCode::UnknownType,
+        ErrorCode::Forbidden,
+        ErrorCode::InvalidChannel,
+        ErrorCode::SchemaInvalid,
+        ErrorCode::RateLimited,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::InvalidToken,
+        ErrorCode::HandlerFailed,
+        ErrorCode::HandlerTimeout,
+        ErrorCode::Unavailable,
+    ];
+
     /// The code on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

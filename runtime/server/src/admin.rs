@@ -1,7 +1,7 @@
 //! The admin listener: plain HTTP on a separate address (loopback by
 //! default), never on the public port. `GET /metrics` (Prometheus text),
 //! `GET /healthz` (the process is up), `GET /readyz` (200 while accepting
-//! connections, 503 while draining), `POST /reload` (re-read the config file;
+//! connections; 503 while draining, or while a tenant's JWKS is stale), `POST /reload` (re-read the config file;
 //! 200 with a summary, or 422 with every problem while the old configuration
 //! keeps serving).
 //!
@@ -181,7 +181,13 @@ async fn respond(
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/readyz" => match metrics::stale_jwks(&state).as_slice() {
+            [] => text(StatusCode::OK, "ready\n"),
+            stale => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("JWKS stale for tenant {}\n", stale.join(", ")),
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

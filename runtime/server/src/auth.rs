@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -80,8 +80,31 @@ struct RemoteKeys {
     tls: Arc<rustls::ClientConfig>,
     refresh: Duration,
     keys: RwLock<Arc<Vec<Key>>>,
+    /// When the last fetch started (successful or not).
     last_fetch: Mutex<Instant>,
+    /// When the last successful refresh ended.
+    last_refresh: Mutex<Instant>,
+    /// Refreshes that failed since the last successful one.
+    failures: AtomicU32,
+    /// Keys the last successful refresh skipped.
+    skipped: AtomicUsize,
     fetching: AtomicBool,
+}
+
+/// How a tenant's JWKS URL is doing, for `/metrics` and `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JwksStatus {
+    /// Time since the last successful refresh.
+    pub age: Duration,
+    /// Refreshes that failed since then.
+    pub consecutive_failures: u32,
+    /// Keys in use.
+    pub keys: usize,
+    /// Keys the last successful refresh skipped (unusable).
+    pub skipped_keys: usize,
+    /// The last refresh failed and the last good one is at least
+    /// [`super::jwks::STALE_AFTER_INTERVALS`] refresh intervals old.
+    pub stale: bool,
 }
 
 impl RemoteKeys {
@@ -90,14 +113,47 @@ impl RemoteKeys {
             .last_fetch
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
-        let set = super::jwks::fetch(&self.url, self.tls.clone()).await?;
-        let (keys, problems) = keys_from_jwks(&set);
-        if !problems.is_empty() {
-            return Err(problems.join("; "));
+        let result = super::jwks::fetch(&self.url, self.tls.clone())
+            .await
+            .and_then(|doc| usable_keys(&self.tenant, &doc));
+        match result {
+            Ok((keys, skipped)) => {
+                let n = keys.len();
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                *self
+                    .last_refresh
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                self.skipped.store(skipped, Ordering::Relaxed);
+                self.failures.store(0, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
         }
-        let n = keys.len();
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
-        Ok(n)
+    }
+
+    fn status(&self) -> JwksStatus {
+        let age = self
+            .last_refresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed();
+        let consecutive_failures = self.failures.load(Ordering::Relaxed);
+        JwksStatus {
+            age,
+            consecutive_failures,
+            keys: self
+                .keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            skipped_keys: self.skipped.load(Ordering::Relaxed),
+            stale: consecutive_failures > 0
+                && age >= self.refresh * super::jwks::STALE_AFTER_INTERVALS,
+        }
     }
 
     /// A token named a kid we do not have: fetch again, at most once per
@@ -125,31 +181,96 @@ impl RemoteKeys {
     }
 }
 
-/// Keys from a JWKS document: every key needs a plain kid and an alg.
-fn keys_from_jwks(set: &jsonwebtoken::jwk::JwkSet) -> (Vec<Key>, Vec<String>) {
+/// The usable keys of a JWKS document and how many were skipped. A key
+/// this server cannot verify with is skipped with a warning naming its kid
+/// (never its material): no plain `kid`, `use` other than `sig`, `key_ops`
+/// without `verify`, no `alg`, an algorithm it does not support, a key type
+/// or curve that does not fit the algorithm, or unreadable parameters. A
+/// document whose keys are all unusable is an error (an empty one is not:
+/// the identity provider has withdrawn every key).
+fn usable_keys(tenant: &str, doc: &super::jwks::Document) -> Result<(Vec<Key>, usize), String> {
     let mut keys = Vec::new();
-    let mut problems = Vec::new();
-    for jwk in &set.keys {
-        let kid = jwk.common.key_id.clone();
-        let alg = jwk
-            .common
-            .key_algorithm
-            .and_then(|a| parse_algorithm(&a.to_string()));
-        match (kid, alg, DecodingKey::from_jwk(jwk)) {
-            (Some(kid), Some(algorithm), Ok(key)) if is_plain_kid(&kid) => {
-                keys.push(Key {
-                    kid: Some(kid),
-                    algorithm,
-                    key,
-                    secret: None,
-                });
+    let mut reasons = Vec::new();
+    for jwk in &doc.keys {
+        match usable_key(jwk) {
+            Ok(key) => keys.push(key),
+            Err(reason) => {
+                let kid = match jwk.get("kid").and_then(Value::as_str) {
+                    Some(kid) if is_plain_kid(kid) => kid,
+                    _ => "(none)",
+                };
+                tracing::warn!(%tenant, %kid, %reason, "JWKS key skipped");
+                reasons.push(format!("kid {kid}: {reason}"));
             }
-            _ => problems.push(
-                "every JWKS key needs a plain `kid`, an `alg` and valid parameters".to_owned(),
-            ),
         }
     }
-    (keys, problems)
+    if keys.is_empty() && !reasons.is_empty() {
+        return Err(format!(
+            "no usable key in the JWKS ({})",
+            reasons.join("; ")
+        ));
+    }
+    Ok((keys, reasons.len()))
+}
+
+/// One JWKS key, or why it cannot be used.
+fn usable_key(jwk: &Value) -> Result<Key, String> {
+    let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+    let kid = field("kid")
+        .filter(|k| is_plain_kid(k))
+        .ok_or("no plain `kid`")?;
+    match field("use") {
+        None | Some("sig") => {}
+        Some("enc") => return Err("an encryption key (`use`: `enc`)".into()),
+        Some(_) => return Err("`use` is not `sig`".into()),
+    }
+    if let Some(ops) = jwk.get("key_ops")
+        && !ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|o| o.as_str() == Some("verify")))
+    {
+        return Err("`key_ops` does not include `verify`".into());
+    }
+    let alg_name = field("alg").ok_or("no `alg`")?;
+    let algorithm = parse_algorithm(alg_name).ok_or_else(|| {
+        let shown: String = alg_name
+            .chars()
+            .take(32)
+            .filter(char::is_ascii_graphic)
+            .collect();
+        format!("unsupported `alg` {shown:?}")
+    })?;
+    let fits = matches!(
+        (algorithm, field("kty"), field("crv")),
+        (
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512,
+            Some("oct"),
+            _
+        ) | (
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512,
+            Some("RSA"),
+            _,
+        ) | (Algorithm::ES256, Some("EC"), Some("P-256"))
+            | (Algorithm::ES384, Some("EC"), Some("P-384"))
+            | (Algorithm::EdDSA, Some("OKP"), Some("Ed25519"))
+    );
+    if !fits {
+        return Err(format!("key type or curve does not fit `alg` {alg_name}"));
+    }
+    let parsed: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(jwk.clone()).map_err(|_| "unreadable key parameters".to_owned())?;
+    let key = DecodingKey::from_jwk(&parsed).map_err(|_| "invalid key parameters".to_owned())?;
+    Ok(Key {
+        kid: Some(kid.to_owned()),
+        algorithm,
+        key,
+        secret: None,
+    })
 }
 
 /// Why a token was refused (for logs; the client only sees 401).
@@ -271,18 +392,10 @@ impl KeySet {
             let path = config.path(file);
             match std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(&b)
-                        .map_err(|e| e.to_string())
-                }) {
-                Ok(set) => {
-                    let (more, bad) = keys_from_jwks(&set);
-                    keys.extend(more);
-                    problems.extend(
-                        bad.into_iter()
-                            .map(|p| format!("{at}.jwks_file {}: {p}", path.display())),
-                    );
-                }
+                .and_then(|b| super::jwks::Document::parse(&b))
+                .and_then(|doc| usable_keys(tenant, &doc))
+            {
+                Ok((more, _skipped)) => keys.extend(more),
                 Err(e) => problems.push(format!("{at}.jwks_file {}: {e}", path.display())),
             }
         }
@@ -310,6 +423,9 @@ impl KeySet {
                         refresh: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
                         keys: RwLock::new(Arc::new(Vec::new())),
                         last_fetch: Mutex::new(Instant::now()),
+                        last_refresh: Mutex::new(Instant::now()),
+                        failures: AtomicU32::new(0),
+                        skipped: AtomicUsize::new(0),
                         fetching: AtomicBool::new(false),
                     });
                     match r.refresh_now().await {
@@ -345,10 +461,22 @@ impl KeySet {
                 tokio::time::sleep(every).await;
                 let Some(remote) = weak.upgrade() else { return };
                 if let Err(e) = remote.refresh_now().await {
-                    tracing::warn!(tenant = %remote.tenant, error = %e, "JWKS refresh failed; keeping the current keys");
+                    let status = remote.status();
+                    tracing::warn!(
+                        tenant = %remote.tenant,
+                        error = %e,
+                        consecutive_failures = status.consecutive_failures,
+                        stale = status.stale,
+                        "JWKS refresh failed; keeping the current keys"
+                    );
                 }
             }
         });
+    }
+
+    /// The state of the tenant's JWKS URL; `None` without one.
+    pub fn jwks_status(&self) -> Option<JwksStatus> {
+        self.remote.as_ref().map(|r| r.status())
     }
 
     /// Verify `token` and build the principal.
@@ -457,5 +585,103 @@ impl KeySet {
         let secret = key.secret.as_deref().unwrap_or_default();
         let key = jsonwebtoken::EncodingKey::from_secret(secret).map_err(|e| e.to_string())?;
         jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::jwks::Document;
+
+    /// RFC 7517 A.1's P-256 public key, as a signing key.
+    fn ec(kid: &str) -> Value {
+        json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+            "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+            "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM",
+        })
+    }
+
+    /// RFC 7517 A.1's RSA public key.
+    fn rsa(kid: &str) -> Value {
+        json!({
+            "kty": "RSA", "alg": "RS256", "kid": kid, "e": "AQAB",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        })
+    }
+
+    fn with(mut key: Value, field: &str, value: Value) -> Value {
+        if let Some(o) = key.as_object_mut() {
+            if value.is_null() {
+                o.remove(field);
+            } else {
+                o.insert(field.into(), value);
+            }
+        }
+        key
+    }
+
+    fn kids(keys: &[Key]) -> Vec<&str> {
+        keys.iter().filter_map(|k| k.kid.as_deref()).collect()
+    }
+
+    #[test]
+    fn unusable_jwks_keys_are_skipped_and_the_rest_are_kept() {
+        let doc = Document {
+            keys: vec![
+                with(ec("enc"), "use", json!("enc")),
+                with(ec("no-alg"), "alg", Value::Null),
+                with(ec("es512"), "alg", json!("ES512")),
+                with(rsa("oaep"), "alg", json!("RSA-OAEP")),
+                with(ec("wrong-crv"), "alg", json!("ES384")),
+                with(rsa("rsa-as-ec"), "alg", json!("ES256")),
+                with(ec("ops"), "key_ops", json!(["encrypt"])),
+                with(ec("x"), "kid", Value::Null),
+                with(ec("../etc"), "use", json!("sig")),
+                json!({"kty": "OKP", "crv": "X25519", "kid": "ecdh", "x": "AAAA"}),
+                json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "broken", "x": "!", "y": "!"}),
+                json!("not a key"),
+                ec("good-ec"),
+                rsa("good-rsa"),
+                json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "good-ed",
+                       "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+                with(ec("verify-op"), "key_ops", json!(["verify"])),
+            ],
+        };
+        let (keys, skipped) = usable_keys("t", &doc).unwrap();
+        assert_eq!(kids(&keys), ["good-ec", "good-rsa", "good-ed", "verify-op"]);
+        assert_eq!(skipped, 12);
+        assert_eq!(keys[0].algorithm, Algorithm::ES256);
+        assert_eq!(keys[2].algorithm, Algorithm::EdDSA);
+    }
+
+    #[test]
+    fn a_jwks_with_only_unusable_keys_is_an_error_and_an_empty_one_is_not() {
+        let doc = Document {
+            keys: vec![
+                with(ec("enc"), "use", json!("enc")),
+                with(ec("no-alg"), "alg", Value::Null),
+            ],
+        };
+        let err = usable_keys("t", &doc).err().unwrap();
+        assert!(err.contains("no usable key"), "{err}");
+        assert!(err.contains("kid enc: an encryption key"), "{err}");
+        assert!(err.contains("kid no-alg: no `alg`"), "{err}");
+        // Key material never appears in the reasons.
+        assert!(!err.contains("MKBCTNIc"), "{err}");
+        let (keys, skipped) = usable_keys("t", &Document { keys: vec![] }).unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(skipped, 0);
+        // A whole document that one odd key used to make unreadable.
+        let doc = Document::parse(
+            json!({"keys": [{"kty": "OKP", "crv": "X25519", "kid": "a", "x": "AAAA"}, ec("b")]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(kids(&usable_keys("t", &doc).unwrap().0), ["b"]);
+        assert!(Document::parse(b"{\"keys\": 1}").is_err());
     }
 }

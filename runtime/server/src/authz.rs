@@ -52,16 +52,23 @@ fn match_parts(parts: &[Part], channel: &str, principal: &Principal) -> bool {
                 },
                 _ => (channel, ""),
             };
-            let ok = match placeholder {
-                Part::Subject => segment == principal.subject,
-                Part::Claim(name) => match principal.claims.get(name) {
-                    Some(Value::String(s)) => segment == s,
-                    Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(segment)),
-                    Some(Value::Number(n)) => segment == n.to_string(),
-                    _ => false,
-                },
-                _ => is_segment(segment),
-            };
+            // Every placeholder stands for exactly one segment: a subject
+            // or claim value with a `:` (or any character a segment cannot
+            // hold) never matches, or `user:{sub}` for subject `bob:inbox`
+            // would name `user:{sub}:inbox` of subject `bob`.
+            let ok = is_segment(segment)
+                && match placeholder {
+                    Part::Subject => segment == principal.subject,
+                    Part::Claim(name) => match principal.claims.get(name) {
+                        Some(Value::String(s)) => segment == s,
+                        Some(Value::Array(items)) => {
+                            items.iter().any(|v| v.as_str() == Some(segment))
+                        }
+                        Some(Value::Number(n)) => segment == n.to_string(),
+                        _ => false,
+                    },
+                    _ => true,
+                };
             ok && match_parts(rest, remaining, principal)
         }
     }
@@ -157,6 +164,55 @@ mod tests {
         let org = ChannelPattern::parse("org:{claim:org}").unwrap();
         assert!(pattern_matches(&org, "org:acme", &p));
         assert!(!pattern_matches(&org, "org:acm", &p));
+    }
+
+    fn principal(subject: &str, claims: serde_json::Value) -> Principal {
+        Principal {
+            tenant: "t".into(),
+            subject: subject.into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            scopes: BTreeSet::new(),
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn placeholder_values_are_one_segment_so_channels_cannot_collide() {
+        let user = ChannelPattern::parse("user:{sub}").unwrap();
+        let inbox = ChannelPattern::parse("user:{sub}:inbox").unwrap();
+        let bob = principal("bob", serde_json::json!({}));
+        let forger = principal("bob:inbox", serde_json::json!({}));
+        assert!(inbox.matches("user:bob:inbox", &bob));
+        assert!(user.matches("user:bob", &bob));
+        // `user:{sub}` for `bob:inbox` would be bob's inbox.
+        assert!(!user.matches("user:bob:inbox", &forger));
+        assert!(!inbox.matches("user:bob:inbox:inbox", &forger));
+        // Values a segment cannot hold, or an empty one, match nothing.
+        for subject in ["", "a b", "a/b", "a:b", "é", "a}", "a\nb"] {
+            let p = principal(subject, serde_json::json!({}));
+            for channel in [format!("user:{subject}"), format!("user:{subject}:inbox")] {
+                assert!(!user.matches(&channel, &p), "{subject:?} {channel}");
+                assert!(!inbox.matches(&channel, &p), "{subject:?} {channel}");
+            }
+        }
+        // Claims: strings, array items and numbers alike.
+        let team = ChannelPattern::parse("team:{claim:team}").unwrap();
+        let team_chat = ChannelPattern::parse("team:{claim:team}:chat").unwrap();
+        for claim in [
+            serde_json::json!({"team": "red:chat"}),
+            serde_json::json!({"team": ["blue", "red:chat"]}),
+        ] {
+            let p = principal("carol", claim.clone());
+            assert!(!team.matches("team:red:chat", &p), "{claim}");
+            assert!(!team_chat.matches("team:red:chat:chat", &p), "{claim}");
+        }
+        let p = principal("carol", serde_json::json!({"team": ["blue", "red:chat"]}));
+        assert!(team.matches("team:blue", &p));
+        assert!(team_chat.matches("team:blue:chat", &p));
+        let p = principal("carol", serde_json::json!({"team": 7}));
+        assert!(team.matches("team:7", &p));
+        let p = principal("carol", serde_json::json!({"team": ""}));
+        assert!(!team.matches("team:", &p));
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! time. Keys are refreshed in the background and when a token names a kid
 //! the current set does not have (at most once per [`MIN_REFETCH`]), so an
 //! identity provider can rotate keys without a restart. A failed refresh
-//! keeps the keys the tenant had.
+//! keeps the keys the tenant had; a key this server cannot use (no `alg`,
+//! an encryption key, an algorithm it does not support) is skipped with a
+//! warning and does not fail the refresh. After
+//! [`STALE_AFTER_INTERVALS`] refresh intervals without a successful refresh
+//! the JWKS is *stale*: `/metrics` says so and `/readyz` answers 503.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use jsonwebtoken::jwk::JwkSet;
 use rustls::pki_types::ServerName;
+use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -20,15 +24,36 @@ pub const MAX_JWKS_BYTES: usize = 256 << 10;
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shortest interval between two fetches triggered by unknown kids.
 pub const MIN_REFETCH: Duration = Duration::from_secs(30);
+/// A JWKS whose last successful refresh is this many refresh intervals old,
+/// and whose last refresh failed, is stale: revocations at the identity
+/// provider no longer reach this server, so `/readyz` answers 503 and
+/// `sluice_jwks_stale` is 1 until a refresh succeeds.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// A JWKS document with its keys left unparsed, so that one key this
+/// server cannot read (an unknown `kty`, an encryption curve) does not make
+/// the whole document unreadable: each key is judged on its own.
+#[derive(Debug, Deserialize)]
+pub struct Document {
+    /// The keys, as published.
+    pub keys: Vec<serde_json::Value>,
+}
+
+impl Document {
+    /// Parse a JWKS document (`{"keys": [...]}`).
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))
+    }
+}
 
 /// Fetch and parse a JWKS from an `https://` URL.
-pub async fn fetch(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<JwkSet, String> {
+pub async fn fetch(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Document, String> {
     tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url, tls))
         .await
         .map_err(|_| format!("fetching {url} timed out"))?
 }
 
-async fn fetch_inner(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<JwkSet, String> {
+async fn fetch_inner(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Document, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("bad JWKS URL {url}: {e}"))?;
@@ -81,7 +106,7 @@ async fn fetch_inner(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<JwkSet
         .map_err(|e| format!("reading {url}: {e}"))?
         .to_bytes();
     driver.abort();
-    serde_json::from_slice::<JwkSet>(&body).map_err(|e| format!("{url} is not a JWKS: {e}"))
+    Document::parse(&body).map_err(|e| format!("{url}: {e}"))
 }
 
 /// A TLS client trusting the public web roots plus `extra_ca_pem`.

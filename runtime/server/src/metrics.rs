@@ -2,26 +2,74 @@
 //! admin listener exposes. Plain atomics: recording is a few relaxed adds on
 //! the hot path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_sandbox::Histogram;
 
 use super::ServerState;
+use super::auth::JwksStatus;
+use super::protocol::ErrorCode;
+use super::tenant::Tenant;
 
 /// Upper bounds (seconds) of the message latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// How many distinct codes invented by a tenant's handlers get a label of
+/// their own in `sluice_messages_total`. Handlers choose their rejection
+/// codes freely (1-64 of `a-z 0-9 _ .`), so without a bound one handler
+/// could grow `/metrics` (and the monitoring system's series count) by one
+/// series per message. The host's own codes ([`ErrorCode::ALL`]) always
+/// have their own label and do not count against this bound.
+pub const MAX_HANDLER_CODE_LABELS: usize = 32;
+
+/// The label that counts every handler code past
+/// [`MAX_HANDLER_CODE_LABELS`], and a handler code `ok` or `other` (which
+/// would otherwise be mistaken for the `ok` outcome or this one).
+pub const OTHER_CODE_LABEL: &str = "other";
+
+/// Error frames by label: the host codes, at most
+/// [`MAX_HANDLER_CODE_LABELS`] handler codes, and [`OTHER_CODE_LABEL`].
+#[derive(Default)]
+struct ErrorCounts {
+    by_label: BTreeMap<String, u64>,
+    handler_labels: usize,
+}
+
+impl ErrorCounts {
+    fn record(&mut self, code: &str) {
+        if let Some(n) = self.by_label.get_mut(code) {
+            *n += 1;
+            return;
+        }
+        let host = ErrorCode::ALL.iter().any(|c| c.as_str() == code);
+        let label = if host {
+            code
+        } else if self.handler_labels < MAX_HANDLER_CODE_LABELS
+            && code != "ok"
+            && code != OTHER_CODE_LABEL
+        {
+            self.handler_labels += 1;
+            code
+        } else {
+            OTHER_CODE_LABEL
+        };
+        *self.by_label.entry(label.to_owned()).or_default() += 1;
+    }
+}
+
+/// Counters of one tenant. A reload keeps them (and so the label bound).
+#[derive(Default)]
 /// Counters of one tenant.
 pub struct TenantMetrics {
     messages_ok: AtomicU64,
-    errors: Mutex<BTreeMap<String, u64>>,
+    errors: Mutex<ErrorCounts>,
     closes: Mutex<BTreeMap<u16, u64>>,
     latency: Histogram,
     refused_actions: AtomicU64,
@@ -34,15 +82,38 @@ impl TenantMetrics {
         self.observe(took);
     }
 
-    /// A message answered with an `error` frame of `code`.
+    /// A message answered with an `error` frame of `code`; counted under
+    /// `code`, or under [`OTHER_CODE_LABEL`] once the tenant's handlers have
+    /// used [`MAX_HANDLER_CODE_LABELS`] codes of their own.
     pub fn message_error(&self, code: &str, took: Duration) {
-        *self
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(code);
+        self.observe(took);
+    }
+
+    /// The `sluice_messages_total` series of tenant `id`.
+    fn render_messages(&self, id: &str, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "sluice_messages_total{{tenant=\"{}\",outcome=\"ok\"}} {}",
+            label(id),
+            self.messages_ok.load(Ordering::Relaxed)
+        );
+        for (code, n) in &self
             .errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(code.to_owned())
-            .or_default() += 1;
-        self.observe(took);
+            .by_label
+        {
+            let _ = writeln!(
+                out,
+                "sluice_messages_total{{tenant=\"{}\",outcome=\"{}\"}} {n}",
+                label(id),
+                label(code)
+            );
+        }
     }
 
     /// The server closed a connection with `code`.
@@ -84,6 +155,63 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// How one JWKS gauge reads a tenant's status.
+type JwksGauge = fn(&JwksStatus) -> String;
+
+/// The state of every JWKS URL (tenants without one have no series).
+fn render_jwks(tenants: &HashMap<String, Arc<Tenant>>, out: &mut String) {
+    let mut statuses: Vec<(&String, JwksStatus)> = tenants
+        .iter()
+        .filter_map(|(id, t)| t.keys.jwks_status().map(|s| (id, s)))
+        .collect();
+    statuses.sort_by(|a, b| a.0.cmp(b.0));
+    let gauges: [(&str, &str, JwksGauge); 5] = [
+        (
+            "sluice_jwks_last_refresh_age_seconds",
+            "Seconds since the tenant's JWKS URL was last refreshed successfully.",
+            |s| format!("{:.3}", s.age.as_secs_f64()),
+        ),
+        (
+            "sluice_jwks_refresh_failures",
+            "Refreshes of the tenant's JWKS URL that failed since the last successful one.",
+            |s| s.consecutive_failures.to_string(),
+        ),
+        (
+            "sluice_jwks_stale",
+            "1 while the tenant's JWKS is stale: its last refresh failed and the last good one is several refresh intervals old (/readyz answers 503).",
+            |s| u8::from(s.stale).to_string(),
+        ),
+        (
+            "sluice_jwks_keys",
+            "Keys of the tenant's JWKS URL in use.",
+            |s| s.keys.to_string(),
+        ),
+        (
+            "sluice_jwks_skipped_keys",
+            "Keys of the tenant's JWKS URL skipped as unusable at the last successful refresh.",
+            |s| s.skipped_keys.to_string(),
+        ),
+    ];
+    for (name, text, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} gauge");
+        for (id, status) in &statuses {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", label(id), value(status));
+        }
+    }
+}
+
+/// Tenants whose JWKS is stale, sorted (for `/readyz`).
+pub fn stale_jwks(state: &ServerState) -> Vec<String> {
+    let mut stale: Vec<String> = state
+        .tenants()
+        .iter()
+        .filter(|(_, t)| t.keys.jwks_status().is_some_and(|s| s.stale))
+        .map(|(id, _)| id.clone())
+        .collect();
+    stale.sort();
+    stale
+}
+
 /// Everything, in the Prometheus text exposition format.
 pub fn render(state: &ServerState) -> String {
     let tenants = state.tenants();
@@ -104,29 +232,10 @@ pub fn render(state: &ServerState) -> String {
         &mut out,
         "sluice_messages_total",
         "counter",
-        "Client messages by outcome: ok, or the error code answered.",
+        "Client messages by outcome: ok, or the error code answered (handler codes past the first 32 of a tenant: other).",
     );
     for (id, t) in tenants.iter() {
-        let m = &t.metrics;
-        let _ = writeln!(
-            out,
-            "sluice_messages_total{{tenant=\"{}\",outcome=\"ok\"}} {}",
-            label(id),
-            m.messages_ok.load(Ordering::Relaxed)
-        );
-        for (code, n) in m
-            .errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "sluice_messages_total{{tenant=\"{}\",outcome=\"{}\"}} {n}",
-                label(id),
-                label(code)
-            );
-        }
+        t.metrics.render_messages(id, &mut out);
     }
     help(
         &mut out,
@@ -149,6 +258,7 @@ pub fn render(state: &ServerState) -> String {
             );
         }
     }
+    render_jwks(&tenants, &mut out);
     help(
         &mut out,
         "sluice_refused_actions_total",
@@ -320,5 +430,57 @@ impl AcceptMetrics {
                 self.get(why)
             );
         }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_codes_get_a_bounded_set_of_labels() {
+        let m = TenantMetrics::default();
+        let took = Duration::from_micros(10);
+        for i in 0..100_000 {
+            m.message_error(&format!("code_{i}"), took);
+        }
+        // Host codes keep their own label after the flood, and handler codes
+        // that could pass for another outcome go to `other`.
+        m.message_error("rate_limited", took);
+        m.message_error("ok", took);
+        m.message_error("code_0", took);
+        let errors = m.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(errors.by_label.len(), MAX_HANDLER_CODE_LABELS + 2);
+        assert_eq!(errors.by_label["code_0"], 2);
+        assert_eq!(errors.by_label["code_31"], 1);
+        assert!(!errors.by_label.contains_key("code_32"));
+        assert_eq!(
+            errors.by_label[OTHER_CODE_LABEL],
+            100_000 - MAX_HANDLER_CODE_LABELS as u64 + 1
+        );
+        assert_eq!(errors.by_label["rate_limited"], 1);
+        drop(errors);
+
+        let mut text = String::new();
+        m.render_messages("t", &mut text);
+        // ok, 32 handler codes, rate_limited, other.
+        assert_eq!(text.lines().count(), MAX_HANDLER_CODE_LABELS + 3, "{text}");
+        assert!(text.len() < 4096, "{} bytes", text.len());
+        assert!(text.contains("sluice_messages_total{tenant=\"t\",outcome=\"other\"} 99969\n"));
+        assert!(text.contains("sluice_messages_total{tenant=\"t\",outcome=\"ok\"} 0\n"));
+    }
+
+    #[test]
+    fn every_host_code_has_its_own_label_even_after_the_handler_codes_are_used_up() {
+        let m = TenantMetrics::default();
+        for i in 0..MAX_HANDLER_CODE_LABELS + 5 {
+            m.message_error(&format!("h{i}"), Duration::ZERO);
+        }
+        for code in ErrorCode::ALL {
+            m.message_error(code.as_str(), Duration::ZERO);
+        }
+        let errors = m.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        for code in ErrorCode::ALL {
+            assert_eq!(errors.by_label[code.as_str()], 1, "{}", code.as_str());
+        }
+        assert_eq!(errors.by_label[OTHER_CODE_LABEL], 5);
     }
 }

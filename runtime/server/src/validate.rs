@@ -53,23 +53,22 @@ impl Schema {
         Ok(Self { validator })
     }
 
-    /// Check `data`. The rejection names the failing location and keyword,
-    /// never the client's value.
+    /// Check `data`. The rejection names the keyword that failed and where
+    /// it sits in the schema (which the tenant wrote), never anything from
+    /// the data: not its values and not its path, whose object keys the
+    /// client chooses (`{"<anything>": 1}` against `additionalProperties`
+    /// would put `<anything>` into the message).
     pub fn check(&self, data: &Value) -> Result<(), Rejection> {
         match self.validator.iter_errors(data).next() {
             None => Ok(()),
-            Some(e) => {
-                let path = e.instance_path().to_string();
-                let path = if path.is_empty() {
-                    "/".to_owned()
-                } else {
-                    path
-                };
-                Err(Rejection::error(
-                    ErrorCode::SchemaInvalid,
-                    format!("data at {path} fails `{}`", e.kind().keyword()),
-                ))
-            }
+            Some(e) => Err(Rejection::error(
+                ErrorCode::SchemaInvalid,
+                format!(
+                    "data fails `{}` at schema #{}",
+                    e.kind().keyword(),
+                    e.schema_path()
+                ),
+            )),
         }
     }
 }
@@ -116,21 +115,75 @@ mod tests {
         assert!(Schema::compile(&json!({"pattern": "(?=a)a"})).is_err());
     }
 
+    fn message(s: &Schema, data: &Value) -> String {
+        match s.check(data) {
+            Err(Rejection::Error { code, message, .. }) => {
+                assert_eq!(code, "schema_invalid");
+                message
+            }
+            other => panic!("{data}: {other:?}"),
+        }
+    }
+
     #[test]
-    fn rejections_name_path_and_keyword_not_the_value() {
+    fn rejections_name_schema_location_and_keyword_not_the_value() {
         let s = Schema::compile(&json!({
             "type": "object", "required": ["text"],
             "properties": {"text": {"type": "string", "maxLength": 3}}
         }))
         .unwrap();
-        match s.check(&json!({"text": "secret-value"})) {
-            Err(Rejection::Error { code, message, .. }) => {
-                assert_eq!(code, "schema_invalid");
-                assert_eq!(message, "data at /text fails `maxLength`");
-                assert!(!message.contains("secret"));
-            }
-            other => panic!("{other:?}"),
+        let m = message(&s, &json!({"text": "secret-value"}));
+        assert_eq!(
+            m,
+            "data fails `maxLength` at schema #/properties/text/maxLength"
+        );
+        assert_eq!(
+            message(&s, &json!("secret")),
+            "data fails `type` at schema #/type"
+        );
+    }
+
+    #[test]
+    fn rejections_never_echo_keys_the_client_chose() {
+        let s = Schema::compile(&json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}},
+            "additionalProperties": {"type": "integer"},
+            "propertyNames": {"maxLength": 20},
+        }))
+        .unwrap();
+        let cases = [
+            (
+                json!({"SECRET_key": "x"}),
+                "type",
+                "#/additionalProperties/type",
+            ),
+            (
+                json!({"SECRET_key_longer_than_twenty": 1}),
+                "propertyNames",
+                "#/propertyNames/maxLength",
+            ),
+        ];
+        for (data, keyword, at) in cases {
+            let m = message(&s, &data);
+            assert_eq!(
+                m,
+                format!("data fails `{keyword}` at schema {at}"),
+                "{data}"
+            );
+            assert!(!m.contains("SECRET"), "{m}");
         }
+        // Deeper: keys in nested objects and array positions stay out too.
+        let s = Schema::compile(&json!({
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"additionalProperties": false}},
+        }))
+        .unwrap();
+        let m = message(&s, &json!({"SECRET_outer": [{}, {"SECRET_inner": 1}]}));
+        assert_eq!(
+            m,
+            "data fails `falseSchema` at schema #/additionalProperties/items/additionalProperties"
+        );
     }
 
     #[test]
