@@ -313,7 +313,10 @@ impl Handler {
                 Err(kind) => Err(kind),
             },
             Ok(Ok(Err(handler_error))) => Err(from_handler_error(handler_error)),
-            Ok(Err(error)) => Err(classify(&error, store.data().limiter.denied)),
+            Ok(Err(error)) => Err(over_host_copy_budget(
+                classify(&error, store.data().limiter.denied),
+                &inner.spec.limits,
+            )),
         };
         self.settle(store, &mut report, started);
 
@@ -493,5 +496,26 @@ fn stopped_kind(stopped: Stopped) -> CallErrorKind {
         Stopped::Overloaded => CallErrorKind::Unavailable {
             detail: "the host could not run the call within its deadline".into(),
         },
+    }
+}
+
+/// wasmtime's refusal to copy more than the store's hostcall fuel out of
+/// the guest (its error type is private; its message is stable).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// A call stopped while the host lifted its output past the host-copy
+/// budget returned too much output: say so, as the output limit would.
+fn over_host_copy_budget(
+    kind: CallErrorKind,
+    limits: &sluice_config::HandlerLimits,
+) -> CallErrorKind {
+    match kind {
+        CallErrorKind::Trap { detail } if detail.contains(HOSTCALL_FUEL_EXHAUSTED) => {
+            CallErrorKind::OutputTooLarge {
+                bytes: limits.host_copy_bytes(),
+                max: limits.max_output_bytes,
+            }
+        }
+        other => other,
     }
 }

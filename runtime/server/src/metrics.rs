@@ -65,8 +65,6 @@ impl ErrorCounts {
 }
 
 /// Counters of one tenant. A reload keeps them (and so the label bound).
-#[derive(Default)]
-/// Counters of one tenant.
 pub struct TenantMetrics {
     messages_ok: AtomicU64,
     errors: Mutex<ErrorCounts>,
@@ -140,7 +138,7 @@ impl Default for TenantMetrics {
     fn default() -> Self {
         Self {
             messages_ok: AtomicU64::new(0),
-            errors: Mutex::new(BTreeMap::new()),
+            errors: Mutex::new(ErrorCounts::default()),
             closes: Mutex::new(BTreeMap::new()),
             latency: Histogram::new(&LATENCY_BUCKETS),
             refused_actions: AtomicU64::new(0),
@@ -430,6 +428,8 @@ impl AcceptMetrics {
                 self.get(why)
             );
         }
+    }
+}
 
 #[cfg(test)]
 mod tests {
