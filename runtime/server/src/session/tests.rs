@@ -81,6 +81,17 @@ impl Client {
 }
 
 async fn state(dir: &std::path::Path, extra: &str) -> Arc<ServerState> {
+    state_full(dir, extra, "", "").await
+}
+
+/// The unit-test server with `extra` under `[server]`, `auth` under the
+/// tenant's `[auth]` and `tail` (more tenant tables) at the end.
+async fn state_full(
+    dir: &std::path::Path,
+    extra: &str,
+    auth: &str,
+    tail: &str,
+) -> Arc<ServerState> {
     std::fs::create_dir_all(dir).unwrap();
     let (cert, key) = sluice_tls::self_signed(&["localhost"]).unwrap();
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
@@ -98,11 +109,14 @@ admin_listen = "127.0.0.1:0"
 issuer = "iss"
 audience = "aud"
 keys = [{{ algorithm = "HS256", secret_file = "secret" }}]
+{auth}
 
 [[tenants.t.channels]]
 pattern = "room:{{id}}"
 subscribe = true
 publish = true
+
+{tail}
 "#
     );
     let config = sluice_config::Config::parse(&toml, dir).unwrap();
@@ -194,28 +208,6 @@ async fn a_read_error_closes_with_its_code_and_the_subscription_goes() {
 async fn a_blocked_write_does_not_outlive_the_idle_timeout() {
     // The client reads nothing: the writer is fed but the socket never
     // accepts (`poll_ready` pending). The idle timeout still closes it.
-    struct Stuck(MemSocket);
-    impl Stream for Stuck {
-        type Item = Result<Message, WsError>;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            Pin::new(&mut self.0).poll_next(cx)
-        }
-    }
-    impl Sink<Message> for Stuck {
-        type Error = WsError;
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Pending
-        }
-        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), WsError> {
-            Ok(())
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Pending
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Ready(Ok(()))
-        }
-    }
     let state = state(
         &dir("stuck"),
         "idle_timeout_ms = 300\nping_interval_ms = 100",
@@ -242,7 +234,7 @@ async fn a_blocked_write_does_not_outlive_the_idle_timeout() {
     let (outgoing, _rx) = mpsc::unbounded_channel();
     let session = tokio::spawn(run(
         state.clone(),
-        Stuck(MemSocket { incoming, outgoing }),
+        Stalled(MemSocket { incoming, outgoing }),
         admitted,
     ));
     // Idle timeout + close grace + writer grace, with margin.
@@ -373,4 +365,118 @@ async fn a_removed_tenant_closes_with_1001_and_a_reused_id_adopts_nobody() {
         .unwrap();
     let back = state.tenant("t").unwrap();
     assert_ne!(back.incarnation, original);
+}
+
+/// A socket whose writes never complete (a client that stopped reading).
+struct Stalled(MemSocket);
+
+impl Stream for Stalled {
+    type Item = Result<Message, WsError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+impl Sink<Message> for Stalled {
+    type Error = WsError;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Pending
+    }
+    fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), WsError> {
+        Ok(())
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Pending
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_blocked_write_does_not_outlive_the_token() {
+    // Idle timeout far away, no leeway, a 2 s token: the stalled reader's
+    // connection ends at its token's expiry, not whenever it reads again.
+    let state = state_full(
+        &dir("expiry"),
+        "idle_timeout_ms = 60000\nping_interval_ms = 20000",
+        "leeway_secs = 0",
+        "",
+    )
+    .await;
+    let tenant = state.tenant("t").unwrap();
+    let token = tenant
+        .keys
+        .mint("dave", &[], 2, serde_json::Map::new())
+        .unwrap();
+    let admitted = Admitted {
+        principal: tenant.keys.verify(&token).unwrap(),
+        token: token.clone().into(),
+        slots: (
+            tenant
+                .subject_connections
+                .acquire("dave".into(), 16)
+                .unwrap(),
+            tenant.connections.acquire((), 16).unwrap(),
+        ),
+        tenant: tenant.clone(),
+    };
+    let (_tx, incoming) = mpsc::unbounded_channel();
+    let (outgoing, _rx) = mpsc::unbounded_channel();
+    let started = std::time::Instant::now();
+    let session = tokio::spawn(run(
+        state.clone(),
+        Stalled(MemSocket { incoming, outgoing }),
+        admitted,
+    ));
+    tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the session ends at its token's expiry although its writes never complete")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the expiry"
+    );
+    assert_eq!(tenant.connections.count(&()), 0, "its slot is released");
+}
+
+const TIGHT: &str =
+    "[tenants.t.limits]\nmessages_per_sec = 1\nmessage_burst = 1\nabuse_close_after = 5";
+
+#[tokio::test]
+async fn limited_frames_are_refused_before_parsing_and_answer_a_peeked_id() {
+    let state = state_full(&dir("peek"), "", "", TIGHT).await;
+    let mut c = connect(&state, "erin");
+    assert_eq!(c.json().await["type"], "welcome");
+    c.send(json!({"type":"ping","id":"a"}));
+    assert_eq!(c.json().await, json!({"type":"pong","id":"a"}));
+    c.send(json!({"type":"ping","id":"b"}));
+    let limited = c.json().await;
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+    assert_eq!(limited["id"], "b");
+    // Not JSON at all: refused by the rate limit, never parsed (no bad_json).
+    c.tx.send(Ok(Message::Text("{{{{ not json".into())))
+        .unwrap();
+    let limited = c.json().await;
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+    assert_eq!(limited["id"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_flood_of_binary_and_control_frames_is_counted_and_closed() {
+    let state = state_full(&dir("binflood"), "", "", TIGHT).await;
+    let mut c = connect(&state, "frank");
+    assert_eq!(c.json().await["type"], "welcome");
+    for _ in 0..3 {
+        c.tx.send(Ok(Message::Binary(vec![0; 8].into()))).unwrap();
+    }
+    for _ in 0..10 {
+        c.tx.send(Ok(Message::Ping(vec![1].into()))).unwrap();
+    }
+    assert_eq!(closed_with(&mut c).await, (1008, "rate limit abuse".into()));
+    // Another client of the tenant is served.
+    let mut honest = connect(&state, "grace");
+    assert_eq!(honest.json().await["type"], "welcome");
+    honest.send(json!({"type":"ping","id":"p"}));
+    assert_eq!(honest.json().await["type"], "pong");
 }
