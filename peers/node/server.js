@@ -416,7 +416,9 @@ function main() {
     }
     if (route.validate && !route.validate(env.data)) {
       const e = route.validate.errors[0];
-      throw new Rejection('schema_invalid', `data at ${e.instancePath || '/'} fails \`${e.keyword}\``);
+      // Sluice's wording: the keyword and where it sits in the schema, never
+      // anything from the data.
+      throw new Rejection('schema_invalid', `data fails \`${e.keyword}\` at schema ${e.schemaPath}`);
     }
     const { reply } = route.handler(session, env, actionsFor(session));
     return ackFrame(id, reply === undefined ? null : reply);

@@ -4,7 +4,8 @@ use serde_json::json;
 use sluice_tests::server::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn get(server: &TestServer, path: &str) -> (u16, String) {
+/// `GET path` on the admin listener: status and body.
+pub(crate) async fn get(server: &TestServer, path: &str) -> (u16, String) {
     let addr = server.admin.expect("admin listener");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(

@@ -250,14 +250,7 @@ fn an_aliased_reply_list_keeps_host_memory_small() {
     let sluice = sluice_tests::sluice_bin();
     let peak = |mode: &str| -> u64 {
         let out = std::process::Command::new(&sluice)
-            .args([
-                "call",
-                handlers::MISBEHAVE,
-                "--route",
-                "misbehave",
-                "-v",
-                "--memory",
-            ])
+            .args(["call", handlers::MISBEHAVE, "misbehave", "-v", "--memory"])
             .arg((64u64 << 20).to_string())
             .args(["--data", &json!({"mode": mode}).to_string()])
             .output()

@@ -238,25 +238,7 @@ async fn unusable_keys_in_a_jwks_file_are_skipped_and_the_good_key_verifies() {
 }
 
 async fn admin_get(server: &TestServer, path: &str) -> (u16, String) {
-    let addr = server.admin.expect("admin listener");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("write");
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.expect("read");
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    crate::admin::get(server, path).await
 }
 
 fn gauge(metrics: &str, series: &str) -> Option<f64> {

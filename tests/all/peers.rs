@@ -664,7 +664,7 @@ async fn node_peer_answers_one_client_with_sluices_frames() {
     assert_eq!(answer("5")["code"], "schema_invalid");
     assert_eq!(
         answer("props")["message"],
-        "data at / fails `maxProperties`"
+        "data fails `maxProperties` at schema #/maxProperties"
     );
     assert_eq!(answer("14")["code"], "schema_invalid");
     assert_eq!(answer("15")["code"], "empty_text");
