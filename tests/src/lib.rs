@@ -40,6 +40,10 @@ pub mod server;
 /// `<target>/<profile>/sluice`, beside `<target>/<profile>/deps/all-<hash>`,
 /// checked to be newer than every source file of the crates it is built from
 /// (`runtime/src` and `runtime/*/src`).
+#[expect(
+    clippy::expect_used,
+    reason = "a test helper fails the test that called it by panicking"
+)]
 pub fn sluice_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let bin = exe
@@ -74,6 +78,10 @@ pub fn sluice_bin() -> std::path::PathBuf {
     bin
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "a test helper fails the test that called it by panicking"
+)]
 fn newest_source(dir: &std::path::Path) -> std::time::SystemTime {
     let mut newest = std::time::SystemTime::UNIX_EPOCH;
     for entry in std::fs::read_dir(dir)

@@ -2,8 +2,6 @@
 //! tenant with channel rules only exercises the reserved requests, the
 //! rejection vocabulary, the broker and the connection's limits.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
-
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
