@@ -351,6 +351,20 @@ impl Server {
         })
     }
 
+    /// A server on listeners bound by the caller (the dev server binds its
+    /// admin listener itself, falling back to a free port).
+    pub fn from_listeners(
+        state: Arc<ServerState>,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+    ) -> Self {
+        Self {
+            state,
+            listener,
+            admin,
+        }
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener

@@ -68,14 +68,7 @@ pub async fn run(
             format!(", valid until {}", sluice::dev::format_date(until))
         });
     let sluice = own_command();
-    let mut config = Config::load(&config_path)?;
-    // Another dev server (or sluice serve) holds the default admin port:
-    // take any free one rather than fail; the banner says which.
-    if let Some(admin) = config.server.admin_listen
-        && in_use(admin)
-    {
-        config.server.admin_listen = Some(SocketAddr::new(admin.ip(), 0));
-    }
+    let config = Config::load(&config_path)?;
     let state = ServerState::build(config).await?;
     let tenant = state.tenant("demo").context("the demo tenant is missing")?;
     let token = tenant
@@ -88,7 +81,25 @@ pub async fn run(
         )
         .map_err(anyhow::Error::msg)?;
     let listen_addr = state.config.server.listen;
-    let server = Server::bind_state(state, listen_addr).await?;
+    let listener = tokio::net::TcpListener::bind(listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {listen_addr}"))?;
+    // Another dev server (or sluice serve) holds the default admin port:
+    // take any free one rather than fail (bound here, so two dev servers
+    // starting at once cannot both take it); the banner says which.
+    let admin = match state.config.server.admin_listen {
+        Some(admin) => Some(match tokio::net::TcpListener::bind(admin).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tokio::net::TcpListener::bind(SocketAddr::new(admin.ip(), 0))
+                    .await
+                    .with_context(|| format!("cannot listen on {} (admin)", admin.ip()))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {admin} (admin)")),
+        }),
+        None => None,
+    };
+    let server = Server::from_listeners(state, listener, admin);
     let addr = server.local_addr();
     let url = format!("wss://{addr}/ws/demo");
     println!("Sluice dev server on {url}");
@@ -154,11 +165,6 @@ fn check_listen(listen: &str) -> anyhow::Result<()> {
         }
         Err(e) => bail!("cannot listen on {addr}: {e}"),
     }
-}
-
-/// Whether another socket listens on `addr`.
-fn in_use(addr: SocketAddr) -> bool {
-    matches!(std::net::TcpListener::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// How to run this very binary again (the build the user already has): its
