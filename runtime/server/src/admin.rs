@@ -192,16 +192,20 @@ async fn respond(
     }
 }
 
-/// What `sluice reload` does: `POST /reload` to the admin listener of the
-/// server `config` describes (its `admin_listen`, reached through loopback
-/// when it listens on every address), or to `admin` when given, with the
-/// config's `admin_token`. Returns the HTTP status and body.
+/// The longest answer `request_reload` reads (a summary, or every problem).
+const MAX_RELOAD_ANSWER_BYTES: usize = 1 << 20;
+
+/// What `sluice reload` does: `POST /reload` (hyper's HTTP/1 client) to the
+/// admin listener of the server `config` describes (its `admin_listen`,
+/// reached through loopback when it listens on every address), or to
+/// `admin` when given, with the config's `admin_token`. Returns the HTTP
+/// status and body.
 pub async fn request_reload(
     config: Option<&sluice_config::Config>,
     admin: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
     use anyhow::Context as _;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::BodyExt as _;
     let token = match config {
         Some(c) => c.admin_token().map_err(anyhow::Error::msg)?,
         None => None,
@@ -219,27 +223,31 @@ pub async fn request_reload(
         (None, Some(a)) => a.to_string(),
         (None, None) => sluice_config::DEFAULT_ADMIN_LISTEN.to_owned(),
     };
-    let mut tcp = tokio::net::TcpStream::connect(&admin)
+    let tcp = tokio::net::TcpStream::connect(&admin)
         .await
         .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    tcp.write_all(
-        format!(
-            "POST /reload HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await?;
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await?;
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP answer from {admin}"))?;
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .with_context(|| format!("HTTP with the admin listener at {admin}"))?;
+    let driver = tokio::spawn(conn);
+    let mut request = http::Request::post("/reload").header(http::header::HOST, &admin);
+    if let Some(t) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .with_context(|| format!("POST /reload to {admin}"))?;
+    let status = response.status().as_u16();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_RELOAD_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the answer of {admin}: {e}"))?
+        .to_bytes();
+    driver.abort();
+    let body = String::from_utf8_lossy(&body).into_owned();
     Ok((status, body))
 }
 
