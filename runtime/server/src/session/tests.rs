@@ -121,32 +121,34 @@ publish = true
     ServerState::build(config).await.unwrap()
 }
 
-fn connect(state: &Arc<ServerState>, subject: &str) -> Client {
+/// A connection of `subject` admitted with a token valid for `ttl_secs`.
+fn admitted(state: &Arc<ServerState>, subject: &str, ttl_secs: u64) -> Admitted {
     let tenant = state.tenant("t").unwrap();
     let token = tenant
         .keys
-        .mint(subject, &[], 3600, serde_json::Map::new())
+        .mint(subject, &[], ttl_secs, serde_json::Map::new())
         .unwrap();
-    let principal = tenant.keys.verify(&token).unwrap();
-    let slots = (
-        tenant
-            .subject_connections
-            .acquire(subject.to_owned(), 16)
-            .unwrap(),
-        tenant.connections.acquire((), 16).unwrap(),
-    );
+    Admitted {
+        principal: tenant.keys.verify(&token).unwrap(),
+        token: token.into(),
+        slots: (
+            tenant
+                .subject_connections
+                .acquire(subject.to_owned(), 16)
+                .unwrap(),
+            tenant.connections.acquire((), 16).unwrap(),
+        ),
+        tenant,
+    }
+}
+
+fn connect(state: &Arc<ServerState>, subject: &str) -> Client {
     let (tx, incoming) = mpsc::unbounded_channel();
     let (outgoing, rx) = mpsc::unbounded_channel();
-    let admitted = Admitted {
-        tenant,
-        principal,
-        token: token.into(),
-        slots,
-    };
     tokio::spawn(run(
         state.clone(),
         MemSocket { incoming, outgoing },
-        admitted,
+        admitted(state, subject, 3600),
     ));
     Client { tx, rx }
 }
@@ -212,22 +214,7 @@ async fn a_blocked_write_does_not_outlive_the_idle_timeout() {
     )
     .await;
     let tenant = state.tenant("t").unwrap();
-    let token = tenant
-        .keys
-        .mint("carol", &[], 3600, serde_json::Map::new())
-        .unwrap();
-    let admitted = Admitted {
-        principal: tenant.keys.verify(&token).unwrap(),
-        token: token.clone().into(),
-        slots: (
-            tenant
-                .subject_connections
-                .acquire("carol".into(), 16)
-                .unwrap(),
-            tenant.connections.acquire((), 16).unwrap(),
-        ),
-        tenant: tenant.clone(),
-    };
+    let admitted = admitted(&state, "carol", 3600);
     let (_tx, incoming) = mpsc::unbounded_channel();
     let (outgoing, _rx) = mpsc::unbounded_channel();
     let session = tokio::spawn(run(
@@ -403,22 +390,7 @@ async fn a_blocked_write_does_not_outlive_the_token() {
     )
     .await;
     let tenant = state.tenant("t").unwrap();
-    let token = tenant
-        .keys
-        .mint("dave", &[], 2, serde_json::Map::new())
-        .unwrap();
-    let admitted = Admitted {
-        principal: tenant.keys.verify(&token).unwrap(),
-        token: token.clone().into(),
-        slots: (
-            tenant
-                .subject_connections
-                .acquire("dave".into(), 16)
-                .unwrap(),
-            tenant.connections.acquire((), 16).unwrap(),
-        ),
-        tenant: tenant.clone(),
-    };
+    let admitted = admitted(&state, "dave", 2);
     let (_tx, incoming) = mpsc::unbounded_channel();
     let (outgoing, _rx) = mpsc::unbounded_channel();
     let started = std::time::Instant::now();
