@@ -34,6 +34,10 @@ tls_cert = "cert.pem"
 tls_key = "key.pem"
 admin_token = {{ secret_file = "admin.token" }}   # for `sluice reload -c`
 
+[store]
+kind = "durable"   # handler state and channel history survive restarts
+data_dir = "data"  # dev/data
+
 [tenants.demo]
 origins = {origins:?}
 exposed_claims = ["name"]
@@ -73,6 +77,9 @@ schema = {{ type = "object", required = ["text"], additionalProperties = false, 
 [[tenants.demo.channels]]
 pattern = "room:{{id}}"
 publish_scopes = ["chat:write"]
+history = {{ size = 100, ttl_secs = 600 }}   # reconnecting clients recover what they missed
+presence = true                             # {{"type":"presence","channel":"room:1"}}
+presence_events = true                      # join / leave events
 
 [[tenants.demo.channels]]
 pattern = "user:{{sub}}"

@@ -25,6 +25,7 @@ pub use sluice_config as config;
 pub use sluice_protocol as protocol;
 pub use sluice_sandbox as sandbox;
 pub use sluice_server as server;
+pub use sluice_store as store;
 pub use sluice_tls as tls;
 pub use sluice_tools::{bench, client, loadgen};
 

@@ -393,7 +393,14 @@ async fn reload(config: Option<PathBuf>, admin: Option<String>) -> anyhow::Resul
 
 async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     let loaded = match sluice::config::Config::load(&path) {
-        Ok(config) => sluice::server::ServerState::build(config).await,
+        // A check never opens the store: a running server holds it.
+        Ok(config) => {
+            sluice::server::ServerState::build_with_state(
+                config,
+                Some(sluice::sandbox::MemoryStateStore::new()),
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     match loaded {
@@ -405,6 +412,16 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
                     t.handlers.len(),
                     t.channels.len()
                 );
+            }
+            let store = &state.config.store;
+            match store.kind {
+                sluice::config::StoreKind::Durable => println!(
+                    "store: durable, in {}",
+                    state.config.path(&store.data_dir).display()
+                ),
+                sluice::config::StoreKind::Memory => {
+                    println!("store: memory (nothing survives a restart)")
+                }
             }
             println!("{}: ok", path.display());
             Ok(ExitCode::SUCCESS)

@@ -15,6 +15,7 @@ mod config;
 mod conformance;
 mod corpus;
 mod handshake;
+mod history;
 mod jwks;
 mod lifecycle;
 mod limits;

@@ -116,6 +116,9 @@ pub fn rule(pattern: &str, publish: bool, publish_scopes: &[&str]) -> ChannelRul
         publish,
         subscribe_scopes: vec![],
         publish_scopes: publish_scopes.iter().map(|s| (*s).to_owned()).collect(),
+        history: None,
+        presence: false,
+        presence_events: false,
     }
 }
 
@@ -267,6 +270,7 @@ impl TestServer {
                 ("gamma".to_owned(), gamma),
             ]
             .into(),
+            store: Default::default(),
             base_dir: dir.0.clone(),
             source: None,
         };

@@ -78,6 +78,19 @@ pub const DEFAULT_SUBJECT_MESSAGES_PER_SEC: u32 = 100;
 pub const DEFAULT_TENANT_MESSAGES_PER_SEC: u32 = 10_000;
 /// Rate-limited messages in a row after which a connection is closed (1008).
 pub const DEFAULT_ABUSE_CLOSE_AFTER: u32 = 50;
+/// Where the durable store lives, relative to the config file.
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// Subjects tracked in one channel's presence; past it, the presence
+/// answer says `truncated` and no join events are sent for the others.
+pub const DEFAULT_MAX_PRESENCE_MEMBERS: u32 = 1000;
+/// A subject whose last connection left a presence channel is kept (and
+/// no `leave` is sent) for this long: a reconnect inside it is neither a
+/// leave nor a join.
+pub const DEFAULT_PRESENCE_DEBOUNCE: Duration = Duration::from_secs(5);
+/// Most events one channel's history may keep.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+/// Longest a channel's history may keep an event.
+pub const MAX_HISTORY_TTL_SECS: u64 = 30 * 24 * 3600;
 /// How often a JWKS URL is fetched again.
 pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -92,6 +105,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Engine-wide sandbox settings.
     pub sandbox: SandboxConfig,
+    /// Where handler state and channel history are kept.
+    pub store: StoreConfig,
     /// Tenants by id (the `<tenant>` in `/ws/<tenant>`).
     pub tenants: BTreeMap<String, TenantConfig>,
     /// The directory relative paths are resolved against.
@@ -160,6 +175,38 @@ pub struct ServerConfig {
     /// [`MIN_ADMIN_TOKEN_BYTES`] printable characters). None: no POST
     /// endpoint is served (SIGHUP still reloads).
     pub admin_token: Option<SecretRef>,
+}
+
+/// Where handler state and channel history are kept (`[store]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `durable` (the default): an embedded database under `data_dir`;
+    /// every state write and history entry is on disk before the client's
+    /// `ack`. `memory`: nothing survives a restart.
+    pub kind: StoreKind,
+    /// The directory of the durable store, relative to the config file
+    /// ([`DEFAULT_DATA_DIR`]). One server at a time may use it.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Durable,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+/// Which store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// redb under `data_dir`.
+    Durable,
+    /// This process's memory.
+    Memory,
 }
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare
@@ -440,6 +487,10 @@ pub struct TenantLimits {
     pub tenant_messages_per_sec: u32,
     /// [`DEFAULT_ABUSE_CLOSE_AFTER`].
     pub abuse_close_after: u32,
+    /// [`DEFAULT_MAX_PRESENCE_MEMBERS`], per channel.
+    pub max_presence_members: u32,
+    /// [`DEFAULT_PRESENCE_DEBOUNCE`], ms.
+    pub presence_debounce_ms: u64,
 }
 
 impl Default for TenantLimits {
@@ -452,6 +503,8 @@ impl Default for TenantLimits {
             subject_messages_per_sec: DEFAULT_SUBJECT_MESSAGES_PER_SEC,
             tenant_messages_per_sec: DEFAULT_TENANT_MESSAGES_PER_SEC,
             abuse_close_after: DEFAULT_ABUSE_CLOSE_AFTER,
+            max_presence_members: DEFAULT_MAX_PRESENCE_MEMBERS,
+            presence_debounce_ms: DEFAULT_PRESENCE_DEBOUNCE.as_millis() as u64,
         }
     }
 }
@@ -533,6 +586,28 @@ pub struct ChannelRuleConfig {
     /// Scopes needed to publish.
     #[serde(default)]
     pub publish_scopes: Vec<String>,
+    /// Keep the last events of each matching channel, so that a client
+    /// that reconnects can recover what it missed
+    /// (`history = { size = 100, ttl_secs = 600 }`).
+    #[serde(default)]
+    pub history: Option<HistoryConfig>,
+    /// Answer `presence` requests: who is subscribed.
+    #[serde(default)]
+    pub presence: bool,
+    /// Send `join` and `leave` events to the channel's subscribers
+    /// (needs `presence`).
+    #[serde(default)]
+    pub presence_events: bool,
+}
+
+/// How much of a channel's past is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per channel, at most (1..=[`MAX_HISTORY_SIZE`]).
+    pub size: usize,
+    /// Seconds an event is kept (1..=[`MAX_HISTORY_TTL_SECS`]).
+    pub ttl_secs: u64,
 }
 
 fn yes() -> bool {
@@ -569,6 +644,7 @@ impl Config {
         let server = server.unwrap_or_default();
         let sandbox =
             section::<SandboxConfig>(&mut root, "sandbox", &mut problems).unwrap_or_default();
+        let store = section::<StoreConfig>(&mut root, "store", &mut problems).unwrap_or_default();
         let mut tenants = BTreeMap::new();
         let mut unparsed_handlers = Vec::new();
         if let Some(value) = root.remove("tenants") {
@@ -585,12 +661,13 @@ impl Config {
         }
         for key in root.keys() {
             problems.push(format!(
-                "unknown top-level key `{key}` (expected server, sandbox, tenants)"
+                "unknown top-level key `{key}` (expected server, sandbox, store, tenants)"
             ));
         }
         let config = Config {
             server,
             sandbox,
+            store,
             tenants,
             base_dir: base_dir.to_path_buf(),
             source: None,
@@ -736,6 +813,25 @@ impl Config {
             for (i, rule) in t.channels.iter().enumerate() {
                 if let Err(e) = channel::ChannelPattern::parse(&rule.pattern) {
                     problems.push(format!("{at}.channels[{i}]: {e}"));
+                }
+                if let Some(h) = &rule.history {
+                    if !(1..=MAX_HISTORY_SIZE).contains(&h.size) {
+                        problems.push(format!(
+                            "{at}.channels[{i}].history.size: {} must be 1-{MAX_HISTORY_SIZE}",
+                            h.size
+                        ));
+                    }
+                    if !(1..=MAX_HISTORY_TTL_SECS).contains(&h.ttl_secs) {
+                        problems.push(format!(
+                            "{at}.channels[{i}].history.ttl_secs: {} must be 1-{MAX_HISTORY_TTL_SECS}",
+                            h.ttl_secs
+                        ));
+                    }
+                }
+                if rule.presence_events && !rule.presence {
+                    problems.push(format!(
+                        "{at}.channels[{i}]: presence_events needs presence = true"
+                    ));
                 }
             }
         }

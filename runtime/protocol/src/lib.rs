@@ -6,6 +6,8 @@
 //!           {"type":"ack","id":"c1","data":...}
 //!           {"type":"error","id":"c1","code":"schema_invalid","message":"..."}
 //!           {"type":"event","channel":"room:42","data":...}
+//!           {"type":"event","channel":"room:42","data":...,"offset":42,"epoch":"..."}  (history)
+//!           {"type":"join","channel":"room:42","data":{"subject":"bob","claims":{}}}   (presence)
 //!           {"type":"pong","id":"p1"}
 //! ```
 //!
@@ -349,6 +351,56 @@ pub fn event(channel: Option<&str>, data: &RawValue) -> String {
     })
     .unwrap_or_default()
 }
+
+/// `{"type":"event","channel":...,"data":...,"offset":...,"epoch":...}`: an
+/// event of a channel that keeps history, at its place in the channel's
+/// stream. `data` must be valid JSON.
+pub fn event_at(channel: &str, data: &RawValue, offset: u64, epoch: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        data: &'a RawValue,
+        offset: u64,
+        epoch: &'a str,
+    }
+    serde_json::to_string(&Event {
+        kind: "event",
+        channel,
+        data,
+        offset,
+        epoch,
+    })
+    .unwrap_or_default()
+}
+
+/// `{"type":"join"|"leave","channel":...,"data":{"subject":...,"claims":{...}}}`:
+/// a subject arrived in or left a presence channel. `claims` must be a
+/// JSON object's text (the tenant's exposed claims).
+pub fn presence_event(joined: bool, channel: &str, subject: &str, claims: &RawValue) -> String {
+    #[derive(serde::Serialize)]
+    struct Who<'a> {
+        subject: &'a str,
+        claims: &'a RawValue,
+    }
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        data: Who<'a>,
+    }
+    serde_json::to_string(&Event {
+        kind: if joined { "join" } else { "leave" },
+        channel,
+        data: Who { subject, claims },
+    })
+    .unwrap_or_default()
+}
+
+/// Longest epoch a client may send back in `since`.
+pub const MAX_EPOCH_BYTES: usize = 64;
 
 /// `{"type":"unsubscribed","channel":...,"reason":...}`: the server ended a
 /// subscription (a reload's channel rules no longer allow it).

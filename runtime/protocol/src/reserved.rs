@@ -1,6 +1,6 @@
 //! Message types the host handles itself; no route may use them.
 
-/// A reserved message type. The first four are requests a client sends;
+/// A reserved message type. The first five are requests a client sends;
 /// the rest are frames only the server sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReservedType {
@@ -12,6 +12,8 @@ pub enum ReservedType {
     Ping,
     /// `refresh` the connection's token.
     Refresh,
+    /// `presence`: who is subscribed to a channel.
+    Presence,
     /// `welcome` (server).
     Welcome,
     /// `ack` (server).
@@ -24,21 +26,28 @@ pub enum ReservedType {
     Pong,
     /// `unsubscribed` (server): a subscription the server ended.
     Unsubscribed,
+    /// `join` (server): a subject arrived in a presence channel.
+    Join,
+    /// `leave` (server): a subject left a presence channel.
+    Leave,
 }
 
 impl ReservedType {
     /// Every reserved type.
-    pub const ALL: [ReservedType; 10] = [
+    pub const ALL: [ReservedType; 13] = [
         Self::Subscribe,
         Self::Unsubscribe,
         Self::Ping,
         Self::Refresh,
+        Self::Presence,
         Self::Welcome,
         Self::Ack,
         Self::Error,
         Self::Event,
         Self::Pong,
         Self::Unsubscribed,
+        Self::Join,
+        Self::Leave,
     ];
 
     /// The type on the wire.
@@ -48,12 +57,15 @@ impl ReservedType {
             Self::Unsubscribe => "unsubscribe",
             Self::Ping => "ping",
             Self::Refresh => "refresh",
+            Self::Presence => "presence",
             Self::Welcome => "welcome",
             Self::Ack => "ack",
             Self::Error => "error",
             Self::Event => "event",
             Self::Pong => "pong",
             Self::Unsubscribed => "unsubscribed",
+            Self::Join => "join",
+            Self::Leave => "leave",
         }
     }
 
@@ -66,7 +78,7 @@ impl ReservedType {
     pub fn is_client_request(self) -> bool {
         matches!(
             self,
-            Self::Subscribe | Self::Unsubscribe | Self::Ping | Self::Refresh
+            Self::Subscribe | Self::Unsubscribe | Self::Ping | Self::Refresh | Self::Presence
         )
     }
 }

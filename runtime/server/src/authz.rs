@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use sluice_config::ChannelRuleConfig;
 pub use sluice_config::channel::{ChannelPattern, Part};
+use sluice_config::{ChannelRuleConfig, HistoryConfig};
 
 /// The verified identity of a connection.
 #[derive(Clone, Debug)]
@@ -26,7 +26,14 @@ pub struct Principal {
 
 /// Whether `channel` matches `pattern` for `principal`.
 pub fn pattern_matches(pattern: &ChannelPattern, channel: &str, principal: &Principal) -> bool {
-    match_parts(pattern.parts(), channel, principal)
+    match_parts(pattern.parts(), channel, Some(principal))
+}
+
+/// Whether `channel` has the shape of `pattern`, for some principal
+/// (`{sub}` and `{claim:..}` stand for any segment): which rule's channel
+/// features (history, presence) a channel has does not depend on who asks.
+pub fn pattern_shape_matches(pattern: &ChannelPattern, channel: &str) -> bool {
+    match_parts(pattern.parts(), channel, None)
 }
 
 fn is_segment(s: &str) -> bool {
@@ -35,7 +42,7 @@ fn is_segment(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-fn match_parts(parts: &[Part], channel: &str, principal: &Principal) -> bool {
+fn match_parts(parts: &[Part], channel: &str, principal: Option<&Principal>) -> bool {
     let Some((first, rest)) = parts.split_first() else {
         return channel.is_empty();
     };
@@ -57,9 +64,10 @@ fn match_parts(parts: &[Part], channel: &str, principal: &Principal) -> bool {
             // hold) never matches, or `user:{sub}` for subject `bob:inbox`
             // would name `user:{sub}:inbox` of subject `bob`.
             let ok = is_segment(segment)
-                && match placeholder {
-                    Part::Subject => segment == principal.subject,
-                    Part::Claim(name) => match principal.claims.get(name) {
+                && match (placeholder, principal) {
+                    (_, None) => true,
+                    (Part::Subject, Some(principal)) => segment == principal.subject,
+                    (Part::Claim(name), Some(principal)) => match principal.claims.get(name) {
                         Some(Value::String(s)) => segment == s,
                         Some(Value::Array(items)) => {
                             items.iter().any(|v| v.as_str() == Some(segment))
@@ -91,6 +99,45 @@ pub struct ChannelRule {
     publish: bool,
     subscribe_scopes: Vec<String>,
     publish_scopes: Vec<String>,
+    features: ChannelFeatures,
+}
+
+/// What the server keeps for a channel besides its subscribers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelFeatures {
+    /// Its history, if it keeps one.
+    pub history: Option<HistoryConfig>,
+    /// Whether `presence` requests are answered.
+    pub presence: bool,
+    /// Whether `join` and `leave` events are sent.
+    pub presence_events: bool,
+}
+
+/// The features of `channel`: each one from the first rule whose pattern
+/// has the channel's shape and that sets it.
+pub fn channel_features(rules: &[ChannelRule], channel: &str) -> ChannelFeatures {
+    let mut f = ChannelFeatures::default();
+    let (mut history_set, mut presence_set) = (false, false);
+    for r in rules {
+        if history_set && presence_set {
+            break;
+        }
+        let sets_history = !history_set && r.features.history.is_some();
+        let sets_presence = !presence_set && r.features.presence;
+        if !(sets_history || sets_presence) || !pattern_shape_matches(&r.pattern, channel) {
+            continue;
+        }
+        if sets_history {
+            f.history = r.features.history;
+            history_set = true;
+        }
+        if sets_presence {
+            f.presence = true;
+            f.presence_events = r.features.presence_events;
+            presence_set = true;
+        }
+    }
+    f
 }
 
 impl ChannelRule {
@@ -102,6 +149,11 @@ impl ChannelRule {
             publish: c.publish,
             subscribe_scopes: c.subscribe_scopes.clone(),
             publish_scopes: c.publish_scopes.clone(),
+            features: ChannelFeatures {
+                history: c.history,
+                presence: c.presence,
+                presence_events: c.presence && c.presence_events,
+            },
         })
     }
 }
@@ -247,6 +299,9 @@ mod tests {
                 publish: true,
                 subscribe_scopes: vec![],
                 publish_scopes: vec!["admin".into()],
+                history: None,
+                presence: false,
+                presence_events: false,
             })
             .unwrap(),
         ];
@@ -260,5 +315,43 @@ mod tests {
             ChannelOp::Subscribe
         ));
         assert!(!channel_allowed(&[], &p, "room:1", ChannelOp::Subscribe));
+    }
+
+    #[test]
+    fn features_come_from_the_first_rule_of_the_channels_shape() {
+        let rule = |pattern: &str, history: Option<usize>, presence: bool| {
+            ChannelRule::compile(&ChannelRuleConfig {
+                pattern: pattern.into(),
+                subscribe: true,
+                publish: true,
+                subscribe_scopes: vec![],
+                publish_scopes: vec![],
+                history: history.map(|size| HistoryConfig { size, ttl_secs: 60 }),
+                presence,
+                presence_events: presence,
+            })
+            .unwrap()
+        };
+        let rules = vec![
+            rule("user:{sub}", Some(5), false),
+            rule("room:{id}", None, true),
+            rule("room:{id}", Some(100), false),
+        ];
+        // `{sub}` is any segment here: every user channel keeps history.
+        assert_eq!(
+            channel_features(&rules, "user:bob").history.map(|h| h.size),
+            Some(5)
+        );
+        let room = channel_features(&rules, "room:1");
+        assert_eq!(room.history.map(|h| h.size), Some(100));
+        assert!(room.presence && room.presence_events);
+        assert_eq!(
+            channel_features(&rules, "other:1"),
+            ChannelFeatures::default()
+        );
+        assert_eq!(
+            channel_features(&rules, "room:1:x"),
+            ChannelFeatures::default()
+        );
     }
 }

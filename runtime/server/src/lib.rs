@@ -15,6 +15,9 @@
 //! call       the tenant's handler under limits -> Proposed            (stages/call.rs, sluice-sandbox)
 //! effects    every returned action authorized again -> Vec<Effect>    (stages/effects.rs)
 //! broker     who receives what is published                           (broker.rs)
+//! history    offsets, epochs, recovery of missed events               (history.rs)
+//! presence   who is subscribed, join/leave with debounce              (presence.rs)
+//! store      handler state and history on disk (sluice-store)         (durable_state.rs)
 //! outbox     per-connection bounded queues                            (outbox.rs)
 //! rejection  sandbox and read failures -> what the client sees        (rejection.rs)
 //! ```
@@ -25,10 +28,13 @@ pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod broker;
+pub mod durable_state;
 pub mod handshake;
+pub mod history;
 pub mod jwks;
 pub mod metrics;
 pub mod outbox;
+pub mod presence;
 pub mod proxy;
 pub mod ratelimit;
 pub mod rejection;
@@ -52,7 +58,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use ratelimit::{ConnectionCounter, KeyedLimiter, quota};
-use sluice_config::{Config, ConfigErrors};
+use sluice_config::{Config, ConfigErrors, StoreKind};
 use sluice_sandbox::{Sandbox, StateStore};
 use tenant::Tenant;
 
@@ -69,6 +75,10 @@ pub struct ServerState {
     pub sandbox: Sandbox,
     /// Who receives what is published (the in-process broker by default).
     pub broker: Arc<dyn broker::Broker>,
+    /// Channel history: offsets, epochs, recovery.
+    pub history: history::History,
+    /// Who is present in presence channels.
+    pub presence: presence::Presence,
     tls: RwLock<TlsAcceptor>,
     ws_config: WebSocketConfig,
     ip_connections: ConnectionCounter<IpAddr>,
@@ -98,17 +108,39 @@ impl ServerState {
         Self::build_with_state(config, None).await
     }
 
-    /// Like [`ServerState::build`], with handler state kept in `state`.
+    /// Like [`ServerState::build`], with handler state kept in `state`
+    /// (and channel history in memory) instead of the configured store.
     pub async fn build_with_state(
         config: Config,
         state: Option<Arc<dyn StateStore>>,
     ) -> Result<Arc<Self>, ConfigErrors> {
         let s = &config.server;
-        let sandbox = match state {
-            Some(st) => Sandbox::with_state(config.sandbox.clone(), st),
-            None => Sandbox::new(config.sandbox.clone()),
-        }
-        .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
+        let (state, history): (Arc<dyn StateStore>, history::History) = match state {
+            Some(st) => (st, history::History::in_memory()),
+            None => match config.store.kind {
+                StoreKind::Memory => (
+                    sluice_sandbox::MemoryStateStore::new(),
+                    history::History::in_memory(),
+                ),
+                StoreKind::Durable => {
+                    let dir = config.path(&config.store.data_dir);
+                    let opened = sluice_store::Store::open(&dir)
+                        .map_err(|e| ConfigErrors(vec![format!("store.data_dir: {e}")]))?;
+                    if opened.unclean {
+                        tracing::warn!(data_dir = %dir.display(),
+                            "the last run did not shut down cleanly: channel offsets jump past any that may have been lost");
+                    }
+                    tracing::info!(data_dir = %dir.display(), keys = opened.state.len(),
+                        channels = opened.channels.len(), "durable store opened");
+                    (
+                        durable_state::DurableState::new(opened.store.clone(), opened.state),
+                        history::History::durable(opened.store, opened.channels, opened.unclean),
+                    )
+                }
+            },
+        };
+        let sandbox = Sandbox::with_state(config.sandbox.clone(), state)
+            .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
         let mut problems = Vec::new();
         let admin_token = config
             .admin_token()
@@ -138,6 +170,8 @@ impl ServerState {
             shutdown: tokio::sync::watch::channel(false).0,
             reloads: tokio::sync::watch::channel(0).0,
             broker: Arc::new(broker::LocalBroker::default()),
+            history,
+            presence: presence::Presence::default(),
             tenants: RwLock::new(Arc::new(tenants)),
             sandbox,
             config,
@@ -214,6 +248,9 @@ impl ServerState {
         if self.config.sandbox != config.sandbox {
             problems.push("sandbox: engine settings change only with a restart".to_owned());
         }
+        if self.config.store != config.store {
+            problems.push("store: the store changes only with a restart".to_owned());
+        }
         let current = self.tenants();
         let (tls, tenants) = load_parts(&config, &self.sandbox, Some(&current), problems).await?;
         let summary = format!(
@@ -274,11 +311,19 @@ impl ServerState {
             .any(|c| c.contains(peer))
     }
 
-    fn sweep(&self) {
+    async fn sweep(&self) {
         self.ip_handshakes.sweep();
         for t in self.tenants().values() {
             t.subject_limiter.sweep();
         }
+        let tenants = self.tenants();
+        self.history
+            .sweep(self.broker.as_ref(), SWEEP_INTERVAL * 6, |key| {
+                tenants
+                    .get(key.tenant.as_ref())
+                    .and_then(|t| authz::channel_features(&t.channels, &key.channel).history)
+            })
+            .await;
     }
 }
 
@@ -395,7 +440,7 @@ impl Server {
                 loop {
                     tick.tick().await;
                     match state.upgrade() {
-                        Some(s) => s.sweep(),
+                        Some(s) => s.sweep().await,
                         None => return,
                     }
                 }
@@ -497,5 +542,8 @@ impl Server {
         if let Some(admin) = admin {
             admin.abort();
         }
+        // Everything queued for the disk is written; the store records a
+        // clean shutdown and releases its data_dir.
+        state.history.close();
     }
 }

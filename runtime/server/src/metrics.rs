@@ -257,6 +257,8 @@ pub fn render(state: &ServerState) -> String {
         }
     }
     render_jwks(&tenants, &mut out);
+    state.history.render(&mut out, label);
+    state.presence.render(&mut out, label);
     help(
         &mut out,
         "sluice_refused_actions_total",

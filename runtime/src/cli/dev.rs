@@ -109,6 +109,10 @@ pub async fn run(
         cert.display()
     );
     println!("  chat handler: {}", chat.display());
+    println!(
+        "  data:         {} (durable: state and room history survive restarts)",
+        dir.join("data").display()
+    );
     if let Some(admin) = server.admin_addr() {
         println!("  admin:        http://{admin}/metrics (health, reload)");
     }

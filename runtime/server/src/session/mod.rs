@@ -11,7 +11,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,13 +25,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::ServerState;
-use crate::authz::{ChannelOp, Principal, channel_allowed};
+use crate::authz::{ChannelFeatures, ChannelOp, Principal, channel_allowed, channel_features};
 use crate::broker::{ChannelKey, Member, SubjectKey};
 use crate::handshake::Admitted;
+use crate::history::Position;
 use crate::outbox::{Outbox, OutboxReader, Outgoing};
+use crate::presence::Joined;
 use crate::ratelimit::quota;
 use crate::stages::call::Phase;
-use crate::stages::decode::Request;
+use crate::stages::decode::{Request, Since};
 use crate::stages::effects::Effect;
 use crate::stages::{authorize, call, decode, effects, validate};
 use crate::tenant::Tenant;
@@ -71,7 +73,9 @@ struct Session {
     conn: sandbox::Connection,
     id: u64,
     outbox: Outbox,
-    subscriptions: HashSet<String>,
+    /// Channels subscribed, with how the connection counts in the
+    /// channel's presence (if the channel has presence).
+    subscriptions: HashMap<String, Option<Joined>>,
     limiter: DefaultDirectRateLimiter,
     limited_in_a_row: u32,
     /// When the token (plus the tenant's leeway) expires.
@@ -150,7 +154,7 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
         token,
         id,
         outbox: outbox.clone(),
-        subscriptions: HashSet::new(),
+        subscriptions: HashMap::new(),
         limited_in_a_row: 0,
         expires: expiry(principal_expires_at, tenant.config.auth.leeway_secs),
         started: std::time::Instant::now(),
@@ -522,10 +526,14 @@ impl Session {
                 self.send(protocol::pong(id));
                 return Ok(Flow::Continue);
             }
-            Request::Subscribe { channel } => {
-                self.subscribe(&channel)?;
+            Request::Subscribe { channel, since } => {
+                self.subscribe(&channel, since.as_ref(), Some(id)).await?;
                 self.tenant.metrics.message_ok(self.started.elapsed());
-                self.send(protocol::ack(id, None));
+                return Ok(Flow::Continue);
+            }
+            Request::Presence { channel } => {
+                self.presence(&channel, id)?;
+                self.tenant.metrics.message_ok(self.started.elapsed());
                 return Ok(Flow::Continue);
             }
             Request::Unsubscribe { channel } => {
@@ -579,7 +587,7 @@ impl Session {
     fn drop_disallowed_subscriptions(&mut self) -> Vec<String> {
         let mut dropped: Vec<String> = self
             .subscriptions
-            .iter()
+            .keys()
             .filter(|ch| {
                 !channel_allowed(
                     &self.tenant.channels,
@@ -597,32 +605,140 @@ impl Session {
         dropped
     }
 
-    fn subscribe(&mut self, channel: &str) -> Result<(), Rejection> {
+    fn features(&self, channel: &str) -> ChannelFeatures {
+        channel_features(&self.tenant.channels, channel)
+    }
+
+    /// Subscribe to `channel`. `reply_to`: answer with an `ack` (a client's
+    /// `subscribe`; `None` for a handler's action). With history, the ack
+    /// carries the channel's offset and epoch, and with `since` whether
+    /// the events missed since then follow it.
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<&Since>,
+        reply_to: Option<Option<&str>>,
+    ) -> Result<(), Rejection> {
         authorize::subscription(&self.tenant, &self.principal, channel)?;
-        if !self.subscriptions.contains(channel) {
-            if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-                return Err(Rejection::error(
-                    ErrorCode::TooManySubscriptions,
-                    "too many subscriptions",
-                ));
+        let new = !self.subscriptions.contains_key(channel);
+        if new && self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return Err(Rejection::error(
+                ErrorCode::TooManySubscriptions,
+                "too many subscriptions",
+            ));
+        }
+        let features = self.features(channel);
+        let key = self.channel_key(channel);
+        let member = Member {
+            id: self.id,
+            outbox: self.outbox.clone(),
+        };
+        match features.history {
+            Some(_) => {
+                let ack = |p: &Position| {
+                    let id = reply_to?;
+                    let mut data = serde_json::json!({ "offset": p.offset, "epoch": &*p.epoch });
+                    if let Some(r) = p.recovered {
+                        data["recovered"] = r.into();
+                    }
+                    let raw = RawValue::from_string(data.to_string()).ok();
+                    Some(protocol::ack(id, raw.as_deref()))
+                };
+                self.state
+                    .history
+                    .subscribe(self.state.broker.as_ref(), &key, since, member, ack)
+                    .await;
             }
-            self.subscriptions.insert(channel.to_owned());
-            self.state.broker.subscribe(
-                &self.channel_key(channel),
-                Member {
-                    id: self.id,
-                    outbox: self.outbox.clone(),
-                },
-            );
+            None => {
+                self.state.broker.subscribe(&key, member);
+                if let Some(id) = reply_to {
+                    // No history: nothing can be recovered.
+                    let raw = since.and_then(|_| {
+                        RawValue::from_string(r#"{"recovered":false}"#.to_owned()).ok()
+                    });
+                    self.send(protocol::ack(id, raw.as_deref()));
+                }
+            }
+        }
+        if new {
+            let joined = match features.presence {
+                true => Some(self.join_presence(&key, features).await),
+                false => None,
+            };
+            self.subscriptions.insert(channel.to_owned(), joined);
         }
         Ok(())
     }
 
+    async fn join_presence(&self, key: &ChannelKey, features: ChannelFeatures) -> Joined {
+        let claims = RawValue::from_string(self.conn.principal.claims.clone())
+            .unwrap_or_else(|_| empty_object());
+        let joined = self.state.presence.join(
+            key,
+            &self.principal.subject,
+            &claims,
+            self.tenant.config.limits.max_presence_members,
+        );
+        if joined == Joined::New && features.presence_events {
+            let frame =
+                protocol::presence_event(true, &key.channel, &self.principal.subject, &claims);
+            let _ = self.state.broker.publish(key, Utf8Bytes::from(frame)).await;
+        }
+        joined
+    }
+
+    /// This connection no longer counts in the channel's presence; after
+    /// the debounce, if the subject did not come back, it leaves.
+    fn leave_presence(&self, key: ChannelKey, joined: Joined) {
+        let Some(generation) = self
+            .state
+            .presence
+            .leave(&key, &self.principal.subject, joined)
+        else {
+            return;
+        };
+        let state = Arc::downgrade(&self.state);
+        let subject = self.principal.subject.clone();
+        let debounce = Duration::from_millis(self.tenant.config.limits.presence_debounce_ms);
+        let events = self.features(&key.channel).presence_events;
+        tokio::spawn(async move {
+            tokio::time::sleep(debounce).await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            if let Some(claims) = state.presence.expire(&key, &subject, generation)
+                && events
+            {
+                let frame = protocol::presence_event(false, &key.channel, &subject, &claims);
+                let _ = state.broker.publish(&key, Utf8Bytes::from(frame)).await;
+            }
+        });
+    }
+
+    /// `{"type":"presence","channel":...}`: the channel's members, if its
+    /// rule has presence and the principal may subscribe to it.
+    fn presence(&self, channel: &str, id: Option<&str>) -> Result<(), Rejection> {
+        authorize::subscription(&self.tenant, &self.principal, channel)?;
+        if !self.features(channel).presence {
+            return Err(Rejection::error(
+                ErrorCode::Forbidden,
+                "presence is not enabled on this channel",
+            ));
+        }
+        let (members, truncated) = self.state.presence.list(&self.channel_key(channel));
+        let data = serde_json::json!({ "members": members, "truncated": truncated });
+        let raw = RawValue::from_string(data.to_string()).ok();
+        self.send(protocol::ack(id, raw.as_deref()));
+        Ok(())
+    }
+
     fn unsubscribe(&mut self, channel: &str) {
-        if self.subscriptions.remove(channel) {
-            self.state
-                .broker
-                .unsubscribe(&self.channel_key(channel), self.id);
+        if let Some(joined) = self.subscriptions.remove(channel) {
+            let key = self.channel_key(channel);
+            self.state.broker.unsubscribe(&key, self.id);
+            if let Some(joined) = joined {
+                self.leave_presence(key, joined);
+            }
         }
     }
 
@@ -656,18 +772,14 @@ impl Session {
                         _ => self.send(protocol::event(None, &raw)),
                     }
                 }
-                Effect::Publish { key, frame } => {
-                    if let Err(e) = self.state.broker.publish(&key, frame).await {
-                        tracing::warn!(tenant = %self.tenant.id, error = %e, "publish failed");
-                    }
-                }
+                Effect::Publish { key, data } => self.publish(&key, &data).await,
                 Effect::Send { key, frame } => {
                     if let Err(e) = self.state.broker.send(&key, frame).await {
                         tracing::warn!(tenant = %self.tenant.id, error = %e, "send failed");
                     }
                 }
                 Effect::Subscribe(channel) => {
-                    if self.subscribe(&channel).is_err() {
+                    if self.subscribe(&channel, None, None).await.is_err() {
                         self.tenant.metrics.action_refused();
                         tracing::warn!(tenant = %self.tenant.id, action = "subscribe over the subscription limit", "handler action refused");
                     }
@@ -685,15 +797,42 @@ impl Session {
         flow
     }
 
+    /// Publish `data` on a channel: with its history (an offset, kept, on
+    /// disk before this returns) or straight to the broker.
+    async fn publish(&self, key: &ChannelKey, data: &RawValue) {
+        let result = match self.features(&key.channel).history {
+            Some(rule) => self
+                .state
+                .history
+                .publish(self.state.broker.as_ref(), key, rule, data)
+                .await
+                .map_err(|e| e.to_string()),
+            None => {
+                let frame = Utf8Bytes::from(protocol::event(Some(&key.channel), data));
+                self.state
+                    .broker
+                    .publish(key, frame)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(tenant = %self.tenant.id, error = %e, "publish failed");
+        }
+    }
+
     async fn cleanup(&mut self) {
-        for channel in std::mem::take(&mut self.subscriptions) {
-            self.state
-                .broker
-                .unsubscribe(&self.channel_key(&channel), self.id);
+        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe(&channel);
         }
         self.state
             .broker
             .leave_subject(&self.subject_key(), self.id);
         let _ = self.lifecycle(Phase::Disconnect).await;
     }
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }

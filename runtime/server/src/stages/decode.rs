@@ -9,8 +9,16 @@ use sluice_protocol::{self as protocol, Envelope, ErrorCode, Rejection, Reserved
 pub enum Request {
     /// `ping`: answered with `pong`.
     Ping,
-    /// `subscribe` to a channel.
+    /// `subscribe` to a channel, recovering what was missed since a
+    /// position (channels with history).
     Subscribe {
+        /// The channel.
+        channel: String,
+        /// `data.since`, if given.
+        since: Option<Since>,
+    },
+    /// `presence`: who is subscribed to a channel.
+    Presence {
         /// The channel.
         channel: String,
     },
@@ -26,6 +34,60 @@ pub enum Request {
     },
     /// A message for the tenant's route `envelope.kind`.
     Route(Envelope),
+}
+
+/// A position in a channel's stream, as a client sends it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// The last offset the client saw.
+    pub offset: u64,
+    /// The epoch that offset belongs to.
+    pub epoch: String,
+}
+
+/// Largest offset a client may send: offsets are JSON numbers, exact in
+/// every client up to 2^53 - 1.
+pub const MAX_OFFSET: u64 = (1 << 53) - 1;
+
+/// `data` of a `subscribe`: `null`, `{}` or `{"since":{"offset":N,"epoch":"..."}}`.
+fn since(data: &serde_json::Value) -> Result<Option<Since>, Rejection> {
+    let bad = |why: &str| Rejection::error(ErrorCode::BadEnvelope, format!("subscribe: {why}"));
+    let obj = match data {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(o) => o,
+        _ => return Err(bad("data must be an object with an optional `since`")),
+    };
+    if obj.keys().any(|k| k != "since") {
+        return Err(bad("data takes only `since`"));
+    }
+    let Some(since) = obj.get("since") else {
+        return Ok(None);
+    };
+    let Some(since) = since.as_object() else {
+        return Err(bad("since must be {\"offset\": N, \"epoch\": \"...\"}"));
+    };
+    if since.keys().any(|k| k != "offset" && k != "epoch") {
+        return Err(bad("since takes only `offset` and `epoch`"));
+    }
+    let offset = since
+        .get("offset")
+        .and_then(serde_json::Value::as_u64)
+        .filter(|o| *o <= MAX_OFFSET)
+        .ok_or_else(|| bad("since.offset must be an integer from 0 to 2^53-1"))?;
+    let epoch = since
+        .get("epoch")
+        .and_then(serde_json::Value::as_str)
+        .filter(|e| !e.is_empty() && e.len() <= protocol::MAX_EPOCH_BYTES)
+        .ok_or_else(|| {
+            bad(&format!(
+                "since.epoch must be a string of 1-{} bytes",
+                protocol::MAX_EPOCH_BYTES
+            ))
+        })?;
+    Ok(Some(Since {
+        offset,
+        epoch: epoch.to_owned(),
+    }))
 }
 
 /// What decoding produced: the client's correlation id (when the envelope
@@ -70,6 +132,10 @@ fn classify(envelope: Envelope) -> Result<Request, Rejection> {
         // The old wording says "subscribe" for both.
         ReservedType::Subscribe => Ok(Request::Subscribe {
             channel: channel("subscribe")?,
+            since: since(&envelope.data)?,
+        }),
+        ReservedType::Presence => Ok(Request::Presence {
+            channel: channel("presence")?,
         }),
         ReservedType::Unsubscribe => Ok(Request::Unsubscribe {
             channel: channel("subscribe")?,
@@ -87,9 +153,9 @@ fn classify(envelope: Envelope) -> Result<Request, Rejection> {
         | ReservedType::Error
         | ReservedType::Event
         | ReservedType::Pong
-        | ReservedType::Unsubscribed => {
-            Err(Rejection::error(ErrorCode::UnknownType, "reserved type"))
-        }
+        | ReservedType::Unsubscribed
+        | ReservedType::Join
+        | ReservedType::Leave => Err(Rejection::error(ErrorCode::UnknownType, "reserved type")),
     }
 }
 
@@ -115,7 +181,7 @@ mod tests {
         assert_eq!(code(&d), "bad_envelope");
         assert!(matches!(
             decode(r#"{"type":"subscribe","channel":"room:1"}"#, 8).request,
-            Ok(Request::Subscribe { channel }) if channel == "room:1"
+            Ok(Request::Subscribe { channel, since: None }) if channel == "room:1"
         ));
         assert_eq!(code(&decode(r#"{"type":"ack"}"#, 8)), "unknown_type");
         assert_eq!(code(&decode(r#"{"type":"sluice.x"}"#, 8)), "unknown_type");
@@ -130,5 +196,52 @@ mod tests {
         let bad = decode("{", 8);
         assert_eq!(bad.id, None);
         assert_eq!(code(&bad), "bad_json");
+    }
+
+    #[test]
+    fn since_is_checked_strictly() {
+        let sub = |data: &str| {
+            decode(
+                &format!(r#"{{"type":"subscribe","id":"s","channel":"room:1","data":{data}}}"#),
+                8,
+            )
+        };
+        assert!(matches!(
+            sub(r#"{"since":{"offset":41,"epoch":"ab12"}}"#).request,
+            Ok(Request::Subscribe { since: Some(Since { offset: 41, ref epoch }), .. }) if epoch == "ab12"
+        ));
+        assert!(matches!(
+            sub("{}").request,
+            Ok(Request::Subscribe { since: None, .. })
+        ));
+        let long_epoch = format!(
+            r#"{{"since":{{"offset":1,"epoch":"{}"}}}}"#,
+            "e".repeat(10_000)
+        );
+        for bad in [
+            r#"{"since":{"offset":-1,"epoch":"e"}}"#,
+            r#"{"since":{"offset":1e300,"epoch":"e"}}"#,
+            r#"{"since":{"offset":18446744073709551616,"epoch":"e"}}"#,
+            r#"{"since":{"offset":9007199254740992,"epoch":"e"}}"#,
+            r#"{"since":{"offset":"41","epoch":"e"}}"#,
+            r#"{"since":{"offset":1.5,"epoch":"e"}}"#,
+            r#"{"since":{"offset":1,"epoch":""}}"#,
+            r#"{"since":{"offset":1,"epoch":7}}"#,
+            r#"{"since":{"offset":1}}"#,
+            r#"{"since":{"offset":1,"epoch":"e","x":1}}"#,
+            r#"{"since":[1,"e"]}"#,
+            r#"{"other":1}"#,
+            r#""since""#,
+            long_epoch.as_str(),
+        ] {
+            let d = sub(bad);
+            assert_eq!(code(&d), "bad_envelope", "{bad}");
+            assert_eq!(d.id.as_deref(), Some("s"));
+        }
+        assert!(matches!(
+            decode(r#"{"type":"presence","channel":"room:1"}"#, 8).request,
+            Ok(Request::Presence { channel }) if channel == "room:1"
+        ));
+        assert_eq!(code(&decode(r#"{"type":"join"}"#, 8)), "unknown_type");
     }
 }

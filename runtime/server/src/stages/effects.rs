@@ -1,7 +1,8 @@
 //! Effects: every action a handler returns is authorized again, as if the
 //! client had asked for it, and becomes a typed [`Effect`]. A refused action
 //! is dropped, counted and logged; the others apply. Frames are serialized
-//! here, once, before they reach the broker.
+//! once, before they reach the broker: here, or (a publish, which may get
+//! an offset) when it is published.
 
 use std::sync::Arc;
 
@@ -24,12 +25,13 @@ pub enum Effect {
     /// Answer the message (`ack` data), or an `event` to this connection
     /// outside a message.
     Reply(Box<RawValue>),
-    /// Publish this frame on a channel.
+    /// Publish on a channel (the frame is made when it is published: a
+    /// channel with history gives it its offset).
     Publish {
         /// The channel.
         key: ChannelKey,
-        /// The `event` frame.
-        frame: Utf8Bytes,
+        /// The event's `data`.
+        data: Box<RawValue>,
     },
     /// Send this frame to every connection of a subject.
     Send {
@@ -88,10 +90,9 @@ pub fn authorize(tenant: &Tenant, principal: &Principal, proposed: Proposed) -> 
                     refused("publish to a channel this principal may not publish to");
                     continue;
                 }
-                let frame = Utf8Bytes::from(protocol::event(Some(&p.channel), &raw));
                 effects.push(Effect::Publish {
                     key: ChannelKey::new(&tenant_id, &p.channel),
-                    frame,
+                    data: raw,
                 });
             }
             Action::Send(s) => {

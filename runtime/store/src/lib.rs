@@ -1,0 +1,567 @@
+//! The durable embedded store: handler state and channel history in one
+//! redb database (`<data_dir>/sluice.redb`), written by one thread.
+//!
+//! Writers (calls committing state, publishes appending to a channel's
+//! history) first [`Store::reserve`] a place in the writer's bounded queue,
+//! then hand it one operation and get a [`Durable`] to await. The writer
+//! takes everything queued at that moment into one write transaction and
+//! commits it with `Durability::Immediate` (fsync): concurrent writers share
+//! one fsync (group commit). A [`Durable`] resolves only after the fsync, so
+//! whoever awaits it before answering a client never acknowledges anything
+//! a `kill -9` could lose. Operations commit in queue order.
+//!
+//! At open the whole content is read back ([`Opened`]): the server keeps
+//! state and history in memory and the disk is their durable copy.
+//!
+//! A clean shutdown is recorded. After an unclean one (a crash, `kill -9`)
+//! the history offsets a channel hands out next jump past any offset that
+//! might have been delivered live but not yet written ([`Opened::unclean`]):
+//! offsets stay strictly increasing, never reused.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+/// Handler state: (tenant, key) -> value.
+const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
+/// Channels with history: (tenant, channel) -> (epoch, last offset).
+const CHANNELS: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("channels");
+/// History entries: (tenant, channel, offset) -> (unix ms, event data).
+const HISTORY: TableDefinition<(&str, &str, u64), (u64, &[u8])> = TableDefinition::new("history");
+/// Store metadata: `clean` (1 after a clean shutdown, 0 while running).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Operations the writer queue holds at most; a writer waits for room.
+pub const QUEUE: usize = 8192;
+/// Operations one transaction takes at most.
+const MAX_BATCH: usize = 4096;
+/// How far a channel's offsets jump after an unclean shutdown: more than
+/// could have been handed out without being written (queue plus a batch).
+pub const UNCLEAN_OFFSET_JUMP: u64 = (QUEUE + MAX_BATCH) as u64 + 1;
+
+/// The store failed (disk, corruption, or it was closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// One history entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Its offset in the channel.
+    pub offset: u64,
+    /// When it was published, ms since the Unix epoch.
+    pub unix_ms: u64,
+    /// The event's `data`, JSON text.
+    pub data: Vec<u8>,
+}
+
+/// A channel's history as read at open.
+#[derive(Clone, Debug)]
+pub struct ChannelHistory {
+    /// The tenant.
+    pub tenant: String,
+    /// The channel.
+    pub channel: String,
+    /// The channel's epoch.
+    pub epoch: String,
+    /// The last offset handed out (that reached the disk).
+    pub last_offset: u64,
+    /// The entries kept, oldest first.
+    pub entries: Vec<Entry>,
+}
+
+/// What [`Store::open`] read back.
+pub struct Opened {
+    /// The store, ready for writes.
+    pub store: Arc<Store>,
+    /// Every tenant's state: (tenant, key, value).
+    pub state: Vec<(String, String, Vec<u8>)>,
+    /// Every channel with history.
+    pub channels: Vec<ChannelHistory>,
+    /// The last run did not shut down cleanly.
+    pub unclean: bool,
+}
+
+/// One write.
+enum Op {
+    /// A call's state writes (`None` deletes).
+    State {
+        tenant: String,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    },
+    /// An entry appended to a channel's history; entries up to
+    /// `trim_through` removed.
+    Append {
+        tenant: String,
+        channel: String,
+        epoch: String,
+        entry: Entry,
+        trim_through: u64,
+    },
+    /// Entries up to `through` removed (expired).
+    Trim {
+        tenant: String,
+        channel: String,
+        through: u64,
+    },
+    /// A channel forgotten (no entries left, idle past its TTL).
+    Forget { tenant: String, channel: String },
+}
+
+struct Queued {
+    op: Op,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The durable store.
+pub struct Store {
+    tx: Mutex<Option<mpsc::Sender<Queued>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+/// A place in the writer's queue.
+pub struct Permit(mpsc::OwnedPermit<Queued>);
+
+/// A write in the queue: await it before acknowledging.
+pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
+
+impl Durable {
+    /// Resolves once the write is on disk (fsync'd).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(StoreError("the writer stopped".into())))
+    }
+}
+
+impl Permit {
+    fn queue(self, op: Op) -> Durable {
+        let (done, rx) = oneshot::channel();
+        self.0.send(Queued { op, done });
+        Durable(rx)
+    }
+
+    /// Commit a call's state writes (`None` deletes), atomically.
+    pub fn commit_state(self, tenant: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Durable {
+        self.queue(Op::State {
+            tenant: tenant.to_owned(),
+            writes,
+        })
+    }
+
+    /// Append `entry` to a channel's history (creating or updating the
+    /// channel's record with `epoch` and the entry's offset) and remove
+    /// entries up to `trim_through`.
+    pub fn append(
+        self,
+        tenant: &str,
+        channel: &str,
+        epoch: &str,
+        entry: Entry,
+        trim_through: u64,
+    ) -> Durable {
+        self.queue(Op::Append {
+            tenant: tenant.to_owned(),
+            channel: channel.to_owned(),
+            epoch: epoch.to_owned(),
+            entry,
+            trim_through,
+        })
+    }
+
+    /// Remove a channel's entries up to `through`.
+    pub fn trim(self, tenant: &str, channel: &str, through: u64) -> Durable {
+        self.queue(Op::Trim {
+            tenant: tenant.to_owned(),
+            channel: channel.to_owned(),
+            through,
+        })
+    }
+
+    /// Forget a channel: its record and every entry.
+    pub fn forget(self, tenant: &str, channel: &str) -> Durable {
+        self.queue(Op::Forget {
+            tenant: tenant.to_owned(),
+            channel: channel.to_owned(),
+        })
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`, read everything back, and start
+    /// the writer. Fails if another process holds the database.
+    pub fn open(dir: &Path) -> Result<Opened, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("sluice.redb");
+        let db = Database::create(&path).map_err(|e| {
+            StoreError(format!(
+                "cannot open {}: {e} (is another Sluice using this data_dir?)",
+                path.display()
+            ))
+        })?;
+        let (state, channels, unclean) = read_back(&db)?;
+        // Running: not clean until a clean shutdown says so.
+        let mut txn = db.begin_write().map_err(err)?;
+        txn.set_durability(Durability::Immediate).map_err(err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(err)?;
+            meta.insert("clean", 0).map_err(err)?;
+            txn.open_table(STATE).map_err(err)?;
+            txn.open_table(CHANNELS).map_err(err)?;
+            txn.open_table(HISTORY).map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("sluice-store".into())
+            .spawn(move || write_loop(db, rx))
+            .map_err(err)?;
+        Ok(Opened {
+            store: Arc::new(Self {
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                path,
+            }),
+            state,
+            channels,
+            unclean,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A place in the writer's queue (waits while the queue is full).
+    pub async fn reserve(&self) -> Result<Permit, StoreError> {
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError("the store is closed".into()))?;
+        tx.reserve_owned()
+            .await
+            .map(Permit)
+            .map_err(|_| StoreError("the writer stopped".into()))
+    }
+
+    /// Stop taking writes, let the writer finish what is queued, record a
+    /// clean shutdown and release the database. Writes still holding a
+    /// [`Permit`] are written before the writer stops.
+    pub fn close(&self) {
+        drop(
+            self.tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+type ReadBack = (Vec<(String, String, Vec<u8>)>, Vec<ChannelHistory>, bool);
+
+fn read_back(db: &Database) -> Result<ReadBack, StoreError> {
+    let txn = db.begin_read().map_err(err)?;
+    let mut state = Vec::new();
+    let mut channels = Vec::new();
+    let clean = match txn.open_table(META) {
+        Ok(meta) => meta.get("clean").map_err(err)?.map(|v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(err(e)),
+    };
+    match txn.open_table(STATE) {
+        Ok(table) => {
+            for row in table.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let (tenant, key) = k.value();
+                state.push((tenant.to_owned(), key.to_owned(), v.value().to_vec()));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(err(e)),
+    }
+    match (txn.open_table(CHANNELS), txn.open_table(HISTORY)) {
+        (Ok(table), Ok(history)) => {
+            for row in table.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let (tenant, channel) = k.value();
+                let (epoch, last_offset) = v.value();
+                let mut entries = Vec::new();
+                for e in history
+                    .range((tenant, channel, 0)..=(tenant, channel, u64::MAX))
+                    .map_err(err)?
+                {
+                    let (k, v) = e.map_err(err)?;
+                    let (unix_ms, data) = v.value();
+                    entries.push(Entry {
+                        offset: k.value().2,
+                        unix_ms,
+                        data: data.to_vec(),
+                    });
+                }
+                channels.push(ChannelHistory {
+                    tenant: tenant.to_owned(),
+                    channel: channel.to_owned(),
+                    epoch: epoch.to_owned(),
+                    last_offset,
+                    entries,
+                });
+            }
+        }
+        (Err(redb::TableError::TableDoesNotExist(_)), _)
+        | (_, Err(redb::TableError::TableDoesNotExist(_))) => {}
+        (Err(e), _) | (_, Err(e)) => return Err(err(e)),
+    }
+    // A new database (no META yet) is clean; one that says 0 was running.
+    let unclean = clean == Some(0);
+    Ok((state, channels, unclean))
+}
+
+fn write_loop(db: Database, mut rx: mpsc::Receiver<Queued>) {
+    let mut batch = Vec::with_capacity(64);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&db, &batch);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, writes = batch.len(), "store write failed");
+        }
+        for q in batch.drain(..) {
+            let _ = q.done.send(result.clone());
+        }
+    }
+    // Every sender is gone: nothing more can be queued.
+    let clean = (|| -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(err)?;
+        txn.set_durability(Durability::Immediate).map_err(err)?;
+        txn.open_table(META)
+            .map_err(err)?
+            .insert("clean", 1)
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    })();
+    if let Err(e) = clean {
+        tracing::warn!(error = %e, "could not record a clean shutdown");
+    }
+}
+
+fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(err)?;
+    txn.set_durability(Durability::Immediate).map_err(err)?;
+    {
+        let mut state = txn.open_table(STATE).map_err(err)?;
+        let mut channels = txn.open_table(CHANNELS).map_err(err)?;
+        let mut history = txn.open_table(HISTORY).map_err(err)?;
+        for q in batch {
+            match &q.op {
+                Op::State { tenant, writes } => {
+                    for (key, value) in writes {
+                        match value {
+                            Some(v) => {
+                                state
+                                    .insert((tenant.as_str(), key.as_str()), v.as_slice())
+                                    .map_err(err)?;
+                            }
+                            None => {
+                                state.remove((tenant.as_str(), key.as_str())).map_err(err)?;
+                            }
+                        }
+                    }
+                }
+                Op::Append {
+                    tenant,
+                    channel,
+                    epoch,
+                    entry,
+                    trim_through,
+                } => {
+                    let (t, c) = (tenant.as_str(), channel.as_str());
+                    channels
+                        .insert((t, c), (epoch.as_str(), entry.offset))
+                        .map_err(err)?;
+                    history
+                        .insert((t, c, entry.offset), (entry.unix_ms, entry.data.as_slice()))
+                        .map_err(err)?;
+                    if *trim_through > 0 {
+                        history
+                            .retain_in((t, c, 0)..=(t, c, *trim_through), |_, _| false)
+                            .map_err(err)?;
+                    }
+                }
+                Op::Trim {
+                    tenant,
+                    channel,
+                    through,
+                } => {
+                    let (t, c) = (tenant.as_str(), channel.as_str());
+                    history
+                        .retain_in((t, c, 0)..=(t, c, *through), |_, _| false)
+                        .map_err(err)?;
+                }
+                Op::Forget { tenant, channel } => {
+                    let (t, c) = (tenant.as_str(), channel.as_str());
+                    channels.remove((t, c)).map_err(err)?;
+                    history
+                        .retain_in((t, c, 0)..=(t, c, u64::MAX), |_, _| false)
+                        .map_err(err)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn entry(offset: u64) -> Entry {
+        Entry {
+            offset,
+            unix_ms: 1000 + offset,
+            data: format!("{{\"n\":{offset}}}").into_bytes(),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_was_acknowledged_is_read_back_and_history_is_trimmed() {
+        let d = dir("readback");
+        let opened = Store::open(&d).unwrap();
+        assert!(!opened.unclean && opened.state.is_empty() && opened.channels.is_empty());
+        let store = opened.store;
+        let p = store.reserve().await.unwrap();
+        p.commit_state(
+            "t1",
+            vec![("k".into(), Some(b"v1".to_vec())), ("gone".into(), None)],
+        )
+        .wait()
+        .await
+        .unwrap();
+        for n in 1..=10u64 {
+            let trim = n.saturating_sub(3);
+            let p = store.reserve().await.unwrap();
+            p.append("t1", "room:1", "e1", entry(n), trim)
+                .wait()
+                .await
+                .unwrap();
+        }
+        // Another tenant's channel of the same name is separate.
+        let p = store.reserve().await.unwrap();
+        p.append("t2", "room:1", "e2", entry(1), 0)
+            .wait()
+            .await
+            .unwrap();
+        store.close();
+        drop(store);
+
+        let opened = Store::open(&d).unwrap();
+        assert!(!opened.unclean, "a closed store is clean");
+        assert_eq!(
+            opened.state,
+            vec![("t1".into(), "k".into(), b"v1".to_vec())]
+        );
+        let mut chans = opened.channels;
+        chans.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        assert_eq!(chans.len(), 2);
+        assert_eq!(chans[0].epoch, "e1");
+        assert_eq!(chans[0].last_offset, 10);
+        let offsets: Vec<u64> = chans[0].entries.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![8, 9, 10]);
+        assert_eq!(chans[1].entries, vec![entry(1)]);
+        let store = opened.store;
+        store
+            .reserve()
+            .await
+            .unwrap()
+            .forget("t1", "room:1")
+            .wait()
+            .await
+            .unwrap();
+        store.close();
+        drop(store);
+        let opened = Store::open(&d).unwrap();
+        assert_eq!(opened.channels.len(), 1);
+        drop(opened);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn a_store_not_closed_reads_back_as_unclean() {
+        let d = dir("unclean");
+        let opened = Store::open(&d).unwrap();
+        opened
+            .store
+            .reserve()
+            .await
+            .unwrap()
+            .commit_state("t", vec![("k".into(), Some(vec![1]))])
+            .wait()
+            .await
+            .unwrap();
+        // Simulate a crash: the writer never records a clean shutdown.
+        // (Leaking the store keeps its thread and the file lock; open a copy.)
+        let copy = dir("unclean-copy");
+        std::fs::create_dir_all(&copy).unwrap();
+        std::fs::copy(d.join("sluice.redb"), copy.join("sluice.redb")).unwrap();
+        let reopened = Store::open(&copy).unwrap();
+        assert!(reopened.unclean);
+        assert_eq!(reopened.state.len(), 1);
+        drop(reopened);
+        drop(opened);
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(&copy);
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_dir_is_refused_with_a_clear_error() {
+        let d = dir("twice");
+        let first = Store::open(&d).unwrap();
+        let second = Store::open(&d);
+        assert!(
+            matches!(&second, Err(StoreError(m)) if m.contains("another Sluice")),
+            "{:?}",
+            second.err()
+        );
+        drop(first);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
