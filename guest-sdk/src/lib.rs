@@ -75,8 +75,8 @@ pub mod bindings {
 
 use bindings::exports::sluice::handler::events;
 pub use bindings::sluice::handler::types::{
-    Action, CloseRequest, Connection, HandlerError, Message, Principal, Publish, Rejection,
-    SendToSubject,
+    Action, CloseRequest, Connection, HandlerError, Message, Position, Principal, Publish,
+    Rejection, Resubscribe, SendToSubject,
 };
 
 /// What a handler function returns: actions for the host, or an error.
@@ -240,6 +240,26 @@ impl Actions {
     /// Subscribe the calling connection to `channel`.
     pub fn subscribe(mut self, channel: impl Into<String>) -> Self {
         self.list.push(Action::Subscribe(channel.into()));
+        self
+    }
+
+    /// Subscribe the calling connection to `channel` and replay what it
+    /// missed after `offset` of `epoch` (a channel with history; the
+    /// client's last event's `offset` and `epoch`). The connection gets a
+    /// `subscribed` frame saying whether everything missed follows.
+    pub fn subscribe_since(
+        mut self,
+        channel: impl Into<String>,
+        offset: u64,
+        epoch: impl Into<String>,
+    ) -> Self {
+        self.list.push(Action::SubscribeSince(Resubscribe {
+            channel: channel.into(),
+            since: Position {
+                offset,
+                epoch: epoch.into(),
+            },
+        }));
         self
     }
 

@@ -27,7 +27,7 @@ pub use sluice_sandbox as sandbox;
 pub use sluice_server as server;
 pub use sluice_store as store;
 pub use sluice_tls as tls;
-pub use sluice_tools::{bench, client, loadgen};
+pub use sluice_tools::{bench, bench_store, client, loadgen};
 
 pub mod dev;
 pub mod logging;

@@ -204,6 +204,29 @@ enum BenchCommand {
     /// Request/answer load over N connections: closed loop (--depth) or
     /// open loop (--rate); HDR latency, server CPU per message.
     Load(sluice::loadgen::messages::LoadArgs),
+    /// What durability costs: publish throughput with channel history off,
+    /// in memory and durable; the time to recover missed events; state
+    /// commits per second, durable against in memory.
+    Store {
+        /// Where the durable store goes (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Concurrent publishers / committing calls.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds per configuration and round.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Rounds (configurations alternate between rounds).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Missed events to recover.
+        #[arg(long, default_value_t = 1000)]
+        missed: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// One publisher, M subscribers of a channel: delivery latency and
     /// deliveries per second.
     Fanout(sluice::loadgen::fanout::FanoutArgs),
@@ -290,6 +313,53 @@ fn main() -> ExitCode {
                     limits,
                 };
                 bench_sandbox(component, base, opts, json).await
+            }
+            Command::Bench(BenchCommand::Store {
+                dir,
+                concurrency,
+                seconds,
+                rounds,
+                missed,
+                json,
+            }) => {
+                let opts = sluice::bench_store::StoreBenchOptions {
+                    dir,
+                    concurrency: concurrency.max(1),
+                    seconds,
+                    rounds: rounds.max(1),
+                    missed,
+                };
+                let report = sluice::bench_store::run(&opts).await?;
+                print_report(json, &report, |r| {
+                    println!(
+                        "sluice bench store: {} concurrent publishers / calls, medians of rounds",
+                        r.concurrency
+                    );
+                    println!(
+                        "  publish, history off:      {:>10.0} /s",
+                        r.publish_history_off_per_sec
+                    );
+                    println!(
+                        "  publish, history memory:   {:>10.0} /s",
+                        r.publish_history_memory_per_sec
+                    );
+                    println!(
+                        "  publish, history durable:  {:>10.0} /s (each on disk before it returns)",
+                        r.publish_history_durable_per_sec
+                    );
+                    println!(
+                        "  recover {} missed events: {:>10.0} us (ack + events queued and drained)",
+                        r.missed, r.recover_us
+                    );
+                    println!(
+                        "  state commits, memory:     {:>10.0} /s",
+                        r.state_commits_memory_per_sec
+                    );
+                    println!(
+                        "  state commits, durable:    {:>10.0} /s (each on disk before it returns)",
+                        r.state_commits_durable_per_sec
+                    );
+                })
             }
             Command::Bench(BenchCommand::Load(args)) => {
                 let json = args.target.json;
@@ -570,6 +640,9 @@ fn action_json(action: &Action) -> Value {
         Action::Publish(p) => json!({ "publish": { "channel": p.channel, "data": data(&p.data) } }),
         Action::Send(s) => json!({ "send": { "subject": s.subject, "data": data(&s.data) } }),
         Action::Subscribe(c) => json!({ "subscribe": c }),
+        Action::SubscribeSince(r) => {
+            json!({ "subscribe": r.channel, "since": { "offset": r.since.offset, "epoch": r.since.epoch } })
+        }
         Action::Unsubscribe(c) => json!({ "unsubscribe": c }),
         Action::Close(c) => json!({ "close": { "code": c.code, "reason": c.reason } }),
     }

@@ -676,3 +676,74 @@ async fn history_older_than_its_ttl_is_dropped_from_memory_and_disk() {
     let opened = sluice::store::Store::open(&dir.0).expect("reopen");
     assert!(opened.channels.is_empty());
 }
+
+#[tokio::test]
+async fn a_handler_can_subscribe_with_recovery() {
+    let server = TestServer::start_with(rooms_with_history(100, 100)).await;
+    let token = server.token("alpha", "reader", "");
+    let mut r = server.connect("alpha", &token).await.expect("connect");
+    r.send(json!({"type": "chat.join", "id": "j", "channel": "room:h"}))
+        .await;
+    // The handler's subscribe: a `subscribed` frame with the position,
+    // then the reader's own `joined` event, then the handler's reply.
+    let subscribed = r.recv().await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(subscribed["channel"], "room:h");
+    assert_eq!(subscribed["data"]["offset"], 0);
+    assert!(
+        subscribed["data"].get("recovered").is_none(),
+        "{subscribed}"
+    );
+    let epoch = subscribed["data"]["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    let joined = r.next_event().await;
+    assert_eq!(
+        (joined["offset"].clone(), joined["data"]["kind"].clone()),
+        (json!(1), json!("joined"))
+    );
+    drop(r);
+
+    let mut w = server
+        .connect("alpha", &server.token("alpha", "writer", "chat:write"))
+        .await
+        .expect("connect");
+    publish_many(&mut w, "room:h", "h", 5).await;
+
+    let mut r = server.connect("alpha", &token).await.expect("reconnect");
+    r.send(json!({"type": "chat.join", "id": "j2", "channel": "room:h",
+        "data": {"since": {"offset": 1, "epoch": epoch}}}))
+        .await;
+    let subscribed = r.recv().await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(
+        subscribed["data"],
+        json!({"offset": 6, "epoch": epoch, "recovered": true})
+    );
+    for (offset, text) in (2..=6).zip(0..) {
+        let e = r.recv().await;
+        assert_eq!(e["type"], "event", "{e}");
+        assert_eq!(e["offset"], offset);
+        assert_eq!(e["data"]["text"], format!("h {text}"));
+    }
+    let own = r.recv().await;
+    assert_eq!(
+        (own["offset"].clone(), own["data"]["kind"].clone()),
+        (json!(7), json!("joined"))
+    );
+    let ack = r.recv().await;
+    assert_eq!(
+        (ack["type"].clone(), ack["id"].clone()),
+        (json!("ack"), json!("j2"))
+    );
+
+    // A position from another epoch: subscribed, but not recovered.
+    let mut r2 = server.connect("alpha", &token).await.expect("connect");
+    r2.send(json!({"type": "chat.join", "id": "j3", "channel": "room:h",
+        "data": {"since": {"offset": 1, "epoch": "gone"}}}))
+        .await;
+    let subscribed = r2.recv().await;
+    assert_eq!(subscribed["data"]["recovered"], false, "{subscribed}");
+    r2.assert_usable().await;
+}

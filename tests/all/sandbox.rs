@@ -529,7 +529,7 @@ async fn components_that_do_not_fit_the_world_are_refused_with_a_readable_error(
     let err = load_err(&sandbox, b"(component)".to_vec(), spec()).await;
     assert!(
         err.to_string()
-            .contains("does not export `sluice:handler/events@0.1.0`"),
+            .contains("does not export `sluice:handler/events@0.2.0`"),
         "{err}"
     );
 
@@ -539,11 +539,11 @@ async fn components_that_do_not_fit_the_world_are_refused_with_a_readable_error(
         (core instance $i (instantiate $m))
         (func $f (canon lift (core func $i "f")))
         (instance $events (export "ping" (func $f)))
-        (export "sluice:handler/events@0.2.0" (instance $events)))"#;
+        (export "sluice:handler/events@0.0.9" (instance $events)))"#;
     let err = load_err(&sandbox, other_version.to_vec(), spec()).await;
     assert!(
         err.to_string()
-            .contains("built against sluice:handler@0.2.0"),
+            .contains("built against sluice:handler@0.0.9"),
         "{err}"
     );
 
@@ -553,7 +553,7 @@ async fn components_that_do_not_fit_the_world_are_refused_with_a_readable_error(
         (core instance $i (instantiate $m))
         (func $f (canon lift (core func $i "f")))
         (instance $events (export "on-message" (func $f)))
-        (export "sluice:handler/events@0.1.0" (instance $events)))"#;
+        (export "sluice:handler/events@0.2.0" (instance $events)))"#;
     let err = load_err(&sandbox, wrong_shape.to_vec(), spec()).await;
     assert!(matches!(err, LoadError::World(_)), "{err}");
 

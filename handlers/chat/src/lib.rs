@@ -5,6 +5,9 @@
 //! Routes (every one needs a `channel`, the room, e.g. `room:42`):
 //! - `chat.join`: subscribe to the room, publish `{"kind":"joined","from":sub}`,
 //!   reply `{"history":[...]}` (the last [`HISTORY_LEN`] messages, oldest first).
+//!   With data `{"since":{"offset":N,"epoch":"..."}}` (the last event the app
+//!   saw, on a room that keeps channel history) it subscribes with recovery:
+//!   the host replays what was missed after a `subscribed` frame.
 //! - `chat.leave`: unsubscribe, publish `{"kind":"left","from":sub}`, reply `{}`.
 //! - `chat.send` with data `{"text": "..."}`: append to the room's history,
 //!   publish `{"kind":"message","seq":n,"from":sub,"text":...,"at":ms}`,
@@ -47,6 +50,18 @@ fn room_key(channel: &str) -> String {
     format!("room:{channel}")
 }
 
+/// `chat.join`'s optional data.
+#[derive(Deserialize)]
+struct Join {
+    since: Option<Since>,
+}
+
+#[derive(Deserialize)]
+struct Since {
+    offset: u64,
+    epoch: String,
+}
+
 struct Chat;
 
 impl Handler for Chat {
@@ -61,8 +76,15 @@ impl Handler for Chat {
         match msg.route.as_str() {
             "chat.join" => {
                 let room: Room = state::get_json(&room_key(channel))?.unwrap_or_default();
-                Ok(Actions::new()
-                    .subscribe(channel)
+                // Anything but a well-formed `since` is a plain join.
+                let since = serde_json::from_str::<Join>(&msg.data)
+                    .ok()
+                    .and_then(|j| j.since);
+                let actions = match since {
+                    Some(p) => Actions::new().subscribe_since(channel, p.offset, p.epoch),
+                    None => Actions::new().subscribe(channel),
+                };
+                Ok(actions
                     .publish(
                         channel,
                         &serde_json::json!({"kind": "joined", "from": from}),

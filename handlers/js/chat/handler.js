@@ -13,8 +13,8 @@
 // `err` (a variant is `{tag, val}`); u64 values arrive as BigInt; an import
 // that returns `result<_, E>` throws on `err`.
 
-import { get, set } from 'sluice:handler/state@0.1.0';
-import { nowMs } from 'sluice:handler/clock@0.1.0';
+import { get, set } from 'sluice:handler/state@0.2.0';
+import { nowMs } from 'sluice:handler/clock@0.2.0';
 
 const HISTORY_LEN = 20;
 const MAX_TEXT_CHARS = 500;

@@ -399,6 +399,25 @@ pub fn presence_event(joined: bool, channel: &str, subject: &str, claims: &RawVa
     .unwrap_or_default()
 }
 
+/// `{"type":"subscribed","channel":...,"data":{"offset":...,"epoch":...}}`:
+/// a handler subscribed this connection to a channel with history (with
+/// `"recovered"` when it asked to recover); `data` must be valid JSON.
+pub fn subscribed(channel: &str, data: &RawValue) -> String {
+    #[derive(serde::Serialize)]
+    struct Subscribed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        data: &'a RawValue,
+    }
+    serde_json::to_string(&Subscribed {
+        kind: "subscribed",
+        channel,
+        data,
+    })
+    .unwrap_or_default()
+}
+
 /// Longest epoch a client may send back in `since`.
 pub const MAX_EPOCH_BYTES: usize = 64;
 

@@ -30,11 +30,14 @@ pub enum ReservedType {
     Join,
     /// `leave` (server): a subject left a presence channel.
     Leave,
+    /// `subscribed` (server): a handler subscribed the connection to a
+    /// channel with history; where the channel is.
+    Subscribed,
 }
 
 impl ReservedType {
     /// Every reserved type.
-    pub const ALL: [ReservedType; 13] = [
+    pub const ALL: [ReservedType; 14] = [
         Self::Subscribe,
         Self::Unsubscribe,
         Self::Ping,
@@ -48,6 +51,7 @@ impl ReservedType {
         Self::Unsubscribed,
         Self::Join,
         Self::Leave,
+        Self::Subscribed,
     ];
 
     /// The type on the wire.
@@ -66,6 +70,7 @@ impl ReservedType {
             Self::Unsubscribed => "unsubscribed",
             Self::Join => "join",
             Self::Leave => "leave",
+            Self::Subscribed => "subscribed",
         }
     }
 

@@ -643,6 +643,7 @@ fn action_bytes(action: &Action) -> usize {
         Action::Publish(p) => p.channel.len() + p.data.len(),
         Action::Send(s) => s.subject.len() + s.data.len(),
         Action::Subscribe(c) | Action::Unsubscribe(c) => c.len(),
+        Action::SubscribeSince(r) => r.channel.len() + r.since.epoch.len() + 8,
         Action::Close(c) => c.reason.len(),
     }
 }

@@ -49,7 +49,8 @@ use wasmtime::{
 };
 
 pub use self::bindings::sluice::handler::types::{
-    Action, CloseRequest, Connection, Message, Principal, Publish, SendToSubject,
+    Action, CloseRequest, Connection, Message, Position, Principal, Publish, Resubscribe,
+    SendToSubject,
 };
 pub use self::call::{
     CallError, CallErrorKind, CallOutcome, CallReport, HARD_DEADLINE_FACTOR,

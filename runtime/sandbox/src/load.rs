@@ -11,9 +11,9 @@ use wasmtime::component::Component;
 use sluice_config::Capability;
 
 /// The version of the `sluice:handler` package this host implements.
-pub const WORLD_VERSION: &str = "0.1.0";
+pub const WORLD_VERSION: &str = "0.2.0";
 /// The interface every handler exports.
-pub const EVENTS_EXPORT: &str = "sluice:handler/events@0.1.0";
+pub const EVENTS_EXPORT: &str = "sluice:handler/events@0.2.0";
 
 /// WASI packages linked (with an empty context) for guests that import them.
 const WASI_PACKAGES: [&str; 6] = ["cli", "clocks", "filesystem", "io", "random", "sockets"];

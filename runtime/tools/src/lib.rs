@@ -7,5 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_store;
 pub mod client;
 pub mod loadgen;

@@ -635,14 +635,18 @@ impl Session {
         };
         match features.history {
             Some(_) => {
+                // A client's subscribe gets an ack with the position; a
+                // handler's gets a `subscribed` frame with it.
                 let ack = |p: &Position| {
-                    let id = reply_to?;
                     let mut data = serde_json::json!({ "offset": p.offset, "epoch": &*p.epoch });
                     if let Some(r) = p.recovered {
                         data["recovered"] = r.into();
                     }
-                    let raw = RawValue::from_string(data.to_string()).ok();
-                    Some(protocol::ack(id, raw.as_deref()))
+                    let raw = RawValue::from_string(data.to_string()).ok()?;
+                    Some(match reply_to {
+                        Some(id) => protocol::ack(id, Some(&raw)),
+                        None => protocol::subscribed(channel, &raw),
+                    })
                 };
                 self.state
                     .history
@@ -778,8 +782,12 @@ impl Session {
                         tracing::warn!(tenant = %self.tenant.id, error = %e, "send failed");
                     }
                 }
-                Effect::Subscribe(channel) => {
-                    if self.subscribe(&channel, None, None).await.is_err() {
+                Effect::Subscribe { channel, since } => {
+                    if self
+                        .subscribe(&channel, since.as_ref(), None)
+                        .await
+                        .is_err()
+                    {
                         self.tenant.metrics.action_refused();
                         tracing::warn!(tenant = %self.tenant.id, action = "subscribe over the subscription limit", "handler action refused");
                     }

@@ -155,7 +155,10 @@ fn classify(envelope: Envelope) -> Result<Request, Rejection> {
         | ReservedType::Pong
         | ReservedType::Unsubscribed
         | ReservedType::Join
-        | ReservedType::Leave => Err(Rejection::error(ErrorCode::UnknownType, "reserved type")),
+        | ReservedType::Leave
+        | ReservedType::Subscribed => {
+            Err(Rejection::error(ErrorCode::UnknownType, "reserved type"))
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use sluice_sandbox::Action;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::call::{Phase, Proposed};
+use super::decode::{MAX_OFFSET, Since};
 use crate::authz::{ChannelOp, Principal, channel_allowed};
 use crate::broker::{ChannelKey, SubjectKey};
 use crate::tenant::Tenant;
@@ -41,8 +42,13 @@ pub enum Effect {
         frame: Utf8Bytes,
     },
     /// Subscribe this connection (the session still checks its own
-    /// subscription cap).
-    Subscribe(String),
+    /// subscription cap), recovering after `since` if given.
+    Subscribe {
+        /// The channel.
+        channel: String,
+        /// Where the client left off (`subscribe-since`).
+        since: Option<Since>,
+    },
     /// Unsubscribe this connection.
     Unsubscribe(String),
     /// Close this connection.
@@ -111,7 +117,32 @@ pub fn authorize(tenant: &Tenant, principal: &Principal, proposed: Proposed) -> 
             }
             Action::Subscribe(channel) => {
                 if channel_allowed(&tenant.channels, principal, &channel, ChannelOp::Subscribe) {
-                    effects.push(Effect::Subscribe(channel));
+                    effects.push(Effect::Subscribe {
+                        channel,
+                        since: None,
+                    });
+                } else {
+                    refused("subscribe to a channel this principal may not subscribe to");
+                }
+            }
+            Action::SubscribeSince(r) => {
+                let epoch_ok =
+                    !r.since.epoch.is_empty() && r.since.epoch.len() <= protocol::MAX_EPOCH_BYTES;
+                if !epoch_ok || r.since.offset > MAX_OFFSET {
+                    refused("subscribe-since with an offset or epoch out of range");
+                } else if channel_allowed(
+                    &tenant.channels,
+                    principal,
+                    &r.channel,
+                    ChannelOp::Subscribe,
+                ) {
+                    effects.push(Effect::Subscribe {
+                        channel: r.channel,
+                        since: Some(Since {
+                            offset: r.since.offset,
+                            epoch: r.since.epoch,
+                        }),
+                    });
                 } else {
                     refused("subscribe to a channel this principal may not subscribe to");
                 }

@@ -1,0 +1,254 @@
+//! `sluice bench store`: what durability costs, side by side in one run.
+//!
+//! - publish throughput on one channel with history off (broker only), on
+//!   in memory, and on with the durable store (every publish awaited until
+//!   it is on disk, as a publisher's ack is), with N concurrent publishers;
+//! - the time to recover 1,000 missed events: a subscribe with `since` that
+//!   queues the ack and the 1,000 events to a connection's queue, and the
+//!   queue drained;
+//! - handler state commits per second on the durable store against the
+//!   in-memory one, N concurrent calls each committing one write.
+//!
+//! Configurations alternate between rounds; each figure is the median over
+//! rounds. The durable store lives in a temporary directory (or `--dir`):
+//! put it on the disk production would use, fsync is most of its cost.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sluice_config::HistoryConfig;
+use sluice_sandbox::{MemoryStateStore, StateStore, Writes};
+use sluice_server::broker::{Broker, ChannelKey, LocalBroker, Member};
+use sluice_server::durable_state::DurableState;
+use sluice_server::history::History;
+use sluice_server::outbox::{Outbox, Outgoing};
+use sluice_server::stages::decode::Since;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct StoreBenchOptions {
+    /// Where the durable store goes (a temporary directory by default).
+    pub dir: Option<PathBuf>,
+    /// Concurrent publishers / committing calls.
+    pub concurrency: usize,
+    /// Seconds per configuration and round.
+    pub seconds: f64,
+    /// Rounds.
+    pub rounds: u32,
+    /// Missed events to recover.
+    pub missed: u64,
+}
+
+/// The figures.
+#[derive(Debug, Serialize)]
+pub struct StoreBenchReport {
+    /// Concurrent publishers / calls.
+    pub concurrency: usize,
+    /// Publishes per second, history off.
+    pub publish_history_off_per_sec: f64,
+    /// Publishes per second, history in memory.
+    pub publish_history_memory_per_sec: f64,
+    /// Publishes per second, durable history (each one on disk before it
+    /// returns).
+    pub publish_history_durable_per_sec: f64,
+    /// Microseconds to queue the ack and `missed` events and drain them.
+    pub recover_us: f64,
+    /// Missed events recovered.
+    pub missed: u64,
+    /// State commits per second, in-memory store.
+    pub state_commits_memory_per_sec: f64,
+    /// State commits per second, durable store.
+    pub state_commits_durable_per_sec: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn payload() -> Arc<RawValue> {
+    let text = format!(
+        r#"{{"kind":"message","from":"alice","text":"{}"}}"#,
+        "x".repeat(80)
+    );
+    Arc::from(RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+}
+
+/// Publishes per second for `secs` with `n` publishers; `history` None:
+/// straight to the broker.
+async fn publish_rate(history: Option<Arc<History>>, n: usize, secs: f64) -> f64 {
+    let broker = Arc::new(LocalBroker::default());
+    let tenant: Arc<str> = "bench".into();
+    let key = ChannelKey::new(&tenant, "room:bench");
+    // One subscriber, drained as fast as it can.
+    let (outbox, mut reader) = Outbox::new(usize::MAX / 2);
+    broker.subscribe(&key, Member { id: 1, outbox });
+    let drain = tokio::spawn(async move { while reader.rx.recv().await.is_some() {} });
+    let rule = HistoryConfig {
+        size: 100,
+        ttl_secs: 600,
+    };
+    let data = payload();
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (history, broker, key, data) =
+            (history.clone(), broker.clone(), key.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < until {
+                match &history {
+                    Some(h) => {
+                        if h.publish(broker.as_ref(), &key, rule, &data).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        let frame =
+                            Utf8Bytes::from(sluice_protocol::event(Some(&key.channel), &data));
+                        let _ = broker.publish(&key, frame).await;
+                    }
+                }
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    broker.unsubscribe(&key, 1);
+    drop(broker);
+    drain.abort();
+    rate
+}
+
+/// Microseconds to recover `missed` events into a fresh connection's queue
+/// and drain it.
+async fn recover_us(history: &History, missed: u64) -> f64 {
+    let broker = LocalBroker::default();
+    let tenant: Arc<str> = "bench".into();
+    let key = ChannelKey::new(&tenant, "room:recover");
+    let rule = HistoryConfig {
+        size: missed as usize + 1,
+        ttl_secs: 600,
+    };
+    let data = payload();
+    let (o, mut r) = Outbox::new(usize::MAX / 2);
+    let first = history
+        .subscribe(&broker, &key, None, Member { id: 1, outbox: o }, |_| None)
+        .await;
+    broker.unsubscribe(&key, 1);
+    for _ in 0..missed {
+        let _ = history.publish(&broker, &key, rule, &data).await;
+    }
+    while r.rx.try_recv().is_ok() {}
+    let since = Since {
+        offset: first.offset,
+        epoch: first.epoch.to_string(),
+    };
+    let (o, mut r) = Outbox::new(usize::MAX / 2);
+    let started = Instant::now();
+    history
+        .subscribe(
+            &broker,
+            &key,
+            Some(&since),
+            Member { id: 2, outbox: o },
+            |_| Some("{}".to_owned()),
+        )
+        .await;
+    let mut got = 0u64;
+    while let Ok(Outgoing::Text(_)) = r.rx.try_recv() {
+        got += 1;
+    }
+    let took = started.elapsed();
+    debug_assert_eq!(got, missed + 1);
+    broker.unsubscribe(&key, 2);
+    took.as_secs_f64() * 1e6
+}
+
+/// State commits per second for `secs` with `n` concurrent calls.
+async fn commit_rate(store: Arc<dyn StateStore>, n: usize, secs: f64) -> f64 {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < until {
+                let writes = Writes::from([(format!("key-{i}"), Some(vec![b'v'; 100]))]);
+                if store.commit("bench", writes).await.is_err() {
+                    break;
+                }
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Run it.
+pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
+    let temp;
+    let dir = match &opts.dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = std::env::temp_dir().join(format!("sluice-bench-store-{}", std::process::id()));
+            temp.clone()
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let opened = sluice_store::Store::open(&dir)?;
+    let store = opened.store.clone();
+    let durable_history = Arc::new(History::durable(
+        opened.store,
+        opened.channels,
+        opened.unclean,
+    ));
+    let durable_state: Arc<dyn StateStore> = DurableState::new(store.clone(), opened.state);
+    let memory_state: Arc<dyn StateStore> = MemoryStateStore::new();
+    let memory_history = Arc::new(History::in_memory());
+    let (n, secs) = (opts.concurrency, opts.seconds);
+    let (mut off, mut mem, mut dur, mut rec, mut sm, mut sd) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..opts.rounds {
+        off.push(publish_rate(None, n, secs).await);
+        mem.push(publish_rate(Some(memory_history.clone()), n, secs).await);
+        dur.push(publish_rate(Some(durable_history.clone()), n, secs).await);
+        rec.push(recover_us(&durable_history, opts.missed).await);
+        sm.push(commit_rate(memory_state.clone(), n, secs).await);
+        sd.push(commit_rate(durable_state.clone(), n, secs).await);
+    }
+    drop(durable_state);
+    durable_history.close();
+    drop(durable_history);
+    store.close();
+    drop(store);
+    if opts.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(StoreBenchReport {
+        concurrency: n,
+        publish_history_off_per_sec: median(off),
+        publish_history_memory_per_sec: median(mem),
+        publish_history_durable_per_sec: median(dur),
+        recover_us: median(rec),
+        missed: opts.missed,
+        state_commits_memory_per_sec: median(sm),
+        state_commits_durable_per_sec: median(sd),
+    })
+}
