@@ -20,7 +20,7 @@ after(async () => {
  * A client of tenant `t` as `sub`, minting a fresh token whenever asked.
  * `client.cut()` drops its connection the hard way (the TCP socket
  * destroyed, no close frame); `cut({ hold: true })` also keeps it from
- * reconnecting until `client.release()`.
+ * reconnecting until `client.release()`, as does `client.hold()` alone.
  */
 function connect(sub, { tenant = "t", scopes, ttl, claims, ...options } = {}) {
   const tokens = [];
@@ -45,15 +45,16 @@ function connect(sub, { tenant = "t", scopes, ttl, claims, ...options } = {}) {
     ...options,
   });
   client.tokens = tokens;
+  client.hold = () => {
+    client.held = new Promise((resolve) => {
+      client.release = () => {
+        client.held = undefined;
+        resolve();
+      };
+    });
+  };
   client.cut = ({ hold = false } = {}) => {
-    if (hold) {
-      client.held = new Promise((resolve) => {
-        client.release = () => {
-          client.held = undefined;
-          resolve();
-        };
-      });
-    }
+    if (hold) client.hold();
     sockets.at(-1).terminate();
   };
   clients.push(client);
@@ -422,5 +423,33 @@ test("presence: members with their exposed claims, join and leave events, a quic
   const tiny = bob.subscribe("tiny:presence");
   await tiny.ready;
   await assert.rejects(tiny.presence(), (e) => e instanceof SluiceError && e.code === "forbidden");
+  bob.close();
+});
+
+test("recovery across a server restart: the history is durable, the epoch the same", async () => {
+  const alice = connect("alice");
+  const bob = connect("bob");
+  await Promise.all([alice.connect(), bob.connect()]);
+  const feed = alice.subscribe("feed:restart");
+  await feed.ready;
+  const got = [];
+  const subscribed = [];
+  feed.on("event", (e) => got.push(e));
+  feed.on("subscribed", (s) => subscribed.push(s));
+  await bob.request("chat.send", { text: "before" }, { channel: "feed:restart" });
+  await until(() => got.length === 1, 10_000, "the first event");
+
+  // Alice stays away after the restart while Bob publishes.
+  alice.hold();
+  await server.stop();
+  await server.start();
+  for (let i = 0; i < 5; i++) await bob.request("chat.send", { text: `after ${i}` }, { channel: "feed:restart", timeoutMs: 30_000 });
+  alice.release();
+  await until(() => subscribed.length === 1, 20_000, "alice's resubscription");
+  await until(() => got.length >= 6, 10_000, "the missed events");
+  assert.equal(subscribed[0].recovered, true);
+  assert.deepEqual(messageTexts(got), ["before", "after 0", "after 1", "after 2", "after 3", "after 4"]);
+  assert.equal(new Set(got.map((e) => e.epoch)).size, 1);
+  alice.close();
   bob.close();
 });

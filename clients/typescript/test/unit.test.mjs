@@ -408,6 +408,20 @@ test("recovery: resubscribes with since, drops replayed duplicates, reports a fa
   assert.deepEqual(failed, [{ channel: "room:1", since: { offset: 13, epoch: "e1" }, current: { offset: 40, epoch: "e2" } }]);
   latest().frame({ type: "event", channel: "room:1", data: {}, offset: 41, epoch: "e2" });
   assert.deepEqual(seen, [11, 12, 13, 41]);
+
+  // The channel keeps no history any more (a reload changed its rule): no position.
+  latest().serverClose(1006);
+  await advance(50);
+  latest().welcome(4);
+  const last = latest().last();
+  assert.deepEqual(last.data, { since: { offset: 41, epoch: "e2" } });
+  latest().frame({ type: "ack", id: last.id, data: { recovered: false } });
+  assert.deepEqual(failed.at(-1), { channel: "room:1", since: { offset: 41, epoch: "e2" }, current: undefined });
+  assert.equal(sub.lastPosition, undefined);
+  latest().serverClose(1006);
+  await advance(50);
+  latest().welcome(5);
+  assert.equal(latest().last().data, undefined, "no since without a position");
   c.close();
 });
 
