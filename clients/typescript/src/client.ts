@@ -98,10 +98,12 @@ export interface Welcome {
   expiresAt: number;
 }
 
-/** A stream position: present once the server sends offsets (channel history). */
+/** A place in a channel's stream (channels whose rule keeps history). */
 export interface StreamPosition {
+  /** Strictly increasing per channel; not always contiguous (it jumps after a server crash). */
   offset: number;
-  epoch: string | number;
+  /** The channel's epoch, an opaque string: a new one when the history was lost. */
+  epoch: string;
 }
 
 /** An `event` frame. */
@@ -109,9 +111,9 @@ export interface SluiceEvent {
   /** The channel, or undefined for an event sent to this subject. */
   channel: string | undefined;
   data: unknown;
-  /** Set by servers with channel history. */
+  /** Set on channels that keep history. */
   offset?: number;
-  epoch?: string | number;
+  epoch?: string;
 }
 
 /** The connection's state. */
@@ -142,8 +144,31 @@ export interface RecoveryFailed {
   channel: string;
   /** The position the client asked to resume from. */
   since: StreamPosition;
-  /** The channel's current position. */
-  current: StreamPosition;
+  /** The channel's current position (undefined if the channel keeps no history any more). */
+  current: StreamPosition | undefined;
+}
+
+/** One subject present on a channel. */
+export interface PresenceMember {
+  subject: string;
+  /** Its connections subscribed to the channel; 0 while a departure is debounced. */
+  connections: number;
+  /** The tenant's `exposed_claims` of its token. */
+  claims: Record<string, unknown>;
+}
+
+/** What {@link Subscription.presence} answers. */
+export interface Presence {
+  members: PresenceMember[];
+  /** More subjects than the channel tracks (`max_presence_members`): the list is partial. */
+  truncated: boolean;
+}
+
+/** A `join` or `leave` on a channel with `presence_events`. */
+export interface PresenceChange {
+  channel: string;
+  subject: string;
+  claims: Record<string, unknown>;
 }
 
 /** Events of {@link SluiceClient}. */
@@ -169,6 +194,13 @@ export interface SubscribeOptions {
   type?: string;
   /** Its data. */
   data?: unknown;
+  /**
+   * Resubscribe with the last position as `data.since` (merged into `data`)
+   * to recover what was missed. Default: true for the reserved `subscribe`,
+   * false for a route; set it for a route whose handler passes `data.since`
+   * on to a `subscribe-since` action (its schema must allow `since`).
+   */
+  recover?: boolean;
   /** The message that unsubscribes (default the reserved `unsubscribe`), e.g. `{ type: "chat.leave" }`. */
   leave?: { type: string; data?: unknown };
 }
@@ -180,9 +212,12 @@ export interface Subscribed {
   /** False the first time, true after a reconnect. */
   resubscribed: boolean;
   /**
-   * After a resubscribe with `since`: whether the server replayed what was
-   * missed. Undefined when the server gave no position (no channel
-   * history): events sent while disconnected may be missing.
+   * After a resubscribe with `since`: whether the server replays what was
+   * missed (true: every missed event follows; false: `recoveryFailed` fired).
+   * For a route, what the server's `subscribed` frame said, if one came
+   * before the ack. Undefined when no recovery was asked for (a first
+   * subscribe, a channel without history, a route without `recover`):
+   * events sent while disconnected may be missing.
    */
   recovered: boolean | undefined;
 }
@@ -192,6 +227,10 @@ export type SubscriptionEvents = {
   event: SluiceEvent;
   subscribed: Subscribed;
   recoveryFailed: RecoveryFailed;
+  /** A subject arrived (`presence_events`; this client's own subject included). */
+  join: PresenceChange;
+  /** A subject left (after the tenant's `presence_debounce_ms`). */
+  leave: PresenceChange;
   /** The subscription ended: refused, or dropped by a token refresh. */
   error: SluiceError;
 };
@@ -214,6 +253,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal */ state: "pending" | "active" | "gone" = "pending";
   /** @internal */ everActive = false;
   /** @internal */ position: StreamPosition | undefined;
+  /** @internal The `since` sent with the current (re)subscription. */ asked: StreamPosition | undefined;
+  /** @internal What the server said of that recovery. */ recovered: boolean | undefined;
   /** @internal */ streams = new Set<EventStream<SluiceEvent>>();
   /** @internal */ settle!: { resolve(v: unknown): void; reject(e: SluiceError): void; done: boolean };
 
@@ -251,11 +292,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   }
 
   /**
-   * Who is present on the channel: a `presence` request. Awaits the
-   * server's presence support; until then it rejects with `unknown_type`.
+   * Who is subscribed to the channel: a `presence` request (a channel
+   * whose rule sets `presence = true`; otherwise it rejects with `forbidden`).
    */
-  presence<T = unknown>(): Promise<T> {
-    return this.client.request<T>("presence", undefined, { channel: this.channel });
+  presence(): Promise<Presence> {
+    return this.client.request<Presence>("presence", undefined, { channel: this.channel });
   }
 
   /** Stop: no more events, no resubscription; tells the server if connected. */
@@ -703,6 +744,22 @@ export class SluiceClient extends Emitter<ClientEvents> {
       case "event":
         this.onEvent(msg);
         return;
+      case "subscribed": {
+        // A handler subscribed this connection (e.g. `chat.join`): the
+        // position part of a subscribe ack, before any replayed event.
+        const sub = typeof msg.channel === "string" ? this.subs.get(msg.channel) : undefined;
+        if (sub && sub.state !== "gone") this.position(sub, msg.data);
+        return;
+      }
+      case "join":
+      case "leave": {
+        const sub = typeof msg.channel === "string" ? this.subs.get(msg.channel) : undefined;
+        const d = isObject(msg.data) ? msg.data : {};
+        if (sub && sub.state !== "gone") {
+          sub.fire(msg.type, { channel: sub.channel, subject: String(d.subject), claims: isObject(d.claims) ? d.claims : {} });
+        }
+        return;
+      }
       default:
         return;
     }
@@ -712,7 +769,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     const channel = typeof msg.channel === "string" ? msg.channel : undefined;
     const event: SluiceEvent = { channel, data: msg.data };
     const sub = channel === undefined ? undefined : this.subs.get(channel);
-    if (typeof msg.offset === "number" && (typeof msg.epoch === "string" || typeof msg.epoch === "number")) {
+    if (typeof msg.offset === "number" && typeof msg.epoch === "string") {
       event.offset = msg.offset;
       event.epoch = msg.epoch;
       if (sub) {
@@ -734,7 +791,9 @@ export class SluiceClient extends Emitter<ClientEvents> {
 
   private sendSubscribe(sub: Subscription): void {
     const reserved = sub.options.type === undefined || sub.options.type === "subscribe";
-    const since = reserved ? sub.position : undefined;
+    const since = (sub.options.recover ?? reserved) ? sub.position : undefined;
+    sub.asked = since;
+    sub.recovered = undefined;
     let data = sub.options.data;
     if (since) data = { ...(isObject(data) ? data : {}), since };
     const ws = this.ws;
@@ -743,7 +802,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
       data,
       { channel: sub.channel },
       true,
-      (ack) => this.subscribed(sub, ack, since),
+      (ack) => this.subscribed(sub, ack, reserved),
       (error: SluiceError) => {
         if (sub.state === "gone" || this.ws !== ws) return; // Resent on the next connection.
         if (error.code === ClientErrorCode.timeout) {
@@ -759,31 +818,43 @@ export class SluiceClient extends Emitter<ClientEvents> {
     );
   }
 
-  private subscribed(sub: Subscription, data: unknown, since: StreamPosition | undefined): void {
+  private subscribed(sub: Subscription, data: unknown, reserved: boolean): void {
     if (sub.state === "gone") return;
+    // A route's ack is its handler's reply; its position came in a `subscribed` frame.
+    if (reserved) this.position(sub, data);
     const resubscribed = sub.everActive;
     sub.everActive = true;
     sub.state = "active";
-    let recovered: boolean | undefined;
-    if (isObject(data) && typeof data.offset === "number" && (typeof data.epoch === "string" || typeof data.epoch === "number")) {
-      const current = { offset: data.offset, epoch: data.epoch };
-      if (since) {
-        recovered = data.recovered === true;
-        if (!recovered) {
-          sub.position = current;
-          const info: RecoveryFailed = { channel: sub.channel, since, current };
-          sub.fire("recoveryFailed", info);
-          this.emit("recoveryFailed", info);
-        }
-      } else if (!sub.position) {
-        sub.position = current;
-      }
-    }
     if (!sub.settle.done) {
       sub.settle.done = true;
       sub.settle.resolve(data);
     }
-    sub.fire("subscribed", { data, resubscribed, recovered });
+    sub.fire("subscribed", { data, resubscribed, recovered: sub.recovered });
+  }
+
+  /**
+   * The position part of a subscribe ack or a `subscribed` frame:
+   * `{ offset, epoch }` where the channel keeps history, and `recovered`
+   * when a recovery was asked for.
+   */
+  private position(sub: Subscription, data: unknown): void {
+    if (!isObject(data)) return;
+    const current =
+      typeof data.offset === "number" && typeof data.epoch === "string" ? { offset: data.offset, epoch: data.epoch } : undefined;
+    if (typeof data.recovered !== "boolean") {
+      if (current && !sub.position) sub.position = current;
+      return;
+    }
+    sub.recovered = data.recovered;
+    // Recovered: the missed events follow and advance the position.
+    if (data.recovered) return;
+    const since = sub.asked ?? sub.position;
+    sub.position = current;
+    if (since) {
+      const info: RecoveryFailed = { channel: sub.channel, since, current };
+      sub.fire("recoveryFailed", info);
+      this.emit("recoveryFailed", info);
+    }
   }
 
   // --- token refresh and heartbeat ---------------------------------------

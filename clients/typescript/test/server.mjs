@@ -1,5 +1,8 @@
 // A real `sluice serve` on a free loopback port, with a temporary config,
 // certificate and HMAC secret; tokens minted with `sluice token`.
+// Channels of tenant `t`: `room:{id}` (no history), `feed:{id}` (history of
+// 1000, presence with join/leave events), `tiny:{id}` (history of 5, no
+// presence); presence_debounce_ms is PRESENCE_DEBOUNCE_MS.
 //
 // Needs the sluice binary (SLUICE_BIN, default target/debug/sluice of the
 // repository) and the handlers built by handlers/build.
@@ -15,6 +18,10 @@ const run = promisify(execFile);
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 export const SLUICE = process.env.SLUICE_BIN ?? join(root, "target/debug/sluice");
 const components = join(root, "handlers/target/wasm32-wasip2/release");
+/** Tenant `t`'s presence_debounce_ms: how long a subject whose last connection left stays a member. */
+export const PRESENCE_DEBOUNCE_MS = 3000;
+/** The history size of `tiny:{id}` channels (`feed:{id}` keeps 1000). */
+export const TINY_HISTORY = 5;
 
 /** A port nobody listens on right now. */
 export function freePort() {
@@ -35,6 +42,7 @@ function config(port) {
   const tenant = (name, limits) => `
 [tenants.${name}]
 origins = ["https://app.example"]
+exposed_claims = ["name"]
 
 [tenants.${name}.auth]
 issuer = "sluice-test"
@@ -91,13 +99,25 @@ publish_scopes = ["chat:write"]
 [[tenants.${name}.channels]]
 pattern = "user:{sub}"
 publish = false
+
+[[tenants.${name}.channels]]
+pattern = "feed:{id}"
+publish_scopes = ["chat:write"]
+history = { size = 1000, ttl_secs = 600 }
+presence = true
+presence_events = true
+
+[[tenants.${name}.channels]]
+pattern = "tiny:{id}"
+publish_scopes = ["chat:write"]
+history = { size = ${TINY_HISTORY}, ttl_secs = 600 }
 `;
   return `[server]
 listen = "127.0.0.1:${port}"
 tls_cert = "cert.pem"
 tls_key = "key.pem"
 drain_timeout_ms = 2000
-${tenant("t", "messages_per_sec = 5000\nmessage_burst = 5000\nsubject_messages_per_sec = 5000\ntenant_messages_per_sec = 50000")}
+${tenant("t", "messages_per_sec = 5000\nmessage_burst = 5000\nsubject_messages_per_sec = 5000\ntenant_messages_per_sec = 50000\npresence_debounce_ms = " + PRESENCE_DEBOUNCE_MS)}
 ${tenant("slow", "messages_per_sec = 1\nmessage_burst = 2\nabuse_close_after = 1000")}`;
 }
 
@@ -143,10 +163,11 @@ export async function startServer() {
       clearTimeout(timer);
       this.child = undefined;
     },
-    /** A token for tenant `t` (or `tenant`). */
-    async token(sub, { scopes = ["chat:write"], ttl = 3600, tenant = "t" } = {}) {
+    /** A token for tenant `t` (or `tenant`), with extra `claims` (e.g. `{ name: "Alice" }`). */
+    async token(sub, { scopes = ["chat:write"], ttl = 3600, tenant = "t", claims = {} } = {}) {
       const args = ["token", "-c", configPath, "--tenant", tenant, "--sub", sub, "--ttl", String(ttl)];
       for (const s of scopes) args.push("--scope", s);
+      for (const [name, value] of Object.entries(claims)) args.push("--claim", `${name}=${JSON.stringify(value)}`);
       const { stdout } = await run(SLUICE, args);
       return stdout.trim();
     },

@@ -4,7 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { SluiceClient, SluiceError } from "../dist/index.js";
-import { startServer, until } from "./server.mjs";
+import { startServer, until, PRESENCE_DEBOUNCE_MS, TINY_HISTORY } from "./server.mjs";
 
 let server;
 const clients = [];
@@ -16,15 +16,28 @@ after(async () => {
   await server?.close();
 });
 
-/** A client of tenant `t` as `sub`, minting a fresh token whenever asked. */
-function connect(sub, { tenant = "t", scopes, ttl, ...options } = {}) {
+/**
+ * A client of tenant `t` as `sub`, minting a fresh token whenever asked.
+ * `client.cut()` drops its connection the hard way (the TCP socket
+ * destroyed, no close frame); `cut({ hold: true })` also keeps it from
+ * reconnecting until `client.release()`, as does `client.hold()` alone.
+ */
+function connect(sub, { tenant = "t", scopes, ttl, claims, ...options } = {}) {
   const tokens = [];
+  const sockets = [];
+  class Tracked extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      sockets.push(this);
+    }
+  }
   const client = new SluiceClient({
     url: server.url(tenant),
-    WebSocket,
+    WebSocket: Tracked,
     webSocketOptions: { ca: server.ca },
     getToken: async () => {
-      const t = await server.token(sub, { scopes, ttl, tenant });
+      await client.held;
+      const t = await server.token(sub, { scopes, ttl, tenant, claims });
       tokens.push(t);
       return t;
     },
@@ -32,6 +45,18 @@ function connect(sub, { tenant = "t", scopes, ttl, ...options } = {}) {
     ...options,
   });
   client.tokens = tokens;
+  client.hold = () => {
+    client.held = new Promise((resolve) => {
+      client.release = () => {
+        client.held = undefined;
+        resolve();
+      };
+    });
+  };
+  client.cut = ({ hold = false } = {}) => {
+    if (hold) client.hold();
+    sockets.at(-1).terminate();
+  };
   clients.push(client);
   return client;
 }
@@ -80,6 +105,10 @@ test("typed errors: every code a client can cause, with code, message and retryA
   await refused(c.request("chat.send", { text: "" }, { channel: "room:1" }), "schema_invalid", /\/text.*minLength/);
   await refused(c.request("chat.send", { text: "x", extra: 1 }, { channel: "room:1" }), "schema_invalid", /additionalProperties/);
   await refused(c.request("refresh", { token: "not-a-jwt" }), "invalid_token");
+  // A malformed `since` (the client only ever sends positions the server gave it).
+  for (const since of [{ offset: -1, epoch: "e" }, { offset: 1.5, epoch: "e" }, { offset: 2 ** 53, epoch: "e" }, { offset: 1, epoch: "x".repeat(65) }, { offset: 1, epoch: "e", extra: 1 }]) {
+    await refused(c.request("subscribe", { since }, { channel: "feed:bad" }), "bad_envelope");
+  }
   const other = await server.token("mallory");
   await refused(c.request("refresh", { token: other }), "forbidden", /same subject/);
   const sub = c.subscribe("user:someone-else");
@@ -239,4 +268,188 @@ test("events as an async iterator, in order", async () => {
   assert.equal(first.value.data.text, "one");
   h.close();
   i.close();
+});
+
+/** The texts of `chat.send` messages among events. */
+const messageTexts = (events) => events.filter((e) => e.data.kind === "message").map((e) => e.data.text);
+
+test("recovery after a dropped connection: every event exactly once, in order, while another client publishes", async (t) => {
+  const alice = connect("alice");
+  const bob = connect("bob");
+  await Promise.all([alice.connect(), bob.connect()]);
+  const feed = alice.subscribe("feed:recover");
+  const first = await feed.ready;
+  assert.equal(typeof first.offset, "number", JSON.stringify(first));
+  assert.equal(typeof first.epoch, "string", JSON.stringify(first));
+  const got = [];
+  const subscribed = [];
+  const failed = [];
+  const drops = [];
+  feed.on("event", (e) => got.push(e));
+  feed.on("subscribed", (s) => subscribed.push(s));
+  feed.on("recoveryFailed", (f) => failed.push(f));
+  alice.on("disconnected", (d) => drops.push(d));
+
+  // Bob publishes 200 events, one after the other, for the whole test.
+  const total = 200;
+  let acked = 0;
+  const publishing = (async () => {
+    for (let i = 0; i < total; i++) {
+      await bob.request("chat.send", { text: `m${i}` }, { channel: "feed:recover", timeoutMs: 60_000 });
+      acked++;
+    }
+  })();
+  // Alice's TCP connection dies after a few events and stays down while
+  // at least 40 more are published; then she reconnects while Bob goes on.
+  await until(() => got.length >= 20, 60_000, "the first events");
+  alice.cut({ hold: true });
+  await until(() => drops.length === 1, 10_000, "alice to notice the drop");
+  assert.equal(drops[0].code, 1006);
+  const lastBefore = got.at(-1).offset;
+  const cutAt = acked;
+  await until(() => acked >= Math.min(total, cutAt + 40), 60_000, "events published while alice is away");
+  alice.release();
+  t.diagnostic(`cut after ${got.length} events delivered, ${cutAt} published; reconnecting with ${acked} published`);
+  await publishing;
+  await bob.request("chat.send", { text: "end" }, { channel: "feed:recover" });
+  await until(() => messageTexts(got).includes("end"), 30_000, "every event");
+
+  const expected = Array.from({ length: total }, (_, i) => `m${i}`);
+  assert.deepEqual(messageTexts(got), [...expected, "end"], "no gap, no duplicate");
+  for (let i = 1; i < got.length; i++) assert.ok(got[i].offset > got[i - 1].offset, `offsets increase at ${i}`);
+  assert.equal(new Set(got.map((e) => e.epoch)).size, 1);
+  assert.equal(subscribed.length, 1);
+  assert.equal(subscribed[0].resubscribed, true);
+  assert.equal(subscribed[0].recovered, true);
+  assert.equal(subscribed[0].data.recovered, true);
+  assert.ok(subscribed[0].data.offset - lastBefore >= 40, "the ack's offset is past what was missed");
+  assert.deepEqual(failed, []);
+  assert.deepEqual(feed.lastPosition, { offset: got.at(-1).offset, epoch: got.at(-1).epoch });
+  alice.close();
+  bob.close();
+});
+
+test("recovery fails past the history window: recoveryFailed with since and current, then live events", async () => {
+  const alice = connect("alice");
+  const bob = connect("bob");
+  await Promise.all([alice.connect(), bob.connect()]);
+  const tiny = alice.subscribe("tiny:window");
+  await tiny.ready;
+  const got = [];
+  const subscribed = [];
+  const failed = [];
+  const clientFailed = [];
+  tiny.on("event", (e) => got.push(e));
+  tiny.on("subscribed", (s) => subscribed.push(s));
+  tiny.on("recoveryFailed", (f) => failed.push(f));
+  alice.on("recoveryFailed", (f) => clientFailed.push(f));
+  await bob.request("chat.send", { text: "seen" }, { channel: "tiny:window" });
+  await until(() => got.length === 1, 10_000, "the first event");
+  const seen = { offset: got[0].offset, epoch: got[0].epoch };
+
+  alice.cut({ hold: true });
+  await until(() => alice.state === "reconnecting", 10_000, "alice to notice the drop");
+  // More than the channel keeps: the window has passed.
+  const missed = TINY_HISTORY * 2;
+  for (let i = 0; i < missed; i++) await bob.request("chat.send", { text: `missed ${i}` }, { channel: "tiny:window" });
+  alice.release();
+  await until(() => failed.length === 1, 20_000, "recoveryFailed");
+
+  assert.deepEqual(failed[0].since, seen);
+  assert.equal(failed[0].channel, "tiny:window");
+  assert.equal(failed[0].current.epoch, seen.epoch);
+  assert.ok(failed[0].current.offset >= seen.offset + missed, JSON.stringify(failed[0]));
+  assert.deepEqual(clientFailed, failed);
+  await until(() => subscribed.length === 1, 10_000, "the resubscription");
+  assert.equal(subscribed[0].recovered, false);
+  assert.deepEqual(tiny.lastPosition, failed[0].current);
+
+  // Nothing missed is delivered; live events resume from the current position.
+  await bob.request("chat.send", { text: "live" }, { channel: "tiny:window" });
+  await until(() => messageTexts(got).includes("live"), 10_000, "the live event");
+  assert.deepEqual(messageTexts(got), ["seen", "live"]);
+  assert.ok(got[1].offset > failed[0].current.offset);
+  alice.close();
+  bob.close();
+});
+
+test("presence: members with their exposed claims, join and leave events, a quick reconnect is neither", async () => {
+  const alice = connect("pres-alice", { claims: { name: "Alice", secret: "not exposed" } });
+  const bob = connect("pres-bob", { claims: { name: "Bob" } });
+  await Promise.all([alice.connect(), bob.connect()]);
+  const changes = [];
+  const room = bob.subscribe("feed:presence");
+  room.on("join", (j) => changes.push(["join", j.subject, j.claims]));
+  room.on("leave", (l) => changes.push(["leave", l.subject, l.claims]));
+  await room.ready;
+  await until(() => changes.length === 1, 10_000, "bob's own join");
+  assert.deepEqual(changes, [["join", "pres-bob", { name: "Bob" }]]);
+
+  const aliceRoom = alice.subscribe("feed:presence");
+  const resubscribed = [];
+  aliceRoom.on("subscribed", (s) => s.resubscribed && resubscribed.push(s));
+  await aliceRoom.ready;
+  await until(() => changes.length === 2, 10_000, "alice's join");
+  assert.deepEqual(changes[1], ["join", "pres-alice", { name: "Alice" }]);
+  const bySubject = (p) => [...p.members].sort((a, b) => a.subject.localeCompare(b.subject));
+  const present = await room.presence();
+  assert.equal(present.truncated, false);
+  assert.deepEqual(bySubject(present), [
+    { subject: "pres-alice", connections: 1, claims: { name: "Alice" } },
+    { subject: "pres-bob", connections: 1, claims: { name: "Bob" } },
+  ]);
+
+  // Alice's connection dies and comes back within presence_debounce_ms:
+  // Bob sees neither a leave nor a join.
+  const cutAt = Date.now();
+  alice.cut();
+  await until(() => resubscribed.length === 1, 10_000, "alice's resubscription");
+  const away = Date.now() - cutAt;
+  assert.ok(away < PRESENCE_DEBOUNCE_MS, `the reconnect took ${away} ms, longer than the debounce`);
+  await new Promise((r) => setTimeout(r, PRESENCE_DEBOUNCE_MS + 1000 - away));
+  assert.equal(changes.length, 2, `no leave or join: ${JSON.stringify(changes.slice(2))}`);
+  assert.equal(bySubject(await aliceRoom.presence())[0].connections, 1);
+
+  // Alice goes for good: a leave after the debounce.
+  const closedAt = Date.now();
+  alice.close();
+  await until(() => changes.length === 3, PRESENCE_DEBOUNCE_MS + 15_000, "alice's leave");
+  assert.equal(changes[2][0], "leave");
+  assert.equal(changes[2][1], "pres-alice");
+  assert.ok(Date.now() - closedAt >= PRESENCE_DEBOUNCE_MS - 50, `left after ${Date.now() - closedAt} ms`);
+  assert.deepEqual(bySubject(await room.presence()), [{ subject: "pres-bob", connections: 1, claims: { name: "Bob" } }]);
+
+  // A channel whose rule has no presence.
+  const tiny = bob.subscribe("tiny:presence");
+  await tiny.ready;
+  await assert.rejects(tiny.presence(), (e) => e instanceof SluiceError && e.code === "forbidden");
+  bob.close();
+});
+
+test("recovery across a server restart: the history is durable, the epoch the same", async () => {
+  const alice = connect("alice");
+  const bob = connect("bob");
+  await Promise.all([alice.connect(), bob.connect()]);
+  const feed = alice.subscribe("feed:restart");
+  await feed.ready;
+  const got = [];
+  const subscribed = [];
+  feed.on("event", (e) => got.push(e));
+  feed.on("subscribed", (s) => subscribed.push(s));
+  await bob.request("chat.send", { text: "before" }, { channel: "feed:restart" });
+  await until(() => got.length === 1, 10_000, "the first event");
+
+  // Alice stays away after the restart while Bob publishes.
+  alice.hold();
+  await server.stop();
+  await server.start();
+  for (let i = 0; i < 5; i++) await bob.request("chat.send", { text: `after ${i}` }, { channel: "feed:restart", timeoutMs: 30_000 });
+  alice.release();
+  await until(() => subscribed.length === 1, 20_000, "alice's resubscription");
+  await until(() => got.length >= 6, 10_000, "the missed events");
+  assert.equal(subscribed[0].recovered, true);
+  assert.deepEqual(messageTexts(got), ["before", "after 0", "after 1", "after 2", "after 3", "after 4"]);
+  assert.equal(new Set(got.map((e) => e.epoch)).size, 1);
+  alice.close();
+  bob.close();
 });

@@ -1,7 +1,7 @@
 // The client against a scripted WebSocket and a fake clock: backoff
 // timings, which closes stop it, the queue, timeouts, the rate-limit hold,
-// the heartbeat, and the recovery bookkeeping the server's channel history
-// will use. No server, no real time.
+// the heartbeat, recovery bookkeeping (subscribe acks and handlers'
+// `subscribed` frames) and presence events. No server, no real time.
 import { test, mock, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { SluiceClient, SluiceError, backoffDelay, DEFAULT_BACKOFF } from "../dist/index.js";
@@ -408,6 +408,112 @@ test("recovery: resubscribes with since, drops replayed duplicates, reports a fa
   assert.deepEqual(failed, [{ channel: "room:1", since: { offset: 13, epoch: "e1" }, current: { offset: 40, epoch: "e2" } }]);
   latest().frame({ type: "event", channel: "room:1", data: {}, offset: 41, epoch: "e2" });
   assert.deepEqual(seen, [11, 12, 13, 41]);
+
+  // The channel keeps no history any more (a reload changed its rule): no position.
+  latest().serverClose(1006);
+  await advance(50);
+  latest().welcome(4);
+  const last = latest().last();
+  assert.deepEqual(last.data, { since: { offset: 41, epoch: "e2" } });
+  latest().frame({ type: "ack", id: last.id, data: { recovered: false } });
+  assert.deepEqual(failed.at(-1), { channel: "room:1", since: { offset: 41, epoch: "e2" }, current: undefined });
+  assert.equal(sub.lastPosition, undefined);
+  latest().serverClose(1006);
+  await advance(50);
+  latest().welcome(5);
+  assert.equal(latest().last().data, undefined, "no since without a position");
+  c.close();
+});
+
+test("a handler's subscription: `since` in the route's data with recover, positions from the `subscribed` frame", async () => {
+  const c = client();
+  c.connect();
+  await settle();
+  latest().welcome();
+  const sentFor = (channel) => latest().sent.filter((m) => m.channel === channel).at(-1);
+  const room = c.subscribe("room:1", { type: "chat.join", data: { x: 1 }, recover: true, leave: { type: "chat.leave" } });
+  const plain = c.subscribe("room:2", { type: "chat.join" });
+  assert.deepEqual(sentFor("room:1").data, { x: 1 }, "no position yet");
+  const seen = [];
+  const subscribed = [];
+  const failed = [];
+  room.on("event", (e) => seen.push(e.offset));
+  room.on("subscribed", (s) => subscribed.push(s));
+  room.on("recoveryFailed", (f) => failed.push(f));
+  const clientFailed = [];
+  c.on("recoveryFailed", (f) => clientFailed.push(f));
+  // The handler subscribes (the frame), then replies (the ack).
+  latest().frame({ type: "subscribed", channel: "room:1", data: { offset: 10, epoch: "e1" } });
+  latest().frame({ type: "ack", id: sentFor("room:1").id, data: { history: [] } });
+  latest().frame({ type: "subscribed", channel: "room:2", data: { offset: 3, epoch: "e9" } });
+  latest().frame({ type: "ack", id: sentFor("room:2").id, data: { history: [] } });
+  assert.deepEqual(await room.ready, { history: [] });
+  assert.deepEqual(subscribed, [{ data: { history: [] }, resubscribed: false, recovered: undefined }]);
+  assert.deepEqual(room.lastPosition, { offset: 10, epoch: "e1" });
+  assert.deepEqual(plain.lastPosition, { offset: 3, epoch: "e9" });
+  for (const offset of [11, 12]) latest().frame({ type: "event", channel: "room:1", data: {}, offset, epoch: "e1" });
+
+  // Recovered: the missed events follow the frame.
+  latest().serverClose(1006);
+  await advance(50);
+  latest().welcome(2);
+  assert.deepEqual(sentFor("room:1").data, { x: 1, since: { offset: 12, epoch: "e1" } });
+  assert.equal(sentFor("room:2").data, undefined, "a route without recover gets no since");
+  latest().frame({ type: "subscribed", channel: "room:1", data: { offset: 14, epoch: "e1", recovered: true } });
+  for (const offset of [13, 14]) latest().frame({ type: "event", channel: "room:1", data: {}, offset, epoch: "e1" });
+  latest().frame({ type: "ack", id: sentFor("room:1").id, data: { history: [] } });
+  assert.deepEqual(subscribed.at(-1), { data: { history: [] }, resubscribed: true, recovered: true });
+  assert.deepEqual(seen, [11, 12, 13, 14]);
+  assert.deepEqual(failed, []);
+
+  // Not recovered (a new epoch): recoveryFailed, then live events from the current position.
+  latest().serverClose(1006);
+  await advance(50);
+  latest().welcome(3);
+  assert.deepEqual(sentFor("room:1").data, { x: 1, since: { offset: 14, epoch: "e1" } });
+  latest().frame({ type: "subscribed", channel: "room:1", data: { offset: 50, epoch: "e2", recovered: false } });
+  const expected = { channel: "room:1", since: { offset: 14, epoch: "e1" }, current: { offset: 50, epoch: "e2" } };
+  assert.deepEqual(failed, [expected]);
+  assert.deepEqual(clientFailed, [expected]);
+  latest().frame({ type: "ack", id: sentFor("room:1").id, data: { history: [] } });
+  assert.equal(subscribed.at(-1).recovered, false);
+  latest().frame({ type: "event", channel: "room:1", data: {}, offset: 51, epoch: "e2" });
+  assert.deepEqual(seen, [11, 12, 13, 14, 51]);
+  assert.deepEqual(room.lastPosition, { offset: 51, epoch: "e2" });
+
+  // A frame for a channel the app did not subscribe to is ignored.
+  latest().frame({ type: "subscribed", channel: "room:3", data: { offset: 1, epoch: "e", recovered: false } });
+  assert.equal(failed.length, 1);
+  c.close();
+});
+
+test("presence: join and leave reach the subscription; presence() asks the server", async () => {
+  const c = client();
+  c.connect();
+  await settle();
+  latest().welcome();
+  const sub = c.subscribe("room:1");
+  latest().frame({ type: "ack", id: latest().last().id, data: { offset: 0, epoch: "e" } });
+  await sub.ready;
+  const changes = [];
+  const events = [];
+  sub.on("join", (j) => changes.push(["join", j]));
+  sub.on("leave", (l) => changes.push(["leave", l]));
+  sub.on("event", (e) => events.push(e));
+  latest().frame({ type: "join", channel: "room:1", data: { subject: "bob", claims: { name: "Bob" } } });
+  latest().frame({ type: "join", channel: "room:9", data: { subject: "eve", claims: {} } });
+  latest().frame({ type: "leave", channel: "room:1", data: { subject: "bob" } });
+  assert.deepEqual(changes, [
+    ["join", { channel: "room:1", subject: "bob", claims: { name: "Bob" } }],
+    ["leave", { channel: "room:1", subject: "bob", claims: {} }],
+  ]);
+  assert.deepEqual(events, [], "presence changes are not events");
+
+  const asked = sub.presence();
+  assert.deepEqual(latest().last(), { type: "presence", id: latest().last().id, channel: "room:1" });
+  const members = { members: [{ subject: "alice", connections: 2, claims: {} }], truncated: false };
+  latest().frame({ type: "ack", id: latest().last().id, data: members });
+  assert.deepEqual(await asked, members);
   c.close();
 });
 
