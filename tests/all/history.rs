@@ -680,7 +680,7 @@ async fn history_older_than_its_ttl_is_dropped_from_memory_and_disk() {
 #[tokio::test]
 async fn a_handler_can_subscribe_with_recovery() {
     let server = TestServer::start_with(rooms_with_history(100, 100)).await;
-    let token = server.token("alpha", "reader", "");
+    let token = server.token("alpha", "reader", "chat:write");
     let mut r = server.connect("alpha", &token).await.expect("connect");
     r.send(json!({"type": "chat.join", "id": "j", "channel": "room:h"}))
         .await;

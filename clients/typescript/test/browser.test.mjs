@@ -98,6 +98,9 @@ test("two pages chat; one offline for 5 s shows every message it missed, once, i
   await alice.page.waitForSelector("#messages li:has-text('hi alice, bob here')", { timeout: 10_000 });
   assert.match(await bob.page.textContent("#who"), /You are bob in room:/);
   assert.match(await alice.page.textContent("#activity"), /bob joined/);
+  // Presence: each page lists both (join events keep it current).
+  await alice.page.waitForSelector("#present:has-text('alice'):has-text('bob')", { timeout: 10_000 });
+  await bob.page.waitForSelector("#present:has-text('alice'):has-text('bob')", { timeout: 10_000 });
 
   // Bob goes offline; the page notices (heartbeat) and waits to reconnect.
   await bob.page.evaluate(() => {

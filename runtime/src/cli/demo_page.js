@@ -61,16 +61,56 @@ client.on("refreshed", (r) => {
   $("token").textContent = `Token refreshed without reconnecting; expires at ${new Date(r.expiresAt * 1000).toLocaleTimeString()}.`;
 });
 
-const sub = client.subscribe(room, { type: "chat.join", leave: { type: "chat.leave" } });
+// recover: after a reconnect, chat.join carries the last event's position
+// and the server replays every event missed (the demo rooms keep channel
+// history); the room's last 20 lines in the reply fill in a new tab.
+const sub = client.subscribe(room, { type: "chat.join", leave: { type: "chat.leave" }, recover: true });
+
+// Who is here: presence, kept current by join and leave events.
+const present = new Map(); // subject -> display name
+function showPresent() {
+  const names = [...present.values()].sort();
+  $("present").textContent = names.length ? `Here: ${names.join(", ")}` : "";
+}
+async function refreshPresence() {
+  try {
+    const { members } = await sub.presence();
+    present.clear();
+    for (const m of members) present.set(m.subject, m.claims?.name || m.subject);
+    showPresent();
+  } catch (e) {
+    $("present").textContent = `presence: ${e.code}`;
+  }
+}
+sub.on("join", ({ subject, claims }) => {
+  present.set(subject, claims?.name || subject);
+  showPresent();
+});
+sub.on("leave", ({ subject }) => {
+  present.delete(subject);
+  showPresent();
+});
+// Between a drop and the rejoin's answer, events are the ones replayed.
+let catchingUp = false;
+let replayed = 0;
+client.on("disconnected", () => {
+  catchingUp = true;
+  replayed = 0;
+});
 sub.on("subscribed", ({ data, resubscribed }) => {
-  // chat.join answers with the room's last 20 lines: after a reconnect,
-  // the ones this tab has not shown are what it missed.
-  let missed = 0;
+  refreshPresence();
+  // What the server replayed, plus the room's last 20 lines in chat.join's
+  // answer that this tab has not shown (all it has after a failed recovery).
+  let missed = replayed;
   for (const line of data?.history ?? []) if (addLine(line, resubscribed)) missed += 1;
+  catchingUp = false;
+  replayed = 0;
   if (resubscribed) $("activity").textContent = `Back online: ${missed} missed message${missed === 1 ? "" : "s"} shown.`;
 });
 sub.on("event", ({ data }) => {
-  if (data.kind === "message") addLine(data, false);
+  if (data.kind === "message") {
+    if (addLine(data, catchingUp) && catchingUp) replayed += 1;
+  }
   else if (data.kind === "joined" || data.kind === "left") $("activity").textContent = `${data.from} ${data.kind}.`;
 });
 sub.on("error", (e) => status("closed", `${e.code}: ${e.message}`));

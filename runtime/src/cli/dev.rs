@@ -20,8 +20,12 @@ fn repo_root() -> PathBuf {
 fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
     let release = repo_root().join("handlers/target/wasm32-wasip2/release");
     let (echo, chat) = (release.join("echo.wasm"), release.join("chat.wasm"));
-    if !echo.exists() || !chat.exists() {
-        let script = repo_root().join("handlers/build");
+    let script = repo_root().join("handlers/build");
+    let built = echo.exists() && chat.exists();
+    // From a clone, handlers/build always runs: cargo rebuilds the demo
+    // handlers only when their sources or wit/ changed (a second or two),
+    // so a pull that moves the WIT version never serves stale components.
+    if !built || script.exists() {
         if !script.exists() {
             bail!(
                 "the demo handlers are not built and {} is missing: run sluice dev from a clone of the repository",
@@ -29,7 +33,13 @@ fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
             );
         }
         // One line while it runs; the build's own output only if it fails.
-        eprintln!("building the demo handlers with handlers/build (first run: a few minutes)...");
+        if built {
+            eprintln!("checking the demo handlers are up to date (handlers/build)...");
+        } else {
+            eprintln!(
+                "building the demo handlers with handlers/build (first run: a few minutes)..."
+            );
+        }
         let output = Command::new("bash")
             .arg(&script)
             .stdin(Stdio::null())
