@@ -747,3 +747,34 @@ async fn a_handler_can_subscribe_with_recovery() {
     assert_eq!(subscribed["data"]["recovered"], false, "{subscribed}");
     r2.assert_usable().await;
 }
+
+#[tokio::test]
+async fn metrics_show_history_recoveries_and_presence() {
+    let server = TestServer::start_with(rooms_with_history(3, 100)).await;
+    let mut c = server
+        .connect("alpha", &server.token("alpha", "m", "chat:write"))
+        .await
+        .expect("connect");
+    let epoch = subscribe(&mut c, "s", "room:m", None).await["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    publish_many(&mut c, "room:m", "m", 5).await;
+    subscribe(&mut c, "r1", "room:m", Some((4, &epoch))).await;
+    subscribe(&mut c, "r2", "room:m", Some((0, &epoch))).await;
+    subscribe(&mut c, "r3", "room:m", Some((5, "other"))).await;
+    let (status, m) = crate::admin::get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "sluice_history_channels{tenant=\"alpha\"} 1",
+        "sluice_history_events{tenant=\"alpha\"} 3",
+        "sluice_recoveries_total{tenant=\"alpha\",outcome=\"recovered\"} 1",
+        "sluice_recoveries_total{tenant=\"alpha\",outcome=\"too_old\"} 1",
+        "sluice_recoveries_total{tenant=\"alpha\",outcome=\"epoch_changed\"} 1",
+        "sluice_presence_channels{tenant=\"alpha\"} 1",
+        "sluice_presence_members{tenant=\"alpha\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in:\n{m}");
+    }
+    assert!(m.contains("sluice_history_bytes{tenant=\"alpha\"} "), "{m}");
+}

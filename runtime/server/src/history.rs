@@ -352,8 +352,17 @@ impl History {
                 ),
                 None => (l.trim(0, u64::MAX), Duration::ZERO),
             };
+            // A log that never held an event (subscribes only) goes after
+            // `idle`: subscribing to many channels cannot pin memory for a
+            // whole TTL. One that did keeps its epoch for its TTL, so that
+            // a client coming back within it is told nothing was lost.
+            let keep_for = if l.stored || l.last_offset > 0 {
+                idle.max(ttl)
+            } else {
+                idle
+            };
             let forget = l.entries.is_empty()
-                && l.used.elapsed() >= idle.max(ttl)
+                && l.used.elapsed() >= keep_for
                 && broker.subscribers(&key) == 0;
             let write = match &self.store {
                 Some(store) if l.stored && (forget || trimmed.is_some()) => {
@@ -596,5 +605,33 @@ mod tests {
         let (channels, events, bytes) = sizes[&tenant];
         assert_eq!((channels, events), (1, 5));
         assert!(bytes < 5 * 200, "{bytes}");
+    }
+
+    #[tokio::test]
+    async fn subscribing_to_many_channels_pins_no_memory_once_they_are_left() {
+        let history = History::in_memory();
+        let broker = LocalBroker::default();
+        let tenant: Arc<str> = "t".into();
+        for n in 0..1000 {
+            let key = ChannelKey::new(&tenant, &format!("room:{n}"));
+            let (o, _r) = Outbox::new(1 << 20);
+            history
+                .subscribe(&broker, &key, None, Member { id: 1, outbox: o }, |_| None)
+                .await;
+            broker.unsubscribe(&key, 1);
+        }
+        // One channel that had events keeps its epoch for its TTL.
+        let kept = ChannelKey::new(&tenant, "room:kept");
+        history
+            .publish(&broker, &kept, RULE, &data(1))
+            .await
+            .unwrap();
+        assert_eq!(history.sizes()[&tenant].0, 1001);
+        history.sweep(&broker, Duration::ZERO, |_| Some(RULE)).await;
+        assert_eq!(
+            history.sizes()[&tenant].0,
+            1,
+            "only the channel with events stays"
+        );
     }
 }
