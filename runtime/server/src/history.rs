@@ -33,6 +33,7 @@ use sluice_store::{ChannelHistory, Entry, Store, StoreError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::{Broker, ChannelKey, Member};
+use crate::metrics::{label, tenant_series};
 use crate::stages::decode::Since;
 
 /// A kept event.
@@ -415,40 +416,27 @@ impl History {
     }
 
     /// The history series of `/metrics`.
-    pub fn render(&self, out: &mut String, label: impl Fn(&str) -> String) {
-        let _ = writeln!(
-            out,
-            "# HELP sluice_history_channels Channels with history, per tenant.\n# TYPE sluice_history_channels gauge"
-        );
+    pub fn render(&self, out: &mut String) {
         let sizes = self.sizes();
-        for (tenant, (channels, _, _)) in &sizes {
-            let _ = writeln!(
-                out,
-                "sluice_history_channels{{tenant=\"{}\"}} {channels}",
-                label(tenant)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_history_events Events kept in channel history, per tenant.\n# TYPE sluice_history_events gauge"
-        );
-        for (tenant, (_, events, _)) in &sizes {
-            let _ = writeln!(
-                out,
-                "sluice_history_events{{tenant=\"{}\"}} {events}",
-                label(tenant)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_history_bytes Bytes of channel history in memory, per tenant.\n# TYPE sluice_history_bytes gauge"
-        );
-        for (tenant, (_, _, bytes)) in &sizes {
-            let _ = writeln!(
-                out,
-                "sluice_history_bytes{{tenant=\"{}\"}} {bytes}",
-                label(tenant)
-            );
+        for (i, (name, help)) in [
+            (
+                "sluice_history_channels",
+                "Channels with history, per tenant.",
+            ),
+            (
+                "sluice_history_events",
+                "Events kept in channel history, per tenant.",
+            ),
+            (
+                "sluice_history_bytes",
+                "Bytes of channel history in memory, per tenant.",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let rows = sizes.iter().map(|(t, (c, e, b))| (&**t, [*c, *e, *b][i]));
+            tenant_series(out, (name, "gauge", help), rows);
         }
         let _ = writeln!(
             out,

@@ -147,7 +147,21 @@ impl Default for TenantMetrics {
 }
 
 /// Escape a label value.
-fn label(v: &str) -> String {
+/// A gauge or counter with one series per tenant: its `# HELP` and
+/// `# TYPE` lines, then `name{tenant="..."} value` for each row.
+pub fn tenant_series<'a>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    rows: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (tenant, value) in rows {
+        let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {value}", label(tenant));
+    }
+}
+
+/// A label value, escaped for the text format.
+pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -257,8 +271,8 @@ pub fn render(state: &ServerState) -> String {
         }
     }
     render_jwks(&tenants, &mut out);
-    state.history.render(&mut out, label);
-    state.presence.render(&mut out, label);
+    state.history.render(&mut out);
+    state.presence.render(&mut out);
     help(
         &mut out,
         "sluice_refused_actions_total",

@@ -9,12 +9,12 @@
 //! and the others come and go without events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::value::RawValue;
 
 use crate::broker::ChannelKey;
+use crate::metrics::tenant_series;
 
 struct Present {
     connections: u32,
@@ -151,7 +151,7 @@ impl Presence {
     }
 
     /// The presence series of `/metrics`.
-    pub fn render(&self, out: &mut String, label: impl Fn(&str) -> String) {
+    pub fn render(&self, out: &mut String) {
         let mut by_tenant: BTreeMap<Arc<str>, (u64, u64)> = BTreeMap::new();
         for (key, ch) in self
             .channels
@@ -163,28 +163,26 @@ impl Presence {
             e.0 += 1;
             e.1 += ch.members.len() as u64 + u64::from(ch.untracked);
         }
-        let _ = writeln!(
+        let channels = by_tenant.iter().map(|(t, (c, _))| (&**t, *c));
+        tenant_series(
             out,
-            "# HELP sluice_presence_channels Channels with members present, per tenant.\n# TYPE sluice_presence_channels gauge"
+            (
+                "sluice_presence_channels",
+                "gauge",
+                "Channels with members present, per tenant.",
+            ),
+            channels,
         );
-        for (t, (channels, _)) in &by_tenant {
-            let _ = writeln!(
-                out,
-                "sluice_presence_channels{{tenant=\"{}\"}} {channels}",
-                label(t)
-            );
-        }
-        let _ = writeln!(
+        let members = by_tenant.iter().map(|(t, (_, m))| (&**t, *m));
+        tenant_series(
             out,
-            "# HELP sluice_presence_members Members present over all channels, per tenant.\n# TYPE sluice_presence_members gauge"
+            (
+                "sluice_presence_members",
+                "gauge",
+                "Members present over all channels, per tenant.",
+            ),
+            members,
         );
-        for (t, (_, members)) in &by_tenant {
-            let _ = writeln!(
-                out,
-                "sluice_presence_members{{tenant=\"{}\"}} {members}",
-                label(t)
-            );
-        }
     }
 }
 
