@@ -751,6 +751,14 @@ export class SluiceClient extends Emitter<ClientEvents> {
         if (sub && sub.state !== "gone") this.position(sub, msg.data);
         return;
       }
+      case "unsubscribed": {
+        // The server ended a subscription (a reload's channel rules no
+        // longer allow it): gone for good, like a refused subscribe.
+        const sub = typeof msg.channel === "string" ? this.subs.get(msg.channel) : undefined;
+        const reason = typeof msg.reason === "string" ? msg.reason : "the server ended this subscription";
+        if (sub) this.forget(sub, new SluiceError("forbidden", reason));
+        return;
+      }
       case "join":
       case "leave": {
         const sub = typeof msg.channel === "string" ? this.subs.get(msg.channel) : undefined;

@@ -373,6 +373,19 @@ test("subscriptions: resubscribed after a reconnect; refused ones end with the e
   latest().frame({ type: "error", id: latest().last().id, code: "forbidden", message: "not allowed on this channel" });
   await assert.rejects(denied.ready, { code: "forbidden" });
   assert.deepEqual(errors, ["forbidden"]);
+
+  // A reload's rules end room:1: the server says so, and the subscription
+  // ends with a forbidden error (not resubscribed after the next drop).
+  const ended = [];
+  sub.on("error", (e) => ended.push([e.code, e.message]));
+  latest().frame({ type: "unsubscribed", channel: "room:1", reason: "the channel rules no longer allow this subscription" });
+  assert.deepEqual(ended, [["forbidden", "the channel rules no longer allow this subscription"]]);
+  latest().frame({ type: "event", channel: "room:1", data: 3 });
+  assert.deepEqual(events, [1, 2], "no event after the end");
+  latest().serverClose(1006);
+  await advance(50);
+  latest().welcome(3);
+  assert.ok(!latest().sent.some((f) => f.type === "subscribe" && f.channel === "room:1"), "not resubscribed");
   c.close();
 });
 
