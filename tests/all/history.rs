@@ -409,7 +409,9 @@ impl Dev {
         });
         let dev = Self { child, lines };
         let (mut url, mut token) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // The first `sluice dev` of a fresh clone builds the demo handlers
+        // (handlers/build) before its banner: minutes on a cold machine.
+        let deadline = Instant::now() + Duration::from_secs(600);
         let mut next_is_token = false;
         while url.is_none() || token.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -423,7 +425,7 @@ impl Dev {
                     }
                     next_is_token |= line.contains("dev token");
                 }
-                Err(RecvTimeoutError::Timeout) => panic!("no banner"),
+                Err(RecvTimeoutError::Timeout) => panic!("no banner from sluice dev within 600 s"),
                 Err(RecvTimeoutError::Disconnected) => panic!("sluice dev exited"),
             }
         }
