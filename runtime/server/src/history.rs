@@ -212,6 +212,16 @@ impl History {
         }
     }
 
+    /// Every log, taken out of the map's lock (each log has its own).
+    fn snapshot(&self) -> Vec<(ChannelKey, Arc<tokio::sync::Mutex<Log>>)> {
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     fn log(&self, key: &ChannelKey) -> Arc<tokio::sync::Mutex<Log>> {
         self.logs
             .lock()
@@ -336,13 +346,7 @@ impl History {
         idle: Duration,
         rule: impl Fn(&ChannelKey) -> Option<HistoryConfig>,
     ) {
-        let logs: Vec<(ChannelKey, Arc<tokio::sync::Mutex<Log>>)> = self
-            .logs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let logs = self.snapshot();
         let now = unix_ms();
         for (key, log) in logs {
             let mut l = log.lock().await;
@@ -395,13 +399,7 @@ impl History {
 
     /// Events and bytes kept, per tenant.
     pub fn sizes(&self) -> BTreeMap<Arc<str>, (u64, u64, u64)> {
-        let logs: Vec<(ChannelKey, Arc<tokio::sync::Mutex<Log>>)> = self
-            .logs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let logs = self.snapshot();
         let mut out: BTreeMap<Arc<str>, (u64, u64, u64)> = BTreeMap::new();
         for (key, log) in logs {
             // A log busy right now is skipped rather than waited for.
