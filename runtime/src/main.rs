@@ -53,6 +53,10 @@ enum Command {
         /// Address of the chat demo page (its own origin, same certificate).
         #[arg(long, default_value = "127.0.0.1:8444")]
         page: String,
+        /// Start a local fleet instead: a nats-server with JetStream and
+        /// this many nodes (2-9) on consecutive ports from --listen.
+        #[arg(long, value_name = "NODES")]
+        cluster: Option<usize>,
     },
     /// Write a self-signed ECDSA P-256 certificate (and with --secret an
     /// HMAC secret) to a folder: the files the benchmark peers share.
@@ -260,7 +264,8 @@ fn main() -> ExitCode {
                 listen,
                 chat,
                 page,
-            } => cli::dev::run(dir, listen, chat, page)
+                cluster,
+            } => cli::dev::run(dir, listen, chat, page, cluster)
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Token {

@@ -11,6 +11,7 @@ mod admin_reload;
 mod adversarial;
 mod call_budget;
 mod chat;
+mod cluster;
 mod config;
 mod conformance;
 mod corpus;

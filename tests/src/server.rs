@@ -271,6 +271,7 @@ impl TestServer {
             ]
             .into(),
             store: Default::default(),
+            cluster: None,
             base_dir: dir.0.clone(),
             source: None,
         };

@@ -91,6 +91,9 @@ impl Handler for Misbehave {
                 )))
             }
             "subscribe" => Ok(Actions::new().subscribe(target)),
+            "send" => Ok(Actions::new()
+                .send(target, &serde_json::json!({"dm": true}))
+                .reply(&serde_json::json!({"sent": true}))),
             "count" => {
                 let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
                 Ok(Actions::new().reply(&serde_json::json!({"count": n})))

@@ -107,6 +107,8 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Where handler state and channel history are kept.
     pub store: StoreConfig,
+    /// Several nodes serving one fleet through NATS (absent: one node).
+    pub cluster: Option<ClusterConfig>,
     /// Tenants by id (the `<tenant>` in `/ws/<tenant>`).
     pub tenants: BTreeMap<String, TenantConfig>,
     /// The directory relative paths are resolved against.
@@ -195,6 +197,105 @@ impl Default for StoreConfig {
         Self {
             kind: StoreKind::Durable,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+/// Cluster mode: nodes share channels, sends and channel history through
+/// NATS with JetStream (`[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port`); the client fails over
+    /// between them.
+    pub nats_urls: Vec<String>,
+    /// This node's name: unique in the fleet, 1-64 of `[A-Za-z0-9_-]`.
+    pub node: String,
+    /// NATS user and password (`user` with `password`), if the server
+    /// requires them.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password for `user`.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// A NATS token, if the server requires one.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// A NATS `.creds` file (JWT + nkey), relative to the config file.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// JetStream replicas of the history streams (1, or 3 on a three-server
+    /// NATS cluster so no acknowledged event is lost with one server).
+    #[serde(default = "one_replica")]
+    pub replicas: usize,
+    /// The subject prefix every Sluice subject lives under ([`DEFAULT_NATS_PREFIX`]);
+    /// two fleets on one NATS use different prefixes.
+    #[serde(default = "default_nats_prefix")]
+    pub prefix: String,
+}
+
+/// The default `[cluster] prefix`.
+pub const DEFAULT_NATS_PREFIX: &str = "sluice";
+
+fn one_replica() -> usize {
+    1
+}
+
+fn default_nats_prefix() -> String {
+    DEFAULT_NATS_PREFIX.to_owned()
+}
+
+fn is_name_token(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl ClusterConfig {
+    /// What is wrong with it.
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.nats_urls.is_empty() {
+            problems.push("cluster: nats_urls must name at least one NATS server".into());
+        }
+        for url in &self.nats_urls {
+            let rest = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+                problems.push(format!(
+                    "cluster: nats_urls: `{url}` is not nats://host:port or tls://host:port"
+                ));
+            }
+        }
+        if !is_name_token(&self.node) {
+            problems.push(format!(
+                "cluster: node `{}` must be 1-64 of A-Z a-z 0-9 _ -",
+                self.node
+            ));
+        }
+        if !is_name_token(&self.prefix) {
+            problems.push(format!(
+                "cluster: prefix `{}` must be 1-64 of A-Z a-z 0-9 _ -",
+                self.prefix
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            problems.push(format!(
+                "cluster: replicas must be 1 to 5, not {}",
+                self.replicas
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            problems.push("cluster: user and password go together".into());
+        }
+        let ways = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.credentials_file.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            problems
+                .push("cluster: set at most one of user/password, token, credentials_file".into());
         }
     }
 }
@@ -645,6 +746,14 @@ impl Config {
         let sandbox =
             section::<SandboxConfig>(&mut root, "sandbox", &mut problems).unwrap_or_default();
         let store = section::<StoreConfig>(&mut root, "store", &mut problems).unwrap_or_default();
+        let cluster = if root.contains_key("cluster") {
+            section::<ClusterConfig>(&mut root, "cluster", &mut problems)
+        } else {
+            None
+        };
+        if let Some(c) = &cluster {
+            c.problems(&mut problems);
+        }
         let mut tenants = BTreeMap::new();
         let mut unparsed_handlers = Vec::new();
         if let Some(value) = root.remove("tenants") {
@@ -661,13 +770,14 @@ impl Config {
         }
         for key in root.keys() {
             problems.push(format!(
-                "unknown top-level key `{key}` (expected server, sandbox, store, tenants)"
+                "unknown top-level key `{key}` (expected server, sandbox, store, cluster, tenants)"
             ));
         }
         let config = Config {
             server,
             sandbox,
             store,
+            cluster,
             tenants,
             base_dir: base_dir.to_path_buf(),
             source: None,

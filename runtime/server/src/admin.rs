@@ -181,6 +181,9 @@ async fn respond(
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/readyz" if state.is_cut_off() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "cut off from NATS\n")
+        }
         "/readyz" => match metrics::stale_jwks(&state).as_slice() {
             [] => text(StatusCode::OK, "ready\n"),
             stale => text(

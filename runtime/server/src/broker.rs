@@ -112,6 +112,17 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribers(&self, key: &ChannelKey) -> usize;
     /// Channels with at least one local subscriber.
     fn channel_count(&self) -> usize;
+    /// Resolves once publishes from every node reach this node's
+    /// subscribers of the channel (a networked broker registers its
+    /// interest remotely after [`Broker::subscribe`]); the subscribe's ack
+    /// waits for it.
+    fn channel_ready<'a>(&'a self, _key: &'a ChannelKey) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+    /// The same for a subject's connections after [`Broker::join_subject`].
+    fn subject_ready<'a>(&'a self, _key: &'a SubjectKey) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 type Members = HashMap<u64, Outbox>;
@@ -156,6 +167,15 @@ impl LocalBroker {
     /// Deliver at once (the local broker never waits).
     pub fn publish_now(&self, key: &ChannelKey, frame: &Utf8Bytes) -> usize {
         deliver(&self.channels, key, frame)
+    }
+
+    /// Local connections of a subject.
+    pub fn subject_connections(&self, key: &SubjectKey) -> usize {
+        self.subjects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .map_or(0, HashMap::len)
     }
 
     /// Deliver at once to a subject's connections.

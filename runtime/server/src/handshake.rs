@@ -97,6 +97,11 @@ fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusC
         .filter(|t| !t.contains('/'))
         .ok_or(StatusCode::NOT_FOUND)?;
     let tenant = state.tenant(tenant_id).ok_or(StatusCode::NOT_FOUND)?;
+    if state.is_cut_off() {
+        // Cluster mode without NATS: this node cannot reach the fleet.
+        tracing::debug!(tenant = %tenant.id, "refused: cut off from NATS");
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     match req.headers().get(http::header::ORIGIN) {
         Some(origin) => {

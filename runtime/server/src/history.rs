@@ -33,6 +33,7 @@ use sluice_store::{ChannelHistory, Entry, Store, StoreError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::{Broker, ChannelKey, Member};
+use crate::cluster::ClusterHistory;
 use crate::metrics::{label, tenant_series};
 use crate::stages::decode::Since;
 
@@ -101,11 +102,14 @@ pub struct Position {
     pub recovered: Option<bool>,
 }
 
-/// Why a recovery failed (`/metrics`).
+/// How a recovery went (`/metrics`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Outcome {
+pub enum Outcome {
+    /// Every event after `since` was replayed.
     Recovered,
+    /// Some of them are gone (or `since` is ahead of the channel).
     TooOld,
+    /// `since` is from another epoch.
     EpochChanged,
 }
 
@@ -121,11 +125,19 @@ impl Outcome {
 
 /// A publish could not be made durable.
 #[derive(Debug, thiserror::Error)]
-#[error("history: {0}")]
-pub struct HistoryError(#[from] StoreError);
+pub enum HistoryError {
+    /// The embedded store failed.
+    #[error("history: {0}")]
+    Store(#[from] StoreError),
+    /// JetStream refused or did not answer (cluster mode).
+    #[error("history: {0}")]
+    Cluster(#[from] crate::cluster::history::ClusterHistoryError),
+}
 
 /// Every channel's history.
 pub struct History {
+    /// Cluster mode: every channel's history is on JetStream.
+    cluster: Option<Arc<ClusterHistory>>,
     store: Option<Arc<Store>>,
     logs: Mutex<HashMap<ChannelKey, Arc<tokio::sync::Mutex<Log>>>>,
     outcomes: Mutex<BTreeMap<(Arc<str>, Outcome), u64>>,
@@ -154,9 +166,18 @@ impl History {
     /// History kept in memory only.
     pub fn in_memory() -> Self {
         Self {
+            cluster: None,
             store: None,
             logs: Mutex::new(HashMap::new()),
             outcomes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// History on the fleet's JetStream stream (cluster mode).
+    pub fn cluster(cluster: Arc<ClusterHistory>) -> Self {
+        Self {
+            cluster: Some(cluster),
+            ..Self::in_memory()
         }
     }
 
@@ -206,6 +227,7 @@ impl History {
             );
         }
         Self {
+            cluster: None,
             store: Some(store),
             logs: Mutex::new(logs),
             outcomes: Mutex::new(BTreeMap::new()),
@@ -241,6 +263,10 @@ impl History {
         rule: HistoryConfig,
         data: &RawValue,
     ) -> Result<usize, HistoryError> {
+        if let Some(c) = &self.cluster {
+            c.publish(key, rule, data).await?;
+            return Ok(broker.subscribers(key));
+        }
         let log = self.log(key);
         let mut log = log.lock().await;
         let permit = match &self.store {
@@ -294,10 +320,18 @@ impl History {
         &self,
         broker: &dyn Broker,
         key: &ChannelKey,
+        rule: HistoryConfig,
         since: Option<&Since>,
         member: Member,
         ack: impl FnOnce(&Position) -> Option<String>,
     ) -> Position {
+        if let Some(c) = &self.cluster {
+            let (position, outcome) = c.subscribe(key, rule, since, member, ack).await;
+            if let Some(o) = outcome {
+                self.count(&key.tenant, o);
+            }
+            return position;
+        }
         let log = self.log(key);
         let mut log = log.lock().await;
         log.used = Instant::now();
@@ -327,14 +361,18 @@ impl History {
         broker.subscribe(key, member);
         drop(log);
         if let Some(o) = outcome {
-            *self
-                .outcomes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry((key.tenant.clone(), o))
-                .or_default() += 1;
+            self.count(&key.tenant, o);
         }
         position
+    }
+
+    fn count(&self, tenant: &Arc<str>, o: Outcome) {
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((tenant.clone(), o))
+            .or_default() += 1;
     }
 
     /// Drop expired events and forget logs that are empty, unused for
@@ -500,7 +538,7 @@ mod tests {
         }
         let (outbox, mut reader) = Outbox::new(1 << 20);
         let pos = history
-            .subscribe(&broker, &key, None, Member { id: 1, outbox }, |_| {
+            .subscribe(&broker, &key, RULE, None, Member { id: 1, outbox }, |_| {
                 Some("{}".into())
             })
             .await;
@@ -523,6 +561,7 @@ mod tests {
             .subscribe(
                 &broker,
                 &key,
+                RULE,
                 Some(&since),
                 Member {
                     id: 2,
@@ -563,6 +602,7 @@ mod tests {
                 .subscribe(
                     &broker,
                     &key,
+                    RULE,
                     Some(&since),
                     Member { id: 9, outbox: o },
                     |_| Some("{}".into()),
@@ -602,7 +642,14 @@ mod tests {
             let key = ChannelKey::new(&tenant, &format!("room:{n}"));
             let (o, _r) = Outbox::new(1 << 20);
             history
-                .subscribe(&broker, &key, None, Member { id: 1, outbox: o }, |_| None)
+                .subscribe(
+                    &broker,
+                    &key,
+                    RULE,
+                    None,
+                    Member { id: 1, outbox: o },
+                    |_| None,
+                )
                 .await;
             broker.unsubscribe(&key, 1);
         }

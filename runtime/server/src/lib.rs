@@ -28,6 +28,7 @@ pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod broker;
+pub mod cluster;
 pub mod durable_state;
 pub mod handshake;
 pub mod history;
@@ -79,6 +80,8 @@ pub struct ServerState {
     pub history: history::History,
     /// Who is present in presence channels.
     pub presence: presence::Presence,
+    /// Cluster mode: this node's link to the fleet (NATS).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     tls: RwLock<TlsAcceptor>,
     ws_config: WebSocketConfig,
     ip_connections: ConnectionCounter<IpAddr>,
@@ -139,6 +142,21 @@ impl ServerState {
                 }
             },
         };
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                cluster::Cluster::connect(&config, c)
+                    .await
+                    .map_err(|e| ConfigErrors(vec![e]))?,
+            )),
+            None => None,
+        };
+        let (broker, history): (Arc<dyn broker::Broker>, history::History) = match &cluster {
+            Some(c) => (
+                c.broker.clone(),
+                history::History::cluster(c.history.clone()),
+            ),
+            None => (Arc::new(broker::LocalBroker::default()), history),
+        };
         let sandbox = Sandbox::with_state(config.sandbox.clone(), state)
             .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;
         let mut problems = Vec::new();
@@ -169,9 +187,10 @@ impl ServerState {
             reload_lock: tokio::sync::Mutex::new(()),
             shutdown: tokio::sync::watch::channel(false).0,
             reloads: tokio::sync::watch::channel(0).0,
-            broker: Arc::new(broker::LocalBroker::default()),
+            broker,
             history,
             presence: presence::Presence::default(),
+            cluster,
             tenants: RwLock::new(Arc::new(tenants)),
             sandbox,
             config,
@@ -187,6 +206,12 @@ impl ServerState {
     /// Whether the server is draining (shutting down).
     pub fn is_draining(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// In cluster mode, whether this node is cut off from NATS (it then
+    /// refuses new connections and `/readyz` answers 503).
+    pub fn is_cut_off(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.connected())
     }
 
     fn next_connection_id(&self) -> u64 {
@@ -247,6 +272,9 @@ impl ServerState {
         }
         if self.config.sandbox != config.sandbox {
             problems.push("sandbox: engine settings change only with a restart".to_owned());
+        }
+        if self.config.cluster != config.cluster {
+            problems.push("cluster: the cluster settings change only with a restart".to_owned());
         }
         if self.config.store != config.store {
             problems.push("store: the store changes only with a restart".to_owned());
@@ -545,5 +573,8 @@ impl Server {
         // Everything queued for the disk is written; the store records a
         // clean shutdown and releases its data_dir.
         state.history.close();
+        if let Some(c) = &state.cluster {
+            c.close().await;
+        }
     }
 }

@@ -60,11 +60,15 @@ pub async fn run(
     listen: String,
     chat: Option<PathBuf>,
     page: String,
+    cluster: Option<usize>,
 ) -> anyhow::Result<()> {
     // Before the handlers build, so a busy port is known in a second.
     check_listen(&listen)?;
     let (echo, rust_chat) = demo_components()?;
     let chat = sluice::dev::chat_component(chat.as_deref(), &rust_chat)?;
+    if let Some(nodes) = cluster {
+        return super::dev_cluster::run(dir, listen, echo, chat, repo_root(), nodes).await;
+    }
     // The demo page is a convenience: a busy port turns it off (said after
     // the banner), not the server.
     let page = super::demo_page::bind(&page).await;

@@ -4,3 +4,4 @@ pub mod cert;
 pub mod connect;
 pub mod demo_page;
 pub mod dev;
+pub mod dev_cluster;

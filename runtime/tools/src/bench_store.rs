@@ -143,7 +143,14 @@ async fn recover_us(history: &History, missed: u64) -> f64 {
     let data = payload();
     let (o, mut r) = Outbox::new(usize::MAX / 2);
     let first = history
-        .subscribe(&broker, &key, None, Member { id: 1, outbox: o }, |_| None)
+        .subscribe(
+            &broker,
+            &key,
+            rule,
+            None,
+            Member { id: 1, outbox: o },
+            |_| None,
+        )
         .await;
     broker.unsubscribe(&key, 1);
     for _ in 0..missed {
@@ -160,6 +167,7 @@ async fn recover_us(history: &History, missed: u64) -> f64 {
         .subscribe(
             &broker,
             &key,
+            rule,
             Some(&since),
             Member { id: 2, outbox: o },
             |_| Some("{}".to_owned()),

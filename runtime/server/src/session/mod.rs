@@ -167,6 +167,8 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
             outbox: outbox.clone(),
         },
     );
+    // In a fleet: `send` from any node reaches this connection once welcomed.
+    state.broker.subject_ready(&session.subject_key()).await;
     session.send(protocol::welcome(
         id,
         &session.principal.subject,
@@ -634,7 +636,7 @@ impl Session {
             outbox: self.outbox.clone(),
         };
         match features.history {
-            Some(_) => {
+            Some(rule) => {
                 // A client's subscribe gets an ack with the position; a
                 // handler's gets a `subscribed` frame with it.
                 let ack = |p: &Position| {
@@ -650,11 +652,12 @@ impl Session {
                 };
                 self.state
                     .history
-                    .subscribe(self.state.broker.as_ref(), &key, since, member, ack)
+                    .subscribe(self.state.broker.as_ref(), &key, rule, since, member, ack)
                     .await;
             }
             None => {
                 self.state.broker.subscribe(&key, member);
+                self.state.broker.channel_ready(&key).await;
                 if let Some(id) = reply_to {
                     // No history: nothing can be recovered.
                     let raw = since.and_then(|_| {

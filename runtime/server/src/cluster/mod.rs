@@ -1,0 +1,154 @@
+//! Cluster mode: several Sluice nodes serve one fleet through NATS with
+//! JetStream (`[cluster]` in the config; without it nothing here runs).
+//!
+//! - Fan-out over core NATS ([`NatsBroker`]): one subject per tenant and
+//!   channel ([`subject`]), subscribed to only by nodes with local
+//!   subscribers; `send` to a subject reaches its connections on every node.
+//! - Channel history on one JetStream stream ([`history`]): offsets are the
+//!   stream's sequence numbers, the same on every node, so a client that
+//!   reconnects to another node recovers there.
+//! - Readiness: a node cut off from NATS answers 503 on `/readyz` and
+//!   refuses new connections with HTTP 503 until NATS is back (the client
+//!   reconnects and resubscribes by itself).
+
+pub mod broker;
+pub mod history;
+pub mod subject;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sluice_config::{ClusterConfig, Config};
+
+pub use broker::NatsBroker;
+pub use history::ClusterHistory;
+use subject::Subjects;
+
+/// How long to wait for NATS at start before giving up with a clear error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a subject delete marker stays in the history stream after a
+/// channel's last event expired: within it, a client resuming from before
+/// the expiry is told it missed events (`recovered: false`).
+pub const DELETE_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// This node's part of the fleet.
+pub struct Cluster {
+    /// The node's name (`[cluster] node`).
+    pub node: String,
+    /// The broker every session uses.
+    pub broker: Arc<NatsBroker>,
+    /// Channel history on JetStream.
+    pub history: Arc<ClusterHistory>,
+    client: async_nats::Client,
+}
+
+impl Cluster {
+    /// Connect to NATS and make sure the history stream exists.
+    pub async fn connect(config: &Config, cluster: &ClusterConfig) -> Result<Self, String> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("sluice-{}", cluster.node))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(
+                            "NATS disconnected: refusing new connections until it is back"
+                        );
+                    }
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            });
+        if let (Some(user), Some(password)) = (&cluster.user, &cluster.password) {
+            let password = password.read(config, "cluster.password")?;
+            options = options.user_and_password(user.clone(), password.trim().to_owned());
+        }
+        if let Some(token) = &cluster.token {
+            options = options.token(token.read(config, "cluster.token")?.trim().to_owned());
+        }
+        if let Some(file) = &cluster.credentials_file {
+            let path = config.path(file);
+            options = options.credentials_file(&path).await.map_err(|e| {
+                format!(
+                    "cluster.credentials_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+        }
+        let urls = cluster.nats_urls.join(",");
+        let client = options
+            .connect(urls.as_str())
+            .await
+            .map_err(|e| format!("cluster: cannot reach NATS at {urls}: {e}"))?;
+        let subjects = Subjects::new(&cluster.prefix);
+        let js = jetstream::new(client.clone());
+        let (source, destination) = subjects.republish();
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: subjects.stream(),
+                description: Some("Sluice channel history".into()),
+                subjects: vec![subjects.history_all()],
+                max_messages_per_subject: sluice_config::MAX_HISTORY_SIZE as i64,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: cluster.replicas,
+                discard: jetstream::stream::DiscardPolicy::Old,
+                allow_direct: true,
+                allow_message_ttl: true,
+                subject_delete_marker_ttl: Some(DELETE_MARKER_TTL),
+                republish: Some(jetstream::stream::Republish {
+                    source,
+                    destination,
+                    headers_only: false,
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cluster: cannot create the JetStream history stream (is JetStream enabled on the NATS server? nats-server -js): {e}"))?;
+        let created = stream.cached_info().created.unix_timestamp_nanos();
+        let epoch = epoch_of(created, &subjects.stream());
+        let broker = Arc::new(NatsBroker::new(
+            client.clone(),
+            subjects.clone(),
+            epoch.clone(),
+        ));
+        let history = Arc::new(ClusterHistory::new(
+            js,
+            stream,
+            subjects,
+            epoch,
+            broker.clone(),
+        ));
+        tracing::info!(node = %cluster.node, nats = %urls, "cluster mode: connected to NATS");
+        Ok(Self {
+            node: cluster.node.clone(),
+            broker,
+            history,
+            client,
+        })
+    }
+
+    /// Whether NATS is reachable now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Send what is buffered and close the connection to NATS.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await;
+    }
+}
+
+/// The epoch of every channel of a fleet: derived from when the history
+/// stream was created, so every node agrees, and it changes when the
+/// stream (the history) is wiped and created again.
+fn epoch_of(created_nanos: i128, name: &str) -> Arc<str> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in created_nanos.to_le_bytes().iter().chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Arc::from(format!("{h:016x}"))
+}

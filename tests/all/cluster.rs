@@ -1,0 +1,457 @@
+//! Cluster mode against a real nats-server with JetStream on loopback:
+//! several Sluice nodes share channels, sends and channel history.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::config::{ClusterConfig, Config, HistoryConfig};
+use sluice_tests::server::{Client, TempDir, TestServer};
+
+/// The pinned nats-server: `$SLUICE_NATS_SERVER` (tests/run sets it), or
+/// installed by the project's script.
+fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-nats-server");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run scripts/install-nats-server");
+    assert!(out.status.success(), "scripts/install-nats-server failed");
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("a path")
+            .trim(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A nats-server with JetStream on a loopback port, stopped on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Nats {
+    fn start() -> Self {
+        let mut nats = Self {
+            child: None,
+            port: free_port(),
+            dir: TempDir::new(),
+        };
+        nats.restart();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Start (again, on the same port and store).
+    fn restart(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(self.dir.0.join("js"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cluster(nats: &Nats, node: &str) -> ClusterConfig {
+    ClusterConfig {
+        nats_urls: vec![nats.url()],
+        node: node.to_owned(),
+        user: None,
+        password: None,
+        token: None,
+        credentials_file: None,
+        replicas: 1,
+        prefix: "sluice".into(),
+    }
+}
+
+/// A node of the fleet on `nats`; rooms keep `history` if given.
+async fn node(nats: &Nats, name: &str, history: Option<usize>) -> TestServer {
+    let cluster = cluster(nats, name);
+    TestServer::start_with(move |c: &mut Config| {
+        c.cluster = Some(cluster);
+        for t in ["alpha", "beta"] {
+            let t = c.tenants.get_mut(t).expect("tenant");
+            t.channels[0].history = history.map(|size| HistoryConfig {
+                size,
+                ttl_secs: 600,
+            });
+            let l = &mut t.limits;
+            l.messages_per_sec = 100_000;
+            l.message_burst = 100_000;
+            l.subject_messages_per_sec = 100_000;
+            l.tenant_messages_per_sec = 100_000;
+        }
+    })
+    .await
+}
+
+async fn client(server: &TestServer, tenant: &str, sub: &str) -> Client {
+    let token = server.token(tenant, sub, "chat:write");
+    server.connect(tenant, &token).await.expect("connect")
+}
+
+async fn subscribe(c: &mut Client, channel: &str, since: Option<(u64, &str)>) -> Value {
+    let mut msg = json!({"type": "subscribe", "id": "s", "channel": channel});
+    if let Some((offset, epoch)) = since {
+        msg["data"] = json!({"since": {"offset": offset, "epoch": epoch}});
+    }
+    let ack = c.request(msg).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ack["data"].clone()
+}
+
+async fn send_chat(c: &mut Client, room: &str, text: &str) {
+    let ack = c
+        .request(json!({"type": "chat.send", "id": text, "channel": room, "data": {"text": text}}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+}
+
+/// Every frame that arrives within `quiet` of the last one.
+async fn drain(c: &mut Client, quiet: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Ok(f) = tokio::time::timeout(quiet, c.recv()).await {
+        out.push(f);
+    }
+    out
+}
+
+fn texts(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "event")
+        .filter_map(|f| f["data"]["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_node_exactly_once_and_send_crosses_nodes() {
+    let nats = Nats::start();
+    let nodes = [
+        node(&nats, "a", None).await,
+        node(&nats, "b", None).await,
+        node(&nats, "c", None).await,
+    ];
+    let mut readers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        // Two readers on one node, one on each other: a node subscribes to
+        // NATS once per channel, whatever its local subscribers.
+        for k in 0..if i == 1 { 2 } else { 1 } {
+            let mut r = client(n, "alpha", &format!("reader{i}{k}")).await;
+            subscribe(&mut r, "room:fleet", None).await;
+            readers.push(r);
+        }
+    }
+    let mut writer = client(&nodes[0], "alpha", "writer").await;
+    for i in 0..20 {
+        send_chat(&mut writer, "room:fleet", &format!("m{i}")).await;
+    }
+    let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    for r in &mut readers {
+        let got = texts(&drain(r, Duration::from_millis(700)).await);
+        assert_eq!(got, want, "every reader gets each event once, in order");
+    }
+
+    // `send` to a subject reaches its connections on every node.
+    let mut dm_b = client(&nodes[1], "alpha", "bob").await;
+    let mut dm_c = client(&nodes[2], "alpha", "bob").await;
+    let ack = writer
+        .request(
+            json!({"type": "misbehave", "id": "d1", "data": {"mode": "send", "target": "bob"}}),
+        )
+        .await;
+    assert_eq!(ack["data"], json!({"sent": true}), "{ack}");
+    for c in [&mut dm_b, &mut dm_c] {
+        let got = drain(c, Duration::from_millis(700)).await;
+        let dms: Vec<&Value> = got.iter().filter(|f| f["data"]["dm"] == true).collect();
+        assert_eq!(dms.len(), 1, "{got:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_never_receives_another_tenants_events_whatever_the_channel_names() {
+    let nats = Nats::start();
+    let (a, b) = (node(&nats, "a", None).await, node(&nats, "b", None).await);
+    // Names with dots: each must stay one channel of one tenant on the bus.
+    let names = ["room:x", "room:x.y", "room:x.y.z", "room:a-b_c"];
+    let mut beta = client(&b, "beta", "spy").await;
+    let mut alpha_reader = client(&b, "alpha", "reader").await;
+    for n in names {
+        subscribe(&mut beta, n, None).await;
+    }
+    subscribe(&mut alpha_reader, "room:x", None).await;
+    let mut alpha = client(&a, "alpha", "writer").await;
+    for n in names {
+        send_chat(&mut alpha, n, &format!("alpha on {n}")).await;
+    }
+    assert_eq!(
+        texts(&drain(&mut alpha_reader, Duration::from_millis(700)).await),
+        vec!["alpha on room:x".to_owned()],
+        "a channel gets only its own events, not those of room:x.y"
+    );
+    assert!(
+        texts(&drain(&mut beta, Duration::from_millis(300)).await).is_empty(),
+        "beta got alpha's events"
+    );
+    // And beta's own traffic still flows to beta.
+    let mut beta_writer = client(&a, "beta", "writer").await;
+    send_chat(&mut beta_writer, "room:x.y", "beta's own").await;
+    assert_eq!(
+        texts(&drain(&mut beta, Duration::from_millis(700)).await),
+        vec!["beta's own".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_moves_to_another_node_recovers_what_it_missed_there() {
+    let nats = Nats::start();
+    let nodes = [
+        node(&nats, "a", Some(1000)).await,
+        node(&nats, "b", Some(1000)).await,
+        node(&nats, "c", Some(1000)).await,
+    ];
+    let mut reader = client(&nodes[0], "alpha", "reader").await;
+    let first = subscribe(&mut reader, "room:move", None).await;
+    let epoch = first["epoch"].as_str().expect("epoch").to_owned();
+    let mut writer = client(&nodes[1], "alpha", "writer").await;
+    for i in 0..5 {
+        send_chat(&mut writer, "room:move", &format!("live{i}")).await;
+    }
+    let live = drain(&mut reader, Duration::from_millis(700)).await;
+    assert_eq!(texts(&live).len(), 5, "{live:?}");
+    let last = live
+        .iter()
+        .filter_map(|f| f["offset"].as_u64())
+        .max()
+        .expect("offsets");
+    assert!(live.iter().all(|f| f["epoch"] == epoch.as_str()));
+    drop(reader);
+
+    // Missed while away: published from two nodes, interleaved.
+    let mut writer2 = client(&nodes[2], "alpha", "writer2").await;
+    for i in 0..100 {
+        let w = if i % 2 == 0 {
+            &mut writer
+        } else {
+            &mut writer2
+        };
+        send_chat(w, "room:move", &format!("missed{i}")).await;
+    }
+    let mut back = client(&nodes[2], "alpha", "reader").await;
+    let ack = subscribe(&mut back, "room:move", Some((last, &epoch))).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let frames = drain(&mut back, Duration::from_millis(700)).await;
+    let want: Vec<String> = (0..100).map(|i| format!("missed{i}")).collect();
+    assert_eq!(texts(&frames), want, "every missed event once, in order");
+    let offsets: Vec<u64> = frames.iter().filter_map(|f| f["offset"].as_u64()).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    assert_eq!(ack["offset"].as_u64(), offsets.last().copied());
+
+    // The same offsets on every node: a reader on node A sees what the
+    // recovering reader on C saw.
+    let mut on_a = client(&nodes[0], "alpha", "other").await;
+    let from_a = subscribe(&mut on_a, "room:move", Some((last, &epoch))).await;
+    assert_eq!(from_a["offset"], ack["offset"]);
+    let again = drain(&mut on_a, Duration::from_millis(700)).await;
+    let offsets_a: Vec<u64> = again.iter().filter_map(|f| f["offset"].as_u64()).collect();
+    assert_eq!(offsets_a, offsets);
+
+    // Another epoch, or an offset the channel never had: not recovered,
+    // and the honest client is still served.
+    let mut liar = client(&nodes[1], "alpha", "liar").await;
+    let wrong = subscribe(&mut liar, "room:move", Some((last, "0000000000000000"))).await;
+    assert_eq!(wrong["recovered"], false, "{wrong}");
+    let ahead = subscribe(&mut liar, "room:other", Some((last + 10_000, &epoch))).await;
+    assert_eq!(ahead["recovered"], false, "{ahead}");
+    send_chat(&mut writer, "room:move", "after").await;
+    assert_eq!(
+        texts(&drain(&mut back, Duration::from_millis(700)).await),
+        vec!["after".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn recovery_past_the_window_is_refused_on_every_node() {
+    let nats = Nats::start();
+    let (a, b) = (
+        node(&nats, "a", Some(5)).await,
+        node(&nats, "b", Some(5)).await,
+    );
+    let mut reader = client(&a, "alpha", "reader").await;
+    let first = subscribe(&mut reader, "room:win", None).await;
+    let epoch = first["epoch"].as_str().expect("epoch").to_owned();
+    drop(reader);
+    let mut writer = client(&a, "alpha", "writer").await;
+    for i in 0..8 {
+        send_chat(&mut writer, "room:win", &format!("w{i}")).await;
+    }
+    let mut back = client(&b, "alpha", "reader").await;
+    let ack = subscribe(&mut back, "room:win", Some((0, &epoch))).await;
+    assert_eq!(ack["recovered"], false, "8 events, 5 kept: {ack}");
+    assert!(texts(&drain(&mut back, Duration::from_millis(400)).await).is_empty());
+}
+
+/// GET `path` on an admin listener: (status, body).
+async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+async fn wait_ready(addr: SocketAddr, ready: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = admin_get(addr, "/readyz").await;
+        if (status == 200) == ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_nats_is_not_ready_refuses_new_connections_and_recovers() {
+    let mut nats = Nats::start();
+    let (a, b) = (node(&nats, "a", None).await, node(&nats, "b", None).await);
+    let mut reader = client(&b, "alpha", "reader").await;
+    subscribe(&mut reader, "room:restart", None).await;
+    let mut writer = client(&a, "alpha", "writer").await;
+
+    nats.kill();
+    let admin = a.admin.expect("admin listener");
+    wait_ready(admin, false).await;
+    let (_, body) = admin_get(admin, "/readyz").await;
+    assert_eq!(body, "cut off from NATS\n");
+    let token = a.token("alpha", "newcomer", "");
+    let refused = a.connect("alpha", &token).await;
+    let Err(e) = refused else {
+        panic!("a new connection was accepted while cut off");
+    };
+    assert!(e.to_string().contains("503"), "{e}");
+    // The connections it has stay open.
+    writer.assert_usable().await;
+
+    nats.restart();
+    wait_ready(admin, true).await;
+    wait_ready(b.admin.expect("admin"), true).await;
+    // Fan-out resumes by itself: the old subscription is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        send_chat(&mut writer, "room:restart", "back").await;
+        let got = texts(&drain(&mut reader, Duration::from_millis(300)).await);
+        if got.iter().any(|t| t == "back") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fan-out did not resume");
+    }
+    a.assert_honest_client_served().await;
+}
+
+#[tokio::test]
+async fn two_nodes_publishing_on_one_channel_at_once_get_distinct_offsets_in_one_order() {
+    let nats = Nats::start();
+    let (a, b) = (
+        node(&nats, "a", Some(1000)).await,
+        node(&nats, "b", Some(1000)).await,
+    );
+    let mut reader_a = client(&a, "alpha", "ra").await;
+    let mut reader_b = client(&b, "alpha", "rb").await;
+    subscribe(&mut reader_a, "room:race", None).await;
+    subscribe(&mut reader_b, "room:race", None).await;
+    let wa = client(&a, "alpha", "wa").await;
+    let wb = client(&b, "alpha", "wb").await;
+    let burst = |mut w: Client, tag: &'static str| async move {
+        for i in 0..50 {
+            w.send(
+                json!({"type": "chat.send", "id": format!("{tag}{i}"), "channel": "room:race",
+                "data": {"text": format!("{tag}{i}")}}),
+            )
+            .await;
+        }
+        let mut acks = 0;
+        while acks < 50 {
+            let f = w.recv().await;
+            assert_ne!(f["type"], "error", "{f}");
+            if f["type"] == "ack" {
+                acks += 1;
+            }
+        }
+    };
+    tokio::join!(burst(wa, "a"), burst(wb, "b"));
+    let fa = drain(&mut reader_a, Duration::from_millis(800)).await;
+    let fb = drain(&mut reader_b, Duration::from_millis(800)).await;
+    let by_offset = |frames: &[Value]| -> BTreeMap<u64, String> {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "event")
+            .map(|f| {
+                (
+                    f["offset"].as_u64().expect("offset"),
+                    f["data"]["text"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (oa, ob) = (by_offset(&fa), by_offset(&fb));
+    assert_eq!(oa.len(), 100, "every event once, each its own offset");
+    assert_eq!(oa, ob, "both nodes agree on every event's offset");
+    assert_eq!(texts(&fa), texts(&fb), "and deliver them in the same order");
+}
