@@ -94,12 +94,15 @@ pub enum ErrorCode {
     HandlerTimeout,
     /// The handler is quarantined or no instance could be created.
     Unavailable,
+    /// Cluster mode: the handler's state writes lost a race with another
+    /// node twice in a row (the call ran again once); nothing was written.
+    Conflict,
 }
 
 impl ErrorCode {
     /// Every host code (keep in step with the enum): `/metrics` always gives
     /// these a label of their own, whatever codes handlers invent.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadJson,
         ErrorCode::TooDeep,
         ErrorCode::BadEnvelope,
@@ -114,6 +117,7 @@ impl ErrorCode {
         ErrorCode::HandlerFailed,
         ErrorCode::HandlerTimeout,
         ErrorCode::Unavailable,
+        ErrorCode::Conflict,
     ];
 
     /// The code on the wire.
@@ -133,6 +137,7 @@ impl ErrorCode {
             ErrorCode::HandlerFailed => "handler_failed",
             ErrorCode::HandlerTimeout => "handler_timeout",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }

@@ -483,11 +483,15 @@ pub enum CallErrorKind {
         /// Time left.
         remaining: Duration,
     },
-    /// No instance could be created (pool exhausted, instantiation error).
+    /// No instance could be created (pool exhausted, instantiation error),
+    /// or the state store failed.
     Unavailable {
         /// Why.
         detail: String,
     },
+    /// A state key the call read was changed by another node before the
+    /// call's commit: nothing was written, the call may run again.
+    Conflict,
 }
 
 /// Longest rejection message passed to a client.
@@ -509,6 +513,7 @@ impl CallErrorKind {
             CallErrorKind::OutputTooLarge { .. } => "output_too_large",
             CallErrorKind::Quarantined { .. } => "quarantined",
             CallErrorKind::Unavailable { .. } => "unavailable",
+            CallErrorKind::Conflict => "conflict",
         }
     }
 
@@ -521,6 +526,7 @@ impl CallErrorKind {
             CallErrorKind::Rejected { .. }
                 | CallErrorKind::Quarantined { .. }
                 | CallErrorKind::Unavailable { .. }
+                | CallErrorKind::Conflict
         )
     }
 
@@ -561,6 +567,9 @@ impl fmt::Display for CallErrorKind {
                 write!(f, "quarantined for another {} ms", remaining.as_millis())
             }
             CallErrorKind::Unavailable { detail } => write!(f, "unavailable: {detail}"),
+            CallErrorKind::Conflict => {
+                f.write_str("state changed by another node before the commit")
+            }
         }
     }
 }

@@ -304,9 +304,14 @@ impl Handler {
                         }),
                         None => match ctx.state.commit().await {
                             Ok(()) => Ok(actions),
-                            Err(e) => Err(CallErrorKind::Unavailable {
-                                detail: e.to_string(),
-                            }),
+                            Err(crate::state::CommitError::Conflict) => {
+                                Err(CallErrorKind::Conflict)
+                            }
+                            Err(crate::state::CommitError::Store(e)) => {
+                                Err(CallErrorKind::Unavailable {
+                                    detail: e.to_string(),
+                                })
+                            }
                         },
                     }
                 }

@@ -42,6 +42,28 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Why a commit did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitError {
+    /// A key the call read changed before its commit (another node wrote
+    /// it): nothing was written; the call may run again.
+    Conflict,
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommitError::Conflict => f.write_str("state store: a key changed before the commit"),
+            CommitError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Revisions a call saw, by key (0: the key did not exist).
+pub type Revisions = BTreeMap<String, u64>;
+
 /// What a tenant holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -75,6 +97,36 @@ pub trait StateStore: Send + Sync + 'static {
         tenant: &'a str,
         writes: Writes,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Whether values carry revisions that a commit checks (a store shared
+    /// by several nodes: optimistic concurrency). Then a call reads each
+    /// key it touches with [`StateStore::get_versioned`] and commits with
+    /// [`StateStore::commit_checked`].
+    fn versioned(&self) -> bool {
+        false
+    }
+    /// The value under `key` and its revision (0: absent).
+    fn get_versioned<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(Option<Vec<u8>>, u64), StoreError>> {
+        Box::pin(async move { Ok((self.get(tenant, key).await?, 0)) })
+    }
+    /// Apply `writes` atomically only if every key in `expected` is still at
+    /// its revision; otherwise write nothing and say [`CommitError::Conflict`].
+    fn commit_checked<'a>(
+        &'a self,
+        tenant: &'a str,
+        expected: Revisions,
+        writes: Writes,
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        let _ = expected;
+        Box::pin(async move {
+            self.commit(tenant, writes)
+                .await
+                .map_err(CommitError::Store)
+        })
+    }
 }
 
 /// The size an entry counts for.
@@ -203,6 +255,8 @@ pub(crate) struct StateHost {
     limits: HandlerLimits,
     store: Arc<dyn StateStore>,
     writes: Writes,
+    /// With a versioned store: the revision of every key the call read.
+    revisions: Revisions,
     /// Keys and bytes the buffered writes add to the committed usage (may
     /// be negative after deletes).
     added_keys: isize,
@@ -218,6 +272,7 @@ impl StateHost {
             limits,
             store,
             writes: Writes::new(),
+            revisions: Revisions::new(),
             added_keys: 0,
             added_bytes: 0,
             failed: None,
@@ -227,18 +282,39 @@ impl StateHost {
     /// Forget the last call's writes.
     pub(crate) fn begin(&mut self) {
         self.writes.clear();
+        self.revisions.clear();
         self.added_keys = 0;
         self.added_bytes = 0;
         self.failed = None;
     }
 
-    /// Commit the call's buffered writes.
-    pub(crate) async fn commit(&mut self) -> Result<(), StoreError> {
+    /// Commit the call's buffered writes (with a versioned store, only if
+    /// none of the keys it writes changed since it read them).
+    pub(crate) async fn commit(&mut self) -> Result<(), CommitError> {
         let writes = std::mem::take(&mut self.writes);
         if writes.is_empty() {
             return Ok(());
         }
-        self.store.commit(&self.tenant, writes).await
+        if self.store.versioned() {
+            let mut revisions = std::mem::take(&mut self.revisions);
+            revisions.retain(|k, _| writes.contains_key(k));
+            return self
+                .store
+                .commit_checked(&self.tenant, revisions, writes)
+                .await;
+        }
+        self.store
+            .commit(&self.tenant, writes)
+            .await
+            .map_err(CommitError::Store)
+    }
+
+    /// Read `key` from a versioned store, remembering the first revision
+    /// seen (the one the commit checks).
+    async fn read_versioned(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (value, revision) = self.store.get_versioned(&self.tenant, key).await?;
+        self.revisions.entry(key.to_owned()).or_insert(revision);
+        Ok(value)
     }
 
     fn check_key(&self, key: &str) -> Result<(), StateError> {
@@ -256,6 +332,10 @@ impl StateHost {
         match self.writes.get(key) {
             Some(Some(v)) => Ok(Some(entry_size(key, v))),
             Some(None) => Ok(None),
+            None if self.store.versioned() => match self.read_versioned(key).await {
+                Ok(v) => Ok(v.map(|v| entry_size(key, &v))),
+                Err(e) => Err(self.store_failed(e)),
+            },
             None => match self.store.entry_bytes(&self.tenant, key).await {
                 Ok(size) => Ok(size),
                 Err(e) => Err(self.store_failed(e)),
@@ -274,6 +354,15 @@ impl wit::Host for StateHost {
     async fn get(&mut self, key: String) -> Option<Vec<u8>> {
         if let Some(buffered) = self.writes.get(&key) {
             return buffered.clone();
+        }
+        if self.store.versioned() {
+            return match self.read_versioned(&key).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = self.store_failed(e);
+                    None
+                }
+            };
         }
         match self.store.get(&self.tenant, &key).await {
             Ok(v) => v,

@@ -118,9 +118,24 @@ impl ServerState {
         state: Option<Arc<dyn StateStore>>,
     ) -> Result<Arc<Self>, ConfigErrors> {
         let s = &config.server;
-        let (state, history): (Arc<dyn StateStore>, history::History) = match state {
-            Some(st) => (st, history::History::in_memory()),
-            None => match config.store.kind {
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                cluster::Cluster::connect(&config, c)
+                    .await
+                    .map_err(|e| ConfigErrors(vec![e]))?,
+            )),
+            None => None,
+        };
+        let (state, history): (Arc<dyn StateStore>, history::History) = match (state, &cluster) {
+            (Some(st), Some(c)) => (st, history::History::cluster(c.history.clone())),
+            (Some(st), None) => (st, history::History::in_memory()),
+            // A node of a fleet keeps nothing of its own: handler state on
+            // JetStream KV, channel history on JetStream.
+            (None, Some(c)) => (
+                c.state.clone(),
+                history::History::cluster(c.history.clone()),
+            ),
+            (None, None) => match config.store.kind {
                 StoreKind::Memory => (
                     sluice_sandbox::MemoryStateStore::new(),
                     history::History::in_memory(),
@@ -142,20 +157,9 @@ impl ServerState {
                 }
             },
         };
-        let cluster = match &config.cluster {
-            Some(c) => Some(Arc::new(
-                cluster::Cluster::connect(&config, c)
-                    .await
-                    .map_err(|e| ConfigErrors(vec![e]))?,
-            )),
-            None => None,
-        };
-        let (broker, history): (Arc<dyn broker::Broker>, history::History) = match &cluster {
-            Some(c) => (
-                c.broker.clone(),
-                history::History::cluster(c.history.clone()),
-            ),
-            None => (Arc::new(broker::LocalBroker::default()), history),
+        let broker: Arc<dyn broker::Broker> = match &cluster {
+            Some(c) => c.broker.clone(),
+            None => Arc::new(broker::LocalBroker::default()),
         };
         let sandbox = Sandbox::with_state(config.sandbox.clone(), state)
             .map_err(|e| ConfigErrors(vec![format!("sandbox: {e:#}")]))?;

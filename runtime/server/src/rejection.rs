@@ -29,6 +29,10 @@ pub fn for_call(kind: &CallErrorKind) -> Rejection {
             ErrorCode::Unavailable,
             "the handler is temporarily unavailable",
         ),
+        CallErrorKind::Conflict => Rejection::error(
+            ErrorCode::Conflict,
+            "the state this message changes was changed elsewhere at the same moment; nothing was written, try again",
+        ),
         CallErrorKind::Failed { .. }
         | CallErrorKind::MemoryLimit
         | CallErrorKind::TableLimit

@@ -7,12 +7,16 @@
 //! - Channel history on one JetStream stream ([`history`]): offsets are the
 //!   stream's sequence numbers, the same on every node, so a client that
 //!   reconnects to another node recovers there.
+//! - Handler state on JetStream KV ([`state`]), with optimistic
+//!   concurrency at commit: a call whose keys another node changed first
+//!   runs once more, then fails with `conflict`.
 //! - Readiness: a node cut off from NATS answers 503 on `/readyz` and
 //!   refuses new connections with HTTP 503 until NATS is back (the client
 //!   reconnects and resubscribes by itself).
 
 pub mod broker;
 pub mod history;
+pub mod state;
 pub mod subject;
 
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use sluice_config::{ClusterConfig, Config};
 
 pub use broker::NatsBroker;
 pub use history::ClusterHistory;
+pub use state::KvState;
 use subject::Subjects;
 
 /// How long to wait for NATS at start before giving up with a clear error.
@@ -41,6 +46,8 @@ pub struct Cluster {
     pub broker: Arc<NatsBroker>,
     /// Channel history on JetStream.
     pub history: Arc<ClusterHistory>,
+    /// Handler state on JetStream KV.
+    pub state: Arc<KvState>,
     client: async_nats::Client,
 }
 
@@ -114,6 +121,13 @@ impl Cluster {
             subjects.clone(),
             epoch.clone(),
         ));
+        let state = KvState::open(
+            &js,
+            client.clone(),
+            format!("{}_state", cluster.prefix),
+            cluster.replicas,
+        )
+        .await?;
         let history = Arc::new(ClusterHistory::new(
             js,
             stream,
@@ -126,6 +140,7 @@ impl Cluster {
             node: cluster.node.clone(),
             broker,
             history,
+            state,
             client,
         })
     }

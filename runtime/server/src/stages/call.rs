@@ -2,7 +2,7 @@
 //! actions, not yet authorized.
 
 use sluice_protocol::Rejection;
-use sluice_sandbox::{Action, Connection, Handler};
+use sluice_sandbox::{Action, CallErrorKind, Connection, Handler};
 
 use super::validate::Validated;
 use crate::rejection;
@@ -20,10 +20,15 @@ pub struct Proposed {
     pub actions: Vec<Action>,
 }
 
-/// Call `on-message`.
+/// Call `on-message`. A call whose state commit lost a race with another
+/// node (cluster mode) wrote nothing and runs once more, on fresh state.
 pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, Rejection> {
     let Validated { handler, message } = validated;
-    match handler.on_message(conn, &message).await {
+    let mut result = handler.on_message(conn, &message).await;
+    if matches!(&result, Err(e) if e.kind == CallErrorKind::Conflict) {
+        result = handler.on_message(conn, &message).await;
+    }
+    match result {
         Ok(outcome) => Ok(Proposed {
             handler,
             phase: Phase::Message,
