@@ -589,10 +589,39 @@ impl DevCluster {
         }
     }
 
+    /// A token of the demo tenant for `sub` (`sluice token`).
+    fn token_for(&self, sub: &str) -> String {
+        let config = self.cert.with_file_name("node-0.toml");
+        let out = Command::new(sluice_tests::sluice_bin())
+            .args([
+                "token",
+                "--tenant",
+                "demo",
+                "--sub",
+                sub,
+                "--scope",
+                "chat:write",
+                "-c",
+            ])
+            .arg(config)
+            .output()
+            .expect("sluice token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     async fn client(&self, node: usize) -> Client {
+        self.client_as(node, &self.token.clone()).await
+    }
+
+    async fn client_as(&self, node: usize, token: &str) -> Client {
         let opts = sluice::client::ClientOptions {
             ca_pem: std::fs::read(&self.cert).expect("cert"),
-            token: Some(self.token.clone()),
+            token: Some(token.to_owned()),
             via: sluice::client::TokenVia::Header,
             ..Default::default()
         };
@@ -642,9 +671,9 @@ fn free_port_run(n: u16) -> u16 {
 async fn kill_9_of_one_node_of_sluice_dev_cluster_leaves_the_others_serving() {
     let dev = DevCluster::start();
     assert_eq!(dev.urls.len(), 3, "three nodes in the banner");
-    let mut on_b = dev.client(1).await;
+    let mut on_b = dev.client_as(1, &dev.token_for("bob")).await;
     let mut on_c = dev.client(2).await;
-    let mut on_a = dev.client(0).await;
+    let mut on_a = dev.client_as(0, &dev.token_for("alice")).await;
     for c in [&mut on_a, &mut on_b, &mut on_c] {
         subscribe(c, "room:9", None).await;
     }
@@ -664,6 +693,30 @@ async fn kill_9_of_one_node_of_sluice_dev_cluster_leaves_the_others_serving() {
         vec!["before"]
     );
     let _ = drain(&mut on_b, Duration::from_millis(200)).await;
+    // Presence spans the fleet: bob, on node-1, sees alice on node-0.
+    let members = |ack: &Value| -> Vec<String> {
+        ack["data"]["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|m| m["subject"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ack = on_b
+            .request(json!({"type": "presence", "id": "p", "channel": "room:9"}))
+            .await;
+        let who = members(&ack);
+        if who.contains(&"alice".to_owned()) && who.contains(&"bob".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice never appeared on node-1: {ack}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // SIGKILL node-0: no drain, no goodbye to NATS.
     let status = Command::new("kill")
@@ -683,10 +736,99 @@ async fn kill_9_of_one_node_of_sluice_dev_cluster_leaves_the_others_serving() {
         texts(&drain(&mut on_c, Duration::from_millis(700)).await),
         want
     );
+    // The dead node's members vanish from every answer within the bound.
+    let killed = Instant::now();
+    loop {
+        let ack = on_b
+            .request(json!({"type": "presence", "id": "p", "channel": "room:9"}))
+            .await;
+        if !members(&ack).contains(&"alice".to_owned()) {
+            break;
+        }
+        assert!(
+            killed.elapsed()
+                < sluice::server::cluster::presence::VANISH_BOUND + Duration::from_secs(5),
+            "alice was still present {:?} after node-0 died: {ack}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("a dead node's member vanished after {:?}", killed.elapsed());
+
     // The dead node's client reconnects to another and recovers there.
     let mut moved = dev.client(2).await;
     let ack = subscribe(&mut moved, "room:9", Some((offset, &epoch))).await;
     assert_eq!(ack["recovered"], true, "{ack}");
     let replayed = drain(&mut moved, Duration::from_millis(700)).await;
     assert_eq!(texts(&replayed), want);
+}
+
+#[tokio::test]
+async fn presence_spans_the_fleet_and_join_leave_mean_the_whole_fleet() {
+    let nats = Nats::start();
+    let presence_rooms = |c: &mut Config| {
+        let room = &mut c.tenants.get_mut("alpha").expect("alpha").channels[0];
+        room.presence = true;
+        room.presence_events = true;
+        c.tenants
+            .get_mut("alpha")
+            .expect("alpha")
+            .limits
+            .presence_debounce_ms = 200;
+    };
+    let (ca, cb) = (cluster(&nats, "a"), cluster(&nats, "b"));
+    let a = TestServer::start_with(move |c: &mut Config| {
+        c.cluster = Some(ca);
+        presence_rooms(c);
+    })
+    .await;
+    let b = TestServer::start_with(move |c: &mut Config| {
+        c.cluster = Some(cb);
+        presence_rooms(c);
+    })
+    .await;
+    let mut watcher = client(&b, "alpha", "watcher").await;
+    subscribe(&mut watcher, "room:p", None).await;
+    let mut alice = client(&a, "alpha", "alice").await;
+    subscribe(&mut alice, "room:p", None).await;
+    let kinds = |frames: &[Value], kind: &str| -> Vec<String> {
+        frames
+            .iter()
+            .filter(|f| f["type"] == kind)
+            .filter_map(|f| f["data"]["subject"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let got = drain(&mut watcher, Duration::from_millis(700)).await;
+    assert_eq!(kinds(&got, "join"), vec!["watcher", "alice"], "{got:?}");
+    // The list on B includes A's member.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ack = watcher
+            .request(json!({"type": "presence", "id": "p", "channel": "room:p"}))
+            .await;
+        let subjects: Vec<&str> = ack["data"]["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|m| m["subject"].as_str())
+            .collect();
+        if subjects == ["alice", "watcher"] {
+            assert_eq!(ack["data"]["members"][0]["claims"]["name"], "alice example");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ack}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Alice also connects on B: already in the fleet, so no second join;
+    // she leaves B but stays on A: no leave.
+    let mut alice_b = client(&b, "alpha", "alice").await;
+    subscribe(&mut alice_b, "room:p", None).await;
+    drop(alice_b);
+    let got = drain(&mut watcher, Duration::from_millis(800)).await;
+    assert!(kinds(&got, "join").is_empty(), "{got:?}");
+    assert!(kinds(&got, "leave").is_empty(), "{got:?}");
+    // She leaves the fleet: one leave.
+    drop(alice);
+    let got = drain(&mut watcher, Duration::from_millis(1200)).await;
+    assert_eq!(kinds(&got, "leave"), vec!["alice"], "{got:?}");
 }

@@ -179,6 +179,10 @@ impl ServerState {
             .accept_unmasked_frames(false);
         let ip_handshakes =
             KeyedLimiter::new(quota(s.handshakes_per_ip_per_sec, s.handshake_burst_per_ip));
+        let presence = presence::Presence::default();
+        if let Some(c) = &cluster {
+            presence.join_fleet(c.presence.clone());
+        }
         Ok(Arc::new(Self {
             tls: RwLock::new(TlsAcceptor::from(tls)),
             ws_config,
@@ -193,7 +197,7 @@ impl ServerState {
             reloads: tokio::sync::watch::channel(0).0,
             broker,
             history,
-            presence: presence::Presence::default(),
+            presence,
             cluster,
             tenants: RwLock::new(Arc::new(tenants)),
             sandbox,

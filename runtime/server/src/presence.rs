@@ -57,32 +57,72 @@ pub struct Listed {
 #[derive(Default)]
 pub struct Presence {
     channels: Mutex<HashMap<ChannelKey, Channel>>,
+    /// Cluster mode: the other nodes' members, and where this node's go.
+    fleet: std::sync::OnceLock<Arc<crate::cluster::presence::FleetPresence>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
 impl Presence {
+    /// Share this node's members with the fleet, and include the other
+    /// nodes' in every answer (cluster mode).
+    pub fn join_fleet(&self, fleet: Arc<crate::cluster::presence::FleetPresence>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// Tell the fleet what this node now has in `key` (called under the lock).
+    fn report(&self, key: &ChannelKey, ch: Option<&Channel>) {
+        let Some(fleet) = self.fleet.get() else {
+            return;
+        };
+        let entry = ch
+            .filter(|c| !c.members.is_empty() || c.untracked > 0)
+            .map(|c| crate::cluster::presence::Entry {
+                members: c
+                    .members
+                    .iter()
+                    .map(|(s, p)| crate::cluster::presence::Reported {
+                        subject: s.to_string(),
+                        connections: p.connections,
+                        claims: p.claims.clone(),
+                    })
+                    .collect(),
+                truncated: c.untracked > 0,
+            });
+        fleet.report(key, entry);
+    }
+
+    /// Whether `subject` is present in the channel on another node of the
+    /// fleet (then its arrival or departure here is no join or leave).
+    pub fn present_elsewhere(&self, key: &ChannelKey, subject: &str) -> bool {
+        self.fleet
+            .get()
+            .is_some_and(|f| f.present_elsewhere(key, subject))
+    }
+
     /// A connection of `subject` joined the channel.
     pub fn join(&self, key: &ChannelKey, subject: &str, claims: &RawValue, max: u32) -> Joined {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         let ch = channels.entry(key.clone()).or_default();
-        if let Some(p) = ch.members.get_mut(subject) {
+        let joined = if let Some(p) = ch.members.get_mut(subject) {
             p.connections += 1;
             p.leaving = None;
-            return Joined::Again;
-        }
-        if ch.members.len() >= max as usize {
+            Joined::Again
+        } else if ch.members.len() >= max as usize {
             ch.untracked += 1;
-            return Joined::Untracked;
-        }
-        ch.members.insert(
-            subject.into(),
-            Present {
-                connections: 1,
-                claims: claims.to_owned(),
-                leaving: None,
-            },
-        );
-        Joined::New
+            Joined::Untracked
+        } else {
+            ch.members.insert(
+                subject.into(),
+                Present {
+                    connections: 1,
+                    claims: claims.to_owned(),
+                    leaving: None,
+                },
+            );
+            Joined::New
+        };
+        self.report(key, channels.get(key));
+        joined
     }
 
     /// A connection that joined with `joined` left. `Some(generation)`
@@ -96,18 +136,21 @@ impl Presence {
             if ch.members.is_empty() && ch.untracked == 0 {
                 channels.remove(key);
             }
+            self.report(key, channels.get(key));
             return None;
         }
         let p = ch.members.get_mut(subject)?;
         p.connections = p.connections.saturating_sub(1);
-        if p.connections > 0 {
-            return None;
-        }
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        p.leaving = Some(generation);
-        Some(generation)
+        let last = p.connections == 0;
+        let generation = last.then(|| {
+            let g = self
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            p.leaving = Some(g);
+            g
+        });
+        self.report(key, channels.get(key));
+        generation
     }
 
     /// The debounce of leave `generation` ended: remove the subject unless
@@ -127,27 +170,50 @@ impl Presence {
         if ch.members.is_empty() && ch.untracked == 0 {
             channels.remove(key);
         }
+        self.report(key, channels.get(key));
         gone
     }
 
     /// The channel's members, sorted by subject, and whether some subjects
-    /// are over the cap and not listed.
+    /// are over the cap and not listed. In a fleet: every node's members
+    /// (connections summed), each node listing at most its cap.
     pub fn list(&self, key: &ChannelKey) -> (Vec<Listed>, bool) {
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(ch) = channels.get(key) else {
-            return (Vec::new(), false);
-        };
-        let mut members: Vec<Listed> = ch
-            .members
-            .iter()
-            .map(|(s, p)| Listed {
-                subject: s.to_string(),
-                connections: p.connections,
-                claims: p.claims.clone(),
-            })
-            .collect();
-        members.sort_by(|a, b| a.subject.cmp(&b.subject));
-        (members, ch.untracked > 0)
+        let mut merged: BTreeMap<String, Listed> = BTreeMap::new();
+        let mut truncated = false;
+        if let Some(ch) = self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            truncated = ch.untracked > 0;
+            for (s, p) in &ch.members {
+                merged.insert(
+                    s.to_string(),
+                    Listed {
+                        subject: s.to_string(),
+                        connections: p.connections,
+                        claims: p.claims.clone(),
+                    },
+                );
+            }
+        }
+        if let Some(fleet) = self.fleet.get() {
+            for entry in fleet.elsewhere(key) {
+                truncated |= entry.truncated;
+                for m in entry.members {
+                    merged
+                        .entry(m.subject.clone())
+                        .and_modify(|l| l.connections += m.connections)
+                        .or_insert(Listed {
+                            subject: m.subject,
+                            connections: m.connections,
+                            claims: m.claims,
+                        });
+                }
+            }
+        }
+        (merged.into_values().collect(), truncated)
     }
 
     /// The presence series of `/metrics`.

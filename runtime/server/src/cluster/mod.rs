@@ -10,12 +10,15 @@
 //! - Handler state on JetStream KV ([`state`]), with optimistic
 //!   concurrency at commit: a call whose keys another node changed first
 //!   runs once more, then fails with `conflict`.
+//! - Presence across the fleet on JetStream KV ([`presence`]): a dead
+//!   node's members vanish within [`presence::VANISH_BOUND`].
 //! - Readiness: a node cut off from NATS answers 503 on `/readyz` and
 //!   refuses new connections with HTTP 503 until NATS is back (the client
 //!   reconnects and resubscribes by itself).
 
 pub mod broker;
 pub mod history;
+pub mod presence;
 pub mod state;
 pub mod subject;
 
@@ -48,6 +51,8 @@ pub struct Cluster {
     pub history: Arc<ClusterHistory>,
     /// Handler state on JetStream KV.
     pub state: Arc<KvState>,
+    /// Presence across the fleet on JetStream KV.
+    pub presence: Arc<presence::FleetPresence>,
     client: async_nats::Client,
 }
 
@@ -128,6 +133,13 @@ impl Cluster {
             cluster.replicas,
         )
         .await?;
+        let presence = presence::FleetPresence::open(
+            &js,
+            format!("{}_presence", cluster.prefix),
+            cluster.node.clone(),
+            cluster.replicas,
+        )
+        .await?;
         let history = Arc::new(ClusterHistory::new(
             js,
             stream,
@@ -141,6 +153,7 @@ impl Cluster {
             broker,
             history,
             state,
+            presence,
             client,
         })
     }
@@ -150,8 +163,10 @@ impl Cluster {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Send what is buffered and close the connection to NATS.
+    /// Withdraw this node's presence entries, send what is buffered and
+    /// close the connection to NATS.
     pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.presence.withdraw()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await;
     }
 }

@@ -686,7 +686,13 @@ impl Session {
             &claims,
             self.tenant.config.limits.max_presence_members,
         );
-        if joined == Joined::New && features.presence_events {
+        if joined == Joined::New
+            && features.presence_events
+            && !self
+                .state
+                .presence
+                .present_elsewhere(key, &self.principal.subject)
+        {
             let frame =
                 protocol::presence_event(true, &key.channel, &self.principal.subject, &claims);
             let _ = self.state.broker.publish(key, Utf8Bytes::from(frame)).await;
@@ -715,6 +721,7 @@ impl Session {
             };
             if let Some(claims) = state.presence.expire(&key, &subject, generation)
                 && events
+                && !state.presence.present_elsewhere(&key, &subject)
             {
                 let frame = protocol::presence_event(false, &key.channel, &subject, &claims);
                 let _ = state.broker.publish(&key, Utf8Bytes::from(frame)).await;
