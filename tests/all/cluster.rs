@@ -832,3 +832,37 @@ async fn presence_spans_the_fleet_and_join_leave_mean_the_whole_fleet() {
     let got = drain(&mut watcher, Duration::from_millis(1200)).await;
     assert_eq!(kinds(&got, "leave"), vec!["alice"], "{got:?}");
 }
+
+#[tokio::test]
+async fn the_per_subject_connection_cap_holds_across_nodes() {
+    let nats = Nats::start();
+    let capped = |name: &str| {
+        let cluster = cluster(&nats, name);
+        move |c: &mut Config| {
+            c.cluster = Some(cluster);
+            c.tenants
+                .get_mut("alpha")
+                .expect("alpha")
+                .limits
+                .max_connections_per_subject = 2;
+        }
+    };
+    let a = TestServer::start_with(capped("a")).await;
+    let b = TestServer::start_with(capped("b")).await;
+    let token = a.token("alpha", "capped", "");
+    let first = a.connect("alpha", &token).await.expect("first");
+    let second = a.connect("alpha", &token).await.expect("second");
+    // Once node A has reported its two, node B refuses a third.
+    let wait = sluice::server::cluster::caps::GOSSIP_EVERY * 4;
+    tokio::time::sleep(wait).await;
+    let Err(e) = b.connect("alpha", &token).await else {
+        panic!("a third connection of the subject was accepted on another node");
+    };
+    assert!(e.to_string().contains("429"), "{e}");
+    b.assert_honest_client_served().await;
+    // One leaves: the subject may connect on B again.
+    drop(first);
+    tokio::time::sleep(wait).await;
+    let _third = b.connect("alpha", &token).await.expect("under the cap again");
+    drop(second);
+}

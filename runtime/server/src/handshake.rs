@@ -123,16 +123,21 @@ fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusC
     })?;
 
     let limits = &tenant.config.limits;
+    // In a fleet the caps count every node's connections (as last reported).
+    let (tenant_elsewhere, subject_elsewhere) =
+        state.connections_elsewhere(&tenant.id, &principal.subject);
     let subject_slot = tenant
         .subject_connections
         .acquire(
             principal.subject.clone(),
-            limits.max_connections_per_subject,
+            limits
+                .max_connections_per_subject
+                .saturating_sub(subject_elsewhere),
         )
         .ok_or(StatusCode::TOO_MANY_REQUESTS)?;
     let tenant_slot = tenant
         .connections
-        .acquire((), limits.max_connections)
+        .acquire((), limits.max_connections.saturating_sub(tenant_elsewhere))
         .ok_or(StatusCode::TOO_MANY_REQUESTS)?;
     Ok((
         Admitted {

@@ -183,7 +183,7 @@ impl ServerState {
         if let Some(c) = &cluster {
             presence.join_fleet(c.presence.clone());
         }
-        Ok(Arc::new(Self {
+        let state = Arc::new(Self {
             tls: RwLock::new(TlsAcceptor::from(tls)),
             ws_config,
             ip_connections: ConnectionCounter::default(),
@@ -202,7 +202,19 @@ impl ServerState {
             tenants: RwLock::new(Arc::new(tenants)),
             sandbox,
             config,
-        }))
+        });
+        if let Some(c) = &state.cluster {
+            c.start_counts(Arc::downgrade(&state));
+        }
+        Ok(state)
+    }
+
+    /// Connections other nodes of the fleet hold for `tenant` and for its
+    /// `subject` (0 without a cluster).
+    pub fn connections_elsewhere(&self, tenant: &str, subject: &str) -> (u32, u32) {
+        self.cluster
+            .as_ref()
+            .map_or((0, 0), |c| c.counts.elsewhere(tenant, subject))
     }
 
     /// Local subscribers of `channel` of `tenant`.

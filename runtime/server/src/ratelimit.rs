@@ -125,6 +125,17 @@ pub struct ConnectionSlot<K: Hash + Eq + Clone> {
 }
 
 impl<K: Hash + Eq + Clone> ConnectionCounter<K> {
+    /// Every key holding at least one slot, with its count.
+    pub fn snapshot(&self) -> Vec<(K, u32)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
+    }
+
     /// Take a slot for `key` unless it already holds `max`.
     pub fn acquire(&self, key: K, max: u32) -> Option<ConnectionSlot<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);

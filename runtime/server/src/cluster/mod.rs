@@ -12,11 +12,13 @@
 //!   runs once more, then fails with `conflict`.
 //! - Presence across the fleet on JetStream KV ([`presence`]): a dead
 //!   node's members vanish within [`presence::VANISH_BOUND`].
+//! - Connection caps across the fleet, approximately ([`caps`]).
 //! - Readiness: a node cut off from NATS answers 503 on `/readyz` and
 //!   refuses new connections with HTTP 503 until NATS is back (the client
 //!   reconnects and resubscribes by itself).
 
 pub mod broker;
+pub mod caps;
 pub mod history;
 pub mod presence;
 pub mod state;
@@ -53,6 +55,10 @@ pub struct Cluster {
     pub state: Arc<KvState>,
     /// Presence across the fleet on JetStream KV.
     pub presence: Arc<presence::FleetPresence>,
+    /// Other nodes' connection counts (the caps across the fleet).
+    pub counts: Arc<caps::FleetCounts>,
+    prefix: String,
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     client: async_nats::Client,
 }
 
@@ -154,8 +160,25 @@ impl Cluster {
             history,
             state,
             presence,
+            counts: Arc::default(),
+            prefix: cluster.prefix.clone(),
+            tasks: std::sync::Mutex::default(),
             client,
         })
+    }
+
+    /// Start reporting this node's connection counts to the fleet.
+    pub fn start_counts(&self, state: std::sync::Weak<crate::ServerState>) {
+        let tasks = self.counts.start(
+            self.client.clone(),
+            format!("{}.conns", self.prefix),
+            self.node.clone(),
+            state,
+        );
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(tasks);
     }
 
     /// Whether NATS is reachable now.
@@ -166,6 +189,14 @@ impl Cluster {
     /// Withdraw this node's presence entries, send what is buffered and
     /// close the connection to NATS.
     pub async fn close(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            t.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.presence.withdraw()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await;
     }
