@@ -54,17 +54,27 @@ impl Nats {
             port: free_port(),
             dir: TempDir::new(),
         };
-        nats.restart();
-        nats
+        // Another test may take the free port first: try a few.
+        for _ in 0..5 {
+            if nats.try_start() {
+                return nats;
+            }
+            nats.port = free_port();
+        }
+        panic!("nats-server did not start");
     }
 
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Start (again, on the same port and store).
+    /// Start again, on the same port and store.
     fn restart(&mut self) {
-        let child = Command::new(nats_server_bin())
+        assert!(self.try_start(), "nats-server did not start again");
+    }
+
+    fn try_start(&mut self) -> bool {
+        let mut child = Command::new(nats_server_bin())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.dir.0.join("js"))
@@ -73,12 +83,17 @@ impl Nats {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.child = Some(child);
+        true
     }
 
     fn kill(&mut self) {
@@ -551,7 +566,7 @@ impl DevCluster {
             .arg(dir.0.join("dev"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("dev.stderr")).expect("stderr file"))
             .spawn()
             .expect("start sluice dev --cluster 3");
         let stdout = child.stdout.take().expect("stdout");
@@ -567,7 +582,10 @@ impl DevCluster {
         let deadline = Instant::now() + Duration::from_secs(600);
         while token.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("the dev cluster's banner");
+            let Ok(line) = rx.recv_timeout(left) else {
+                let stderr = std::fs::read_to_string(dir.0.join("dev.stderr")).unwrap_or_default();
+                panic!("no banner from sluice dev --cluster 3; its stderr:\n{stderr}");
+            };
             if let Some(rest) = line.trim().strip_prefix("node-") {
                 let words: Vec<&str> = rest.split_whitespace().collect();
                 urls.push(words[1].to_owned());
@@ -863,6 +881,194 @@ async fn the_per_subject_connection_cap_holds_across_nodes() {
     // One leaves: the subject may connect on B again.
     drop(first);
     tokio::time::sleep(wait).await;
-    let _third = b.connect("alpha", &token).await.expect("under the cap again");
+    let _third = b
+        .connect("alpha", &token)
+        .await
+        .expect("under the cap again");
     drop(second);
+}
+
+/// Three nats-servers in one NATS cluster with JetStream, on loopback.
+struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl NatsCluster {
+    fn start() -> Self {
+        let dir = TempDir::new();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let others: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                .collect();
+            let child = Command::new(nats_server_bin())
+                .args(["-js", "-a", "127.0.0.1", "-p", &ports[i].to_string()])
+                .args(["-n", &format!("s{i}"), "--cluster_name", "sluice-test"])
+                .args(["-cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                .args(["-routes", &others.join(",")])
+                .arg("-sd")
+                .arg(dir.0.join(format!("s{i}")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nats-server");
+            servers.push(Some(child));
+        }
+        for p in &ports {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server did not listen");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self {
+            servers,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A chat message; its text and seq when acknowledged.
+async fn send(w: &mut Client, text: String) -> Option<(String, Option<u64>)> {
+    let f = w
+        .request(
+            json!({"type": "chat.send", "id": text, "channel": "room:r3", "data": {"text": text}}),
+        )
+        .await;
+    if f["type"] != "ack" {
+        assert_eq!(f["code"], "unavailable", "{f}");
+    }
+    (f["type"] == "ack").then_some((text, f["data"]["seq"].as_u64()))
+}
+
+#[tokio::test]
+async fn with_three_nats_servers_one_killed_nothing_acknowledged_is_lost() {
+    let mut nats = NatsCluster::start();
+    let node = |name: &str, urls: Vec<String>| {
+        let name = name.to_owned();
+        move |c: &mut Config| {
+            c.cluster = Some(ClusterConfig {
+                nats_urls: urls,
+                node: name,
+                user: None,
+                password: None,
+                token: None,
+                credentials_file: None,
+                replicas: 3,
+                prefix: "sluice".into(),
+            });
+            let t = c.tenants.get_mut("alpha").expect("alpha");
+            t.channels[0].history = Some(HistoryConfig {
+                size: 1000,
+                ttl_secs: 600,
+            });
+        }
+    };
+    // JetStream needs a meta leader before the first node can create its
+    // streams: retry the start for a while.
+    let start = |name: &'static str| {
+        let urls = nats.urls();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let attempt = tokio::spawn(TestServer::start_with(node(name, urls.clone()))).await;
+                match attempt {
+                    Ok(s) => return s,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => panic!("no node could start on the NATS cluster: {e}"),
+                }
+            }
+        }
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    let mut writer = client(&a, "alpha", "writer").await;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        if let Some(done) = send(&mut writer, format!("before{i}")).await {
+            acked.push(done);
+        }
+    }
+    assert_eq!(acked.len(), 30, "all acknowledged while every server is up");
+    nats.kill(0);
+    // Keep writing through the failover (answered `unavailable` while NATS
+    // elects new leaders): whatever is acknowledged must stay.
+    let resumed = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while acked.len() < 50 {
+        assert!(
+            Instant::now() < resumed,
+            "writes did not resume after the failover"
+        );
+        if let Some(done) = send(&mut writer, format!("after{i}")).await {
+            acked.push(done);
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A reader on the other node recovers the channel from the start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reader = loop {
+        let token = b.token("alpha", "reader", "");
+        match b.connect("alpha", &token).await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("node b never served again: {e}"),
+        }
+    };
+    let first = subscribe(&mut reader, "room:none", None).await;
+    let epoch = first["epoch"].as_str().expect("epoch").to_owned();
+    let ack = subscribe(&mut reader, "room:r3", Some((0, &epoch))).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let replayed = texts(&drain(&mut reader, Duration::from_millis(1500)).await);
+    for (text, _) in &acked {
+        assert!(
+            replayed.contains(text),
+            "acknowledged {text} was lost: {replayed:?}"
+        );
+    }
+    // And every acknowledged state write is there: the room's last seq.
+    let max_seq = acked.iter().filter_map(|(_, s)| *s).max().expect("seqs");
+    let join = reader
+        .request(json!({"type": "chat.join", "id": "j", "channel": "room:r3"}))
+        .await;
+    let last = join["data"]["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|l| l["seq"].as_u64());
+    assert!(last >= Some(max_seq), "state lost: {join} < {max_seq}");
 }

@@ -293,32 +293,33 @@ impl Handler {
             };
             Metered::new(call, clock.clone()).await
         };
-        let outcome = match result {
-            Err(stopped) => Err(stopped_kind(stopped)),
-            Ok(Ok(Ok(actions))) => match check_output(&actions, &inner.spec.limits) {
-                Ok(()) => {
-                    let ctx = store.data_mut();
-                    match ctx.state.failed.take() {
-                        Some(e) => Err(CallErrorKind::Unavailable {
-                            detail: e.to_string(),
-                        }),
-                        None => match ctx.state.commit().await {
-                            Ok(()) => Ok(actions),
-                            Err(crate::state::CommitError::Conflict) => {
-                                Err(CallErrorKind::Conflict)
-                            }
-                            Err(crate::state::CommitError::Store(e)) => {
-                                Err(CallErrorKind::Unavailable {
-                                    detail: e.to_string(),
-                                })
-                            }
-                        },
-                    }
-                }
+        // A state store that failed or hung during the call (a networked
+        // store cut off) is not the handler's fault: whatever the handler
+        // made of it, the call is `unavailable`, and never counts towards
+        // quarantine.
+        let store_trouble = {
+            let state = &mut store.data_mut().state;
+            match (state.failed.take(), state.waiting) {
+                (Some(e), _) => Some(e.to_string()),
+                (None, true) => Some("the state store did not answer within the deadline".into()),
+                (None, false) => None,
+            }
+        };
+        let outcome = match (result, store_trouble) {
+            (_, Some(detail)) => Err(CallErrorKind::Unavailable { detail }),
+            (Err(stopped), None) => Err(stopped_kind(stopped)),
+            (Ok(Ok(Ok(actions))), None) => match check_output(&actions, &inner.spec.limits) {
+                Ok(()) => match store.data_mut().state.commit().await {
+                    Ok(()) => Ok(actions),
+                    Err(crate::state::CommitError::Conflict) => Err(CallErrorKind::Conflict),
+                    Err(crate::state::CommitError::Store(e)) => Err(CallErrorKind::Unavailable {
+                        detail: e.to_string(),
+                    }),
+                },
                 Err(kind) => Err(kind),
             },
-            Ok(Ok(Err(handler_error))) => Err(from_handler_error(handler_error)),
-            Ok(Err(error)) => Err(over_host_copy_budget(
+            (Ok(Ok(Err(handler_error))), None) => Err(from_handler_error(handler_error)),
+            (Ok(Err(error)), None) => Err(over_host_copy_budget(
                 classify(&error, store.data().limiter.denied),
                 &inner.spec.limits,
             )),

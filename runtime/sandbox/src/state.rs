@@ -263,6 +263,9 @@ pub(crate) struct StateHost {
     added_bytes: isize,
     /// The store failed during this call: the call must not succeed.
     pub(crate) failed: Option<StoreError>,
+    /// A store request is in flight (still true after the call was
+    /// stopped at its deadline while waiting on the store).
+    pub(crate) waiting: bool,
 }
 
 impl StateHost {
@@ -276,6 +279,7 @@ impl StateHost {
             added_keys: 0,
             added_bytes: 0,
             failed: None,
+            waiting: false,
         }
     }
 
@@ -286,6 +290,7 @@ impl StateHost {
         self.added_keys = 0;
         self.added_bytes = 0;
         self.failed = None;
+        self.waiting = false;
     }
 
     /// Commit the call's buffered writes (with a versioned store, only if
@@ -312,7 +317,10 @@ impl StateHost {
     /// Read `key` from a versioned store, remembering the first revision
     /// seen (the one the commit checks).
     async fn read_versioned(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let (value, revision) = self.store.get_versioned(&self.tenant, key).await?;
+        self.waiting = true;
+        let read = self.store.get_versioned(&self.tenant, key).await;
+        self.waiting = false;
+        let (value, revision) = read?;
         self.revisions.entry(key.to_owned()).or_insert(revision);
         Ok(value)
     }

@@ -16,6 +16,9 @@ use tokio::process::{Child, Command};
 /// Most nodes `--cluster` starts.
 pub const MAX_NODES: usize = 9;
 
+/// Starts of nats-server or a node tried before giving up.
+const START_ATTEMPTS: usize = 3;
+
 /// How long a node may take to start listening.
 const NODE_START: Duration = Duration::from_secs(180);
 
@@ -164,56 +167,72 @@ pub async fn run(
     let shared = sluice::dev::prepare(&dir, &listen, &echo, &chat)?;
     let demo = std::fs::read_to_string(&shared)?;
 
-    let nats_port = free_port(base.ip())?;
-    let nats_url = format!("nats://{}:{nats_port}", base.ip());
     let nats_log = dir.join("nats.log");
     let nats_dir = dir.join("nats");
-    let mut nats_child = spawn_logged(
-        &nats,
-        &[
-            "-js".into(),
-            "-a".into(),
-            base.ip().to_string(),
-            "-p".into(),
-            nats_port.to_string(),
-            "-sd".into(),
-            nats_dir.display().to_string(),
-            "-n".into(),
-            "sluice-dev".into(),
-        ],
-        &nats_log,
-    )?;
-    wait_listening(
-        SocketAddr::new(base.ip(), nats_port),
-        &mut nats_child,
-        "nats-server",
-        &nats_log,
-    )
-    .await?;
+    // A free port can be taken by another process before the child binds
+    // it: each start is retried on a new port.
+    let mut attempt = 0;
+    let (mut nats_child, nats_url) = loop {
+        attempt += 1;
+        let nats_port = free_port(base.ip())?;
+        let mut child = spawn_logged(
+            &nats,
+            &[
+                "-js".into(),
+                "-a".into(),
+                base.ip().to_string(),
+                "-p".into(),
+                nats_port.to_string(),
+                "-sd".into(),
+                nats_dir.display().to_string(),
+                "-n".into(),
+                "sluice-dev".into(),
+            ],
+            &nats_log,
+        )?;
+        match wait_listening(
+            SocketAddr::new(base.ip(), nats_port),
+            &mut child,
+            "nats-server",
+            &nats_log,
+        )
+        .await
+        {
+            Ok(()) => break (child, format!("nats://{}:{nats_port}", base.ip())),
+            Err(e) if attempt >= START_ATTEMPTS => return Err(e),
+            Err(_) => {}
+        }
+    };
 
     let exe = std::env::current_exe().context("locating the sluice binary")?;
     let mut children = Vec::new();
     let mut admins = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        let admin = SocketAddr::new(base.ip(), free_port(base.ip())?);
-        let text = node_config(&demo, i, admin, &nats_url).replacen(
-            &format!("listen = \"{listen}\""),
-            &format!("listen = \"{addr}\""),
-            1,
-        );
         let path = dir.join(format!("node-{i}.toml"));
-        std::fs::write(&path, text)?;
         let log = dir.join(format!("node-{i}.log"));
-        let child = spawn_logged(
-            &exe,
-            &["serve".into(), "-c".into(), path.display().to_string()],
-            &log,
-        )?;
+        let mut attempt = 0;
+        let (child, admin) = loop {
+            attempt += 1;
+            let admin = SocketAddr::new(base.ip(), free_port(base.ip())?);
+            let text = node_config(&demo, i, admin, &nats_url).replacen(
+                &format!("listen = \"{listen}\""),
+                &format!("listen = \"{addr}\""),
+                1,
+            );
+            std::fs::write(&path, text)?;
+            let mut child = spawn_logged(
+                &exe,
+                &["serve".into(), "-c".into(), path.display().to_string()],
+                &log,
+            )?;
+            match wait_listening(*addr, &mut child, &format!("node-{i}"), &log).await {
+                Ok(()) => break (child, admin),
+                Err(e) if attempt >= START_ATTEMPTS => return Err(e),
+                Err(_) => {}
+            }
+        };
         children.push((child, *addr, log));
         admins.push(admin);
-    }
-    for (i, (child, addr, log)) in children.iter_mut().enumerate() {
-        wait_listening(*addr, child, &format!("node-{i}"), log).await?;
     }
 
     let config = sluice::config::Config::load(&dir.join("node-0.toml"))?;

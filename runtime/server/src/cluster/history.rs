@@ -29,9 +29,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use sluice_config::HistoryConfig;
 use sluice_protocol as protocol;
@@ -49,8 +48,12 @@ pub const PREV: &str = "Sluice-Prev";
 /// How many times a publish that lost a race to another node retries.
 const PUBLISH_ATTEMPTS: usize = 32;
 
-/// How long a recovery waits for the next stored event before giving up.
-const REPLAY_WAIT: Duration = Duration::from_secs(5);
+/// How long a publish may take in all (lookups, retries) before the
+/// message is answered `unavailable`.
+const PUBLISH_WITHIN: Duration = Duration::from_secs(4);
+
+/// How many times a recovery's read of one event is retried.
+const REPLAY_ATTEMPTS: usize = 3;
 
 /// A publish or lookup that JetStream refused or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,21 @@ impl ClusterHistory {
     /// stream is configured). Every node's subscribers get it from the
     /// stream's republish.
     pub async fn publish(
+        &self,
+        key: &ChannelKey,
+        rule: HistoryConfig,
+        data: &RawValue,
+    ) -> Result<u64, ClusterHistoryError> {
+        tokio::time::timeout(PUBLISH_WITHIN, self.publish_inner(key, rule, data))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClusterHistoryError(format!(
+                    "not stored within {PUBLISH_WITHIN:?}"
+                )))
+            })
+    }
+
+    async fn publish_inner(
         &self,
         key: &ChannelKey,
         rule: HistoryConfig,
@@ -243,7 +261,9 @@ impl ClusterHistory {
     }
 
     /// The events after `since` up to `last`, as frames; `None` when one
-    /// of them is gone or they are more than `size`.
+    /// of them is gone or they are more than `size`. Read with direct gets,
+    /// which any replica of the stream answers (no consumer to create, so
+    /// it works while NATS elects a new leader), each retried on a timeout.
     async fn replay(
         &self,
         key: &ChannelKey,
@@ -251,37 +271,23 @@ impl ClusterHistory {
         last: u64,
         size: usize,
     ) -> Result<Option<Vec<Utf8Bytes>>, ClusterHistoryError> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.subjects.history(key),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: since + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(err)?;
-        let mut messages = consumer.messages().await.map_err(err)?;
+        let subject = self.subjects.history(key);
         let mut frames = Vec::new();
+        let mut next = since + 1;
         let mut first = true;
-        loop {
-            let Ok(next) = tokio::time::timeout(REPLAY_WAIT, messages.next()).await else {
+        while next <= last {
+            let message = self.next_stored(&subject, next).await?;
+            let Some(message) = message else {
+                // Nothing from `next` on: the stream lost what it had.
                 return Ok(None);
             };
-            let Some(message) = next else {
-                return Ok(None);
-            };
-            let message = message.map_err(err)?;
-            let info = message.info().map_err(err)?;
-            let (offset, pending) = (info.stream_sequence, info.pending);
+            let offset = message.sequence;
             if offset > last {
                 break;
             }
             let prev = message
                 .headers
-                .as_ref()
-                .and_then(|h| h.get(PREV))
+                .get(PREV)
                 .and_then(|v| v.as_str().parse::<u64>().ok());
             match prev {
                 // A delete marker (the channel's events expired) or a
@@ -306,14 +312,34 @@ impl ClusterHistory {
             if frames.len() > size {
                 return Ok(None);
             }
-            if offset == last {
-                break;
-            }
-            if pending == 0 {
-                // The stream ends before the last offset delivered here.
-                return Ok(None);
-            }
+            next = offset + 1;
         }
         Ok((!frames.is_empty()).then_some(frames))
+    }
+
+    /// The first stored message of `subject` at or after `seq`.
+    async fn next_stored(
+        &self,
+        subject: &str,
+        seq: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, ClusterHistoryError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .stream
+                .direct_get_next_for_subject(subject, Some(seq))
+                .await
+            {
+                Ok(m) => return Ok(Some(m)),
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                    return Ok(None);
+                }
+                Err(e) if attempt < REPLAY_ATTEMPTS => {
+                    tracing::debug!(error = %e, "history read retried");
+                    attempt += 1;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
     }
 }

@@ -38,6 +38,11 @@ use subject::Subjects;
 /// How long to wait for NATS at start before giving up with a clear error.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a JetStream request (a publish's ack, a lookup) may take
+/// before it counts as failed: a message is answered `unavailable` within
+/// a few of these even while NATS elects new leaders.
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a subject delete marker stays in the history stream after a
 /// channel's last event expired: within it, a client resuming from before
 /// the expiry is told it missed events (`recovered: false`).
@@ -97,12 +102,21 @@ impl Cluster {
             })?;
         }
         let urls = cluster.nats_urls.join(",");
+        let addrs = cluster
+            .nats_urls
+            .iter()
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("cluster: nats_urls: `{u}`: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let client = options
-            .connect(urls.as_str())
+            .connect(addrs)
             .await
             .map_err(|e| format!("cluster: cannot reach NATS at {urls}: {e}"))?;
         let subjects = Subjects::new(&cluster.prefix);
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(JETSTREAM_TIMEOUT);
         let (source, destination) = subjects.republish();
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {

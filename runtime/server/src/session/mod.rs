@@ -776,17 +776,30 @@ impl Session {
     /// Apply authorized effects, in order.
     async fn apply(&mut self, effects: Vec<Effect>, phase: Phase, reply_to: Option<&str>) -> Flow {
         let mut replied = false;
+        // A publish that could not be stored (history on a store or
+        // JetStream that failed): the message is answered `unavailable`,
+        // never acknowledged.
+        let mut lost = false;
+        let unstored = || {
+            Rejection::error(
+                ErrorCode::Unavailable,
+                "an event could not be stored; it may not have reached every subscriber, try again",
+            )
+        };
         let mut flow = Flow::Continue;
         for effect in effects {
             match effect {
                 Effect::Reply(raw) => {
                     replied = true;
                     match phase {
+                        Phase::Message if lost => {
+                            let _ = self.reject(reply_to, &unstored());
+                        }
                         Phase::Message => self.send(protocol::ack(reply_to, Some(&raw))),
                         _ => self.send(protocol::event(None, &raw)),
                     }
                 }
-                Effect::Publish { key, data } => self.publish(&key, &data).await,
+                Effect::Publish { key, data } => lost |= !self.publish(&key, &data).await,
                 Effect::Send { key, frame } => {
                     if let Err(e) = self.state.broker.send(&key, frame).await {
                         tracing::warn!(tenant = %self.tenant.id, error = %e, "send failed");
@@ -807,17 +820,22 @@ impl Session {
             }
         }
         if phase == Phase::Message {
-            self.tenant.metrics.message_ok(self.started.elapsed());
-            if !replied {
-                self.send(protocol::ack(reply_to, None));
+            if lost && !replied {
+                let _ = self.reject(reply_to, &unstored());
+            } else if !lost {
+                self.tenant.metrics.message_ok(self.started.elapsed());
+                if !replied {
+                    self.send(protocol::ack(reply_to, None));
+                }
             }
         }
         flow
     }
 
     /// Publish `data` on a channel: with its history (an offset, kept, on
-    /// disk before this returns) or straight to the broker.
-    async fn publish(&self, key: &ChannelKey, data: &RawValue) {
+    /// disk before this returns) or straight to the broker. False when it
+    /// could not be stored or handed to the broker.
+    async fn publish(&self, key: &ChannelKey, data: &RawValue) -> bool {
         let result = match self.features(&key.channel).history {
             Some(rule) => self
                 .state
@@ -834,8 +852,12 @@ impl Session {
                     .map_err(|e| e.to_string())
             }
         };
-        if let Err(e) = result {
-            tracing::warn!(tenant = %self.tenant.id, error = %e, "publish failed");
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.id, error = %e, "publish failed");
+                false
+            }
         }
     }
 
