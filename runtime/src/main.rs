@@ -208,6 +208,21 @@ enum BenchCommand {
     /// Request/answer load over N connections: closed loop (--depth) or
     /// open loop (--rate); HDR latency, server CPU per message.
     Load(sluice::loadgen::messages::LoadArgs),
+    /// What a fleet costs (a nats-server and nodes on this machine):
+    /// broadcast latency on one node, on the publisher's node and across
+    /// nodes; deliveries per second with 1, 2 and 3 nodes; state commits
+    /// per second on JetStream KV against the embedded stores.
+    Cluster {
+        /// Subscribers per node in the throughput runs.
+        #[arg(long, default_value_t = 30)]
+        subscribers: usize,
+        /// Seconds per throughput and state run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Latency samples per configuration.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
     /// What durability costs: publish throughput with channel history off,
     /// in memory and durable; the time to recover missed events; state
     /// commits per second, durable against in memory.
@@ -318,6 +333,25 @@ fn main() -> ExitCode {
                     limits,
                 };
                 bench_sandbox(component, base, opts, json).await
+            }
+            Command::Bench(BenchCommand::Cluster {
+                subscribers,
+                seconds,
+                samples,
+            }) => {
+                let (echo, chat) = cli::dev::demo_components()?;
+                cli::bench_cluster::run(
+                    cli::dev::repo_root(),
+                    echo,
+                    chat,
+                    cli::bench_cluster::Options {
+                        subscribers: subscribers.max(1),
+                        seconds,
+                        samples: samples.max(1),
+                    },
+                )
+                .await
+                .map(|()| ExitCode::SUCCESS)
             }
             Command::Bench(BenchCommand::Store {
                 dir,

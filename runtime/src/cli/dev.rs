@@ -12,12 +12,12 @@ use sluice::config::Config;
 use sluice::server::{Server, ServerState};
 
 /// Where the repository's handlers are built.
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The demo handlers, built if they are missing.
-fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
+pub fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
     let release = repo_root().join("handlers/target/wasm32-wasip2/release");
     let (echo, chat) = (release.join("echo.wasm"), release.join("chat.wasm"));
     let script = repo_root().join("handlers/build");

@@ -1,5 +1,6 @@
 //! Subcommands of the `sluice` binary that need more than a few lines.
 
+pub mod bench_cluster;
 pub mod cert;
 pub mod connect;
 pub mod demo_page;
