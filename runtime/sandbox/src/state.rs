@@ -64,6 +64,9 @@ impl fmt::Display for CommitError {
 /// Revisions a call saw, by key (0: the key did not exist).
 pub type Revisions = BTreeMap<String, u64>;
 
+/// A value (if any) and its revision (0: absent).
+pub type Versioned = (Option<Vec<u8>>, u64);
+
 /// What a tenant holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -109,7 +112,7 @@ pub trait StateStore: Send + Sync + 'static {
         &'a self,
         tenant: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<(Option<Vec<u8>>, u64), StoreError>> {
+    ) -> BoxFuture<'a, Result<Versioned, StoreError>> {
         Box::pin(async move { Ok((self.get(tenant, key).await?, 0)) })
     }
     /// Apply `writes` atomically only if every key in `expected` is still at

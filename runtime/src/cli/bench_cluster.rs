@@ -175,7 +175,7 @@ async fn latency(
         }
         loop {
             let f = next_json(&mut publisher).await?;
-            if f["id"] == i.to_string() {
+            if f["id"].as_str().and_then(|s| s.parse::<u64>().ok()) == Some(i) {
                 break;
             }
         }

@@ -25,7 +25,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sluice_sandbox::{BoxFuture, CommitError, Revisions, StateStore, StoreError, Usage, Writes};
+use sluice_sandbox::{
+    BoxFuture, CommitError, Revisions, StateStore, StoreError, Usage, Versioned, Writes,
+};
 
 /// Error code JetStream answers when an expected last sequence is not the
 /// subject's last.
@@ -306,7 +308,7 @@ impl StateStore for KvState {
         &'a self,
         tenant: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<(Option<Vec<u8>>, u64), StoreError>> {
+    ) -> BoxFuture<'a, Result<Versioned, StoreError>> {
         Box::pin(async move {
             match self.store.entry(Self::key(tenant, key)).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => {
