@@ -226,6 +226,19 @@ async fn recovery_is_authorized_like_a_subscribe() {
     c.assert_usable().await;
 }
 
+/// Files under `dir`, at any depth.
+fn walk_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() { walk_files(&p) } else { 1 }
+            })
+            .sum()
+    })
+}
+
 #[tokio::test]
 async fn a_wiped_store_gives_a_new_epoch_and_a_restart_keeps_history() {
     let data = TempDir::new();
@@ -248,6 +261,9 @@ async fn a_wiped_store_gives_a_new_epoch_and_a_restart_keeps_history() {
     drop(c);
     server.shutdown().await;
     drop(server);
+    // The compiled handlers were cached beside the store, for the restart.
+    let cached = walk_files(&dir.join("compiled"));
+    assert!(cached > 0, "nothing in {}", dir.join("compiled").display());
 
     // A clean restart on the same data_dir: same epoch, same offsets.
     let mut server = TestServer::start_with(with_dir(dir.clone())).await;

@@ -388,11 +388,18 @@ impl ServerState {
 /// cannot be created the server starts without the cache and says so.
 fn sandbox_config(config: &Config, on_store: bool) -> sluice_config::SandboxConfig {
     let mut sandbox = config.sandbox.clone();
+    // A configured folder is relative to the config file, like every path;
+    // wasmtime's cache wants it absolute.
+    if let Some(dir) = &sandbox.cache_dir {
+        let dir = config.path(dir);
+        sandbox.cache_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
+    }
     let keeps_files = config.store.kind == StoreKind::Durable || config.cluster.is_some();
     if sandbox.cache_dir.is_none() && on_store && keeps_files {
         let dir = config.path(&config.store.data_dir).join(COMPILED_DIR);
-        match std::fs::create_dir_all(&dir) {
-            Ok(()) => sandbox.cache_dir = Some(dir),
+        // wasmtime's cache wants an absolute path.
+        match std::fs::create_dir_all(&dir).and_then(|()| std::path::absolute(&dir)) {
+            Ok(dir) => sandbox.cache_dir = Some(dir),
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e,
                 "no compilation cache: components are compiled at every start"),
         }
