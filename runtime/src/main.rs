@@ -502,7 +502,8 @@ async fn reload(config: Option<PathBuf>, admin: Option<String>) -> anyhow::Resul
 
 async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     let loaded = match sluice::config::Config::load(&path) {
-        // A check never opens the store: a running server holds it.
+        // A check never opens the store (a running server holds it) and
+        // never contacts NATS.
         Ok(config) => {
             sluice::server::ServerState::build_with_state(
                 config,
@@ -523,12 +524,17 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
                 );
             }
             let store = &state.config.store;
-            match store.kind {
-                sluice::config::StoreKind::Durable => println!(
+            match (&state.config.cluster, store.kind) {
+                (Some(c), _) => println!(
+                    "cluster: node {} on NATS {} (not contacted by check; history, state and presence on JetStream)",
+                    c.node,
+                    c.nats_urls.join(", ")
+                ),
+                (None, sluice::config::StoreKind::Durable) => println!(
                     "store: durable, in {}",
                     state.config.path(&store.data_dir).display()
                 ),
-                sluice::config::StoreKind::Memory => {
+                (None, sluice::config::StoreKind::Memory) => {
                     println!("store: memory (nothing survives a restart)")
                 }
             }

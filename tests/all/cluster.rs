@@ -550,7 +550,21 @@ struct DevCluster {
 }
 
 impl DevCluster {
+    /// Start it; another test may take one of the free ports first, so a
+    /// start that finds a port taken is tried again on others.
     fn start() -> Self {
+        let mut last = String::new();
+        for _ in 0..4 {
+            match Self::try_start() {
+                Ok(dev) => return dev,
+                Err(e) if e.contains("is not free") => last = e,
+                Err(e) => panic!("no banner from sluice dev --cluster 3; its stderr:\n{e}"),
+            }
+        }
+        panic!("sluice dev --cluster 3 never found free ports: {last}");
+    }
+
+    fn try_start() -> Result<Self, String> {
         use std::io::BufRead;
         let dir = TempDir::new();
         let base = free_port_run(3);
@@ -583,8 +597,9 @@ impl DevCluster {
         while token.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
-                let stderr = std::fs::read_to_string(dir.0.join("dev.stderr")).unwrap_or_default();
-                panic!("no banner from sluice dev --cluster 3; its stderr:\n{stderr}");
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::fs::read_to_string(dir.0.join("dev.stderr")).unwrap_or_default());
             };
             if let Some(rest) = line.trim().strip_prefix("node-") {
                 let words: Vec<&str> = rest.split_whitespace().collect();
@@ -597,14 +612,14 @@ impl DevCluster {
             }
             next_is_token |= line.contains("dev token");
         }
-        Self {
+        Ok(Self {
             child,
             urls,
             pids,
             token: token.unwrap_or_default(),
             cert: dir.0.join("dev/cert.pem"),
             _dir: dir,
-        }
+        })
     }
 
     /// A token of the demo tenant for `sub` (`sluice token`).
@@ -1071,4 +1086,59 @@ async fn with_three_nats_servers_one_killed_nothing_acknowledged_is_lost() {
         .and_then(|h| h.last())
         .and_then(|l| l["seq"].as_u64());
     assert!(last >= Some(max_seq), "state lost: {join} < {max_seq}");
+}
+
+#[test]
+fn sluice_check_accepts_a_cluster_config_without_contacting_nats() {
+    let dir = TempDir::new();
+    let (cert, key) = sluice::server::tls::self_signed(&["localhost"]).expect("cert");
+    std::fs::write(dir.0.join("cert.pem"), cert).expect("cert");
+    std::fs::write(dir.0.join("key.pem"), key).expect("key");
+    std::fs::write(dir.0.join("secret.key"), "k".repeat(48)).expect("secret");
+    let tenant = "\n[tenants.t.auth]\nissuer = \"i\"\naudience = \"a\"\n[[tenants.t.auth.keys]]\nalgorithm = \"HS256\"\nsecret_file = \"secret.key\"\n";
+    // A port nothing listens on.
+    let dead = free_port();
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n[cluster]\nnats_urls = [\"nats://127.0.0.1:{dead}\"]\nnode = \"n1\"\n{tenant}"
+        ),
+    )
+    .expect("config");
+    let out = Command::new(sluice_tests::sluice_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("sluice check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cluster: node n1"), "{stdout}");
+    // A bad [cluster] table: every problem at once; an unknown field named.
+    let check = |cluster: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n[cluster]\n{cluster}"
+            ),
+        )
+        .expect("config");
+        let out = Command::new(sluice_tests::sluice_bin())
+            .args(["check", "-c"])
+            .arg(&config)
+            .output()
+            .expect("sluice check");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = check("nats_urls = [\"http://x\"]\nnode = \"a.b\"\nreplicas = 9\n");
+    for want in ["http://x", "node `a.b`", "replicas must be 1 to 5"] {
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
+    let stderr = check("nats_urls = [\"nats://127.0.0.1:4222\"]\nnode = \"n\"\nsurprise = 1\n");
+    assert!(stderr.contains("surprise"), "{stderr}");
 }

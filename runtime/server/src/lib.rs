@@ -113,7 +113,9 @@ impl ServerState {
     }
 
     /// Like [`ServerState::build`], with handler state kept in `state`
-    /// (and channel history in memory) instead of the configured store.
+    /// (and channel history in memory) instead of the configured store; a
+    /// `[cluster]` table is checked but NATS is not contacted (what
+    /// `sluice check` does).
     pub async fn build_with_state(
         config: Config,
         state: Option<Arc<dyn StateStore>>,
@@ -123,17 +125,17 @@ impl ServerState {
         // compilation cache (`sluice check` and tests with a given state
         // write nothing).
         let built_on_store = state.is_none();
+        // With a given state (`sluice check`) nothing is contacted.
         let cluster = match &config.cluster {
-            Some(c) => Some(Arc::new(
+            Some(c) if built_on_store => Some(Arc::new(
                 cluster::Cluster::connect(&config, c)
                     .await
                     .map_err(|e| ConfigErrors(vec![e]))?,
             )),
-            None => None,
+            _ => None,
         };
         let (state, history): (Arc<dyn StateStore>, history::History) = match (state, &cluster) {
-            (Some(st), Some(c)) => (st, history::History::cluster(c.history.clone())),
-            (Some(st), None) => (st, history::History::in_memory()),
+            (Some(st), _) => (st, history::History::in_memory()),
             // A node of a fleet keeps nothing of its own: handler state on
             // JetStream KV, channel history on JetStream.
             (None, Some(c)) => (
