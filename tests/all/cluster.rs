@@ -1096,21 +1096,27 @@ fn sluice_check_accepts_a_cluster_config_without_contacting_nats() {
     std::fs::write(dir.0.join("key.pem"), key).expect("key");
     std::fs::write(dir.0.join("secret.key"), "k".repeat(48)).expect("secret");
     let tenant = "\n[tenants.t.auth]\nissuer = \"i\"\naudience = \"a\"\n[[tenants.t.auth.keys]]\nalgorithm = \"HS256\"\nsecret_file = \"secret.key\"\n";
+    let config = dir.0.join("sluice.toml");
+    // `sluice check` of the config with this [cluster] table.
+    let check = |cluster: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n{tenant}\n[cluster]\n{cluster}"
+            ),
+        )
+        .expect("config");
+        Command::new(sluice_tests::sluice_bin())
+            .args(["check", "-c"])
+            .arg(&config)
+            .output()
+            .expect("sluice check")
+    };
     // A port nothing listens on.
     let dead = free_port();
-    let config = dir.0.join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n[cluster]\nnats_urls = [\"nats://127.0.0.1:{dead}\"]\nnode = \"n1\"\n{tenant}"
-        ),
-    )
-    .expect("config");
-    let out = Command::new(sluice_tests::sluice_bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("sluice check");
+    let out = check(&format!(
+        "nats_urls = [\"nats://127.0.0.1:{dead}\"]\nnode = \"n1\"\n"
+    ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -1119,26 +1125,15 @@ fn sluice_check_accepts_a_cluster_config_without_contacting_nats() {
     );
     assert!(stdout.contains("cluster: node n1"), "{stdout}");
     // A bad [cluster] table: every problem at once; an unknown field named.
-    let check = |cluster: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n\n[cluster]\n{cluster}"
-            ),
-        )
-        .expect("config");
-        let out = Command::new(sluice_tests::sluice_bin())
-            .args(["check", "-c"])
-            .arg(&config)
-            .output()
-            .expect("sluice check");
+    let refused = |cluster: &str| {
+        let out = check(cluster);
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let stderr = check("nats_urls = [\"http://x\"]\nnode = \"a.b\"\nreplicas = 9\n");
+    let stderr = refused("nats_urls = [\"http://x\"]\nnode = \"a.b\"\nreplicas = 9\n");
     for want in ["http://x", "node `a.b`", "replicas must be 1 to 5"] {
         assert!(stderr.contains(want), "{want}: {stderr}");
     }
-    let stderr = check("nats_urls = [\"nats://127.0.0.1:4222\"]\nnode = \"n\"\nsurprise = 1\n");
+    let stderr = refused("nats_urls = [\"nats://127.0.0.1:4222\"]\nnode = \"n\"\nsurprise = 1\n");
     assert!(stderr.contains("surprise"), "{stderr}");
 }

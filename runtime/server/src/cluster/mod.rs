@@ -216,6 +216,23 @@ impl Cluster {
     }
 }
 
+/// A KV bucket of the fleet: the existing one, or a new one made with
+/// `config` (its settings apply only when this node creates it).
+async fn open_bucket(
+    js: &jetstream::Context,
+    config: jetstream::kv::Config,
+) -> Result<jetstream::kv::Store, String> {
+    match js.get_key_value(&config.bucket).await {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let bucket = config.bucket.clone();
+            js.create_key_value(config)
+                .await
+                .map_err(|e| format!("cluster: cannot create the bucket {bucket}: {e}"))
+        }
+    }
+}
+
 /// The epoch of every channel of a fleet: derived from when the history
 /// stream was created, so every node agrees, and it changes when the
 /// stream (the history) is wiped and created again.

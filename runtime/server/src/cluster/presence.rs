@@ -92,22 +92,20 @@ impl FleetPresence {
         node: String,
         replicas: usize,
     ) -> Result<Arc<Self>, String> {
-        let store = match js.get_key_value(&bucket).await {
-            Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: "Sluice presence, one entry per node and channel".into(),
-                    history: 1,
-                    max_age: ENTRY_TTL,
-                    storage: jetstream::stream::StorageType::Memory,
-                    num_replicas: replicas,
-                    limit_markers: Some(ENTRY_TTL),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("cluster: cannot create the presence bucket {bucket}: {e}"))?,
-        };
+        let store = super::open_bucket(
+            js,
+            kv::Config {
+                bucket,
+                description: "Sluice presence, one entry per node and channel".into(),
+                history: 1,
+                max_age: ENTRY_TTL,
+                storage: jetstream::stream::StorageType::Memory,
+                num_replicas: replicas,
+                limit_markers: Some(ENTRY_TTL),
+                ..Default::default()
+            },
+        )
+        .await?;
         let mirror: Arc<Mutex<Mirror>> = Arc::default();
         let mut watch = store
             .watch_all()

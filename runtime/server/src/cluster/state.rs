@@ -125,20 +125,18 @@ impl KvState {
         bucket: String,
         replicas: usize,
     ) -> Result<Arc<Self>, String> {
-        let store = match js.get_key_value(&bucket).await {
-            Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: "Sluice handler state".into(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("cluster: cannot create the state bucket {bucket}: {e}"))?,
-        };
+        let store = super::open_bucket(
+            js,
+            kv::Config {
+                bucket: bucket.clone(),
+                description: "Sluice handler state".into(),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         let stream_name = format!("KV_{bucket}");
         let mut stream = js
             .get_stream(&stream_name)
