@@ -74,6 +74,15 @@ channel = "publish"
 scopes = ["chat:write"]
 schema = {{ type = "object", required = ["text"], additionalProperties = false, properties = {{ text = {{ type = "string", minLength = 1, maxLength = 500 }} }} }}
 
+# Handlers the demo tenant pushes itself: `sluice handler push demo bot <file.wasm>`
+# (verified, versioned; canary, shadow and rollback without a restart).
+[tenants.demo.managed]
+token = {{ secret_file = "demo-manage.token" }}   # manages tenant demo only
+grants = ["state", "log", "clock"]
+
+[tenants.demo.routes.bot]
+handler = "bot"   # a pushed handler: `unavailable` until one is pushed
+
 [[tenants.demo.channels]]
 pattern = "room:{{id}}"
 publish_scopes = ["chat:write"]
@@ -122,6 +131,7 @@ pub fn prepare_with_origins(
     write_cert(dir, false)?;
     write_secret(dir, false)?;
     write_admin_token(dir)?;
+    write_token(dir, DEMO_MANAGE_TOKEN)?;
     let config_path = dir.join("sluice.toml");
     std::fs::write(&config_path, demo_config(listen, echo, chat, page_origins))?;
     Ok(config_path)
@@ -331,7 +341,15 @@ mod der {
 /// Write `dir/admin.token` (once): the bearer token `POST /reload` on the
 /// admin listener requires, which `sluice reload -c` reads. Returns its path.
 pub fn write_admin_token(dir: &Path) -> anyhow::Result<PathBuf> {
-    let token = dir.join("admin.token");
+    write_token(dir, "admin.token")
+}
+
+/// The demo tenant's management token file ([`write_token`]).
+pub const DEMO_MANAGE_TOKEN: &str = "demo-manage.token";
+
+/// Write a random token to `dir/name` once (kept private); its path.
+pub fn write_token(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let token = dir.join(name);
     if token.exists() {
         keep_private(&token)?;
     } else {

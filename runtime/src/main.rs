@@ -13,8 +13,8 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use sluice::sandbox::{
-    Action, Capability, Connection, HandlerLimits, HandlerSpec, Isolation, Message, Principal,
-    Sandbox, SandboxConfig,
+    Capability, Connection, HandlerLimits, HandlerSpec, Isolation, Message, Principal, Sandbox,
+    SandboxConfig,
 };
 
 #[derive(Parser)]
@@ -101,6 +101,10 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Manage pushed handlers through a running server's management API:
+    /// push (verified), list, show, promote (stable, canary, shadow),
+    /// rollback, rm, audit.
+    Handler(cli::handler::HandlerArgs),
     /// An interactive wss client: sends each line of stdin as a text frame,
     /// prints every frame received.
     Connect(cli::connect::ConnectArgs),
@@ -295,6 +299,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check(config).await,
             Command::Reload { config, admin } => reload(config, admin).await,
             Command::Connect(args) => cli::connect::run(args).await,
+            Command::Handler(args) => cli::handler::run(args).await,
             Command::Call(args) => call(args).await,
             Command::Probe(args) => sluice_probe::run(args).await,
             Command::Bench(BenchCommand::Sandbox {
@@ -636,7 +641,7 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let result = handler.call_export(args.event, &conn, &msg).await;
     let (out, code) = match result {
         Ok(outcome) => {
-            let mut out = json!({ "ok": true, "actions": outcome.actions.iter().map(action_json).collect::<Vec<_>>() });
+            let mut out = json!({ "ok": true, "actions": outcome.actions.iter().map(sluice::server::marketplace::shadow::action_json).collect::<Vec<_>>() });
             if args.verbose {
                 out["report"] = serde_json::to_value(&outcome.report)?;
             }
@@ -673,24 +678,6 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// An action as JSON, with its JSON-text payloads parsed back into values.
-fn action_json(action: &Action) -> Value {
-    fn data(text: &str) -> Value {
-        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
-    }
-    match action {
-        Action::Reply(d) => json!({ "reply": data(d) }),
-        Action::Publish(p) => json!({ "publish": { "channel": p.channel, "data": data(&p.data) } }),
-        Action::Send(s) => json!({ "send": { "subject": s.subject, "data": data(&s.data) } }),
-        Action::Subscribe(c) => json!({ "subscribe": c }),
-        Action::SubscribeSince(r) => {
-            json!({ "subscribe": r.channel, "since": { "offset": r.since.offset, "epoch": r.since.epoch } })
-        }
-        Action::Unsubscribe(c) => json!({ "unsubscribe": c }),
-        Action::Close(c) => json!({ "close": { "code": c.code, "reason": c.reason } }),
-    }
 }
 
 async fn bench_sandbox(

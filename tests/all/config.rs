@@ -15,12 +15,12 @@ fn every_problem_in_a_config_is_reported_at_once() {
         .expect_err("invalid")
         .to_string();
     let expected = std::fs::read_to_string(dir.join("invalid.err")).expect("invalid.err");
-    for line in expected.lines().filter(|l| !l.trim().is_empty()) {
-        assert!(
-            err.contains(line),
-            "missing from the report: {line}\n\nreport:\n{err}"
-        );
-    }
+    // The whole report, in order: nothing missing, nothing extra.
+    assert_eq!(
+        format!("{err}\n"),
+        expected,
+        "the report differs from tests/config/invalid.err"
+    );
 }
 
 #[tokio::test]

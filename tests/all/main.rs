@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod loadgen;
 mod logs;
+mod marketplace;
 mod messages;
 mod peers;
 mod probe;

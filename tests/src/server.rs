@@ -198,6 +198,7 @@ pub fn tenant(secret_file: &str) -> TenantConfig {
             rule("user:{sub}", false, &[]),
             rule("team:{claim:teams}", true, &[]),
         ],
+        managed: None,
     }
 }
 

@@ -496,6 +496,55 @@ pub struct TenantConfig {
     /// Who may subscribe and publish to which channels.
     #[serde(default)]
     pub channels: Vec<ChannelRuleConfig>,
+    /// Handlers the tenant pushes through the management API (`[tenants.<id>.managed]`):
+    /// a route may name one that is not in `handlers`.
+    #[serde(default)]
+    pub managed: Option<ManagedConfig>,
+}
+
+/// Handlers a tenant manages itself through the management API: pushed,
+/// verified, versioned, canaried, shadowed and rolled back without a restart.
+/// What they may import and the limits they run under stay the operator's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedConfig {
+    /// The tenant's management token: it manages this tenant's pushed
+    /// handlers and nothing else. Without one only the operator (the admin
+    /// token) manages them.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// Capabilities a pushed handler may import: `state`, `log`, `clock`.
+    #[serde(default)]
+    pub grants: Vec<Capability>,
+    /// `reuse` (default) or `fresh`, for every pushed handler.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Per-call limits of pushed handlers (the handler limits table).
+    #[serde(default, deserialize_with = "HandlerLimits::from_table")]
+    pub limits: HandlerLimits,
+    /// The largest component a push may carry, in bytes (at most
+    /// `[sandbox] max_component_bytes`, which is the default).
+    #[serde(default)]
+    pub max_component_bytes: Option<usize>,
+    /// Versions kept per handler ([`DEFAULT_MAX_VERSIONS`]); a push past it
+    /// forgets the oldest version that is not serving.
+    #[serde(default = "default_max_versions")]
+    pub max_versions: usize,
+}
+
+/// Versions of a pushed handler kept by default.
+pub const DEFAULT_MAX_VERSIONS: usize = 20;
+
+fn default_max_versions() -> usize {
+    DEFAULT_MAX_VERSIONS
+}
+
+impl TenantConfig {
+    /// The handler names a route may use: the configured ones, and any name
+    /// when the tenant manages handlers through the API.
+    pub fn accepts_handler(&self, name: &str) -> bool {
+        self.handlers.contains_key(name) || (self.managed.is_some() && is_name(name))
+    }
 }
 
 fn default_scopes_claim() -> String {
@@ -799,6 +848,17 @@ impl Config {
             .transpose()
     }
 
+    /// The management token of tenant `id` (`[tenants.<id>.managed] token`),
+    /// read from its source.
+    pub fn managed_token(&self, id: &str) -> Result<Option<String>, String> {
+        self.tenants
+            .get(id)
+            .and_then(|t| t.managed.as_ref())
+            .and_then(|m| m.token.as_ref())
+            .map(|t| t.read(self, &format!("tenants.{id}.managed.token")))
+            .transpose()
+    }
+
     /// A path from the file, resolved against its directory.
     pub fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -908,16 +968,48 @@ impl Config {
                 let unparsed = unparsed_handlers
                     .iter()
                     .any(|(tid, h)| tid == id && *h == r.handler);
-                if !t.handlers.contains_key(&r.handler) && !unparsed {
+                if !t.accepts_handler(&r.handler) && !unparsed {
                     problems.push(format!(
-                        "{at}.routes.{route}: no handler named {:?}",
-                        r.handler
+                        "{at}.routes.{route}: no handler named {:?}{}",
+                        r.handler,
+                        if t.managed.is_some() {
+                            ""
+                        } else {
+                            " (a handler pushed through the management API needs [tenants.<id>.managed])"
+                        }
                     ));
                 }
                 if r.schema.is_some() && r.schema_file.is_some() {
                     problems.push(format!(
                         "{at}.routes.{route}: set schema or schema_file, not both"
                     ));
+                }
+            }
+            if let Some(m) = &t.managed {
+                if let Some(token) = &m.token
+                    && token.secret_env.is_some() == token.secret_file.is_some()
+                {
+                    problems.push(format!(
+                        "{at}.managed.token: set exactly one of secret_env, secret_file"
+                    ));
+                }
+                if m.max_versions == 0 {
+                    problems.push(format!(
+                        "{at}.managed.max_versions must be greater than zero"
+                    ));
+                }
+                match m.max_component_bytes {
+                    Some(0) => problems.push(format!(
+                        "{at}.managed.max_component_bytes must be greater than zero"
+                    )),
+                    Some(n) if n > self.sandbox.max_component_bytes => problems.push(format!(
+                        "{at}.managed.max_component_bytes: {n} is more than [sandbox] max_component_bytes {}",
+                        self.sandbox.max_component_bytes
+                    )),
+                    _ => {}
+                }
+                for p in m.limits.problems(&self.sandbox) {
+                    problems.push(format!("{at}.managed.limits: {p}"));
                 }
             }
             for (i, rule) in t.channels.iter().enumerate() {

@@ -50,6 +50,13 @@ struct Instance {
     guest: bindings::Handler,
 }
 
+/// Whether a successful call's state writes are committed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Yes,
+    No,
+}
+
 enum Event<'a> {
     Connect(&'a Connection),
     Message(&'a Connection, &'a Message),
@@ -177,7 +184,7 @@ impl Handler {
 
     /// Call `on-connect`.
     pub async fn on_connect(&self, conn: &Connection) -> Result<CallOutcome, CallError> {
-        self.call(Event::Connect(conn)).await
+        self.call(Event::Connect(conn), Commit::Yes).await
     }
 
     /// Call `on-message`.
@@ -186,12 +193,30 @@ impl Handler {
         conn: &Connection,
         msg: &Message,
     ) -> Result<CallOutcome, CallError> {
-        self.call(Event::Message(conn, msg)).await
+        self.call(Event::Message(conn, msg), Commit::Yes).await
     }
 
     /// Call `on-disconnect`.
     pub async fn on_disconnect(&self, conn: &Connection) -> Result<CallOutcome, CallError> {
-        self.call(Event::Disconnect(conn)).await
+        self.call(Event::Disconnect(conn), Commit::Yes).await
+    }
+
+    /// Call `export` as a rehearsal: under the same limits, reading the
+    /// committed state, but its state writes are dropped instead of
+    /// committed (verification smoke calls, shadow versions). Its actions
+    /// are the caller's to look at; nothing applies them.
+    pub async fn rehearse(
+        &self,
+        export: Export,
+        conn: &Connection,
+        msg: &Message,
+    ) -> Result<CallOutcome, CallError> {
+        let event = match export {
+            Export::Connect => Event::Connect(conn),
+            Export::Message => Event::Message(conn, msg),
+            Export::Disconnect => Event::Disconnect(conn),
+        };
+        self.call(event, Commit::No).await
     }
 
     /// Call `export`; `msg` is used by [`Export::Message`] only.
@@ -208,7 +233,7 @@ impl Handler {
         }
     }
 
-    async fn call(&self, event: Event<'_>) -> Result<CallOutcome, CallError> {
+    async fn call(&self, event: Event<'_>, commit: Commit) -> Result<CallOutcome, CallError> {
         let inner = &*self.inner;
         let started = Instant::now();
         inner.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -309,6 +334,8 @@ impl Handler {
             (_, Some(detail)) => Err(CallErrorKind::Unavailable { detail }),
             (Err(stopped), None) => Err(stopped_kind(stopped)),
             (Ok(Ok(Ok(actions))), None) => match check_output(&actions, &inner.spec.limits) {
+                // A rehearsal's writes are forgotten by the next `begin`.
+                Ok(()) if commit == Commit::No => Ok(actions),
                 Ok(()) => match store.data_mut().state.commit().await {
                     Ok(()) => Ok(actions),
                     Err(crate::state::CommitError::Conflict) => Err(CallErrorKind::Conflict),

@@ -12,6 +12,8 @@
 //!   `admin_listen` address or the address the request arrived on; anything
 //!   else is 403 (this defeats DNS rebinding, where a page on
 //!   `evil.example` resolves its own name to 127.0.0.1 to read the answers);
+//! - `/v1/` is the management API (`marketplace/api.rs`), with its own
+//!   tokens;
 //! - POST endpoints need `Authorization: Bearer <admin_token>` (`[server]
 //!   admin_token`): 401 with a wrong or missing token, 403 when no token is
 //!   configured (a page can send a POST it cannot read the answer of; it
@@ -31,7 +33,7 @@ use super::{ServerState, metrics};
 /// Serve the admin endpoints on `listener` until the server state is gone.
 pub async fn serve(listener: TcpListener, state: std::sync::Weak<ServerState>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         let Ok(local) = tcp.local_addr() else {
@@ -45,7 +47,7 @@ pub async fn serve(listener: TcpListener, state: std::sync::Weak<ServerState>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&req, local, state.upgrade()).await) }
+                async move { Ok::<_, Infallible>(respond(req, local, peer, state.upgrade()).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
@@ -99,8 +101,18 @@ pub fn host_allowed(host: &str, local: SocketAddr, configured: Option<SocketAddr
 
 /// Compare without an early exit, so the time taken does not tell how much
 /// of a guessed token was right.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
 }
 
 /// Check the bearer token of a POST request: `Some` is the refusal.
@@ -108,14 +120,7 @@ fn unauthorized(req: &Request<Incoming>, state: &ServerState) -> Option<Response
     let Some(expected) = state.admin_token() else {
         return Some(text(StatusCode::FORBIDDEN, NO_TOKEN_MESSAGE));
     };
-    let offered = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    match offered {
+    match bearer(req) {
         Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => None,
         _ => {
             let mut resp = text(
@@ -133,8 +138,9 @@ fn unauthorized(req: &Request<Incoming>, state: &ServerState) -> Option<Response
 }
 
 async fn respond(
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     local: SocketAddr,
+    peer: SocketAddr,
     state: Option<Arc<ServerState>>,
 ) -> Response<Full<Bytes>> {
     let Some(state) = state else {
@@ -151,8 +157,11 @@ async fn respond(
             "the Host header must name the admin listener (localhost or its address)\n",
         );
     }
+    if req.uri().path().starts_with("/v1/") {
+        return crate::marketplace::api::respond(req, peer, &state).await;
+    }
     if req.method() == hyper::Method::POST && req.uri().path() == "/reload" {
-        if let Some(refused) = unauthorized(req, &state) {
+        if let Some(refused) = unauthorized(&req, &state) {
             tracing::warn!(status = %refused.status(), "admin reload refused");
             return refused;
         }
@@ -195,25 +204,14 @@ async fn respond(
     }
 }
 
-/// The longest answer `request_reload` reads (a summary, or every problem).
-const MAX_RELOAD_ANSWER_BYTES: usize = 1 << 20;
+/// The longest answer `request` reads (a summary, every problem, a report).
+const MAX_ANSWER_BYTES: usize = 16 << 20;
 
-/// What `sluice reload` does: `POST /reload` (hyper's HTTP/1 client) to the
-/// admin listener of the server `config` describes (its `admin_listen`,
-/// reached through loopback when it listens on every address), or to
-/// `admin` when given, with the config's `admin_token`. Returns the HTTP
-/// status and body.
-pub async fn request_reload(
-    config: Option<&sluice_config::Config>,
-    admin: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    use anyhow::Context as _;
-    use http_body_util::BodyExt as _;
-    let token = match config {
-        Some(c) => c.admin_token().map_err(anyhow::Error::msg)?,
-        None => None,
-    };
-    let admin = match (admin, config.and_then(|c| c.server.admin_listen)) {
+/// The admin listener's address: `admin` when given, else the `admin_listen`
+/// of `config` (reached through loopback when it listens on every address),
+/// else the default.
+pub fn admin_address(config: Option<&sluice_config::Config>, admin: Option<&str>) -> String {
+    match (admin, config.and_then(|c| c.server.admin_listen)) {
         (Some(a), _) => a.to_owned(),
         (None, Some(a)) if a.ip().is_unspecified() => {
             let loopback: IpAddr = if a.is_ipv4() {
@@ -225,8 +223,21 @@ pub async fn request_reload(
         }
         (None, Some(a)) => a.to_string(),
         (None, None) => sluice_config::DEFAULT_ADMIN_LISTEN.to_owned(),
-    };
-    let tcp = tokio::net::TcpStream::connect(&admin)
+    }
+}
+
+/// One HTTP/1 request (hyper's client) to the admin listener at `admin`,
+/// with `token` as a bearer token: the status and the body.
+pub async fn request(
+    admin: &str,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use anyhow::Context as _;
+    use http_body_util::BodyExt as _;
+    let tcp = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
     let (mut sender, conn) =
@@ -234,24 +245,52 @@ pub async fn request_reload(
             .await
             .with_context(|| format!("HTTP with the admin listener at {admin}"))?;
     let driver = tokio::spawn(conn);
-    let mut request = http::Request::post("/reload").header(http::header::HOST, &admin);
+    let mut request = http::Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(http::header::HOST, admin);
     if let Some(t) = token {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    if !body.is_empty() {
+        request = request.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
     let response = sender
         .send_request(request)
         .await
-        .with_context(|| format!("POST /reload to {admin}"))?;
+        .with_context(|| format!("{method} {path} to {admin}"))?;
     let status = response.status().as_u16();
-    let body = http_body_util::Limited::new(response.into_body(), MAX_RELOAD_ANSWER_BYTES)
+    let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
         .collect()
         .await
         .map_err(|e| anyhow::anyhow!("reading the answer of {admin}: {e}"))?
         .to_bytes();
     driver.abort();
-    let body = String::from_utf8_lossy(&body).into_owned();
-    Ok((status, body))
+    Ok((status, body.to_vec()))
+}
+
+/// What `sluice reload` does: `POST /reload` to the admin listener of the
+/// server `config` describes (see [`admin_address`]), or to `admin` when
+/// given, with the config's `admin_token`. Returns the HTTP status and body.
+pub async fn request_reload(
+    config: Option<&sluice_config::Config>,
+    admin: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let token = match config {
+        Some(c) => c.admin_token().map_err(anyhow::Error::msg)?,
+        None => None,
+    };
+    let admin = admin_address(config, admin);
+    let (status, body) = request(
+        &admin,
+        http::Method::POST,
+        "/reload",
+        token.as_deref(),
+        Vec::new(),
+    )
+    .await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //! history    offsets, epochs, recovery of missed events               (history.rs)
 //! presence   who is subscribed, join/leave with debounce              (presence.rs)
 //! cluster    a fleet on NATS: broker, history, state, presence, caps  (cluster/)
+//! marketplace pushed handlers: management API, verify, versions,
+//!            canary/shadow routing, audit                             (marketplace/)
 //! store      handler state and history on disk (sluice-store)         (durable_state.rs)
 //! outbox     per-connection bounded queues                            (outbox.rs)
 //! rejection  sandbox and read failures -> what the client sees        (rejection.rs)
@@ -34,6 +36,7 @@ pub mod durable_state;
 pub mod handshake;
 pub mod history;
 pub mod jwks;
+pub mod marketplace;
 pub mod metrics;
 pub mod outbox;
 pub mod presence;
@@ -83,6 +86,8 @@ pub struct ServerState {
     pub presence: presence::Presence,
     /// Cluster mode: this node's link to the fleet (NATS).
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Handlers tenants push through the management API.
+    pub registry: marketplace::Registry,
     tls: RwLock<TlsAcceptor>,
     ws_config: WebSocketConfig,
     ip_connections: ConnectionCounter<IpAddr>,
@@ -134,6 +139,7 @@ impl ServerState {
             )),
             _ => None,
         };
+        let mut registry_store = None;
         let (state, history): (Arc<dyn StateStore>, history::History) = match (state, &cluster) {
             (Some(st), _) => (st, history::History::in_memory()),
             // A node of a fleet keeps nothing of its own: handler state on
@@ -156,7 +162,9 @@ impl ServerState {
                             "the last run did not shut down cleanly: channel offsets jump past any that may have been lost");
                     }
                     tracing::info!(data_dir = %dir.display(), keys = opened.state.len(),
-                        channels = opened.channels.len(), "durable store opened");
+                        channels = opened.channels.len(), pushed_handlers = opened.handlers.len(),
+                        "durable store opened");
+                    registry_store = Some((opened.store.clone(), opened.handlers, opened.audit));
                     (
                         durable_state::DurableState::new(opened.store.clone(), opened.state),
                         history::History::durable(opened.store, opened.channels, opened.unclean),
@@ -176,7 +184,8 @@ impl ServerState {
             .map_err(|e| problems.push(e))
             .ok()
             .flatten();
-        let (tls, tenants) = load_parts(&config, &sandbox, None, problems).await?;
+        let registry = marketplace::Registry::open(sandbox.clone(), registry_store);
+        let (tls, tenants) = load_parts(&config, &sandbox, &registry, None, problems).await?;
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(s.max_message_bytes))
             .max_frame_size(Some(s.max_frame_bytes))
@@ -206,6 +215,7 @@ impl ServerState {
             history,
             presence,
             cluster,
+            registry,
             tenants: RwLock::new(Arc::new(tenants)),
             sandbox,
             config,
@@ -307,7 +317,14 @@ impl ServerState {
             problems.push("store: the store changes only with a restart".to_owned());
         }
         let current = self.tenants();
-        let (tls, tenants) = load_parts(&config, &self.sandbox, Some(&current), problems).await?;
+        let (tls, tenants) = load_parts(
+            &config,
+            &self.sandbox,
+            &self.registry,
+            Some(&current),
+            problems,
+        )
+        .await?;
         let summary = format!(
             "{} tenant(s), {} handler(s)",
             tenants.len(),
@@ -418,6 +435,7 @@ pub const COMPILED_DIR: &str = "compiled";
 async fn load_parts(
     config: &Config,
     sandbox: &Sandbox,
+    registry: &marketplace::Registry,
     current: Option<&HashMap<String, Arc<Tenant>>>,
     mut problems: Vec<String>,
 ) -> Result<(Arc<rustls::ServerConfig>, HashMap<String, Arc<Tenant>>), ConfigErrors> {
@@ -428,7 +446,7 @@ async fn load_parts(
     let mut tenants = HashMap::new();
     for (id, tc) in &config.tenants {
         let previous = current.and_then(|c| c.get(id)).map(Arc::as_ref);
-        match Tenant::load(id, tc, config, sandbox, previous).await {
+        match Tenant::load(id, tc, config, sandbox, registry, previous).await {
             Ok(t) => {
                 tenants.insert(id.clone(), t);
             }

@@ -302,31 +302,61 @@ pub fn render(state: &ServerState) -> String {
             &LATENCY_BUCKETS,
         );
     }
+    // Every handler's labels and counters, once: the config file's by name,
+    // pushed ones per serving version (`version` label).
+    let mut handlers: Vec<(String, sluice_sandbox::HandlerStats)> = Vec::new();
+    for (id, t) in tenants.iter() {
+        for (name, h) in &t.handlers {
+            handlers.push((
+                format!("tenant=\"{}\",handler=\"{}\"", label(id), label(name)),
+                h.stats(),
+            ));
+        }
+        if t.config.managed.is_some() {
+            for slot in state.registry.slots_of(id) {
+                let serving = slot.serving();
+                let mut loaded: Vec<&crate::marketplace::Loaded> = [
+                    serving.stable.as_ref(),
+                    serving.canary.as_ref().map(|(l, _)| l),
+                    serving.shadow.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                loaded.sort_by_key(|l| l.version);
+                loaded.dedup_by_key(|l| l.version);
+                for l in loaded {
+                    handlers.push((
+                        format!(
+                            "tenant=\"{}\",handler=\"{}\",version=\"{}\"",
+                            label(id),
+                            label(&slot.name),
+                            l.version
+                        ),
+                        l.handler.stats(),
+                    ));
+                }
+            }
+        }
+    }
     help(
         &mut out,
         "sluice_handler_calls_total",
         "counter",
-        "Handler calls by outcome: ok, or the sandbox error kind (trap, out_of_fuel, deadline, memory_limit, quarantined, ...).",
+        "Handler calls by outcome: ok, or the sandbox error kind (trap, out_of_fuel, deadline, memory_limit, quarantined, ...). Pushed handlers per version.",
     );
-    for (id, t) in tenants.iter() {
-        for (name, h) in &t.handlers {
-            let s = h.stats();
+    for (labels, s) in &handlers {
+        let _ = writeln!(
+            out,
+            "sluice_handler_calls_total{{{labels},outcome=\"ok\"}} {}",
+            s.ok
+        );
+        for (kind, n) in &s.errors {
             let _ = writeln!(
                 out,
-                "sluice_handler_calls_total{{tenant=\"{}\",handler=\"{}\",outcome=\"ok\"}} {}",
-                label(id),
-                label(name),
-                s.ok
+                "sluice_handler_calls_total{{{labels},outcome=\"{}\"}} {n}",
+                label(kind)
             );
-            for (kind, n) in &s.errors {
-                let _ = writeln!(
-                    out,
-                    "sluice_handler_calls_total{{tenant=\"{}\",handler=\"{}\",outcome=\"{}\"}} {n}",
-                    label(id),
-                    label(name),
-                    label(kind)
-                );
-            }
         }
     }
     help(
@@ -335,17 +365,13 @@ pub fn render(state: &ServerState) -> String {
         "histogram",
         "Duration of handler calls that ran (instantiation included, waiting for a free instance excluded).",
     );
-    for (id, t) in tenants.iter() {
-        for (name, h) in &t.handlers {
-            let s = h.stats();
-            let labels = format!("tenant=\"{}\",handler=\"{}\"", label(id), label(name));
-            s.call_seconds.render(
-                &mut out,
-                "sluice_handler_call_seconds",
-                &labels,
-                &sluice_sandbox::CALL_SECONDS_BUCKETS,
-            );
-        }
+    for (labels, s) in &handlers {
+        s.call_seconds.render(
+            &mut out,
+            "sluice_handler_call_seconds",
+            labels,
+            &sluice_sandbox::CALL_SECONDS_BUCKETS,
+        );
     }
     help(
         &mut out,
@@ -359,24 +385,17 @@ pub fn render(state: &ServerState) -> String {
         "counter",
         "Times a handler was quarantined.",
     );
-    for (id, t) in tenants.iter() {
-        for (name, h) in &t.handlers {
-            let s = h.stats();
-            let _ = writeln!(
-                out,
-                "sluice_handler_fuel_total{{tenant=\"{}\",handler=\"{}\"}} {}",
-                label(id),
-                label(name),
-                s.fuel_consumed
-            );
-            let _ = writeln!(
-                out,
-                "sluice_handler_quarantines_total{{tenant=\"{}\",handler=\"{}\"}} {}",
-                label(id),
-                label(name),
-                s.quarantines
-            );
-        }
+    for (labels, s) in &handlers {
+        let _ = writeln!(
+            out,
+            "sluice_handler_fuel_total{{{labels}}} {}",
+            s.fuel_consumed
+        );
+        let _ = writeln!(
+            out,
+            "sluice_handler_quarantines_total{{{labels}}} {}",
+            s.quarantines
+        );
     }
     state.refused.render(&mut out);
     out

@@ -9,15 +9,26 @@ use governor::DefaultDirectRateLimiter;
 
 use super::auth::KeySet;
 use super::authz::ChannelRule;
+use super::marketplace::{Registry, Slot};
 use super::ratelimit::{ConnectionCounter, KeyedLimiter, quota};
 use super::validate::Schema;
 use sluice_config::{ChannelAccess, Config, TenantConfig};
 use sluice_sandbox::{Handler, HandlerSpec, Sandbox};
 
+/// The handler a route goes to.
+#[derive(Clone)]
+pub enum RouteHandler {
+    /// One named in the config file.
+    Configured(Handler),
+    /// One pushed through the management API: the version is picked per
+    /// connection, message by message.
+    Pushed(Arc<Slot>),
+}
+
 /// One route, ready to serve.
 pub struct Route {
     /// The handler that receives it.
-    pub handler: Handler,
+    pub handler: RouteHandler,
     /// Scopes required.
     pub scopes: Vec<String>,
     /// What the route does with its channel.
@@ -41,8 +52,12 @@ pub struct Tenant {
     pub keys: KeySet,
     /// Routes by message type.
     pub routes: HashMap<String, Route>,
-    /// Handlers by name.
+    /// Handlers by name (the config file's).
     pub handlers: BTreeMap<String, Handler>,
+    /// The JSON Schemas of routes, as written (inline or from their file).
+    pub schema_sources: HashMap<String, serde_json::Value>,
+    /// The tenant's management token (`[tenants.<id>.managed] token`).
+    pub managed_token: Option<Arc<str>>,
     /// Channel rules.
     pub channels: Vec<ChannelRule>,
     /// Messages per subject, over all its connections. Shared with the
@@ -66,6 +81,7 @@ impl Tenant {
         tc: &TenantConfig,
         config: &Config,
         sandbox: &Sandbox,
+        registry: &Registry,
         previous: Option<&Tenant>,
     ) -> Result<Arc<Tenant>, Vec<String>> {
         let mut problems = Vec::new();
@@ -89,6 +105,37 @@ impl Tenant {
             }
         }
 
+        let managed_token = config
+            .managed_token(id)
+            .map_err(|e| problems.push(e))
+            .ok()
+            .flatten()
+            .map(Arc::from);
+        // Pushed handlers: every one the registry keeps for this tenant and
+        // every one a route names, ready for the tenant's managed settings.
+        let mut pushed = BTreeMap::new();
+        if let Some(managed) = &tc.managed {
+            let mut names = registry.names(id).await;
+            names.extend(
+                tc.routes
+                    .values()
+                    .filter(|r| !handlers.contains_key(&r.handler))
+                    .map(|r| r.handler.clone()),
+            );
+            for name in names {
+                if pushed.contains_key(&name) || handlers.contains_key(&name) {
+                    continue;
+                }
+                match registry.slot(id, &name, managed).await {
+                    Ok(slot) => {
+                        pushed.insert(name, slot);
+                    }
+                    Err(p) => problems.extend(p),
+                }
+            }
+        }
+
+        let mut schema_sources = HashMap::new();
         let mut routes = HashMap::new();
         for (route, rc) in &tc.routes {
             let schema_value = match (&rc.schema, &rc.schema_file) {
@@ -105,6 +152,9 @@ impl Tenant {
                 }
                 (None, None) => None,
             };
+            if let Some(v) = &schema_value {
+                schema_sources.insert(route.clone(), v.clone());
+            }
             let schema = match schema_value {
                 Some(v) => match tokio::task::spawn_blocking(move || Schema::compile(&v)).await {
                     Ok(Ok(s)) => Some(s),
@@ -119,11 +169,16 @@ impl Tenant {
                 },
                 None => None,
             };
-            if let Some(handler) = handlers.get(&rc.handler) {
+            let handler = match (handlers.get(&rc.handler), pushed.get(&rc.handler)) {
+                (Some(h), _) => Some(RouteHandler::Configured(h.clone())),
+                (None, Some(slot)) => Some(RouteHandler::Pushed(slot.clone())),
+                (None, None) => None,
+            };
+            if let Some(handler) = handler {
                 routes.insert(
                     route.clone(),
                     Route {
-                        handler: handler.clone(),
+                        handler,
                         scopes: rc.scopes.clone(),
                         channel: rc.channel,
                         schema,
@@ -172,6 +227,8 @@ impl Tenant {
             keys,
             routes,
             handlers,
+            schema_sources,
+            managed_token,
             channels,
             subject_limiter,
             tenant_limiter,

@@ -129,6 +129,17 @@ pub async fn run(
     );
     if let Some(admin) = server.admin_addr() {
         println!("  admin:        http://{admin}/metrics (health, reload)");
+        println!(
+            "  management:   http://{admin}/v1/ (sluice handler push | list | show | promote | rollback | rm | audit)"
+        );
+        match std::fs::read_to_string(dir.join("admin.token")) {
+            Ok(t) => println!("  operator token (every tenant): {}", t.trim()),
+            Err(e) => println!("  operator token: cannot read admin.token: {e}"),
+        }
+        println!(
+            "  tenant demo's management token: {}",
+            dir.join(sluice::dev::DEMO_MANAGE_TOKEN).display()
+        );
     }
     println!("  dev token (subject dev-user, scope chat:write, 1 hour):\n\n{token}\n");
     println!("Connect (type JSON messages, one per line):\n");
@@ -145,7 +156,11 @@ pub async fn run(
         shell_word(&config_path.display().to_string())
     );
     println!(
-        "Reload after editing the config: {sluice} reload -c {}\n",
+        "Reload after editing the config: {sluice} reload -c {}",
+        shell_word(&config_path.display().to_string())
+    );
+    println!(
+        "Push a handler for route `bot`: {sluice} handler -c {} push demo bot <component.wasm>\n",
         shell_word(&config_path.display().to_string())
     );
     match page.map(|page| (page, super::demo_page::client_bundle(&repo_root()))) {

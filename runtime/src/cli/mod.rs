@@ -6,3 +6,4 @@ pub mod connect;
 pub mod demo_page;
 pub mod dev;
 pub mod dev_cluster;
+pub mod handler;

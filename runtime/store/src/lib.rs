@@ -34,6 +34,16 @@ const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state"
 const CHANNELS: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("channels");
 /// History entries: (tenant, channel, offset) -> (unix ms, event data).
 const HISTORY: TableDefinition<(&str, &str, u64), (u64, &[u8])> = TableDefinition::new("history");
+/// Components pushed through the management API: SHA-256 (hex) -> bytes.
+const COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("components");
+/// Pushed handlers: (tenant, name) -> their record (JSON: versions,
+/// verification reports, routing).
+const HANDLERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("handlers");
+/// The management audit log: sequence number -> entry (JSON).
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Audit entries kept on disk (and read back) at most; older ones are
+/// removed as new ones are written.
+pub const MAX_AUDIT_ENTRIES: u64 = 10_000;
 /// Store metadata: `clean` (1 after a clean shutdown, 0 while running).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -90,6 +100,27 @@ pub struct Opened {
     pub channels: Vec<ChannelHistory>,
     /// The last run did not shut down cleanly.
     pub unclean: bool,
+    /// Pushed handlers' records: (tenant, name, record).
+    pub handlers: Vec<(String, String, Vec<u8>)>,
+    /// The audit log, oldest first: (sequence number, entry).
+    pub audit: Vec<(u64, Vec<u8>)>,
+}
+
+/// A pushed handler's record by (tenant, name); `None` removes it.
+pub type RecordWrite = ((String, String), Option<Vec<u8>>);
+
+/// One change to the handler registry, written atomically.
+#[derive(Debug, Default)]
+pub struct RegistryWrite {
+    /// Components to keep, by digest (a digest already kept is rewritten
+    /// with the same bytes).
+    pub components: Vec<(String, Vec<u8>)>,
+    /// Components no version refers to any more.
+    pub forget_components: Vec<String>,
+    /// A handler's new record (`None`: the handler is removed).
+    pub record: Option<RecordWrite>,
+    /// An audit entry: (sequence number, entry).
+    pub audit: Option<(u64, Vec<u8>)>,
 }
 
 /// One write.
@@ -116,6 +147,8 @@ enum Op {
     },
     /// A channel forgotten (no entries left, idle past its TTL).
     Forget { tenant: String, channel: String },
+    /// A change to the handler registry.
+    Registry(RegistryWrite),
 }
 
 struct Queued {
@@ -125,6 +158,8 @@ struct Queued {
 
 /// The durable store.
 pub struct Store {
+    /// For reads beside the writer; released by [`Store::close`].
+    db: Mutex<Option<Arc<Database>>>,
     tx: Mutex<Option<mpsc::Sender<Queued>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
@@ -196,6 +231,11 @@ impl Permit {
             channel: channel.to_owned(),
         })
     }
+
+    /// Write a change to the handler registry, atomically.
+    pub fn registry(self, write: RegistryWrite) -> Durable {
+        self.queue(Op::Registry(write))
+    }
 }
 
 impl Store {
@@ -212,6 +252,7 @@ impl Store {
             ))
         })?;
         let (state, channels, unclean) = read_back(&db)?;
+        let (handlers, audit) = read_registry(&db)?;
         // Running: not clean until a clean shutdown says so.
         let mut txn = db.begin_write().map_err(err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
@@ -221,15 +262,25 @@ impl Store {
             txn.open_table(STATE).map_err(err)?;
             txn.open_table(CHANNELS).map_err(err)?;
             txn.open_table(HISTORY).map_err(err)?;
+            txn.open_table(COMPONENTS).map_err(err)?;
+            txn.open_table(HANDLERS).map_err(err)?;
+            txn.open_table(AUDIT).map_err(err)?;
         }
         txn.commit().map_err(err)?;
+        let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = std::thread::Builder::new()
-            .name("sluice-store".into())
-            .spawn(move || write_loop(db, rx))
-            .map_err(err)?;
+        let writer = {
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("sluice-store".into())
+                .spawn(move || write_loop(&db, rx))
+                .map_err(err)?
+        };
         Ok(Opened {
+            handlers,
+            audit,
             store: Arc::new(Self {
+                db: Mutex::new(Some(db)),
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 path,
@@ -238,6 +289,20 @@ impl Store {
             channels,
             unclean,
         })
+    }
+
+    /// The bytes of a pushed component, by digest (reads the disk: call it
+    /// off the async runtime).
+    pub fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError("the store is closed".into()))?;
+        let txn = db.begin_read().map_err(err)?;
+        let table = txn.open_table(COMPONENTS).map_err(err)?;
+        Ok(table.get(digest).map_err(err)?.map(|v| v.value().to_vec()))
     }
 
     /// The database file.
@@ -277,6 +342,12 @@ impl Store {
         if let Some(w) = writer {
             let _ = w.join();
         }
+        drop(
+            self.db
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -345,7 +416,37 @@ fn read_back(db: &Database) -> Result<ReadBack, StoreError> {
     Ok((state, channels, unclean))
 }
 
-fn write_loop(db: Database, mut rx: mpsc::Receiver<Queued>) {
+type RegistryReadBack = (Vec<(String, String, Vec<u8>)>, Vec<(u64, Vec<u8>)>);
+
+fn read_registry(db: &Database) -> Result<RegistryReadBack, StoreError> {
+    let txn = db.begin_read().map_err(err)?;
+    let mut handlers = Vec::new();
+    match txn.open_table(HANDLERS) {
+        Ok(table) => {
+            for row in table.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let (tenant, name) = k.value();
+                handlers.push((tenant.to_owned(), name.to_owned(), v.value().to_vec()));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut audit = Vec::new();
+    match txn.open_table(AUDIT) {
+        Ok(table) => {
+            for row in table.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                audit.push((k.value(), v.value().to_vec()));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(err(e)),
+    }
+    Ok((handlers, audit))
+}
+
+fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -355,7 +456,7 @@ fn write_loop(db: Database, mut rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        let result = apply(&db, &batch);
+        let result = apply(db, &batch);
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "store write failed");
         }
@@ -385,6 +486,9 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
         let mut state = txn.open_table(STATE).map_err(err)?;
         let mut channels = txn.open_table(CHANNELS).map_err(err)?;
         let mut history = txn.open_table(HISTORY).map_err(err)?;
+        let mut components = txn.open_table(COMPONENTS).map_err(err)?;
+        let mut handlers = txn.open_table(HANDLERS).map_err(err)?;
+        let mut audit = txn.open_table(AUDIT).map_err(err)?;
         for q in batch {
             match &q.op {
                 Op::State { tenant, writes } => {
@@ -437,6 +541,36 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
                     history
                         .retain_in((t, c, 0)..=(t, c, u64::MAX), |_, _| false)
                         .map_err(err)?;
+                }
+                Op::Registry(w) => {
+                    for (digest, bytes) in &w.components {
+                        components
+                            .insert(digest.as_str(), bytes.as_slice())
+                            .map_err(err)?;
+                    }
+                    for digest in &w.forget_components {
+                        components.remove(digest.as_str()).map_err(err)?;
+                    }
+                    if let Some(((t, n), record)) = &w.record {
+                        match record {
+                            Some(r) => {
+                                handlers
+                                    .insert((t.as_str(), n.as_str()), r.as_slice())
+                                    .map_err(err)?;
+                            }
+                            None => {
+                                handlers.remove((t.as_str(), n.as_str())).map_err(err)?;
+                            }
+                        }
+                    }
+                    if let Some((seq, entry)) = &w.audit {
+                        audit.insert(*seq, entry.as_slice()).map_err(err)?;
+                        if *seq > MAX_AUDIT_ENTRIES {
+                            audit
+                                .retain_in(0..=seq - MAX_AUDIT_ENTRIES, |_, _| false)
+                                .map_err(err)?;
+                        }
+                    }
                 }
             }
         }

@@ -758,7 +758,18 @@ impl Session {
 
     /// Call `on-connect` / `on-disconnect` on every handler of the tenant.
     async fn lifecycle(&mut self, phase: Phase) -> Flow {
-        let handlers: Vec<Handler> = self.tenant.handlers.values().cloned().collect();
+        let mut handlers: Vec<Handler> = self.tenant.handlers.values().cloned().collect();
+        if self.tenant.config.managed.is_some() {
+            handlers.extend(
+                self.state
+                    .registry
+                    .slots_of(&self.tenant.id)
+                    .into_iter()
+                    .filter_map(|slot| {
+                        call::lifecycle_handler(&crate::tenant::RouteHandler::Pushed(slot), self.id)
+                    }),
+            );
+        }
         let mut flow = Flow::Continue;
         for handler in handlers {
             let Some(proposed) = call::lifecycle(&handler, phase, &self.conn).await else {

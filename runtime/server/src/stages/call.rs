@@ -1,11 +1,13 @@
 //! Call the handler under its limits. The output is what it proposes: its
 //! actions, not yet authorized.
 
-use sluice_protocol::Rejection;
-use sluice_sandbox::{Action, CallErrorKind, Connection, Handler};
+use sluice_protocol::{ErrorCode, Rejection};
+use sluice_sandbox::{Action, CallErrorKind, Connection, Export, Handler};
 
 use super::validate::Validated;
+use crate::marketplace::Picked;
 use crate::rejection;
+use crate::tenant::RouteHandler;
 
 /// Which export produced a set of actions (the sandbox's [`sluice_sandbox::Export`]).
 pub use sluice_sandbox::Export as Phase;
@@ -22,11 +24,43 @@ pub struct Proposed {
 
 /// Call `on-message`. A call whose state commit lost a race with another
 /// node (cluster mode) wrote nothing and runs once more, on fresh state.
+/// A pushed handler runs on the version the connection is routed to; with
+/// a shadow version, a rehearsal of the message runs on it first (reading
+/// the same state stable then reads), and the two outcomes are compared.
 pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, Rejection> {
     let Validated { handler, message } = validated;
+    let (handler, shadow) = match handler {
+        RouteHandler::Configured(h) => (h, None),
+        RouteHandler::Pushed(slot) => match slot.pick(conn.id) {
+            Some(Picked {
+                handler, shadow, ..
+            }) => (handler, shadow),
+            None => {
+                return Err(Rejection::error(
+                    ErrorCode::Unavailable,
+                    "no version of this handler is serving",
+                ));
+            }
+        },
+    };
+    let rehearsal = match &shadow {
+        Some((_, loaded)) => Some(
+            loaded
+                .handler
+                .rehearse(Export::Message, conn, &message)
+                .await,
+        ),
+        None => None,
+    };
     let mut result = handler.on_message(conn, &message).await;
     if matches!(&result, Err(e) if e.kind == CallErrorKind::Conflict) {
         result = handler.on_message(conn, &message).await;
+    }
+    if let (Some((slot, _)), Some(rehearsal)) = (shadow, rehearsal) {
+        slot.shadow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .compare(&message.route, &result, &rehearsal);
     }
     match result {
         Ok(outcome) => Ok(Proposed {
@@ -35,6 +69,15 @@ pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, R
             actions: outcome.actions,
         }),
         Err(e) => Err(rejection::for_call(&e.kind)),
+    }
+}
+
+/// The handler a lifecycle call of connection `conn_id` runs on: the
+/// version of a pushed handler the connection is routed to.
+pub fn lifecycle_handler(handler: &RouteHandler, conn_id: u64) -> Option<Handler> {
+    match handler {
+        RouteHandler::Configured(h) => Some(h.clone()),
+        RouteHandler::Pushed(slot) => slot.pick(conn_id).map(|p| p.handler),
     }
 }
 

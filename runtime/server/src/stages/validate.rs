@@ -3,14 +3,16 @@
 //! that passed.
 
 use sluice_protocol::Rejection;
-use sluice_sandbox::{Handler, Message};
+use sluice_sandbox::Message;
+
+use crate::tenant::RouteHandler;
 
 use super::authorize::Authorized;
 
 /// A message that passed its route's schema, ready for the handler.
 pub struct Validated {
     /// The handler of the route.
-    pub handler: Handler,
+    pub handler: RouteHandler,
     /// The message as the handler receives it.
     pub message: Message,
 }
