@@ -227,6 +227,30 @@ enum BenchCommand {
         #[arg(long, default_value_t = 500)]
         samples: usize,
     },
+    /// What the marketplace control plane costs: push to serving (upload,
+    /// verification, compile, smoke calls, first message) for the Rust and
+    /// JavaScript chat handlers, and shadow mode per message.
+    Marketplace {
+        /// The JavaScript chat component (default: built by
+        /// `handlers/build-lang js`).
+        #[arg(long)]
+        js_chat: Option<PathBuf>,
+        /// Leave the JavaScript handler out.
+        #[arg(long)]
+        no_js: bool,
+        /// Pushes per component, each on a fresh server.
+        #[arg(long, default_value_t = 3)]
+        pushes: usize,
+        /// Connections sending in the shadow runs.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds per shadow run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Rounds of the shadow runs (stable only and with shadow alternate).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// What durability costs: publish throughput with channel history off,
     /// in memory and durable; the time to recover missed events; state
     /// commits per second, durable against in memory.
@@ -353,6 +377,34 @@ fn main() -> ExitCode {
                         subscribers: subscribers.max(1),
                         seconds,
                         samples: samples.max(1),
+                    },
+                )
+                .await
+                .map(|()| ExitCode::SUCCESS)
+            }
+            Command::Bench(BenchCommand::Marketplace {
+                js_chat,
+                no_js,
+                pushes,
+                connections,
+                seconds,
+                rounds,
+            }) => {
+                let (echo, chat) = cli::dev::demo_components()?;
+                let js_chat = match (js_chat, no_js) {
+                    (_, true) => None,
+                    (Some(p), false) => Some(p),
+                    (None, false) => Some(cli::dev::lang_component("js", "chat")?),
+                };
+                cli::bench_marketplace::run(
+                    echo,
+                    chat,
+                    cli::bench_marketplace::Options {
+                        js_chat,
+                        pushes: pushes.max(1),
+                        connections: connections.max(1),
+                        seconds,
+                        rounds: rounds.max(1),
                     },
                 )
                 .await

@@ -45,9 +45,12 @@ fn bench_config(base: &str, misbehave: &Path) -> String {
     .replace("kind = \"durable\"", "kind = \"memory\"")
 }
 
-struct Node {
-    url: String,
-    state: Arc<ServerState>,
+/// A server started in this process.
+pub(crate) struct Node {
+    pub(crate) url: String,
+    pub(crate) state: Arc<ServerState>,
+    /// Its admin listener (management API), when asked for.
+    pub(crate) admin: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -60,9 +63,15 @@ impl Drop for Node {
 }
 
 async fn start_node(text: &str, dir: &Path) -> anyhow::Result<Node> {
+    start_node_with(text, dir, false).await
+}
+
+/// Start a server on `text` (tenant `demo`, limits lifted) on port 0, with
+/// an admin listener on a free loopback port when `admin`.
+pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyhow::Result<Node> {
     let mut config = Config::parse(text, dir)?;
     config.server.listen = "127.0.0.1:0".parse()?;
-    config.server.admin_listen = None;
+    config.server.admin_listen = if admin { Some("127.0.0.1:0".parse()?) } else { None };
     config.server.max_connections_per_ip = 100_000;
     let demo = config.tenants.get_mut("demo").context("demo tenant")?;
     let l = &mut demo.limits;
@@ -74,6 +83,7 @@ async fn start_node(text: &str, dir: &Path) -> anyhow::Result<Node> {
     let state = ServerState::build(config).await?;
     let server = Server::bind_state(state.clone(), state.config.server.listen).await?;
     let url = format!("wss://{}/ws/demo", server.local_addr());
+    let admin = server.admin_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -81,13 +91,15 @@ async fn start_node(text: &str, dir: &Path) -> anyhow::Result<Node> {
     Ok(Node {
         url,
         state,
+        admin,
         stop: Some(stop),
     })
 }
 
-type Socket = sluice::client::ClientSocket;
+pub(crate) type Socket = sluice::client::ClientSocket;
 
-async fn client(node: &Node, ca: &[u8], token: &str) -> anyhow::Result<Socket> {
+/// A client of `node`'s tenant `demo`, past its `welcome`.
+pub(crate) async fn client(node: &Node, ca: &[u8], token: &str) -> anyhow::Result<Socket> {
     let opts = sluice::client::ClientOptions {
         ca_pem: ca.to_vec(),
         token: Some(token.to_owned()),
@@ -101,7 +113,8 @@ async fn client(node: &Node, ca: &[u8], token: &str) -> anyhow::Result<Socket> {
     Ok(s)
 }
 
-async fn next_json(s: &mut Socket) -> anyhow::Result<serde_json::Value> {
+/// The next text frame, as JSON.
+pub(crate) async fn next_json(s: &mut Socket) -> anyhow::Result<serde_json::Value> {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), s.next())
             .await
@@ -136,7 +149,8 @@ fn publish_msg(channel: &str, id: u64) -> Message {
     )
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` quantile of sorted durations.
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -16,7 +16,35 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The demo handlers, built if they are missing.
+/// The component of handler `name` in `lang` (js, python, c), built (or
+/// taken from its cache) by `handlers/build-lang`, which installs the
+/// language's pinned tools.
+pub fn lang_component(lang: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let script = repo_root().join("handlers/build-lang");
+    eprintln!("building the {lang} {name} handler with handlers/build-lang {lang} (cached)...");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(lang)
+        .stdin(Stdio::null())
+        .output()
+        .context("running handlers/build-lang")?;
+    if !output.status.success() {
+        std::io::stderr().write_all(&output.stderr)?;
+        bail!("handlers/build-lang {lang} failed");
+    }
+    // One line per handler: `<lang> <name> <path>`.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            (parts.next() == Some(lang) && parts.next() == Some(name))
+                .then(|| parts.next().map(PathBuf::from))
+                .flatten()
+        })
+        .with_context(|| format!("handlers/build-lang {lang} printed no {name} component"))
+}
+
+/// The demo handlers (echo, chat), built by `handlers/build` when needed.
 pub fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
     let release = repo_root().join("handlers/target/wasm32-wasip2/release");
     let (echo, chat) = (release.join("echo.wasm"), release.join("chat.wasm"));
