@@ -41,14 +41,14 @@ fn free_port() -> u16 {
 }
 
 /// A nats-server with JetStream on a loopback port, stopped on drop.
-struct Nats {
+pub(crate) struct Nats {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
 }
 
 impl Nats {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let mut nats = Self {
             child: None,
             port: free_port(),
@@ -110,7 +110,7 @@ impl Drop for Nats {
     }
 }
 
-fn cluster(nats: &Nats, node: &str) -> ClusterConfig {
+pub(crate) fn cluster(nats: &Nats, node: &str) -> ClusterConfig {
     ClusterConfig {
         nats_urls: vec![nats.url()],
         node: node.to_owned(),

@@ -828,3 +828,92 @@ async fn alpha_push(
     )
     .await
 }
+
+#[tokio::test]
+async fn in_a_fleet_a_push_on_one_node_serves_on_every_node() {
+    let nats = crate::cluster::Nats::start();
+    let node = |name: &'static str| {
+        let cluster = crate::cluster::cluster(&nats, name);
+        server(&[Capability::State, Capability::Log], move |c| {
+            c.cluster = Some(cluster);
+        })
+    };
+    let a = node("a").await;
+    let b = node("b").await;
+
+    // Pushed on a, served on b.
+    let (status, answer) = alpha_push(&a, "bot", handlers::ECHO, None, None).await;
+    assert_eq!(status, 201, "{answer}");
+    let token = b.token("alpha", "u1", "");
+    let mut on_b = b.connect("alpha", &token).await.expect("connect");
+    let served = async {
+        loop {
+            let answer = bot_answer(&mut on_b, "1").await;
+            if answer["type"] == "ack" {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("b serves a's push");
+    assert_eq!(answer["data"], json!({"mode": "ok"}));
+
+    // A second version pushed on b and promoted there serves on a.
+    let (status, _) = push(
+        &b,
+        ALPHA_MANAGER,
+        "alpha",
+        "bot",
+        &component(handlers::MISBEHAVE),
+        Some(vec![sample("bot", json!({"mode": "ok"}))]),
+        Some((Stage::Stable, None)),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let mut on_a = a.connect("alpha", &token).await.expect("connect");
+    let promoted = async {
+        loop {
+            if bot_answer(&mut on_a, "2").await["data"] == json!({"ok": true}) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), promoted)
+        .await
+        .expect("a serves b's promotion");
+
+    // Both nodes list the same versions, and the audit log is the fleet's.
+    let (_, list_a) = api(
+        &a,
+        "GET",
+        "/v1/tenants/alpha/handlers/bot",
+        OPERATOR,
+        Value::Null,
+    )
+    .await;
+    let (_, list_b) = api(
+        &b,
+        "GET",
+        "/v1/tenants/alpha/handlers/bot",
+        OPERATOR,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        list_a["routing"],
+        json!({"stable": 2, "canary": null, "shadow": null})
+    );
+    assert_eq!(list_a["routing"], list_b["routing"]);
+    assert_eq!(list_a["versions"].as_array().map(Vec::len), Some(2));
+    let (_, audit) = api(&a, "GET", "/v1/audit", OPERATOR, Value::Null).await;
+    let pushes = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "push" && e["outcome"] == "ok")
+        .count();
+    assert_eq!(pushes, 2, "{audit:#}");
+}

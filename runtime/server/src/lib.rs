@@ -139,7 +139,7 @@ impl ServerState {
             )),
             _ => None,
         };
-        let mut registry_store = None;
+        let mut registry_source = marketplace::Source::Memory;
         let (state, history): (Arc<dyn StateStore>, history::History) = match (state, &cluster) {
             (Some(st), _) => (st, history::History::in_memory()),
             // A node of a fleet keeps nothing of its own: handler state on
@@ -164,7 +164,11 @@ impl ServerState {
                     tracing::info!(data_dir = %dir.display(), keys = opened.state.len(),
                         channels = opened.channels.len(), pushed_handlers = opened.handlers.len(),
                         "durable store opened");
-                    registry_store = Some((opened.store.clone(), opened.handlers, opened.audit));
+                    registry_source = marketplace::Source::Durable((
+                        opened.store.clone(),
+                        opened.handlers,
+                        opened.audit,
+                    ));
                     (
                         durable_state::DurableState::new(opened.store.clone(), opened.state),
                         history::History::durable(opened.store, opened.channels, opened.unclean),
@@ -184,7 +188,11 @@ impl ServerState {
             .map_err(|e| problems.push(e))
             .ok()
             .flatten();
-        let registry = marketplace::Registry::open(sandbox.clone(), registry_store);
+        if let Some(c) = &cluster {
+            registry_source =
+                marketplace::Source::Fleet(c.registry.clone(), c.take_registry_records());
+        }
+        let registry = marketplace::Registry::open(sandbox.clone(), registry_source);
         let (tls, tenants) = load_parts(&config, &sandbox, &registry, None, problems).await?;
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(s.max_message_bytes))
@@ -222,6 +230,9 @@ impl ServerState {
         });
         if let Some(c) = &state.cluster {
             c.start_counts(Arc::downgrade(&state));
+            c.start_registry(Arc::downgrade(&state))
+                .await
+                .map_err(|e| ConfigErrors(vec![e]))?;
         }
         Ok(state)
     }

@@ -71,7 +71,11 @@ async fn start_node(text: &str, dir: &Path) -> anyhow::Result<Node> {
 pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyhow::Result<Node> {
     let mut config = Config::parse(text, dir)?;
     config.server.listen = "127.0.0.1:0".parse()?;
-    config.server.admin_listen = if admin { Some("127.0.0.1:0".parse()?) } else { None };
+    config.server.admin_listen = if admin {
+        Some("127.0.0.1:0".parse()?)
+    } else {
+        None
+    };
     config.server.max_connections_per_ip = 100_000;
     let demo = config.tenants.get_mut("demo").context("demo tenant")?;
     let l = &mut demo.limits;

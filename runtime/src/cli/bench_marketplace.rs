@@ -102,7 +102,9 @@ fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
 
 async fn push(node: &Node, bytes: &[u8], stage: Option<&str>) -> anyhow::Result<serde_json::Value> {
     let admin = node.admin.context("no admin listener")?.to_string();
-    let stage = stage.map(|s| serde_json::from_value(serde_json::json!(s))).transpose()?;
+    let stage = stage
+        .map(|s| serde_json::from_value(serde_json::json!(s)))
+        .transpose()?;
     let body = sluice::server::marketplace::client::push_body(bytes, None, stage, None);
     let (status, answer) = sluice::server::admin::request(
         &admin,
@@ -162,7 +164,9 @@ async fn measure(dir: &Path, echo: &Path, chat: &Path, opts: &Options) -> anyhow
         "Push to serving ({} pushes each, every one on a fresh server: verification and compile included):",
         opts.pushes
     );
-    println!("| component | size | push answered (median) | first message served (median) | verification alone (median) |");
+    println!(
+        "| component | size | push answered (median) | first message served (median) | verification alone (median) |"
+    );
     println!("|---|---|---|---|---|");
     let mut components = vec![("Rust chat", chat.to_owned())];
     if let Some(js) = &opts.js_chat {
@@ -186,7 +190,9 @@ async fn measure(dir: &Path, echo: &Path, chat: &Path, opts: &Options) -> anyhow
             if answer["type"] != "ack" {
                 bail!("the first message was not served: {answer}");
             }
-            verified.push(Duration::from_millis(pushed["report"]["took_ms"].as_u64().unwrap_or(0)));
+            verified.push(Duration::from_millis(
+                pushed["report"]["took_ms"].as_u64().unwrap_or(0),
+            ));
         }
         for v in [&mut answered, &mut served, &mut verified] {
             v.sort();
@@ -239,7 +245,9 @@ async fn measure(dir: &Path, echo: &Path, chat: &Path, opts: &Options) -> anyhow
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    println!("| stable only / with shadow | msg/s (median) | p50 | p99 | process CPU per message |");
+    println!(
+        "| stable only / with shadow | msg/s (median) | p50 | p99 | process CPU per message |"
+    );
     println!("|---|---|---|---|---|");
     for (i, name) in ["stable only", "stable + shadow"].into_iter().enumerate() {
         let r = &mut rows[i];
@@ -279,7 +287,10 @@ async fn promote(admin: &str, version: u64, stage: &str) -> anyhow::Result<()> {
     )
     .await?;
     if status != 200 {
-        bail!("promote refused ({status}): {}", String::from_utf8_lossy(&answer));
+        bail!(
+            "promote refused ({status}): {}",
+            String::from_utf8_lossy(&answer)
+        );
     }
     Ok(())
 }
@@ -296,7 +307,12 @@ fn cpu_seconds() -> f64 {
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 

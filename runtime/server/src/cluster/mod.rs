@@ -21,6 +21,7 @@ pub mod broker;
 pub mod caps;
 pub mod history;
 pub mod presence;
+pub mod registry;
 pub mod state;
 pub mod subject;
 
@@ -62,6 +63,11 @@ pub struct Cluster {
     pub presence: Arc<presence::FleetPresence>,
     /// Other nodes' connection counts (the caps across the fleet).
     pub counts: Arc<caps::FleetCounts>,
+    /// Pushed handlers across the fleet.
+    pub registry: Arc<registry::FleetRegistry>,
+    /// The pushed handlers' records read at connect, taken once by the
+    /// server state.
+    registry_records: std::sync::Mutex<Vec<(String, String, Vec<u8>)>>,
     prefix: String,
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     client: async_nats::Client,
@@ -160,6 +166,8 @@ impl Cluster {
             cluster.replicas,
         )
         .await?;
+        let (registry, registry_records) =
+            registry::FleetRegistry::open(&js, &cluster.prefix, cluster.replicas).await?;
         let history = Arc::new(ClusterHistory::new(
             js,
             stream,
@@ -175,6 +183,8 @@ impl Cluster {
             state,
             presence,
             counts: Arc::default(),
+            registry,
+            registry_records: std::sync::Mutex::new(registry_records),
             prefix: cluster.prefix.clone(),
             tasks: std::sync::Mutex::default(),
             client,
@@ -193,6 +203,50 @@ impl Cluster {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(tasks);
+    }
+
+    /// The pushed handlers' records as read at connect (once).
+    pub fn take_registry_records(&self) -> Vec<(String, String, Vec<u8>)> {
+        std::mem::take(
+            &mut *self
+                .registry_records
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Start following the fleet's pushed handlers (records and audit log)
+    /// into `state`'s registry.
+    pub async fn start_registry(
+        &self,
+        state: std::sync::Weak<crate::ServerState>,
+    ) -> Result<(), String> {
+        let weak = state.clone();
+        let records = self
+            .registry
+            .watch_records(move |(key, value)| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    if let Some(s) = weak.upgrade() {
+                        let config = s.tenant(&key.0).and_then(|t| t.config.managed.clone());
+                        s.registry.apply_remote(key, value, config).await;
+                    }
+                })
+            })
+            .await?;
+        let audit = self
+            .registry
+            .follow_audit(move |seq, bytes| {
+                if let Some(s) = state.upgrade() {
+                    s.registry.audit.insert(seq, &bytes);
+                }
+            })
+            .await?;
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend([records, audit]);
+        Ok(())
     }
 
     /// Whether NATS is reachable now.
@@ -218,7 +272,7 @@ impl Cluster {
 
 /// A KV bucket of the fleet: the existing one, or a new one made with
 /// `config` (its settings apply only when this node creates it).
-async fn open_bucket(
+pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     config: jetstream::kv::Config,
 ) -> Result<jetstream::kv::Store, String> {

@@ -237,11 +237,6 @@ pub async fn respond(req: Request<Incoming>, from: SocketAddr, state: &Arc<Serve
             .refuse(403, "forbidden", "this token manages another tenant")
             .await;
     }
-    if state.cluster.is_some() {
-        return call
-            .refuse(501, "not_in_cluster_mode", "pushed handlers are not available in cluster mode yet: configure handlers in the config file")
-            .await;
-    }
     let Some(tenant) = state.tenant(&tenant_id) else {
         return call.refuse(404, "no_such_tenant", "no such tenant").await;
     };

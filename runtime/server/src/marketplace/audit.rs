@@ -101,16 +101,42 @@ impl AuditLog {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.0 += 1;
         entry.seq = inner.0;
-        tracing::info!(target: "sluice::audit", seq = entry.seq, actor = %entry.actor, from = %entry.from,
-            action = %entry.action, tenant = entry.tenant.as_deref().unwrap_or(""),
-            handler = entry.handler.as_deref().unwrap_or(""), outcome = %entry.outcome,
-            detail = %entry.detail, "management request");
+        log(&entry);
         let bytes = serde_json::to_vec(&entry).unwrap_or_default();
         if inner.1.len() == MAX_IN_MEMORY {
             inner.1.pop_front();
         }
         inner.1.push_back(entry);
         (inner.0, bytes)
+    }
+
+    /// Log `entry` and encode it, without keeping it (cluster mode: the
+    /// fleet's audit stream numbers it, and [`AuditLog::insert`] keeps it).
+    pub fn encode(entry: &AuditEntry) -> Vec<u8> {
+        log(entry);
+        serde_json::to_vec(entry).unwrap_or_default()
+    }
+
+    /// Keep an entry numbered elsewhere (the fleet's audit stream), in order.
+    pub fn insert(&self, seq: u64, bytes: &[u8]) {
+        let Ok(mut entry) = serde_json::from_slice::<AuditEntry>(bytes) else {
+            return;
+        };
+        entry.seq = seq;
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if seq <= inner.0 {
+            return;
+        }
+        inner.0 = seq;
+        if inner.1.len() == MAX_IN_MEMORY {
+            inner.1.pop_front();
+        }
+        inner.1.push_back(entry);
+    }
+
+    /// The highest sequence number kept.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).0
     }
 
     /// Entries `actor` may read (a tenant: its own), about `tenant` when
@@ -133,6 +159,13 @@ impl AuditLog {
         out.reverse();
         out
     }
+}
+
+fn log(entry: &AuditEntry) {
+    tracing::info!(target: "sluice::audit", actor = %entry.actor, from = %entry.from,
+        action = %entry.action, tenant = entry.tenant.as_deref().unwrap_or(""),
+        handler = entry.handler.as_deref().unwrap_or(""), outcome = %entry.outcome,
+        detail = %entry.detail, "management request");
 }
 
 /// Now, ms since the Unix epoch.

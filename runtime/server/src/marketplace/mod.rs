@@ -36,6 +36,22 @@ enum Storage {
     Memory(Mutex<HashMap<String, Arc<Vec<u8>>>>),
     /// In the durable store.
     Durable(Arc<sluice_store::Store>),
+    /// On NATS: every node of the fleet shares it.
+    Fleet(Arc<crate::cluster::registry::FleetRegistry>),
+}
+
+/// Where a registry keeps what it holds, with what it read back.
+pub enum Source {
+    /// In memory.
+    Memory,
+    /// The durable store.
+    Durable(RegistryStore),
+    /// The fleet's buckets (cluster mode), with the records as they were
+    /// at connect.
+    Fleet(
+        Arc<crate::cluster::registry::FleetRegistry>,
+        Vec<(String, String, Vec<u8>)>,
+    ),
 }
 
 /// The durable store and what it read back for the registry: pushed
@@ -110,24 +126,30 @@ pub struct Pushed {
 }
 
 impl Registry {
-    /// A registry over the durable store `store` (with what it read back),
-    /// or in memory.
-    pub fn open(sandbox: Sandbox, store: Option<RegistryStore>) -> Self {
+    /// A registry over `source`.
+    pub fn open(sandbox: Sandbox, source: Source) -> Self {
         let mut records = BTreeMap::new();
-        let (storage, audit) = match store {
-            Some((store, handlers, audit)) => {
-                for (tenant, name, bytes) in handlers {
-                    match serde_json::from_slice::<Record>(&bytes) {
-                        Ok(r) => {
-                            records.insert((tenant, name), r);
-                        }
-                        Err(e) => tracing::error!(%tenant, handler = %name, error = %e,
-                            "a pushed handler's record could not be read; it is not served"),
+        let mut read = |handlers: Vec<(String, String, Vec<u8>)>| {
+            for (tenant, name, bytes) in handlers {
+                match serde_json::from_slice::<Record>(&bytes) {
+                    Ok(r) => {
+                        records.insert((tenant, name), r);
                     }
+                    Err(e) => tracing::error!(%tenant, handler = %name, error = %e,
+                        "a pushed handler's record could not be read; it is not served"),
                 }
+            }
+        };
+        let (storage, audit) = match source {
+            Source::Durable((store, handlers, audit)) => {
+                read(handlers);
                 (Storage::Durable(store), AuditLog::read_back(&audit))
             }
-            None => (Storage::Memory(Mutex::default()), AuditLog::default()),
+            Source::Fleet(fleet, handlers) => {
+                read(handlers);
+                (Storage::Fleet(fleet), AuditLog::default())
+            }
+            Source::Memory => (Storage::Memory(Mutex::default()), AuditLog::default()),
         };
         Self {
             sandbox,
@@ -138,9 +160,57 @@ impl Registry {
         }
     }
 
+    /// A change another node made (or this node's own, seen again): keep
+    /// the record and serve what it routes (with `config`, the tenant's
+    /// managed settings here).
+    pub async fn apply_remote(
+        &self,
+        key: (String, String),
+        value: Option<Vec<u8>>,
+        config: Option<ManagedConfig>,
+    ) {
+        let mut records = self.records.lock().await;
+        let Some(bytes) = value else {
+            if records.remove(&key).is_some()
+                && let Some(config) = &config
+            {
+                self.slot_for_change(&key.0, &key.1, Serving::default(), config);
+            }
+            return;
+        };
+        let record = match serde_json::from_slice::<Record>(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(tenant = %key.0, handler = %key.1, error = %e,
+                    "a pushed handler's record from the fleet could not be read");
+                return;
+            }
+        };
+        let known = records
+            .get(&key)
+            .and_then(|r| serde_json::to_vec(r).ok())
+            .is_some_and(|b| b == bytes);
+        if known {
+            return;
+        }
+        if let Some(config) = &config {
+            match self
+                .load_routing(&key.0, &key.1, config, Some(&record), &record.routing, None)
+                .await
+            {
+                Ok(serving) => self.slot_for_change(&key.0, &key.1, serving, config),
+                Err(problems) => {
+                    tracing::error!(tenant = %key.0, handler = %key.1, problems = %problems.join("; "),
+                        "a pushed handler changed on another node does not load here; the previous versions keep serving");
+                }
+            }
+        }
+        records.insert(key, record);
+    }
+
     /// Whether changes survive a restart.
     pub fn durable(&self) -> bool {
-        matches!(self.storage, Storage::Durable(_))
+        matches!(self.storage, Storage::Durable(_) | Storage::Fleet(_))
     }
 
     /// The slot of a pushed handler, ready for the tenant's current managed
@@ -337,8 +407,7 @@ impl Registry {
             .map_err(|p| Refusal::new(500, "load_failed", p.join("; ")))?;
         let dropped = self.unreferenced(&records, &key, &record, &forgotten);
         self.write(&key, Some(&record), Some((&digest, bytes)), dropped)
-            .await
-            .map_err(|e| Refusal::new(503, "store_failed", e))?;
+            .await?;
         self.slot_for_change(&tenant.id, name, serving, config);
         let routing = record.routing;
         records.insert(key, record);
@@ -404,9 +473,7 @@ impl Registry {
                     .map(|x| x.digest.clone())
                     .collect();
                 let dropped = self.unreferenced(&records, &key, &record, &forgotten);
-                self.write(&key, Some(&record), None, dropped)
-                    .await
-                    .map_err(|e| Refusal::new(503, "store_failed", e))?;
+                self.write(&key, Some(&record), None, dropped).await?;
                 let routing = record.routing;
                 records.insert(key, record);
                 Ok(Some(routing))
@@ -416,9 +483,7 @@ impl Registry {
                 let forgotten: Vec<String> =
                     record.versions.iter().map(|v| v.digest.clone()).collect();
                 let dropped = self.unreferenced(&records, &key, &empty, &forgotten);
-                self.write(&key, None, None, dropped)
-                    .await
-                    .map_err(|e| Refusal::new(503, "store_failed", e))?;
+                self.write(&key, None, None, dropped).await?;
                 records.remove(&key);
                 self.slot_for_change(tenant, name, Serving::default(), config);
                 Ok(None)
@@ -443,9 +508,7 @@ impl Registry {
             .load_routing(tenant, name, config, Some(&record), &record.routing, None)
             .await
             .map_err(|p| Refusal::new(500, "load_failed", p.join("; ")))?;
-        self.write(&key, Some(&record), None, Vec::new())
-            .await
-            .map_err(|e| Refusal::new(503, "store_failed", e))?;
+        self.write(&key, Some(&record), None, Vec::new()).await?;
         self.slot_for_change(tenant, name, serving, config);
         let routing = record.routing;
         records.insert(key, record);
@@ -579,6 +642,7 @@ impl Registry {
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("component {digest} is missing from the store"))
             }
+            Storage::Fleet(fleet) => fleet.component(digest).await,
         }
     }
 
@@ -591,7 +655,8 @@ impl Registry {
         record: Option<&Record>,
         component: Option<(&str, Vec<u8>)>,
         forget: Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
+        let failed = |e: String| Refusal::new(503, "store_failed", e);
         match &self.storage {
             Storage::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
@@ -605,7 +670,7 @@ impl Registry {
             }
             Storage::Durable(store) => {
                 let record = match record {
-                    Some(r) => Some(serde_json::to_vec(r).map_err(|e| e.to_string())?),
+                    Some(r) => Some(serde_json::to_vec(r).map_err(|e| failed(e.to_string()))?),
                     None => None,
                 };
                 let write = sluice_store::RegistryWrite {
@@ -619,11 +684,28 @@ impl Registry {
                 store
                     .reserve()
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| failed(e.to_string()))?
                     .registry(write)
                     .wait()
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| failed(e.to_string()))
+            }
+            Storage::Fleet(fleet) => {
+                let record = match record {
+                    Some(r) => Some(serde_json::to_vec(r).map_err(|e| failed(e.to_string()))?),
+                    None => None,
+                };
+                fleet
+                    .write(key, record, component, forget)
+                    .await
+                    .map_err(|e| match e {
+                        crate::cluster::registry::WriteError::Conflict => Refusal::new(
+                            409,
+                            "conflict",
+                            "the handler was changed on another node at the same moment: try again",
+                        ),
+                        crate::cluster::registry::WriteError::Failed(e) => failed(e),
+                    })
             }
         }
     }
@@ -631,6 +713,24 @@ impl Registry {
     /// Record an audit entry (kept in memory, and on disk with a durable
     /// store).
     pub async fn record_audit(&self, entry: AuditEntry) {
+        if let Storage::Fleet(fleet) = &self.storage {
+            // The fleet's stream numbers it; this node keeps it once its
+            // follower has it (waited for, so a read right after sees it).
+            match fleet.audit(AuditLog::encode(&entry)).await {
+                Ok(seq) => {
+                    let waited = std::time::Instant::now();
+                    while self.audit.last_seq() < seq
+                        && waited.elapsed() < std::time::Duration::from_secs(2)
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an audit entry could not be written to NATS")
+                }
+            }
+            return;
+        }
         let (seq, bytes) = self.audit.push(entry);
         if let Storage::Durable(store) = &self.storage {
             let write = sluice_store::RegistryWrite {
