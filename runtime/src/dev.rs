@@ -446,6 +446,7 @@ mod tests {
         assert_eq!(mode(&dir.join("key.pem")), 0o600);
         assert_eq!(mode(&dir.join("secret.key")), 0o600);
         assert_eq!(mode(&dir.join("admin.token")), 0o600);
+        assert_eq!(mode(&dir.join(DEMO_MANAGE_TOKEN)), 0o600);
         // Public files stay readable: only secrets are private.
         assert_ne!(mode(&dir.join("cert.pem")) & 0o044, 0);
         assert_ne!(mode(&config) & 0o044, 0);
@@ -475,6 +476,7 @@ mod tests {
             [
                 "admin.token",
                 "cert.pem",
+                "demo-manage.token",
                 "key.pem",
                 "secret.key",
                 "sluice.toml"
