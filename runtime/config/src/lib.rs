@@ -32,8 +32,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
 /// Largest single frame.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 10;
-/// Initial read buffer per connection (tungstenite's default is 128 KiB).
-pub const DEFAULT_READ_BUFFER_BYTES: usize = 4 << 10;
+/// Read buffer per connection, and the most tungstenite reads from TLS at
+/// once (its default is 128 KiB). It zero-fills up to this much before
+/// every read, including the one that finds the socket empty, so a small
+/// buffer is cheaper per message (bench/instructions-per-message: 52,443
+/// instructions per echo message at 4 KiB, 46,890 at 1 KiB) and per idle
+/// connection; a larger message is read in more steps from rustls'
+/// plaintext buffer, without more syscalls.
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 1 << 10;
 /// Bytes buffered before a write reaches the socket.
 pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 16 << 10;
 /// Bytes of outbound frames queued for one connection before it is

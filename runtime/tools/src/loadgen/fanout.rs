@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::probe::Probe;
 use super::{
     FrameKind, LatencySummary, Target, TargetArgs, classify, new_histogram, parse_duration,
     thousands,
@@ -81,6 +82,9 @@ pub struct FanoutReport {
     pub last_delivery_latency: LatencySummary,
     /// Broadcasts per second asked for (0: one at a time).
     pub rate: f64,
+    /// The server's CPU time (user + system) per delivery, from the first
+    /// publish to the end (`--server-pid`), microseconds.
+    pub server_cpu_us_per_delivery: Option<f64>,
 }
 
 /// The broadcast number in an event's text (`"b<k>"`).
@@ -192,6 +196,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             (delivery, last, deliveries, complete, last_at)
         })
     };
+    let probe = target.server_pid.map(Probe::new).transpose()?;
+    let cpu_before = probe.as_ref().map(Probe::read).transpose()?;
     let first_publish = Instant::now();
     let every = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let mut due = first_publish;
@@ -243,6 +249,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     ack_reader.abort();
     let (delivery, last, deliveries, complete, last_at) =
         collector.await.context("collector panicked")?;
+    let cpu_after = probe.as_ref().map(Probe::read).transpose()?;
+    let server_cpu_us_per_delivery = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if deliveries > 0 => {
+            Some(a.cpu.saturating_sub(b.cpu).as_secs_f64() * 1e6 / deliveries as f64)
+        }
+        _ => None,
+    };
     let seconds = last_at
         .map(|t| t.saturating_duration_since(first_publish).as_secs_f64())
         .unwrap_or(0.0);
@@ -261,6 +274,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         delivery_latency: LatencySummary::of(&delivery),
         last_delivery_latency: LatencySummary::of(&last),
         rate: args.rate,
+        server_cpu_us_per_delivery,
     })
 }
 
@@ -286,6 +300,9 @@ pub fn print_human(r: &FanoutReport) {
     );
     println!("  each delivery:      {}", r.delivery_latency.line());
     println!("  last of broadcast:  {}", r.last_delivery_latency.line());
+    if let Some(cpu) = r.server_cpu_us_per_delivery {
+        println!("  server CPU:         {cpu:.2} us per delivery");
+    }
 }
 
 #[cfg(test)]
