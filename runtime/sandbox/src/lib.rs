@@ -166,7 +166,7 @@ impl Sandbox {
         if !problems.is_empty() {
             return Err(LoadError::InvalidLimits(problems));
         }
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = digest(&bytes);
         let component = self.compile(&digest, bytes).await?;
 
         // Size the limits the configuration left unset for what the
@@ -278,6 +278,12 @@ fn engine_config(config: &SandboxConfig) -> anyhow::Result<Config> {
         ));
     }
     Ok(cfg)
+}
+
+/// SHA-256 of a component's bytes, in hex: what [`Handler::digest`] says
+/// and what compiled components are cached by.
+pub fn digest(component: &[u8]) -> String {
+    hex(&Sha256::digest(component))
 }
 
 fn hex(bytes: &[u8]) -> String {

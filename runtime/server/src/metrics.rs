@@ -315,16 +315,8 @@ pub fn render(state: &ServerState) -> String {
         if t.config.managed.is_some() {
             for slot in state.registry.slots_of(id) {
                 let serving = slot.serving();
-                let mut loaded: Vec<&crate::marketplace::Loaded> = [
-                    serving.stable.as_ref(),
-                    serving.canary.as_ref().map(|(l, _)| l),
-                    serving.shadow.as_ref(),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
+                let mut loaded: Vec<_> = serving.loaded().collect();
                 loaded.sort_by_key(|l| l.version);
-                loaded.dedup_by_key(|l| l.version);
                 for l in loaded {
                     handlers.push((
                         format!(

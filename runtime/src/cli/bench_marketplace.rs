@@ -297,23 +297,9 @@ async fn promote(admin: &str, version: u64, stage: &str) -> anyhow::Result<()> {
 
 /// This process's CPU time (user + system), seconds.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which ends with ')'): utime is the
-    // 12th, stime the 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    sluice::loadgen::probe::Probe::new(std::process::id())
+        .and_then(|p| p.read())
+        .map_or(0.0, |r| r.cpu.as_secs_f64())
 }
 
 /// `connections` clients, each on its own room, sending `chat.send` one at

@@ -499,16 +499,11 @@ async fn show(state: &ServerState, tenant: &Tenant, name: &str) -> Resp {
     let slot = state.registry.existing_slot(&tenant.id, name);
     let serving = slot.as_ref().map(|s| s.serving());
     let stats = |v: u32| {
-        let s = serving.as_ref()?;
-        [
-            s.stable.as_ref(),
-            s.canary.as_ref().map(|(l, _)| l),
-            s.shadow.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|l| l.version == v)
-        .map(|l| l.handler.stats())
+        serving
+            .as_ref()?
+            .loaded()
+            .find(|l| l.version == v)
+            .map(|l| l.handler.stats())
     };
     let versions: Vec<Value> = record
         .versions

@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use sha2::{Digest as _, Sha256};
 use sluice_config::ManagedConfig;
 use sluice_sandbox::{Handler, HandlerSpec, Sandbox};
 
@@ -324,7 +323,7 @@ impl Registry {
         actor: &Actor,
     ) -> Result<Pushed, Refusal> {
         let key = (tenant.id.clone(), name.to_owned());
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = sluice_sandbox::digest(&bytes);
         let mut records = self.records.lock().await;
         if let Some(v) = records
             .get(&key)
@@ -784,6 +783,25 @@ pub struct Serving {
     pub shadow: Option<Loaded>,
 }
 
+impl Serving {
+    /// Every loaded version (stable, canary, shadow), each once.
+    pub fn loaded(&self) -> impl Iterator<Item = &Loaded> {
+        let mut seen = Vec::with_capacity(3);
+        [
+            self.stable.as_ref(),
+            self.canary.as_ref().map(|(l, _)| l),
+            self.shadow.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(move |l| {
+            let first = !seen.contains(&l.version);
+            seen.push(l.version);
+            first
+        })
+    }
+}
+
 /// What a message (or a lifecycle call) of one connection runs on.
 pub struct Picked {
     /// The version that answers.
@@ -847,16 +865,10 @@ impl Slot {
     }
 
     fn loaded(&self, version: u32) -> Option<Handler> {
-        let s = self.serving();
-        [
-            s.stable.as_ref(),
-            s.canary.as_ref().map(|(l, _)| l),
-            s.shadow.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|l| l.version == version)
-        .map(|l| l.handler.clone())
+        self.serving()
+            .loaded()
+            .find(|l| l.version == version)
+            .map(|l| l.handler.clone())
     }
 
     /// The version connection `conn_id` runs on: the canary for a fixed
@@ -886,14 +898,4 @@ impl Slot {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) % 100
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
