@@ -430,6 +430,37 @@ async fn reuse_keeps_instance_memory_and_fresh_does_not() {
 }
 
 #[tokio::test]
+async fn fresh_instances_made_ahead_are_each_called_once() {
+    let sandbox = sandbox();
+    let limits = HandlerLimits {
+        ready_instances: 2,
+        ..Default::default()
+    };
+    let spec = HandlerSpec::new("misbehave", "t1")
+        .isolation(Isolation::Fresh)
+        .limits(limits)
+        .grant(all_caps());
+    let handler = load(&sandbox, handlers::MISBEHAVE, spec).await;
+    for call in 1..=6u64 {
+        let out = misbehave(&handler, "count").await.expect("count");
+        // A never-called instance every time, whether it was made ahead on
+        // the background thread or on this call's path.
+        assert_eq!(reply_json(&out.actions), json!({"count": 1}), "call {call}");
+        assert!(out.report.instantiated, "call {call}");
+        // The next instances are made while the caller goes on.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handler.idle_instances() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no instance was made ahead after call {call}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(handler.stats().instances_created >= call + 2, "call {call}");
+    }
+}
+
+#[tokio::test]
 async fn a_trapped_instance_is_discarded_in_reuse_mode() {
     let sandbox = sandbox();
     let spec = HandlerSpec::new("misbehave", "t1").grant(all_caps());

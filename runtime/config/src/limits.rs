@@ -80,6 +80,11 @@ pub const DEFAULT_QUARANTINE_FOR: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
 /// Warm instances kept per handler in `reuse` mode.
 pub const DEFAULT_MAX_IDLE_INSTANCES: usize = 8;
+/// Instances made ahead of calls per handler in `fresh` mode: none, each
+/// call makes its own. Making them on a background thread (and tearing used
+/// ones down there) cost more CPU per message than it saved on a 2-core
+/// machine, where no core is ever idle under load (README, Performance).
+pub const DEFAULT_READY_INSTANCES: usize = 0;
 
 /// How often the epoch ticks: the resolution of call deadlines, and the
 /// longest a running handler holds an async worker before it yields.
@@ -226,6 +231,10 @@ pub struct HandlerLimits {
     pub max_concurrency: usize,
     /// Warm instances kept in `reuse` mode ([`DEFAULT_MAX_IDLE_INSTANCES`]).
     pub max_idle_instances: usize,
+    /// Never-called instances made ahead of calls, off the call path, in
+    /// `fresh` mode ([`DEFAULT_READY_INSTANCES`]); 0 makes each call's
+    /// instance on its own path.
+    pub ready_instances: usize,
     /// Which of `fuel`, `deadline_ms` and `memory_bytes` the configuration
     /// set explicitly (filled by the config loader). A limit that is neither
     /// set nor changed from its default is sized for the component at load
@@ -299,6 +308,7 @@ impl Default for HandlerLimits {
             quarantine_for: DEFAULT_QUARANTINE_FOR,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             max_idle_instances: DEFAULT_MAX_IDLE_INSTANCES,
+            ready_instances: DEFAULT_READY_INSTANCES,
             explicit: ExplicitLimits::default(),
         }
     }

@@ -1,8 +1,10 @@
 //! A loaded handler and the calls into it: instance reuse or a fresh
-//! instance per call, per-call budgets, commit-on-success, quarantine.
+//! instance per call (made ahead of the call, torn down after it, both on
+//! the sandbox's background thread), per-call budgets, commit-on-success,
+//! quarantine.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -10,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
+use super::background::Background;
 use super::bindings;
 use super::bindings::sluice::handler::types::{Connection, Message};
 use super::call::{
@@ -38,7 +41,13 @@ struct Inner {
     digest: String,
     shared: Arc<HandlerShared>,
     fuel: bool,
+    /// `reuse`: warm instances between calls.
     idle: Mutex<Vec<Instance>>,
+    /// `fresh`: never-called instances made ahead of calls.
+    ready: Mutex<Vec<Instance>>,
+    /// `fresh`: instances being made for `ready`.
+    making: AtomicUsize,
+    background: Arc<Background>,
     permits: Semaphore,
     breaker: Mutex<Breaker>,
     stats: Stats,
@@ -108,6 +117,7 @@ impl Handler {
         digest: String,
         state: Arc<dyn StateStore>,
         fuel: bool,
+        background: Arc<Background>,
     ) -> Self {
         let shared = Arc::new(HandlerShared {
             tenant: Arc::from(spec.tenant.as_str()),
@@ -128,6 +138,9 @@ impl Handler {
                 shared,
                 fuel,
                 idle: Mutex::new(Vec::new()),
+                ready: Mutex::new(Vec::new()),
+                making: AtomicUsize::new(0),
+                background,
                 permits,
                 breaker: Mutex::new(breaker),
                 stats: Stats {
@@ -153,13 +166,14 @@ impl Handler {
         &self.inner.digest
     }
 
-    /// Warm instances waiting for the next call (`reuse` mode).
+    /// Instances waiting for the next call: warm ones (`reuse`), or
+    /// never-called ones made ahead (`fresh`).
     pub fn idle_instances(&self) -> usize {
-        self.inner
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        let pool = match self.inner.spec.isolation {
+            Isolation::Reuse => &self.inner.idle,
+            Isolation::Fresh => &self.inner.ready,
+        };
+        pool.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Counters since load.
@@ -271,16 +285,18 @@ impl Handler {
         // The budget starts once the call may run: waiting for a permit is
         // not the handler's time.
         let clock = CallClock::new(inner.spec.limits.deadline);
-        let reused = match inner.spec.isolation {
-            Isolation::Reuse => inner
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop(),
-            Isolation::Fresh => None,
+        let (made, pool) = match inner.spec.isolation {
+            Isolation::Reuse => (false, &inner.idle),
+            Isolation::Fresh => (true, &inner.ready),
         };
-        let mut instance = match reused {
+        let waiting = pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        if made {
+            // Make the next call's instance while this one runs.
+            self.make_ready();
+        }
+        let mut instance = match waiting {
             Some(mut instance) => {
+                report.instantiated = made;
                 self.begin(&mut instance.store, clock.clone());
                 instance
             }
@@ -357,11 +373,19 @@ impl Handler {
             Ok(_) => true,
             Err(kind) => !kind.poisons_instance(),
         };
-        if keep && inner.spec.isolation == Isolation::Reuse {
-            let mut idle = inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < inner.spec.limits.max_idle_instances {
-                idle.push(instance);
+        match inner.spec.isolation {
+            Isolation::Reuse if keep => {
+                let mut idle = inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < inner.spec.limits.max_idle_instances {
+                    idle.push(instance);
+                }
             }
+            Isolation::Reuse => {}
+            // Resetting its memory slot is not this call's time.
+            Isolation::Fresh if inner.spec.limits.ready_instances > 0 => {
+                inner.background.drop_later(instance)
+            }
+            Isolation::Fresh => drop(instance),
         }
         match outcome {
             Ok(actions) => {
@@ -371,6 +395,53 @@ impl Handler {
             }
             Err(kind) => Err(self.finish_err(kind, report)),
         }
+    }
+
+    /// Start making instances for `ready` on the background thread, up to
+    /// `ready_instances` there or on their way. An instance that fails to
+    /// start is not retried here: the next call makes its own and reports
+    /// why.
+    fn make_ready(&self) {
+        let inner = &*self.inner;
+        let target = inner.spec.limits.ready_instances;
+        if target == 0 {
+            return;
+        }
+        let ready = inner
+            .ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        while ready + inner.making.fetch_add(1, Ordering::AcqRel) < target {
+            self.make_one_ready();
+        }
+        inner.making.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn make_one_ready(&self) {
+        let handler = Arc::downgrade(&self.inner);
+        self.inner.background.spawn(async move {
+            let Some(inner) = handler.upgrade() else {
+                return;
+            };
+            let handler = Handler { inner };
+            let inner = &*handler.inner;
+            let made = handler
+                .instantiate(CallClock::new(inner.spec.limits.deadline))
+                .await;
+            if let Ok(instance) = made {
+                inner
+                    .stats
+                    .instances_created
+                    .fetch_add(1, Ordering::Relaxed);
+                inner
+                    .ready
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(instance);
+            }
+            inner.making.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     fn new_store(&self) -> Store<CallCtx> {

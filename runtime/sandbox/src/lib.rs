@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod background;
 mod bindings;
 mod call;
 mod capabilities;
@@ -41,6 +42,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use background::Background;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
@@ -97,6 +99,8 @@ struct SandboxInner {
     /// Compiled components by SHA-256 of their bytes: a component loaded
     /// twice (several tenants, a reload) is compiled once.
     compiled: Mutex<HashMap<String, Component>>,
+    /// Where `fresh` instances are made and torn down.
+    background: Arc<Background>,
     _ticker: EpochTicker,
 }
 
@@ -124,6 +128,7 @@ impl Sandbox {
                 config,
                 state,
                 compiled: Mutex::new(HashMap::new()),
+                background: Arc::new(Background::start().context("starting the instance thread")?),
                 _ticker: ticker,
             }),
         })
@@ -210,6 +215,7 @@ impl Sandbox {
                 digest,
                 self.inner.state.clone(),
                 config.fuel,
+                self.inner.background.clone(),
             )),
             Err(e) => {
                 problems.push(format!("{e:#}"));

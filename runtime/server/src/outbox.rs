@@ -2,12 +2,18 @@
 //! its bytes shared by every receiver (`Utf8Bytes` clones are
 //! reference-counted). A queue that would grow past its byte bound marks its
 //! connection as a slow consumer, which the session then closes (1013).
+//!
+//! One allocation per connection holds the queue and its counters, and an
+//! empty queue holds no frame slots: an idle connection's queue costs ~150
+//! bytes (tokio's unbounded channel allocated a block of 32 slots, ~1.2 KB,
+//! for every connection).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sluice_protocol::CloseReason;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What a connection's writer sends.
@@ -21,61 +27,179 @@ pub enum Outgoing {
     Close(CloseReason),
 }
 
-/// The sending side of one connection's outbound queue, bounded in bytes.
-#[derive(Clone, Debug)]
-pub struct Outbox {
-    tx: mpsc::UnboundedSender<Outgoing>,
-    queued: Arc<AtomicUsize>,
+struct Shared {
+    frames: Mutex<VecDeque<Outgoing>>,
+    /// Wakes the writer: a frame was queued, or the last sender went.
+    frame_queued: Notify,
+    /// Bytes of text frames queued and not yet written.
+    queued: AtomicUsize,
     max_bytes: usize,
-    overflowed: Arc<AtomicBool>,
-    wake: Arc<Notify>,
+    overflowed: AtomicBool,
+    /// Wakes the session once the queue has overflowed.
+    overflow: Notify,
+    /// [`Outbox`] clones alive.
+    senders: AtomicUsize,
+    /// The writer is gone: nothing more is queued.
+    reader_gone: AtomicBool,
+}
+
+impl Shared {
+    fn frames(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
+        self.frames.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, frame: Outgoing) -> bool {
+        if self.reader_gone.load(Ordering::Acquire) {
+            return false;
+        }
+        self.frames().push_back(frame);
+        self.frame_queued.notify_one();
+        true
+    }
+}
+
+/// The sending side of one connection's outbound queue, bounded in bytes.
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.frame_queued.notify_one();
+        }
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queued_bytes", &self.queued_bytes())
+            .field("max_bytes", &self.shared.max_bytes)
+            .finish()
+    }
 }
 
 /// The receiving side, owned by the connection's writer.
 pub struct OutboxReader {
     /// Frames to write.
-    pub rx: mpsc::UnboundedReceiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
+    pub rx: Frames,
+}
+
+/// The frames of one connection's queue, in the order they were queued.
+pub struct Frames {
+    shared: Arc<Shared>,
+}
+
+/// [`Frames::try_recv`] found nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Empty;
+
+impl Frames {
+    /// The next frame, waiting for one; `None` once the queue is empty and
+    /// every [`Outbox`] is gone.
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        loop {
+            // Registered before the check: a frame queued in between still
+            // wakes it.
+            let queued = self.shared.frame_queued.notified();
+            if let Ok(frame) = self.pop() {
+                return Some(frame);
+            }
+            if self.shared.senders.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            queued.await;
+        }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Result<Outgoing, Empty> {
+        self.pop()
+    }
+
+    fn pop(&self) -> Result<Outgoing, Empty> {
+        let mut frames = self.shared.frames();
+        let frame = frames.pop_front().ok_or(Empty)?;
+        // A burst's slots are given back once it has been written.
+        if frames.is_empty() && frames.capacity() > IDLE_SLOTS {
+            *frames = VecDeque::new();
+        }
+        Ok(frame)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.shared.frames().is_empty()
+    }
+}
+
+/// Frame slots an empty queue may keep.
+const IDLE_SLOTS: usize = 8;
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        self.shared.reader_gone.store(true, Ordering::Release);
+        // Frames queued by a sender that raced the flag are dropped now,
+        // not when the last sender goes.
+        self.shared.frames().clear();
+    }
 }
 
 impl OutboxReader {
     /// Account for a frame that was written.
     pub fn written(&self, bytes: usize) {
-        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        self.rx.shared.queued.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
 impl Outbox {
     /// A queue holding at most `max_bytes` of unsent frames.
     pub fn new(max_bytes: usize) -> (Self, OutboxReader) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            frames: Mutex::new(VecDeque::new()),
+            frame_queued: Notify::new(),
+            queued: AtomicUsize::new(0),
+            max_bytes,
+            overflowed: AtomicBool::new(false),
+            overflow: Notify::new(),
+            senders: AtomicUsize::new(1),
+            reader_gone: AtomicBool::new(false),
+        });
         (
             Self {
-                tx,
-                queued: queued.clone(),
-                max_bytes,
-                overflowed: Arc::new(AtomicBool::new(false)),
-                wake: Arc::new(Notify::new()),
+                shared: shared.clone(),
             },
-            OutboxReader { rx, queued },
+            OutboxReader {
+                rx: Frames { shared },
+            },
         )
     }
 
     /// Queue a text frame. Returns false, and marks the connection as a slow
     /// consumer to be disconnected, when the queue is full.
     pub fn send(&self, frame: Utf8Bytes) -> bool {
+        let shared = &*self.shared;
         let len = frame.len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        if before + len > self.max_bytes {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            if !self.overflowed.swap(true, Ordering::Relaxed) {
-                self.wake.notify_one();
+        let before = shared.queued.fetch_add(len, Ordering::Relaxed);
+        if before + len > shared.max_bytes {
+            shared.queued.fetch_sub(len, Ordering::Relaxed);
+            if !shared.overflowed.swap(true, Ordering::Relaxed) {
+                shared.overflow.notify_one();
             }
             return false;
         }
-        if self.tx.send(Outgoing::Text(frame)).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+        if !shared.push(Outgoing::Text(frame)) {
+            shared.queued.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
         true
@@ -83,19 +207,19 @@ impl Outbox {
 
     /// Queue a ping.
     pub fn ping(&self) {
-        let _ = self.tx.send(Outgoing::Ping);
+        self.shared.push(Outgoing::Ping);
     }
 
     /// Queue a close frame.
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.tx.send(Outgoing::Close(reason));
+        self.shared.push(Outgoing::Close(reason));
     }
 
     /// Resolves once the queue has overflowed.
     pub async fn overflowed(&self) {
         loop {
-            let notified = self.wake.notified();
-            if self.overflowed.load(Ordering::Relaxed) {
+            let notified = self.shared.overflow.notified();
+            if self.shared.overflowed.load(Ordering::Relaxed) {
                 return;
             }
             notified.await;
@@ -104,7 +228,7 @@ impl Outbox {
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -118,8 +242,58 @@ mod tests {
         assert!(o.send(Utf8Bytes::from("12345")));
         assert!(o.send(Utf8Bytes::from("12345")));
         assert!(!o.send(Utf8Bytes::from("1")));
-        assert!(o.overflowed.load(Ordering::Relaxed));
+        assert!(o.shared.overflowed.load(Ordering::Relaxed));
         r.written(5);
         assert_eq!(o.queued_bytes(), 5);
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_and_the_queue_ends_with_its_senders() {
+        let (o, mut r) = Outbox::new(1 << 20);
+        let o2 = o.clone();
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(frame) = r.rx.recv().await {
+                got.push(match frame {
+                    Outgoing::Text(t) => t.to_string(),
+                    Outgoing::Ping => "ping".into(),
+                    Outgoing::Close(_) => "close".into(),
+                });
+            }
+            got
+        });
+        for i in 0..100 {
+            assert!(o.send(Utf8Bytes::from(i.to_string())));
+        }
+        o2.ping();
+        o.close(CloseReason::ServerShutdown);
+        drop(o);
+        drop(o2);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the reader ends once every sender is gone")
+            .expect("join");
+        let mut want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        want.extend(["ping".into(), "close".into()]);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn nothing_is_queued_for_a_writer_that_is_gone() {
+        let (o, r) = Outbox::new(1 << 20);
+        drop(r);
+        assert!(!o.send(Utf8Bytes::from("late")));
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_slots_back() {
+        let (o, mut r) = Outbox::new(1 << 20);
+        for _ in 0..1000 {
+            assert!(o.send(Utf8Bytes::from("x")));
+        }
+        while r.rx.try_recv().is_ok() {}
+        assert!(matches!(r.rx.try_recv(), Err(Empty)));
+        assert!(r.rx.shared.frames().capacity() <= IDLE_SLOTS);
     }
 }
