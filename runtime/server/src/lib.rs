@@ -621,17 +621,19 @@ impl Server {
                             state.admit_ip(client)?
                         }
                     };
+                    // The socket (~3.5 KB: rustls' connection and the
+                    // WebSocket's state) is boxed here: the result of the
+                    // handshake keeps its place in this task's future for
+                    // the whole session, so it must be small.
                     handshake::accept(&state, tcp)
                         .await
-                        .map(|accepted| (accepted, ip_slot))
+                        .map(|(socket, admitted)| ((Box::new(socket), admitted), ip_slot))
                 });
                 let accepted = tokio::time::timeout(handshake_deadline, handshake).await;
                 drop(in_flight);
                 match accepted {
                     Ok(Some(((socket, admitted), _ip_slot))) => {
-                        // Boxed: the socket's 1.5 KB would otherwise be held
-                        // twice in the session's future.
-                        session::run(state, Box::new(socket), admitted).await
+                        session::run(state, socket, admitted).await
                     }
                     Ok(None) => {}
                     Err(_) => tracing::debug!("handshake deadline passed"),
