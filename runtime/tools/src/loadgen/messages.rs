@@ -230,12 +230,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
                 match interval {
                     None => closed_loop(socket, frames, depth, n, &counters, &latencies).await,
                     Some(every) => {
-                        // Spread the connections' first sends evenly over
-                        // one interval (spreading them over 1/1000ths of it
-                        // sent 50 connections' messages in bursts of 50
-                        // within 5% of each interval: the queueing measured
-                        // was the generator's own).
-                        let offset = every.mul_f64(n as f64 / connections as f64);
+                        let offset = first_send_offset(n, connections, every);
                         open_loop(
                             socket,
                             frames,
@@ -391,6 +386,24 @@ async fn closed_loop(
 
 /// Send on a fixed schedule whatever the answers do; latency counts from
 /// the scheduled time.
+/// When connection `n` of `connections` first sends, after the start: the
+/// connections spread evenly over one interval. (Spreading them over
+/// 1/1000ths of it sent 50 connections' messages in bursts of 50 within 5%
+/// of each interval: the queueing measured was the generator's own.)
+fn first_send_offset(n: u64, connections: u64, every: Duration) -> Duration {
+    every.mul_f64(n as f64 / connections.max(1) as f64)
+}
+
+/// Where a message's latency is counted from: its scheduled time, unless
+/// the generator's own timer woke at most [`TIMER_SLACK`] late for it.
+fn latency_origin(due: Instant, now: Instant) -> Instant {
+    if now.saturating_duration_since(due) <= TIMER_SLACK {
+        now
+    } else {
+        due
+    }
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "the open loop's parameters are its configuration, passed once"
@@ -422,8 +435,7 @@ async fn open_loop(
                     } else {
                         sink.feed(frames[next].clone()).await?;
                         next = (next + 1) % frames.len();
-                        let late = now.saturating_duration_since(due);
-                        sent.push_back(if late <= TIMER_SLACK { now } else { due });
+                        sent.push_back(latency_origin(due, now));
                     }
                     due += every;
                 }
@@ -488,6 +500,30 @@ pub fn print_human(r: &LoadReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_loop_connections_start_evenly_over_one_interval() {
+        let every = Duration::from_millis(50);
+        let offsets: Vec<Duration> = (0..50).map(|n| first_send_offset(n, 50, every)).collect();
+        assert_eq!(offsets[0], Duration::ZERO);
+        for pair in offsets.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap.abs_diff(Duration::from_millis(1)) < Duration::from_micros(1),
+                "{gap:?}"
+            );
+        }
+        assert!(offsets[49] < every);
+    }
+
+    #[test]
+    fn a_late_timer_is_not_latency_but_a_stall_is() {
+        let due = Instant::now();
+        let woke = due + Duration::from_millis(1);
+        assert_eq!(latency_origin(due, woke), woke);
+        let stalled = due + Duration::from_millis(30);
+        assert_eq!(latency_origin(due, stalled), due);
+    }
 
     #[test]
     fn routes_parse_with_weight_and_channel() {
