@@ -1,7 +1,7 @@
 //! A loaded handler and the calls into it: instance reuse or a fresh
-//! instance per call (made ahead of the call, torn down after it, both on
-//! the sandbox's background thread), per-call budgets, commit-on-success,
-//! quarantine.
+//! instance per call (with `ready_instances`, made ahead of the call and torn
+//! down after it on the sandbox's background thread), per-call budgets,
+//! commit-on-success, quarantine.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
