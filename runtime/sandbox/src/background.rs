@@ -1,4 +1,5 @@
-//! Work kept off the call path: one thread per sandbox, with its own
+//! Work kept off the call path: one thread per sandbox (started by the
+//! first handler loaded with `ready_instances`), with its own
 //! single-threaded async runtime, that makes `fresh` handlers' next
 //! instances before their calls need them and tears used instances down
 //! after them (the pooling allocator resets a slot's memory when its store

@@ -47,7 +47,8 @@ struct Inner {
     ready: Mutex<Vec<Instance>>,
     /// `fresh`: instances being made for `ready`.
     making: AtomicUsize,
-    background: Arc<Background>,
+    /// `fresh` with `ready_instances`: where instances are made ahead.
+    background: Option<Arc<Background>>,
     permits: Semaphore,
     breaker: Mutex<Breaker>,
     stats: Stats,
@@ -117,7 +118,7 @@ impl Handler {
         digest: String,
         state: Arc<dyn StateStore>,
         fuel: bool,
-        background: Arc<Background>,
+        background: Option<Arc<Background>>,
     ) -> Self {
         let shared = Arc::new(HandlerShared {
             tenant: Arc::from(spec.tenant.as_str()),
@@ -382,10 +383,10 @@ impl Handler {
             }
             Isolation::Reuse => {}
             // Resetting its memory slot is not this call's time.
-            Isolation::Fresh if inner.spec.limits.ready_instances > 0 => {
-                inner.background.drop_later(instance)
-            }
-            Isolation::Fresh => drop(instance),
+            Isolation::Fresh => match &inner.background {
+                Some(background) => background.drop_later(instance),
+                None => drop(instance),
+            },
         }
         match outcome {
             Ok(actions) => {
@@ -403,24 +404,24 @@ impl Handler {
     /// why.
     fn make_ready(&self) {
         let inner = &*self.inner;
-        let target = inner.spec.limits.ready_instances;
-        if target == 0 {
+        let Some(background) = &inner.background else {
             return;
-        }
+        };
+        let target = inner.spec.limits.ready_instances;
         let ready = inner
             .ready
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len();
         while ready + inner.making.fetch_add(1, Ordering::AcqRel) < target {
-            self.make_one_ready();
+            self.make_one_ready(background);
         }
         inner.making.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn make_one_ready(&self) {
+    fn make_one_ready(&self, background: &Background) {
         let handler = Arc::downgrade(&self.inner);
-        self.inner.background.spawn(async move {
+        background.spawn(async move {
             let Some(inner) = handler.upgrade() else {
                 return;
             };

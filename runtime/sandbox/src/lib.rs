@@ -99,8 +99,9 @@ struct SandboxInner {
     /// Compiled components by SHA-256 of their bytes: a component loaded
     /// twice (several tenants, a reload) is compiled once.
     compiled: Mutex<HashMap<String, Component>>,
-    /// Where `fresh` instances are made and torn down.
-    background: Arc<Background>,
+    /// Where `fresh` instances are made ahead and torn down: started by the
+    /// first handler loaded with `ready_instances`.
+    background: Mutex<Option<Arc<Background>>>,
     _ticker: EpochTicker,
 }
 
@@ -128,7 +129,7 @@ impl Sandbox {
                 config,
                 state,
                 compiled: Mutex::new(HashMap::new()),
-                background: Arc::new(Background::start().context("starting the instance thread")?),
+                background: Mutex::new(None),
                 _ticker: ticker,
             }),
         })
@@ -202,6 +203,9 @@ impl Sandbox {
         if !problems.is_empty() {
             return Err(LoadError::World(problems));
         }
+        let background = (spec.isolation == Isolation::Fresh && spec.limits.ready_instances > 0)
+            .then(|| self.background())
+            .flatten();
         let pre = self
             .inner
             .linker
@@ -215,7 +219,7 @@ impl Sandbox {
                 digest,
                 self.inner.state.clone(),
                 config.fuel,
-                self.inner.background.clone(),
+                background,
             )),
             Err(e) => {
                 problems.push(format!("{e:#}"));
@@ -246,6 +250,26 @@ impl Sandbox {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(digest.to_owned(), component.clone());
         Ok(component)
+    }
+}
+
+impl Sandbox {
+    /// The thread that makes `fresh` instances ahead, started on first use.
+    /// If it cannot start, handlers make each call's instance on its path.
+    fn background(&self) -> Option<Arc<Background>> {
+        let mut slot = self
+            .inner
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            match Background::start() {
+                Ok(background) => *slot = Some(Arc::new(background)),
+                Err(e) => tracing::warn!(error = %e,
+                    "could not start the instance thread: fresh instances are made on the call path"),
+            }
+        }
+        slot.clone()
     }
 }
 
