@@ -9,11 +9,14 @@
 //! whose dependency graph is the architecture (docs/ARCHITECTURE.md):
 //!
 //! ```text
-//! sluice (CLI) ──> sluice-tools ──> sluice-server ──> sluice-sandbox ──> sluice-config ──> sluice-protocol
-//!                                         └──> sluice-tls        (and server ──> config, protocol)
+//! sluice (CLI, node) ──> sluice-fleet ───┐
+//!                    ──> sluice-control ─┴──> sluice-server ──> sluice-sandbox ──> sluice-config ──> sluice-protocol
 //! ```
 //!
-//! [`server`] is the pipeline from TCP accept to a handler's effects;
+//! [`node`] composes a node: it chooses the backends for the configured
+//! mode and plugs the control plane into the data path.
+//! [`server`] is the data path, from TCP accept to a handler's effects;
+//! [`fleet`] is cluster mode on NATS; [`control`] the pushed handlers;
 //! [`sandbox`] runs handlers under hard limits; [`config`] is the strict
 //! configuration file; [`protocol`] is the wire format; [`client`] is a wss
 //! client for tools and tests.
@@ -22,6 +25,8 @@
 #![warn(missing_docs)]
 
 pub use sluice_config as config;
+pub use sluice_control as control;
+pub use sluice_fleet as fleet;
 pub use sluice_protocol as protocol;
 pub use sluice_sandbox as sandbox;
 pub use sluice_server as server;
@@ -31,3 +36,4 @@ pub use sluice_tools::{bench, bench_store, client, loadgen};
 
 pub mod dev;
 pub mod logging;
+pub mod node;

@@ -514,7 +514,11 @@ pub(crate) async fn shutdown_signal() {
 
 async fn serve(config: PathBuf) -> anyhow::Result<ExitCode> {
     let config = sluice::config::Config::load(&config)?;
-    let server = sluice::server::Server::bind(config).await?;
+    let listen = config.server.listen;
+    let server = sluice::node::Node::build(config)
+        .await?
+        .bind(listen)
+        .await?;
     eprintln!("sluice listening on wss://{}", server.local_addr());
     reload_on_sighup(server.state().clone());
     server.run(shutdown_signal()).await;
@@ -547,7 +551,7 @@ async fn reload(config: Option<PathBuf>, admin: Option<String>) -> anyhow::Resul
         None => None,
     };
     let (status, body) =
-        sluice::server::admin::request_reload(config.as_ref(), admin.as_deref()).await?;
+        sluice::server::admin::client::request_reload(config.as_ref(), admin.as_deref()).await?;
     if status == 200 {
         print!("{body}");
         Ok(ExitCode::SUCCESS)
@@ -562,11 +566,9 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         // A check never opens the store (a running server holds it) and
         // never contacts NATS.
         Ok(config) => {
-            sluice::server::ServerState::build_with_state(
-                config,
-                Some(sluice::sandbox::MemoryStateStore::new()),
-            )
-            .await
+            sluice::node::Node::with_state(config, sluice::sandbox::MemoryStateStore::new())
+                .await
+                .map(|node| node.state)
         }
         Err(e) => Err(e),
     };
@@ -693,7 +695,7 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let result = handler.call_export(args.event, &conn, &msg).await;
     let (out, code) = match result {
         Ok(outcome) => {
-            let mut out = json!({ "ok": true, "actions": outcome.actions.iter().map(sluice::server::marketplace::shadow::action_json).collect::<Vec<_>>() });
+            let mut out = json!({ "ok": true, "actions": outcome.actions.iter().map(sluice::control::shadow::action_json).collect::<Vec<_>>() });
             if args.verbose {
                 out["report"] = serde_json::to_value(&outcome.report)?;
             }

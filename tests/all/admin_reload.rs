@@ -144,13 +144,13 @@ async fn post_reload_needs_the_admin_token_and_a_host_naming_the_listener() {
     write_config(path.parent().expect("dir"), false, 100);
     let config = Config::load(&path).expect("config");
     let (status, body) =
-        sluice::server::admin::request_reload(Some(&config), Some(&admin.to_string()))
+        sluice::server::admin::client::request_reload(Some(&config), Some(&admin.to_string()))
             .await
             .expect("reload");
     assert_eq!(status, 200, "{body}");
     assert_eq!(shout(&mut c, "3").await["code"], "unknown_type");
     // Without the file, `sluice reload` has no token and is refused.
-    let (status, _) = sluice::server::admin::request_reload(None, Some(&admin.to_string()))
+    let (status, _) = sluice::server::admin::client::request_reload(None, Some(&admin.to_string()))
         .await
         .expect("answer");
     assert_eq!(status, 401);

@@ -779,8 +779,7 @@ async fn kill_9_of_one_node_of_sluice_dev_cluster_leaves_the_others_serving() {
             break;
         }
         assert!(
-            killed.elapsed()
-                < sluice::server::cluster::presence::VANISH_BOUND + Duration::from_secs(5),
+            killed.elapsed() < sluice::fleet::presence::VANISH_BOUND + Duration::from_secs(5),
             "alice was still present {:?} after node-0 died: {ack}",
             killed.elapsed()
         );
@@ -886,7 +885,7 @@ async fn the_per_subject_connection_cap_holds_across_nodes() {
     let first = a.connect("alpha", &token).await.expect("first");
     let second = a.connect("alpha", &token).await.expect("second");
     // Once node A has reported its two, node B refuses a third.
-    let wait = sluice::server::cluster::caps::GOSSIP_EVERY * 4;
+    let wait = sluice::fleet::caps::GOSSIP_EVERY * 4;
     tokio::time::sleep(wait).await;
     let Err(e) = b.connect("alpha", &token).await else {
         panic!("a third connection of the subject was accepted on another node");

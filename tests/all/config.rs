@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 use sluice::config::Config;
-use sluice::server::ServerState;
+use sluice::node::Node;
 use sluice_tests::handlers;
 use sluice_tests::server::TempDir;
 
@@ -69,7 +69,7 @@ schema = {{ type = "string", pattern = "(?<=a)b" }}
     );
     std::fs::write(dir.0.join("sluice.toml"), text).expect("config");
     let config = Config::load(&dir.0.join("sluice.toml")).expect("parses");
-    let err = match ServerState::build(config).await {
+    let err = match Node::build(config).await {
         Ok(_) => panic!("the config should not build"),
         Err(e) => e.to_string(),
     };
@@ -99,9 +99,10 @@ async fn the_dev_config_builds_and_serves() {
     )
     .expect("prepare");
     let config = Config::load(&path).expect("the dev config parses");
-    let state = ServerState::build(config)
+    let state = Node::build(config)
         .await
-        .unwrap_or_else(|e| panic!("the dev config builds: {e}"));
+        .unwrap_or_else(|e| panic!("the dev config builds: {e}"))
+        .state;
     let tenant = state.tenant("demo").expect("demo tenant");
     let token = tenant
         .keys
@@ -146,9 +147,10 @@ async fn sluice_dev_serves_a_chat_handler_of_another_language() {
     let dir = TempDir::new();
     let path = sluice::dev::prepare(&dir.0, "127.0.0.1:0", Path::new(handlers::ECHO), &chat)
         .expect("prepare");
-    let state = ServerState::build(Config::load(&path).expect("parses"))
+    let state = Node::build(Config::load(&path).expect("parses"))
         .await
-        .unwrap_or_else(|e| panic!("the dev config builds: {e}"));
+        .unwrap_or_else(|e| panic!("the dev config builds: {e}"))
+        .state;
     let tenant = state.tenant("demo").expect("demo tenant");
     let out = tenant.handlers["chat"]
         .on_message(

@@ -573,17 +573,18 @@ async fn a_million_events_into_one_channel_stay_within_the_memory_and_disk_bound
     use std::sync::Arc;
 
     use serde_json::value::RawValue;
-    use sluice::server::broker::{ChannelKey, LocalBroker};
-    use sluice::server::history::History;
+    use sluice::server::backends::history::{HistorySize, HistoryStore as _};
+    use sluice::server::backends::{ChannelKey, LocalBroker, LocalHistory};
 
     let dir = TempDir::new();
     let opened = sluice::store::Store::open(&dir.0).expect("open");
-    let history = Arc::new(History::durable(
+    let broker = Arc::new(LocalBroker::default());
+    let history = Arc::new(LocalHistory::durable(
+        broker.clone(),
         opened.store,
         opened.channels,
         opened.unclean,
     ));
-    let broker = Arc::new(LocalBroker::default());
     let tenant: Arc<str> = "t".into();
     let key = ChannelKey::new(&tenant, "room:flood");
     let rule = HistoryConfig {
@@ -598,18 +599,10 @@ async fn a_million_events_into_one_channel_stay_within_the_memory_and_disk_bound
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..PUBLISHERS {
-        let (history, broker, key, payload) = (
-            history.clone(),
-            broker.clone(),
-            key.clone(),
-            payload.clone(),
-        );
+        let (history, key, payload) = (history.clone(), key.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..EVENTS / PUBLISHERS {
-                history
-                    .publish(broker.as_ref(), &key, rule, &payload)
-                    .await
-                    .expect("durable");
+                history.append(&key, rule, &payload).await.expect("durable");
             }
         }));
     }
@@ -621,7 +614,11 @@ async fn a_million_events_into_one_channel_stay_within_the_memory_and_disk_bound
     }
     let took = started.elapsed();
     let sizes = history.sizes();
-    let (channels, events, bytes) = sizes[&tenant];
+    let HistorySize {
+        channels,
+        events,
+        bytes,
+    } = sizes[&tenant];
     assert_eq!((channels, events), (1, 100));
     // ~190 bytes a frame: memory holds the last 100, nothing more.
     assert!(bytes < 100 * 256, "{bytes} bytes of history in memory");
@@ -649,13 +646,18 @@ async fn history_older_than_its_ttl_is_dropped_from_memory_and_disk() {
     use std::sync::Arc;
 
     use serde_json::value::RawValue;
-    use sluice::server::broker::{ChannelKey, LocalBroker};
-    use sluice::server::history::History;
+    use sluice::server::backends::history::HistoryStore as _;
+    use sluice::server::backends::{ChannelKey, LocalBroker, LocalHistory};
 
     let dir = TempDir::new();
     let opened = sluice::store::Store::open(&dir.0).expect("open");
-    let history = History::durable(opened.store, opened.channels, opened.unclean);
-    let broker = LocalBroker::default();
+    let broker = Arc::new(LocalBroker::default());
+    let history = LocalHistory::durable(
+        broker.clone(),
+        opened.store,
+        opened.channels,
+        opened.unclean,
+    );
     let tenant: Arc<str> = "t".into();
     let key = ChannelKey::new(&tenant, "room:old");
     let rule = HistoryConfig {
@@ -664,17 +666,14 @@ async fn history_older_than_its_ttl_is_dropped_from_memory_and_disk() {
     };
     let data: Box<RawValue> = RawValue::from_string("{\"n\":1}".into()).expect("json");
     for _ in 0..3 {
-        history
-            .publish(&broker, &key, rule, &data)
-            .await
-            .expect("publish");
+        history.append(&key, rule, &data).await.expect("publish");
     }
-    assert_eq!(history.sizes()[&tenant].1, 3);
+    assert_eq!(history.sizes()[&tenant].events, 3);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     history
-        .sweep(&broker, Duration::from_secs(3600), |_| Some(rule))
+        .trim(Duration::from_secs(3600), &|_| Some(rule))
         .await;
-    assert_eq!(history.sizes()[&tenant].1, 0, "expired in memory");
+    assert_eq!(history.sizes()[&tenant].events, 0, "expired in memory");
     history.close();
     let opened = sluice::store::Store::open(&dir.0).expect("reopen");
     assert_eq!(
@@ -685,10 +684,15 @@ async fn history_older_than_its_ttl_is_dropped_from_memory_and_disk() {
     assert!(opened.channels[0].entries.is_empty(), "expired on disk");
     assert_eq!(opened.channels[0].last_offset, 3);
     // Idle past the TTL with nobody subscribed: forgotten altogether.
-    let history = History::durable(opened.store, opened.channels, opened.unclean);
-    history.sweep(&broker, Duration::ZERO, |_| Some(rule)).await;
+    let history = LocalHistory::durable(
+        broker.clone(),
+        opened.store,
+        opened.channels,
+        opened.unclean,
+    );
+    history.trim(Duration::ZERO, &|_| Some(rule)).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    history.sweep(&broker, Duration::ZERO, |_| Some(rule)).await;
+    history.trim(Duration::ZERO, &|_| Some(rule)).await;
     assert!(history.sizes().is_empty());
     history.close();
     let opened = sluice::store::Store::open(&dir.0).expect("reopen");

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::config::{Capability, ChannelAccess, ManagedConfig, StoreKind};
-use sluice::server::marketplace::Stage;
-use sluice::server::marketplace::client::push_body;
-use sluice::server::marketplace::verify::Sample;
+use sluice::control::Stage;
+use sluice::control::client::push_body;
+use sluice::control::verify::Sample;
 use sluice_tests::handlers;
 use sluice_tests::server::{TempDir, TestServer, route};
 
@@ -83,9 +83,10 @@ async fn api(
         body.to_string().into_bytes()
     };
     let method = http::Method::from_bytes(method.as_bytes()).expect("method");
-    let (status, answer) = sluice::server::admin::request(&admin, method, path, Some(token), body)
-        .await
-        .expect("the admin listener answers");
+    let (status, answer) =
+        sluice::server::admin::client::request(&admin, method, path, Some(token), body)
+            .await
+            .expect("the admin listener answers");
     let value = serde_json::from_slice(&answer)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
     (status, value)
@@ -107,7 +108,7 @@ async fn push(
         stage.map(|s| s.0),
         stage.and_then(|s| s.1),
     );
-    let (status, answer) = sluice::server::admin::request(
+    let (status, answer) = sluice::server::admin::client::request(
         &admin,
         http::Method::POST,
         &format!("/v1/tenants/{tenant}/handlers/{name}/versions"),

@@ -16,7 +16,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use sluice::client::{ClientOptions, ConnectError, TokenVia, connect};
 use sluice::config::Config;
-use sluice::server::{Server, ServerState};
+use sluice::node::Node;
+use sluice::server::ServerState;
 use sluice_tests::handlers;
 use sluice_tests::server::{Client, TempDir, now, sign_hs};
 use tokio::task::JoinHandle;
@@ -171,11 +172,13 @@ impl BenchSluice {
                 other => panic!("unexpected handler {other}"),
             });
         }
-        let state = match ServerState::build(config).await {
-            Ok(s) => s,
+        let node = match Node::build(config).await {
+            Ok(n) => n,
             Err(e) => panic!("the bench config builds: {e}"),
         };
-        let server = Server::bind_state(state.clone(), "127.0.0.1:0".parse().expect("addr"))
+        let state = node.state.clone();
+        let server = node
+            .bind("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("bind");
         let addr = server.local_addr();

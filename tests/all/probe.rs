@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use sluice::config::Config;
-use sluice::server::{Server, ServerState};
+use sluice::node::Node;
 use sluice_probe::ProbeArgs;
 use sluice_tests::handlers;
 use sluice_tests::server::{TempDir, now, sign_hs};
@@ -144,11 +144,12 @@ impl DevSluice {
         .expect("the dev files");
         let mut config = Config::load(&config_path).expect("the dev config loads");
         config.server.admin_listen = None;
-        let state = match ServerState::build(config).await {
-            Ok(s) => s,
+        let node = match Node::build(config).await {
+            Ok(n) => n,
             Err(e) => panic!("the dev config builds: {e}"),
         };
-        let server = Server::bind_state(state, "127.0.0.1:0".parse().expect("addr"))
+        let server = node
+            .bind("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("bind");
         let addr = server.local_addr();

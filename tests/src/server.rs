@@ -19,8 +19,9 @@ use sluice::config::{
     AuthConfig, ChannelAccess, ChannelRuleConfig, Config, HandlerConfig, KeyConfig, RouteConfig,
     ServerConfig, TenantConfig, TenantLimits,
 };
+use sluice::node::Node;
 use sluice::sandbox::{Capability, HandlerLimits, Isolation, SandboxConfig};
-use sluice::server::{Server, ServerState};
+use sluice::server::ServerState;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -277,14 +278,13 @@ impl TestServer {
             source: None,
         };
         customize(&mut config);
-        let state = match ServerState::build(config).await {
-            Ok(s) => s,
+        let node = match Node::build(config).await {
+            Ok(n) => n,
             Err(e) => panic!("test server config: {e}"),
         };
+        let state = node.state.clone();
         let listen = state.config.server.listen;
-        let server = Server::bind_state(state.clone(), listen)
-            .await
-            .expect("bind");
+        let server = node.bind(listen).await.expect("bind");
         let addr = server.local_addr();
         let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel();

@@ -22,10 +22,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod position;
 mod rejection;
 mod reserved;
 mod text;
 
+pub use position::{MAX_OFFSET, Outcome, Position, Since};
 pub use rejection::{CloseReason, Code, HandlerCode, Rejection, Wire, close};
 pub use reserved::{ReservedType, is_reserved_type};
 pub use text::truncate_utf8;

@@ -183,6 +183,58 @@ pub fn channel_allowed(
         })
 }
 
+/// Whether any rule lets `principal` do `op` on `channel` and, if so, the
+/// channel's features, in one pass over the rules (a publish needs both:
+/// its authorization and whether the channel keeps history).
+pub fn permit(
+    rules: &[ChannelRule],
+    principal: &Principal,
+    channel: &str,
+    op: ChannelOp,
+) -> Option<ChannelFeatures> {
+    if !sluice_protocol::is_valid_channel(channel) {
+        return None;
+    }
+    let mut allowed = false;
+    let mut f = ChannelFeatures::default();
+    let (mut history_set, mut presence_set) = (false, false);
+    for r in rules {
+        if allowed && history_set && presence_set {
+            break;
+        }
+        let (op_allowed, scopes) = match op {
+            ChannelOp::Subscribe => (r.subscribe, &r.subscribe_scopes),
+            ChannelOp::Publish => (r.publish, &r.publish_scopes),
+        };
+        let sets_history = !history_set && r.features.history.is_some();
+        let sets_presence = !presence_set && r.features.presence;
+        let may_allow = !allowed && op_allowed && has_scopes(principal, scopes);
+        if !(may_allow || sets_history || sets_presence) {
+            continue;
+        }
+        // A match for this principal is also a match of the shape.
+        let shape = if may_allow && pattern_matches(&r.pattern, channel, principal) {
+            allowed = true;
+            true
+        } else {
+            (sets_history || sets_presence) && pattern_shape_matches(&r.pattern, channel)
+        };
+        if !shape {
+            continue;
+        }
+        if sets_history {
+            f.history = r.features.history;
+            history_set = true;
+        }
+        if sets_presence {
+            f.presence = true;
+            f.presence_events = r.features.presence_events;
+            presence_set = true;
+        }
+    }
+    allowed.then_some(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,10 +20,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
-use super::ServerState;
-use super::authz::Principal;
-use super::ratelimit::ConnectionSlot;
-use super::tenant::Tenant;
+use crate::authz::Principal;
+use crate::ratelimit::ConnectionSlot;
+use crate::state::ServerState;
+use crate::tenant::Tenant;
 
 /// A connection that passed the handshake.
 pub struct Admitted {

@@ -1,477 +1,105 @@
-//! Channel history and recovery.
+//! Channel history as the session uses it: offsets, epochs and recovery of
+//! missed events, over whichever [`HistoryStore`] this node was built with
+//! (memory, the durable store, or JetStream in a fleet), with the
+//! recovery outcomes counted for `/metrics`.
 //!
 //! A channel whose rule keeps history (`history = { size, ttl_secs }`) has
-//! a log: its epoch, the last offset handed out, and its last events, in
-//! memory and (with the durable store) on disk. Every event published on it
-//! gets the next offset and carries `offset` and `epoch`.
-//!
-//! One lock per channel orders everything: a publish takes it to assign
-//! the offset, keep the event, queue its durable write and deliver it; a
-//! subscribe with `since` takes it to queue the ack and the missed events
-//! to the connection and join the channel. So a resubscribe that races
-//! publishes sees every event exactly once, in order: each one either
-//! before the lock (replayed) or after (delivered live).
-//!
-//! The publisher's `ack` waits until the event is on disk; subscribers get
-//! it at once. Offsets handed out but not yet written when the process
-//! died are never handed out again: after an unclean shutdown every
-//! channel's offsets jump by [`sluice_store::UNCLEAN_OFFSET_JUMP`].
-//!
-//! The epoch changes whenever the history was lost: the store was wiped,
-//! or the channel sat empty past its TTL and was forgotten.
+//! a log: its epoch, the last offset handed out, and its last events. Every
+//! event published on it gets the next offset and carries `offset` and
+//! `epoch`. The publisher's `ack` waits until the event is durable;
+//! subscribers get it at once. The epoch changes whenever the history was
+//! lost, so a client's old position then fails to recover.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sluice_config::HistoryConfig;
-use sluice_protocol as protocol;
-use sluice_store::{ChannelHistory, Entry, Store, StoreError};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use sluice_protocol::{Outcome, Position, Since};
 
-use crate::broker::{Broker, ChannelKey, Member};
-use crate::cluster::ClusterHistory;
-use crate::metrics::{label, tenant_series};
-use crate::stages::decode::Since;
-
-/// A kept event.
-struct Kept {
-    offset: u64,
-    unix_ms: u64,
-    frame: Utf8Bytes,
-}
-
-/// One channel's log.
-struct Log {
-    epoch: Arc<str>,
-    last_offset: u64,
-    /// Every offset up to this one is gone from the log (trimmed by size or
-    /// age, or never written before a crash): recovery from an earlier
-    /// position is impossible.
-    gone_through: u64,
-    entries: VecDeque<Kept>,
-    bytes: usize,
-    /// When the log was last published to or subscribed to.
-    used: Instant,
-    /// Whether the store has a record of this channel.
-    stored: bool,
-}
-
-impl Log {
-    fn new() -> Self {
-        Self {
-            epoch: new_epoch(),
-            last_offset: 0,
-            gone_through: 0,
-            entries: VecDeque::new(),
-            bytes: 0,
-            used: Instant::now(),
-            stored: false,
-        }
-    }
-
-    /// Drop the oldest events past `size` or older than `ttl`; the last
-    /// offset dropped, if any.
-    fn trim(&mut self, size: usize, oldest_ms: u64) -> Option<u64> {
-        let mut dropped = None;
-        while let Some(front) = self.entries.front() {
-            if self.entries.len() <= size && front.unix_ms >= oldest_ms {
-                break;
-            }
-            if let Some(e) = self.entries.pop_front() {
-                self.bytes -= e.frame.len();
-                self.gone_through = e.offset;
-                dropped = Some(e.offset);
-            }
-        }
-        dropped
-    }
-}
-
-/// Where a channel's stream is, as a subscribe's `ack` says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    /// The last offset handed out (0: nothing published yet).
-    pub offset: u64,
-    /// The channel's epoch.
-    pub epoch: Arc<str>,
-    /// With `since`: whether every event after it was replayed.
-    pub recovered: Option<bool>,
-}
-
-/// How a recovery went (`/metrics`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
-    /// Every event after `since` was replayed.
-    Recovered,
-    /// Some of them are gone (or `since` is ahead of the channel).
-    TooOld,
-    /// `since` is from another epoch.
-    EpochChanged,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Recovered => "recovered",
-            Self::TooOld => "too_old",
-            Self::EpochChanged => "epoch_changed",
-        }
-    }
-}
-
-/// A publish could not be made durable.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    /// The embedded store failed.
-    #[error("history: {0}")]
-    Store(#[from] StoreError),
-    /// JetStream refused or did not answer (cluster mode).
-    #[error("history: {0}")]
-    Cluster(#[from] crate::cluster::history::ClusterHistoryError),
-}
+use crate::backends::history::{AckFrame, HistoryError, HistoryStore, RuleOf};
+use crate::backends::keys::{ChannelKey, Member};
+use crate::metrics::counters::{label, tenant_series};
 
 /// Every channel's history.
 pub struct History {
-    /// Cluster mode: every channel's history is on JetStream.
-    cluster: Option<Arc<ClusterHistory>>,
-    store: Option<Arc<Store>>,
-    logs: Mutex<HashMap<ChannelKey, Arc<tokio::sync::Mutex<Log>>>>,
+    store: Arc<dyn HistoryStore>,
     outcomes: Mutex<BTreeMap<(Arc<str>, Outcome), u64>>,
 }
 
-static EPOCHS: AtomicU64 = AtomicU64::new(0);
-
-/// A new epoch: unique per process start and channel creation.
-fn new_epoch() -> Arc<str> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let n = EPOCHS.fetch_add(1, Ordering::Relaxed);
-    // Mixed so that epochs do not look like (or sort as) times.
-    let mixed = (nanos ^ n.rotate_left(40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    Arc::from(format!("{mixed:016x}"))
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl History {
-    /// History kept in memory only.
-    pub fn in_memory() -> Self {
+    /// History kept by `store`.
+    pub fn new(store: Arc<dyn HistoryStore>) -> Self {
         Self {
-            cluster: None,
-            store: None,
-            logs: Mutex::new(HashMap::new()),
+            store,
             outcomes: Mutex::new(BTreeMap::new()),
         }
-    }
-
-    /// History on the fleet's JetStream stream (cluster mode).
-    pub fn cluster(cluster: Arc<ClusterHistory>) -> Self {
-        Self {
-            cluster: Some(cluster),
-            ..Self::in_memory()
-        }
-    }
-
-    /// History backed by `store`, starting from what it read back.
-    /// `unclean`: the last run crashed, so offsets jump.
-    pub fn durable(store: Arc<Store>, channels: Vec<ChannelHistory>, unclean: bool) -> Self {
-        let jump = if unclean {
-            sluice_store::UNCLEAN_OFFSET_JUMP
-        } else {
-            0
-        };
-        let mut logs = HashMap::new();
-        for ch in channels {
-            let tenant: Arc<str> = Arc::from(ch.tenant.as_str());
-            let mut log = Log {
-                epoch: Arc::from(ch.epoch.as_str()),
-                last_offset: ch.last_offset,
-                gone_through: ch.entries.first().map_or(ch.last_offset, |e| e.offset - 1),
-                entries: VecDeque::with_capacity(ch.entries.len()),
-                bytes: 0,
-                used: Instant::now(),
-                stored: true,
-            };
-            for e in ch.entries {
-                let Ok(data) = std::str::from_utf8(&e.data)
-                    .map_err(|_| ())
-                    .and_then(|t| serde_json::from_str::<&RawValue>(t).map_err(|_| ()))
-                else {
-                    continue;
-                };
-                let frame =
-                    Utf8Bytes::from(protocol::event_at(&ch.channel, data, e.offset, &log.epoch));
-                log.bytes += frame.len();
-                log.entries.push_back(Kept {
-                    offset: e.offset,
-                    unix_ms: e.unix_ms,
-                    frame,
-                });
-            }
-            // Offsets past the last one written may have been delivered
-            // live before the crash: never hand them out again. Resuming
-            // from any of them is fine (nothing after them was kept).
-            log.last_offset += jump;
-            logs.insert(
-                ChannelKey::new(&tenant, &ch.channel),
-                Arc::new(tokio::sync::Mutex::new(log)),
-            );
-        }
-        Self {
-            cluster: None,
-            store: Some(store),
-            logs: Mutex::new(logs),
-            outcomes: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Every log, taken out of the map's lock (each log has its own).
-    fn snapshot(&self) -> Vec<(ChannelKey, Arc<tokio::sync::Mutex<Log>>)> {
-        self.logs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    fn log(&self, key: &ChannelKey) -> Arc<tokio::sync::Mutex<Log>> {
-        self.logs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Log::new())))
-            .clone()
     }
 
     /// Publish `data` on a channel that keeps history: the next offset,
-    /// kept, delivered to every subscriber, and on disk before this
+    /// kept, delivered to every subscriber, and durable before this
     /// returns. How many local connections got it.
     pub async fn publish(
         &self,
-        broker: &dyn Broker,
         key: &ChannelKey,
         rule: HistoryConfig,
         data: &RawValue,
     ) -> Result<usize, HistoryError> {
-        if let Some(c) = &self.cluster {
-            c.publish(key, rule, data).await?;
-            return Ok(broker.subscribers(key));
-        }
-        let log = self.log(key);
-        let mut log = log.lock().await;
-        let permit = match &self.store {
-            Some(store) => Some(store.reserve().await?),
-            None => None,
-        };
-        log.used = Instant::now();
-        log.last_offset += 1;
-        let offset = log.last_offset;
-        let now = unix_ms();
-        let frame = Utf8Bytes::from(protocol::event_at(&key.channel, data, offset, &log.epoch));
-        log.bytes += frame.len();
-        log.entries.push_back(Kept {
-            offset,
-            unix_ms: now,
-            frame: frame.clone(),
-        });
-        let oldest = now.saturating_sub(rule.ttl_secs.saturating_mul(1000));
-        log.trim(rule.size, oldest);
-        let durable = permit.map(|p| {
-            p.append(
-                &key.tenant,
-                &key.channel,
-                &log.epoch,
-                Entry {
-                    offset,
-                    unix_ms: now,
-                    data: data.get().as_bytes().to_vec(),
-                },
-                log.gone_through,
-            )
-        });
-        log.stored = log.stored || durable.is_some();
-        let delivered = broker.publish(key, frame).await.unwrap_or_else(|e| {
-            tracing::warn!(tenant = %key.tenant, error = %e, "publish failed");
-            0
-        });
-        drop(log);
-        if let Some(d) = durable {
-            d.wait().await?;
-        }
-        Ok(delivered)
+        self.store.append(key, rule, data).await
     }
 
-    /// Subscribe `member` to a channel that keeps history. With `since`,
-    /// the events after it are queued to the member in order (when the
-    /// epoch matches and none of them is gone), then it joins the channel;
-    /// `ack` makes the subscribe's answer from the position and is queued
-    /// first. Nothing published meanwhile is missed or doubled.
+    /// Subscribe `member` to a channel that keeps history, recovering what
+    /// came after `since` (see [`HistoryStore::subscribe`]).
     pub async fn subscribe(
         &self,
-        broker: &dyn Broker,
         key: &ChannelKey,
         rule: HistoryConfig,
         since: Option<&Since>,
         member: Member,
-        ack: impl FnOnce(&Position) -> Option<String>,
+        ack: AckFrame<'_>,
     ) -> Position {
-        if let Some(c) = &self.cluster {
-            let (position, outcome) = c.subscribe(key, rule, since, member, ack).await;
-            if let Some(o) = outcome {
-                self.count(&key.tenant, o);
-            }
-            return position;
+        let subscribed = self.store.subscribe(key, rule, since, member, ack).await;
+        if let Some(o) = subscribed.outcome {
+            *self
+                .outcomes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((key.tenant.clone(), o))
+                .or_default() += 1;
         }
-        let log = self.log(key);
-        let mut log = log.lock().await;
-        log.used = Instant::now();
-        let outcome = since.map(|s| {
-            if *s.epoch != *log.epoch {
-                Outcome::EpochChanged
-            } else if s.offset < log.gone_through || s.offset > log.last_offset {
-                Outcome::TooOld
-            } else {
-                Outcome::Recovered
-            }
-        });
-        let position = Position {
-            offset: log.last_offset,
-            epoch: log.epoch.clone(),
-            recovered: outcome.map(|o| o == Outcome::Recovered),
-        };
-        if let Some(frame) = ack(&position) {
-            member.outbox.send(Utf8Bytes::from(frame));
-        }
-        if let (Some(Outcome::Recovered), Some(s)) = (outcome, since) {
-            let from = log.entries.partition_point(|e| e.offset <= s.offset);
-            for e in log.entries.range(from..) {
-                member.outbox.send(e.frame.clone());
-            }
-        }
-        broker.subscribe(key, member);
-        drop(log);
-        if let Some(o) = outcome {
-            self.count(&key.tenant, o);
-        }
-        position
+        subscribed.position
     }
 
-    fn count(&self, tenant: &Arc<str>, o: Outcome) {
-        *self
-            .outcomes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((tenant.clone(), o))
-            .or_default() += 1;
-    }
-
-    /// Drop expired events and forget logs that are empty, unused for
-    /// `idle` and without local subscribers. `rule` says what a channel
-    /// keeps now (`None`: its rule no longer keeps history).
-    pub async fn sweep(
-        &self,
-        broker: &dyn Broker,
-        idle: Duration,
-        rule: impl Fn(&ChannelKey) -> Option<HistoryConfig>,
-    ) {
-        let logs = self.snapshot();
-        let now = unix_ms();
-        for (key, log) in logs {
-            let mut l = log.lock().await;
-            let (trimmed, ttl) = match rule(&key) {
-                Some(r) => (
-                    l.trim(r.size, now.saturating_sub(r.ttl_secs.saturating_mul(1000))),
-                    Duration::from_secs(r.ttl_secs),
-                ),
-                None => (l.trim(0, u64::MAX), Duration::ZERO),
-            };
-            // A log that never held an event (subscribes only) goes after
-            // `idle`: subscribing to many channels cannot pin memory for a
-            // whole TTL. One that did keeps its epoch for its TTL, so that
-            // a client coming back within it is told nothing was lost.
-            let keep_for = if l.stored || l.last_offset > 0 {
-                idle.max(ttl)
-            } else {
-                idle
-            };
-            let forget = l.entries.is_empty()
-                && l.used.elapsed() >= keep_for
-                && broker.subscribers(&key) == 0;
-            let write = match &self.store {
-                Some(store) if l.stored && (forget || trimmed.is_some()) => {
-                    match store.reserve().await {
-                        Ok(p) if forget => Some(p.forget(&key.tenant, &key.channel)),
-                        Ok(p) => trimmed.map(|t| p.trim(&key.tenant, &key.channel, t)),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "history sweep could not write");
-                            None
-                        }
-                    }
-                }
-                _ => None,
-            };
-            if forget {
-                let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
-                if logs.get(&key).is_some_and(|v| Arc::ptr_eq(v, &log)) {
-                    logs.remove(&key);
-                }
-            }
-            drop(l);
-            if let Some(w) = write
-                && let Err(e) = w.wait().await
-            {
-                tracing::warn!(error = %e, "history sweep write failed");
-            }
-        }
-    }
-
-    /// Events and bytes kept, per tenant.
-    pub fn sizes(&self) -> BTreeMap<Arc<str>, (u64, u64, u64)> {
-        let logs = self.snapshot();
-        let mut out: BTreeMap<Arc<str>, (u64, u64, u64)> = BTreeMap::new();
-        for (key, log) in logs {
-            // A log busy right now is skipped rather than waited for.
-            if let Ok(l) = log.try_lock() {
-                let e = out.entry(key.tenant.clone()).or_default();
-                e.0 += 1;
-                e.1 += l.entries.len() as u64;
-                e.2 += l.bytes as u64;
-            }
-        }
-        out
+    /// Drop expired events and forget idle logs (the sweeper).
+    pub async fn sweep(&self, idle: Duration, rule: RuleOf<'_>) {
+        self.store.trim(idle, rule).await;
     }
 
     /// The history series of `/metrics`.
     pub fn render(&self, out: &mut String) {
-        let sizes = self.sizes();
-        for (i, (name, help)) in [
+        let sizes = self.store.sizes();
+        type Field = fn(&crate::backends::history::HistorySize) -> u64;
+        let series: [(&str, &str, Field); 3] = [
             (
                 "sluice_history_channels",
                 "Channels with history, per tenant.",
+                |s| s.channels,
             ),
             (
                 "sluice_history_events",
                 "Events kept in channel history, per tenant.",
+                |s| s.events,
             ),
             (
                 "sluice_history_bytes",
                 "Bytes of channel history in memory, per tenant.",
+                |s| s.bytes,
             ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let rows = sizes.iter().map(|(t, (c, e, b))| (&**t, [*c, *e, *b][i]));
+        ];
+        for (name, help, field) in series {
+            let rows = sizes.iter().map(|(t, s)| (&**t, field(s)));
             tenant_series(out, (name, "gauge", help), rows);
         }
         let _ = writeln!(
@@ -493,178 +121,8 @@ impl History {
         }
     }
 
-    /// Let the store's writer finish and record a clean shutdown.
+    /// Let the store finish what it is writing and record a clean shutdown.
     pub fn close(&self) {
-        if let Some(s) = &self.store {
-            s.close();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::LocalBroker;
-    use crate::outbox::{Outbox, Outgoing};
-
-    fn drain(r: &mut crate::outbox::OutboxReader) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        while let Ok(Outgoing::Text(t)) = r.rx.try_recv() {
-            out.push(serde_json::from_str(t.as_str()).unwrap());
-        }
-        out
-    }
-
-    fn data(n: u64) -> Box<RawValue> {
-        RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap()
-    }
-
-    const RULE: HistoryConfig = HistoryConfig {
-        size: 5,
-        ttl_secs: 600,
-    };
-
-    #[tokio::test]
-    async fn recovery_replays_exactly_what_was_missed_and_refuses_what_is_gone() {
-        let history = History::in_memory();
-        let broker = LocalBroker::default();
-        let tenant: Arc<str> = "t".into();
-        let key = ChannelKey::new(&tenant, "room:1");
-        for n in 1..=3 {
-            history
-                .publish(&broker, &key, RULE, &data(n))
-                .await
-                .unwrap();
-        }
-        let (outbox, mut reader) = Outbox::new(1 << 20);
-        let pos = history
-            .subscribe(&broker, &key, RULE, None, Member { id: 1, outbox }, |_| {
-                Some("{}".into())
-            })
-            .await;
-        assert_eq!((pos.offset, pos.recovered), (3, None));
-        let epoch = pos.epoch.to_string();
-        assert_eq!(drain(&mut reader).len(), 1, "only the ack");
-        // Missed 4 and 5 (a second connection resumes after 3).
-        for n in 4..=5 {
-            history
-                .publish(&broker, &key, RULE, &data(n))
-                .await
-                .unwrap();
-        }
-        let (outbox2, mut reader2) = Outbox::new(1 << 20);
-        let since = Since {
-            offset: 3,
-            epoch: epoch.clone(),
-        };
-        let pos = history
-            .subscribe(
-                &broker,
-                &key,
-                RULE,
-                Some(&since),
-                Member {
-                    id: 2,
-                    outbox: outbox2,
-                },
-                |p| Some(format!("{{\"recovered\":{}}}", p.recovered == Some(true))),
-            )
-            .await;
-        assert_eq!(pos.recovered, Some(true));
-        let got = drain(&mut reader2);
-        assert_eq!(got[0]["recovered"], true);
-        let offsets: Vec<u64> = got[1..]
-            .iter()
-            .map(|e| e["offset"].as_u64().unwrap())
-            .collect();
-        assert_eq!(offsets, vec![4, 5]);
-        assert!(got[1..].iter().all(|e| e["epoch"] == epoch.as_str()));
-        // Six more: only five are kept, so offset 5 is the last one that can resume.
-        for n in 6..=11 {
-            history
-                .publish(&broker, &key, RULE, &data(n))
-                .await
-                .unwrap();
-        }
-        let try_since = |offset: u64, epoch: &str| Since {
-            offset,
-            epoch: epoch.to_owned(),
-        };
-        for (since, ok) in [
-            (try_since(5, &epoch), false),
-            (try_since(6, &epoch), true),
-            (try_since(11, &epoch), true),
-            (try_since(12, &epoch), false),
-            (try_since(6, "other"), false),
-        ] {
-            let (o, mut r) = Outbox::new(1 << 20);
-            let pos = history
-                .subscribe(
-                    &broker,
-                    &key,
-                    RULE,
-                    Some(&since),
-                    Member { id: 9, outbox: o },
-                    |_| Some("{}".into()),
-                )
-                .await;
-            assert_eq!(pos.recovered, Some(ok), "{since:?}");
-            let replayed = drain(&mut r).len() - 1;
-            assert_eq!(replayed as u64, if ok { 11 - since.offset } else { 0 });
-            broker.unsubscribe(&key, 9);
-        }
-    }
-
-    #[tokio::test]
-    async fn memory_stays_within_the_size_bound() {
-        let history = History::in_memory();
-        let broker = LocalBroker::default();
-        let tenant: Arc<str> = "t".into();
-        let key = ChannelKey::new(&tenant, "room:flood");
-        for n in 1..=10_000 {
-            history
-                .publish(&broker, &key, RULE, &data(n))
-                .await
-                .unwrap();
-        }
-        let sizes = history.sizes();
-        let (channels, events, bytes) = sizes[&tenant];
-        assert_eq!((channels, events), (1, 5));
-        assert!(bytes < 5 * 200, "{bytes}");
-    }
-
-    #[tokio::test]
-    async fn subscribing_to_many_channels_pins_no_memory_once_they_are_left() {
-        let history = History::in_memory();
-        let broker = LocalBroker::default();
-        let tenant: Arc<str> = "t".into();
-        for n in 0..1000 {
-            let key = ChannelKey::new(&tenant, &format!("room:{n}"));
-            let (o, _r) = Outbox::new(1 << 20);
-            history
-                .subscribe(
-                    &broker,
-                    &key,
-                    RULE,
-                    None,
-                    Member { id: 1, outbox: o },
-                    |_| None,
-                )
-                .await;
-            broker.unsubscribe(&key, 1);
-        }
-        // One channel that had events keeps its epoch for its TTL.
-        let kept = ChannelKey::new(&tenant, "room:kept");
-        history
-            .publish(&broker, &kept, RULE, &data(1))
-            .await
-            .unwrap();
-        assert_eq!(history.sizes()[&tenant].0, 1001);
-        history.sweep(&broker, Duration::ZERO, |_| Some(RULE)).await;
-        assert_eq!(
-            history.sizes()[&tenant].0,
-            1,
-            "only the channel with events stays"
-        );
+        self.store.close();
     }
 }

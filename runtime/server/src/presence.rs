@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::value::RawValue;
 
-use crate::broker::ChannelKey;
-use crate::metrics::tenant_series;
+use crate::backends::keys::ChannelKey;
+use crate::backends::presence::{PresenceEntry, PresenceShare, Reported};
+use crate::metrics::counters::tenant_series;
 
 struct Present {
     connections: u32,
@@ -54,33 +55,36 @@ pub struct Listed {
 }
 
 /// Every presence channel.
-#[derive(Default)]
 pub struct Presence {
     channels: Mutex<HashMap<ChannelKey, Channel>>,
-    /// Cluster mode: the other nodes' members, and where this node's go.
-    fleet: std::sync::OnceLock<Arc<crate::cluster::presence::FleetPresence>>,
+    /// The other nodes' members, and where this node's go (nothing on one
+    /// node).
+    share: Arc<dyn PresenceShare>,
     generation: std::sync::atomic::AtomicU64,
 }
 
 impl Presence {
-    /// Share this node's members with the fleet, and include the other
-    /// nodes' in every answer (cluster mode).
-    pub fn join_fleet(&self, fleet: Arc<crate::cluster::presence::FleetPresence>) {
-        let _ = self.fleet.set(fleet);
+    /// Presence on this node, shared through `share`.
+    pub fn new(share: Arc<dyn PresenceShare>) -> Self {
+        Self {
+            channels: Mutex::default(),
+            share,
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// Tell the fleet what this node now has in `key` (called under the lock).
     fn report(&self, key: &ChannelKey, ch: Option<&Channel>) {
-        let Some(fleet) = self.fleet.get() else {
+        if !self.share.shared() {
             return;
-        };
+        }
         let entry = ch
             .filter(|c| !c.members.is_empty() || c.untracked > 0)
-            .map(|c| crate::cluster::presence::Entry {
+            .map(|c| PresenceEntry {
                 members: c
                     .members
                     .iter()
-                    .map(|(s, p)| crate::cluster::presence::Reported {
+                    .map(|(s, p)| Reported {
                         subject: s.to_string(),
                         connections: p.connections,
                         claims: p.claims.clone(),
@@ -88,15 +92,13 @@ impl Presence {
                     .collect(),
                 truncated: c.untracked > 0,
             });
-        fleet.report(key, entry);
+        self.share.report(key, entry);
     }
 
     /// Whether `subject` is present in the channel on another node of the
     /// fleet (then its arrival or departure here is no join or leave).
     pub fn present_elsewhere(&self, key: &ChannelKey, subject: &str) -> bool {
-        self.fleet
-            .get()
-            .is_some_and(|f| f.present_elsewhere(key, subject))
+        self.share.present_elsewhere(key, subject)
     }
 
     /// A connection of `subject` joined the channel.
@@ -198,19 +200,17 @@ impl Presence {
                 );
             }
         }
-        if let Some(fleet) = self.fleet.get() {
-            for entry in fleet.elsewhere(key) {
-                truncated |= entry.truncated;
-                for m in entry.members {
-                    merged
-                        .entry(m.subject.clone())
-                        .and_modify(|l| l.connections += m.connections)
-                        .or_insert(Listed {
-                            subject: m.subject,
-                            connections: m.connections,
-                            claims: m.claims,
-                        });
-                }
+        for entry in self.share.elsewhere(key) {
+            truncated |= entry.truncated;
+            for m in entry.members {
+                merged
+                    .entry(m.subject.clone())
+                    .and_modify(|l| l.connections += m.connections)
+                    .or_insert(Listed {
+                        subject: m.subject,
+                        connections: m.connections,
+                        claims: m.claims,
+                    });
             }
         }
         (merged.into_values().collect(), truncated)
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn a_quick_reconnect_is_neither_a_leave_nor_a_join_and_the_cap_holds() {
-        let p = Presence::default();
+        let p = Presence::new(Arc::new(crate::backends::presence::NodeOnly));
         let t: Arc<str> = "t".into();
         let key = ChannelKey::new(&t, "room:1");
         let claims: Box<RawValue> = RawValue::from_string("{}".into()).unwrap();

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use governor::DefaultDirectRateLimiter;
 
-use super::auth::KeySet;
-use super::authz::ChannelRule;
-use super::marketplace::{Registry, Slot};
-use super::ratelimit::{ConnectionCounter, KeyedLimiter, quota};
-use super::validate::Schema;
+use crate::auth::KeySet;
+use crate::authz::ChannelRule;
+use crate::metrics::counters::TenantMetrics;
+use crate::ratelimit::{self, ConnectionCounter, KeyedLimiter, quota};
+use crate::schema::Schema;
+use crate::slot::{HandlerSlot, PushedHandlers};
 use sluice_config::{ChannelAccess, Config, TenantConfig};
 use sluice_sandbox::{Handler, HandlerSpec, Sandbox};
 
@@ -22,7 +23,7 @@ pub enum RouteHandler {
     Configured(Handler),
     /// One pushed through the management API: the version is picked per
     /// connection, message by message.
-    Pushed(Arc<Slot>),
+    Pushed(Arc<dyn HandlerSlot>),
 }
 
 /// One route, ready to serve.
@@ -70,7 +71,7 @@ pub struct Tenant {
     /// Live connections of the tenant.
     pub connections: ConnectionCounter<()>,
     /// Counters for `/metrics`.
-    pub metrics: Arc<super::metrics::TenantMetrics>,
+    pub metrics: Arc<TenantMetrics>,
 }
 
 impl Tenant {
@@ -81,7 +82,7 @@ impl Tenant {
         tc: &TenantConfig,
         config: &Config,
         sandbox: &Sandbox,
-        registry: &Registry,
+        pushed_handlers: &dyn PushedHandlers,
         previous: Option<&Tenant>,
     ) -> Result<Arc<Tenant>, Vec<String>> {
         let mut problems = Vec::new();
@@ -115,7 +116,7 @@ impl Tenant {
         // every one a route names, ready for the tenant's managed settings.
         let mut pushed = BTreeMap::new();
         if let Some(managed) = &tc.managed {
-            let mut names = registry.names(id).await;
+            let mut names = pushed_handlers.names(id).await;
             names.extend(
                 tc.routes
                     .values()
@@ -126,7 +127,7 @@ impl Tenant {
                 if pushed.contains_key(&name) || handlers.contains_key(&name) {
                     continue;
                 }
-                match registry.slot(id, &name, managed).await {
+                match pushed_handlers.slot(id, &name, managed).await {
                     Ok(slot) => {
                         pushed.insert(name, slot);
                     }
@@ -214,7 +215,7 @@ impl Tenant {
         };
         let tenant_limiter = match same_rate(|l| l.tenant_messages_per_sec) {
             Some(p) => p.tenant_limiter.clone(),
-            None => Arc::new(crate::ratelimit::direct(quota(
+            None => Arc::new(ratelimit::direct(quota(
                 limits.tenant_messages_per_sec,
                 limits.tenant_messages_per_sec.saturating_mul(2),
             ))),

@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
 use sluice::config::Config;
 use sluice::sandbox::{StateStore, Writes};
-use sluice::server::{Server, ServerState};
+use sluice::server::ServerState;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Options.
@@ -84,8 +84,10 @@ pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyh
     l.subject_messages_per_sec = 1_000_000;
     l.tenant_messages_per_sec = 1_000_000;
     l.max_connections_per_subject = 100_000;
-    let state = ServerState::build(config).await?;
-    let server = Server::bind_state(state.clone(), state.config.server.listen).await?;
+    let listen = config.server.listen;
+    let node = sluice::node::Node::build(config).await?;
+    let state = node.state.clone();
+    let server = node.bind(listen).await?;
     let url = format!("wss://{}/ws/demo", server.local_addr());
     let admin = server.admin_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -468,20 +470,15 @@ async fn measure(
     println!("| memory | {:.0} |", state_writes(mem, opts.seconds).await);
     let opened = sluice::store::Store::open(&dir.join("state-bench"))?;
     let durable: Arc<dyn StateStore> =
-        sluice::server::durable_state::DurableState::new(opened.store.clone(), opened.state);
+        sluice::server::backends::DurableState::new(opened.store.clone(), opened.state);
     println!(
         "| durable (redb, fsync per batch) | {:.0} |",
         state_writes(durable, opts.seconds).await
     );
     opened.store.close();
     let node = start_node(&cluster(0, "kv"), &fleet.dir).await?;
-    let kv: Arc<dyn StateStore> = node
-        .state
-        .cluster
-        .as_ref()
-        .context("cluster")?
-        .state
-        .clone();
+    // A fleet node's sandbox keeps state on JetStream KV.
+    let kv: Arc<dyn StateStore> = node.state.sandbox.state().clone();
     println!(
         "| JetStream KV (R1, file) | {:.0} |",
         state_writes(kv, opts.seconds).await

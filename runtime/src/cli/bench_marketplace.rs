@@ -105,8 +105,8 @@ async fn push(node: &Node, bytes: &[u8], stage: Option<&str>) -> anyhow::Result<
     let stage = stage
         .map(|s| serde_json::from_value(serde_json::json!(s)))
         .transpose()?;
-    let body = sluice::server::marketplace::client::push_body(bytes, None, stage, None);
-    let (status, answer) = sluice::server::admin::request(
+    let body = sluice::control::client::push_body(bytes, None, stage, None);
+    let (status, answer) = sluice::server::admin::client::request(
         &admin,
         http::Method::POST,
         "/v1/tenants/demo/handlers/room/versions",
@@ -259,7 +259,7 @@ async fn measure(dir: &Path, echo: &Path, chat: &Path, opts: &Options) -> anyhow
             pct(&r.1, 0.99).as_secs_f64() * 1e6,
         );
     }
-    let show = sluice::server::admin::request(
+    let show = sluice::server::admin::client::request(
         &admin,
         http::Method::GET,
         "/v1/tenants/demo/handlers/room",
@@ -278,7 +278,7 @@ async fn measure(dir: &Path, echo: &Path, chat: &Path, opts: &Options) -> anyhow
 
 async fn promote(admin: &str, version: u64, stage: &str) -> anyhow::Result<()> {
     let body = serde_json::json!({"version": version, "stage": stage}).to_string();
-    let (status, answer) = sluice::server::admin::request(
+    let (status, answer) = sluice::server::admin::client::request(
         admin,
         http::Method::POST,
         "/v1/tenants/demo/handlers/room/promote",

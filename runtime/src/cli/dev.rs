@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 use sluice::config::Config;
-use sluice::server::{Server, ServerState};
 
 /// Where the repository's handlers are built.
 pub fn repo_root() -> PathBuf {
@@ -111,7 +110,8 @@ pub async fn run(
         });
     let sluice = own_command();
     let config = Config::load(&config_path)?;
-    let state = ServerState::build(config).await?;
+    let node = sluice::node::Node::build(config).await?;
+    let state = node.state.clone();
     let tenant = state.tenant("demo").context("the demo tenant is missing")?;
     let token = tenant
         .keys
@@ -141,7 +141,7 @@ pub async fn run(
         }),
         None => None,
     };
-    let server = Server::from_listeners(state, listener, admin);
+    let server = node.serve_on(listener, admin);
     let addr = server.local_addr();
     let url = format!("wss://{addr}/ws/demo");
     println!("Sluice dev server on {url}");

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
-use sluice::server::marketplace::Stage;
-use sluice::server::marketplace::verify::Sample;
+use sluice::control::Stage;
+use sluice::control::verify::Sample;
 
 /// How to reach the management API.
 #[derive(clap::Args)]
@@ -166,7 +166,7 @@ pub async fn run(args: HandlerArgs) -> anyhow::Result<ExitCode> {
             "no token: pass -c <config> (its admin token), --token-file, or set SLUICE_MANAGEMENT_TOKEN"
         );
     };
-    let admin = sluice::server::admin::admin_address(config.as_ref(), t.admin.as_deref());
+    let admin = sluice::server::admin::client::admin_address(config.as_ref(), t.admin.as_deref());
     let path = |tenant: &str, rest: &str| format!("/v1/tenants/{tenant}/handlers{rest}");
     use http::Method;
     let (method, uri, body) = match &args.command {
@@ -201,12 +201,8 @@ pub async fn run(args: HandlerArgs) -> anyhow::Result<ExitCode> {
                 (_, _, true) => (Some(Stage::Shadow), None),
                 _ => (None, None),
             };
-            let body = sluice::server::marketplace::client::push_body(
-                &bytes,
-                samples.as_deref(),
-                stage,
-                percent,
-            );
+            let body =
+                sluice::control::client::push_body(&bytes, samples.as_deref(), stage, percent);
             (
                 Method::POST,
                 path(tenant, &format!("/{name}/versions")),
@@ -268,7 +264,7 @@ pub async fn run(args: HandlerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (status, answer) =
-        sluice::server::admin::request(&admin, method, &uri, Some(&token), body).await?;
+        sluice::server::admin::client::request(&admin, method, &uri, Some(&token), body).await?;
     let value: Value = serde_json::from_slice(&answer)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
     let ok = (200..300).contains(&status);

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sluice_config::HistoryConfig;
+use sluice_protocol::Since;
 use sluice_sandbox::{MemoryStateStore, StateStore, Writes};
-use sluice_server::broker::{Broker, ChannelKey, LocalBroker, Member};
-use sluice_server::durable_state::DurableState;
-use sluice_server::history::History;
+use sluice_server::backends::history::HistoryStore;
+use sluice_server::backends::{
+    Broker, ChannelKey, DurableState, LocalBroker, LocalHistory, Member,
+};
 use sluice_server::outbox::{Outbox, Outgoing};
-use sluice_server::stages::decode::Since;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What to run.
@@ -79,9 +80,13 @@ fn payload() -> Arc<RawValue> {
 }
 
 /// Publishes per second for `secs` with `n` publishers; `history` None:
-/// straight to the broker.
-async fn publish_rate(history: Option<Arc<History>>, n: usize, secs: f64) -> f64 {
-    let broker = Arc::new(LocalBroker::default());
+/// straight to `broker` (the one the histories deliver through).
+async fn publish_rate(
+    broker: &Arc<LocalBroker>,
+    history: Option<Arc<LocalHistory>>,
+    n: usize,
+    secs: f64,
+) -> f64 {
     let tenant: Arc<str> = "bench".into();
     let key = ChannelKey::new(&tenant, "room:bench");
     // One subscriber, drained as fast as it can.
@@ -104,7 +109,7 @@ async fn publish_rate(history: Option<Arc<History>>, n: usize, secs: f64) -> f64
             while Instant::now() < until {
                 match &history {
                     Some(h) => {
-                        if h.publish(broker.as_ref(), &key, rule, &data).await.is_err() {
+                        if h.append(&key, rule, &data).await.is_err() {
                             break;
                         }
                     }
@@ -125,15 +130,13 @@ async fn publish_rate(history: Option<Arc<History>>, n: usize, secs: f64) -> f64
     }
     let rate = total as f64 / started.elapsed().as_secs_f64();
     broker.unsubscribe(&key, 1);
-    drop(broker);
     drain.abort();
     rate
 }
 
 /// Microseconds to recover `missed` events into a fresh connection's queue
 /// and drain it.
-async fn recover_us(history: &History, missed: u64) -> f64 {
-    let broker = LocalBroker::default();
+async fn recover_us(broker: &LocalBroker, history: &LocalHistory, missed: u64) -> f64 {
     let tenant: Arc<str> = "bench".into();
     let key = ChannelKey::new(&tenant, "room:recover");
     let rule = HistoryConfig {
@@ -144,17 +147,17 @@ async fn recover_us(history: &History, missed: u64) -> f64 {
     let (o, mut r) = Outbox::new(usize::MAX / 2);
     let first = history
         .subscribe(
-            &broker,
             &key,
             rule,
             None,
             Member { id: 1, outbox: o },
-            |_| None,
+            Box::new(|_| None),
         )
-        .await;
+        .await
+        .position;
     broker.unsubscribe(&key, 1);
     for _ in 0..missed {
-        let _ = history.publish(&broker, &key, rule, &data).await;
+        let _ = history.append(&key, rule, &data).await;
     }
     while r.rx.try_recv().is_ok() {}
     let since = Since {
@@ -165,12 +168,11 @@ async fn recover_us(history: &History, missed: u64) -> f64 {
     let started = Instant::now();
     history
         .subscribe(
-            &broker,
             &key,
             rule,
             Some(&since),
             Member { id: 2, outbox: o },
-            |_| Some("{}".to_owned()),
+            Box::new(|_| Some("{}".to_owned())),
         )
         .await;
     let mut got = 0u64;
@@ -222,22 +224,24 @@ pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
     let _ = std::fs::remove_dir_all(&dir);
     let opened = sluice_store::Store::open(&dir)?;
     let store = opened.store.clone();
-    let durable_history = Arc::new(History::durable(
+    let broker = Arc::new(LocalBroker::default());
+    let durable_history = Arc::new(LocalHistory::durable(
+        broker.clone(),
         opened.store,
         opened.channels,
         opened.unclean,
     ));
     let durable_state: Arc<dyn StateStore> = DurableState::new(store.clone(), opened.state);
     let memory_state: Arc<dyn StateStore> = MemoryStateStore::new();
-    let memory_history = Arc::new(History::in_memory());
+    let memory_history = Arc::new(LocalHistory::in_memory(broker.clone()));
     let (n, secs) = (opts.concurrency, opts.seconds);
     let (mut off, mut mem, mut dur, mut rec, mut sm, mut sd) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..opts.rounds {
-        off.push(publish_rate(None, n, secs).await);
-        mem.push(publish_rate(Some(memory_history.clone()), n, secs).await);
-        dur.push(publish_rate(Some(durable_history.clone()), n, secs).await);
-        rec.push(recover_us(&durable_history, opts.missed).await);
+        off.push(publish_rate(&broker, None, n, secs).await);
+        mem.push(publish_rate(&broker, Some(memory_history.clone()), n, secs).await);
+        dur.push(publish_rate(&broker, Some(durable_history.clone()), n, secs).await);
+        rec.push(recover_us(&broker, &durable_history, opts.missed).await);
         sm.push(commit_rate(memory_state.clone(), n, secs).await);
         sd.push(commit_rate(durable_state.clone(), n, secs).await);
     }

@@ -1,13 +1,17 @@
 //! One task per connection. The loop ([`run`]) is generic over a
 //! Sink/Stream of WebSocket messages, so it runs over a TLS socket in the
 //! server and over in-memory channels in unit tests. It reads a frame, then
-//! runs the message path of [`crate::stages`] (decode -> rate limit ->
-//! authorize -> validate -> call -> authorize effects -> apply), one message
-//! at a time. The same task drains the connection's bounded outbound queue
-//! once no more input is buffered, batching every frame that is ready into
-//! one flush: a message costs no wake-up of a second task, and a pipelining
-//! client's answers go out in one write.
+//! handles it to the end ([`messages`]: rate limit, decode, the message path
+//! of [`crate::stages`], [`apply`]), one message at a time. The same task
+//! drains the connection's bounded outbound queue once no more input is
+//! buffered, batching every frame that is ready into one flush: a message
+//! costs no wake-up of a second task, and a pipelining client's answers go
+//! out in one write.
 
+mod apply;
+mod connection;
+mod messages;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 
@@ -16,30 +20,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use governor::DefaultDirectRateLimiter;
-use serde_json::value::RawValue;
-use sluice_protocol::{self as protocol, CloseReason, ErrorCode, Rejection, Wire};
-use sluice_sandbox::{self as sandbox, Handler};
+use sluice_protocol::{self as protocol, CloseReason, ErrorCode, Rejection};
+use sluice_sandbox::{self as sandbox, Export};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use crate::ServerState;
-use crate::authz::{ChannelFeatures, ChannelOp, Principal, channel_allowed, channel_features};
-use crate::broker::{ChannelKey, Member, SubjectKey};
+use self::connection::{Flow, Session, expiry};
+use crate::backends::keys::Member;
 use crate::handshake::Admitted;
-use crate::history::Position;
 use crate::outbox::{Outbox, OutboxReader, Outgoing};
-use crate::presence::Joined;
-use crate::ratelimit::quota;
-use crate::stages::call::Phase;
-use crate::stages::decode::{Request, Since};
-use crate::stages::effects::Effect;
-use crate::stages::{authorize, call, decode, effects, validate};
-use crate::tenant::Tenant;
+use crate::ratelimit::{self, quota};
+use crate::state::ServerState;
 
-/// Channels one connection may be subscribed to at once.
-pub const MAX_SUBSCRIPTIONS: usize = 256;
+pub use self::subscriptions::MAX_SUBSCRIPTIONS;
+
 /// How long the server waits for a client's answer to its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a closing connection's writer may take to flush.
@@ -58,47 +53,44 @@ impl<S> FrameSocket for S where
 {
 }
 
-/// What to do after a message.
-enum Flow {
-    Continue,
-    Close(CloseReason),
+/// A limit that ends a connection outside any message, whether the task
+/// was waiting for input or blocked writing: each closes with its reason.
+#[derive(Clone, Copy, Debug)]
+enum Limit {
+    /// The outbound queue overflowed (a slow consumer).
+    Overflowed,
+    /// The server is draining.
+    Draining,
+    /// The token expired.
+    Expired,
+    /// Nothing was heard for the idle timeout.
+    Idle,
 }
 
-struct Session {
-    state: Arc<ServerState>,
-    tenant: Arc<Tenant>,
-    principal: Principal,
-    /// The token the principal came from (verified again after a reload).
-    token: Box<str>,
-    conn: sandbox::Connection,
-    id: u64,
-    outbox: Outbox,
-    /// Channels subscribed, with how the connection counts in the
-    /// channel's presence (if the channel has presence).
-    subscriptions: HashMap<String, Option<Joined>>,
-    limiter: DefaultDirectRateLimiter,
-    limited_in_a_row: u32,
-    /// When the token (plus the tenant's leeway) expires.
-    expires: tokio::time::Instant,
-    /// When the message being handled arrived (for the latency histogram).
-    started: std::time::Instant,
-}
+impl Limit {
+    fn reason(self) -> CloseReason {
+        match self {
+            Self::Overflowed => CloseReason::SlowConsumer,
+            Self::Draining => CloseReason::ServerShutdown,
+            Self::Expired => CloseReason::TokenExpired,
+            Self::Idle => CloseReason::IdleTimeout,
+        }
+    }
 
-/// The instant a token expiring at `exp` (seconds since the epoch) stops
-/// being valid, allowing `leeway` seconds of clock skew.
-fn expiry(exp: u64, leeway: u64) -> tokio::time::Instant {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let left = exp.saturating_add(leeway).saturating_sub(now_unix);
-    tokio::time::Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600))
+    fn log(self, tenant: &str, connection: u64) {
+        let what = match self {
+            Self::Overflowed => "slow consumer disconnected",
+            Self::Draining => return,
+            Self::Expired => "token expired",
+            Self::Idle => "idle timeout",
+        };
+        tracing::debug!(%tenant, connection, "{what}");
+    }
 }
 
 /// What woke the connection's task.
 enum Woke {
-    Overflowed,
-    Draining,
-    Expired,
+    Limit(Limit),
     Tick,
     Reloaded,
     Read(Option<Result<Message, WsError>>),
@@ -111,14 +103,8 @@ enum Written {
     Ok,
     /// The connection is gone, or our close frame went out.
     Closed,
-    /// The queue overflowed while a flush was blocked.
-    Overflowed,
-    /// The server started draining while a flush was blocked.
-    Draining,
-    /// The token expired while a flush was blocked.
-    Expired,
-    /// Nothing was heard for the idle timeout while a flush was blocked.
-    Idle,
+    /// A limit was reached while a flush was blocked.
+    Limit(Limit),
 }
 
 /// Serve an admitted connection until it closes.
@@ -147,7 +133,7 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
                 claims: tenant.exposed_claims(&principal.claims),
             },
         },
-        limiter: crate::ratelimit::direct(quota(limits.messages_per_sec, limits.message_burst)),
+        limiter: ratelimit::direct(quota(limits.messages_per_sec, limits.message_burst)),
         state: state.clone(),
         tenant: tenant.clone(),
         principal,
@@ -178,7 +164,7 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
     // Message handling is boxed (one allocation per message): its state,
     // with the handler call inside, is kilobytes that an idle connection
     // would otherwise carry for its whole life.
-    let mut flow = Box::pin(session.lifecycle(Phase::Connect)).await;
+    let mut flow = Box::pin(session.lifecycle(Export::Connect)).await;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
@@ -196,9 +182,9 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
         let must_write = reads_since_write >= MAX_READS_PER_WRITE && !reader.rx.is_empty();
         let woke = tokio::select! {
             biased;
-            () = outbox.overflowed() => Woke::Overflowed,
-            _ = shutdown.wait_for(|draining| *draining) => Woke::Draining,
-            () = &mut token_expiry => Woke::Expired,
+            () = outbox.overflowed() => Woke::Limit(Limit::Overflowed),
+            _ = shutdown.wait_for(|draining| *draining) => Woke::Limit(Limit::Draining),
+            () = &mut token_expiry => Woke::Limit(Limit::Expired),
             Ok(()) = reloads.changed() => Woke::Reloaded,
             _ = ticker.tick() => Woke::Tick,
             next = socket.next(), if !must_write => Woke::Read(next),
@@ -206,18 +192,9 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
         };
         let next = match woke {
             Woke::Read(next) => next,
-            Woke::Overflowed => {
-                tracing::debug!(tenant = %tenant.id, connection = id, "slow consumer disconnected");
-                flow = Flow::Close(CloseReason::SlowConsumer);
-                break;
-            }
-            Woke::Draining => {
-                flow = Flow::Close(CloseReason::ServerShutdown);
-                break;
-            }
-            Woke::Expired => {
-                tracing::debug!(tenant = %tenant.id, connection = id, "token expired");
-                flow = Flow::Close(CloseReason::TokenExpired);
+            Woke::Limit(limit) => {
+                limit.log(&tenant.id, id);
+                flow = Flow::Close(limit.reason());
                 break;
             }
             Woke::Reloaded => {
@@ -226,8 +203,8 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
             }
             Woke::Tick => {
                 if last_heard.elapsed() >= idle_timeout {
-                    tracing::debug!(tenant = %tenant.id, connection = id, "idle timeout");
-                    flow = Flow::Close(CloseReason::IdleTimeout);
+                    Limit::Idle.log(&tenant.id, id);
+                    flow = Flow::Close(Limit::Idle.reason());
                     break;
                 }
                 outbox.ping();
@@ -243,30 +220,17 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
                 let written = tokio::select! {
                     biased;
                     written = write_queued(&mut socket, &mut reader, first) => written,
-                    () = outbox.overflowed() => Written::Overflowed,
-                    _ = shutdown.wait_for(|draining| *draining) => Written::Draining,
-                    () = &mut token_expiry => Written::Expired,
-                    () = tokio::time::sleep_until(idle_at) => Written::Idle,
+                    () = outbox.overflowed() => Written::Limit(Limit::Overflowed),
+                    _ = shutdown.wait_for(|draining| *draining) => Written::Limit(Limit::Draining),
+                    () = &mut token_expiry => Written::Limit(Limit::Expired),
+                    () = tokio::time::sleep_until(idle_at) => Written::Limit(Limit::Idle),
                 };
                 match written {
                     Written::Ok => continue,
                     Written::Closed => break,
-                    Written::Overflowed => {
-                        flow = Flow::Close(CloseReason::SlowConsumer);
-                        break;
-                    }
-                    Written::Draining => {
-                        flow = Flow::Close(CloseReason::ServerShutdown);
-                        break;
-                    }
-                    Written::Expired => {
-                        tracing::debug!(tenant = %tenant.id, connection = id, "token expired while a write was blocked");
-                        flow = Flow::Close(CloseReason::TokenExpired);
-                        break;
-                    }
-                    Written::Idle => {
-                        tracing::debug!(tenant = %tenant.id, connection = id, "idle while a write was blocked");
-                        flow = Flow::Close(CloseReason::IdleTimeout);
+                    Written::Limit(limit) => {
+                        limit.log(&tenant.id, id);
+                        flow = Flow::Close(limit.reason());
                         break;
                     }
                 }
@@ -378,500 +342,6 @@ async fn write_queued<S: FrameSocket>(
 }
 
 impl Session {
-    fn send(&self, frame: String) {
-        self.outbox.send(Utf8Bytes::from(frame));
-    }
-
-    fn subject_key(&self) -> SubjectKey {
-        SubjectKey::new(&self.tenant.key, &self.principal.subject)
-    }
-
-    fn channel_key(&self, channel: &str) -> ChannelKey {
-        ChannelKey::new(&self.tenant.key, channel)
-    }
-
-    /// Answer message `id` with `rejection`: an error frame, or a close.
-    fn reject(&self, id: Option<&str>, rejection: &Rejection) -> Flow {
-        if let Some(code) = rejection.code() {
-            self.tenant
-                .metrics
-                .message_error(code.as_str(), self.started.elapsed());
-        }
-        match rejection.to_wire(id) {
-            Wire::Frame(frame) => {
-                self.send(frame);
-                Flow::Continue
-            }
-            Wire::Close { .. } => match rejection {
-                Rejection::Close(reason) => Flow::Close(reason.clone()),
-                Rejection::Error { .. } => Flow::Continue,
-            },
-        }
-    }
-
-    /// Every frame counts against the connection's, the subject's and the
-    /// tenant's quotas, valid or not.
-    fn check_rate(&self) -> Result<(), Duration> {
-        // The limiters' own clocks: building a clock (quanta calibrates
-        // with cpuid) per message cost a third of the server's CPU.
-        use governor::clock::Clock as _;
-        self.limiter
-            .check()
-            .map_err(|n| n.wait_time_from(self.limiter.clock().now()))?;
-        self.tenant.subject_limiter.check(&self.principal.subject)?;
-        let tenant = &self.tenant.tenant_limiter;
-        tenant
-            .check()
-            .map_err(|n| n.wait_time_from(tenant.clock().now()))?;
-        Ok(())
-    }
-
-    /// Check this session against the configuration as it is now (after
-    /// a reload): the tenant still there and the same incarnation, the
-    /// token still verifying with its keys, every subscription still
-    /// allowed by its channel rules.
-    fn recheck(&mut self) -> Flow {
-        let Some(current) = self.state.tenant(&self.tenant.id) else {
-            tracing::debug!(tenant = %self.tenant.id, connection = self.id, "tenant removed");
-            return Flow::Close(CloseReason::TenantRemoved);
-        };
-        if current.incarnation != self.tenant.incarnation {
-            return Flow::Close(CloseReason::TenantRemoved);
-        }
-        if Arc::ptr_eq(&current, &self.tenant) {
-            return Flow::Continue;
-        }
-        // A token past its expiry is the expiry timer's to close.
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let expired = self
-            .principal
-            .expires_at
-            .saturating_add(current.config.auth.leeway_secs)
-            <= now_unix;
-        if !expired {
-            match current.keys.verify(&self.token) {
-                Ok(principal) if principal.subject == self.principal.subject => {
-                    self.principal = principal;
-                }
-                _ => {
-                    tracing::info!(tenant = %self.tenant.id, connection = self.id,
-                        "the token no longer verifies after a reload: closing");
-                    return Flow::Close(CloseReason::KeyRevoked);
-                }
-            }
-        }
-        self.conn.principal.claims = current.exposed_claims(&self.principal.claims);
-        self.tenant = current;
-        for channel in self.drop_disallowed_subscriptions() {
-            self.send(protocol::unsubscribed(
-                &channel,
-                "the channel rules no longer allow this subscription",
-            ));
-        }
-        Flow::Continue
-    }
-
-    /// Count one frame against the rate limits, before anything else is
-    /// done with it. `Err(flow)` when it is refused: a `rate_limited` error
-    /// (for a data frame, answering the id peeked from `text` if any), or a
-    /// close for sustained abuse.
-    fn count_frame(&mut self, text: Option<&str>, answer: bool) -> Result<(), Flow> {
-        let Err(wait) = self.check_rate() else {
-            self.limited_in_a_row = 0;
-            return Ok(());
-        };
-        self.limited_in_a_row += 1;
-        if self.limited_in_a_row >= self.tenant.config.limits.abuse_close_after {
-            tracing::info!(tenant = %self.tenant.id, connection = self.id, "closed for rate-limit abuse");
-            return Err(Flow::Close(CloseReason::RateLimitAbuse));
-        }
-        if !answer {
-            return Err(Flow::Continue);
-        }
-        let rejection = Rejection::retry(
-            ErrorCode::RateLimited,
-            "too many messages",
-            wait.as_millis() as u64,
-        );
-        Err(self.reject(text.and_then(protocol::peek_id), &rejection))
-    }
-
-    async fn on_text(&mut self, text: &str) -> Flow {
-        self.started = std::time::Instant::now();
-        // A reload swaps tenants: check against the current one (its keys,
-        // routes, schemas, handlers, rules) before this message.
-        if let Flow::Close(reason) = self.recheck() {
-            return Flow::Close(reason);
-        }
-        // Refused before parsing: a flood costs no JSON work.
-        if let Err(flow) = self.count_frame(Some(text), true) {
-            return flow;
-        }
-        let decode::Decoded { id, request } =
-            decode::decode(text, self.state.config.server.max_json_depth);
-        let result = match request {
-            Ok(request) => self.dispatch(request, id.as_deref()).await,
-            Err(rejection) => Err(rejection),
-        };
-        match result {
-            Ok(flow) => flow,
-            Err(rejection) => self.reject(id.as_deref(), &rejection),
-        }
-    }
-
-    async fn dispatch(&mut self, request: Request, id: Option<&str>) -> Result<Flow, Rejection> {
-        let envelope = match request {
-            Request::Ping => {
-                self.tenant.metrics.message_ok(self.started.elapsed());
-                self.send(protocol::pong(id));
-                return Ok(Flow::Continue);
-            }
-            Request::Subscribe { channel, since } => {
-                self.subscribe(&channel, since.as_ref(), Some(id)).await?;
-                self.tenant.metrics.message_ok(self.started.elapsed());
-                return Ok(Flow::Continue);
-            }
-            Request::Presence { channel } => {
-                self.presence(&channel, id)?;
-                self.tenant.metrics.message_ok(self.started.elapsed());
-                return Ok(Flow::Continue);
-            }
-            Request::Unsubscribe { channel } => {
-                self.unsubscribe(&channel);
-                self.tenant.metrics.message_ok(self.started.elapsed());
-                self.send(protocol::ack(id, None));
-                return Ok(Flow::Continue);
-            }
-            Request::Refresh { token } => {
-                self.refresh(&token, id)?;
-                return Ok(Flow::Continue);
-            }
-            Request::Route(envelope) => envelope,
-        };
-        let tenant = self.tenant.clone();
-        let authorized = authorize::authorize(&tenant, &self.principal, envelope)?;
-        let validated = validate::validate(authorized)?;
-        let proposed = call::call(validated, &self.conn).await?;
-        let effects = effects::authorize(&tenant, &self.principal, proposed);
-        Ok(self.apply(effects, Phase::Message, id).await)
-    }
-
-    /// `{"type":"refresh","data":{"token":"..."}}`: a new token for the same
-    /// tenant and subject extends the connection; subscriptions the new
-    /// claims no longer allow are dropped and listed in the ack.
-    fn refresh(&mut self, token: &str, id: Option<&str>) -> Result<(), Rejection> {
-        let principal = self.tenant.keys.verify(token).map_err(|e| {
-            tracing::debug!(tenant = %self.tenant.id, connection = self.id, reason = %e, "refresh token refused");
-            Rejection::error(ErrorCode::InvalidToken, "the token is not valid")
-        })?;
-        if principal.subject != self.principal.subject {
-            return Err(Rejection::error(
-                ErrorCode::Forbidden,
-                "a refresh must keep the same subject",
-            ));
-        }
-        self.expires = expiry(principal.expires_at, self.tenant.config.auth.leeway_secs);
-        self.token = token.into();
-        self.conn.principal.claims = self.tenant.exposed_claims(&principal.claims);
-        self.principal = principal;
-        let dropped = self.drop_disallowed_subscriptions();
-        let data =
-            serde_json::json!({ "expires_at": self.principal.expires_at, "dropped": dropped });
-        let raw = RawValue::from_string(data.to_string()).ok();
-        self.send(protocol::ack(id, raw.as_deref()));
-        Ok(())
-    }
-
-    /// Unsubscribe from every channel the tenant's rules no longer let the
-    /// principal subscribe to; the channels dropped, sorted.
-    fn drop_disallowed_subscriptions(&mut self) -> Vec<String> {
-        let mut dropped: Vec<String> = self
-            .subscriptions
-            .keys()
-            .filter(|ch| {
-                !channel_allowed(
-                    &self.tenant.channels,
-                    &self.principal,
-                    ch,
-                    ChannelOp::Subscribe,
-                )
-            })
-            .cloned()
-            .collect();
-        dropped.sort();
-        for channel in &dropped {
-            self.unsubscribe(channel);
-        }
-        dropped
-    }
-
-    fn features(&self, channel: &str) -> ChannelFeatures {
-        channel_features(&self.tenant.channels, channel)
-    }
-
-    /// Subscribe to `channel`. `reply_to`: answer with an `ack` (a client's
-    /// `subscribe`; `None` for a handler's action). With history, the ack
-    /// carries the channel's offset and epoch, and with `since` whether
-    /// the events missed since then follow it.
-    async fn subscribe(
-        &mut self,
-        channel: &str,
-        since: Option<&Since>,
-        reply_to: Option<Option<&str>>,
-    ) -> Result<(), Rejection> {
-        authorize::subscription(&self.tenant, &self.principal, channel)?;
-        let new = !self.subscriptions.contains_key(channel);
-        if new && self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-            return Err(Rejection::error(
-                ErrorCode::TooManySubscriptions,
-                "too many subscriptions",
-            ));
-        }
-        let features = self.features(channel);
-        let key = self.channel_key(channel);
-        let member = Member {
-            id: self.id,
-            outbox: self.outbox.clone(),
-        };
-        match features.history {
-            Some(rule) => {
-                // A client's subscribe gets an ack with the position; a
-                // handler's gets a `subscribed` frame with it.
-                let ack = |p: &Position| {
-                    let mut data = serde_json::json!({ "offset": p.offset, "epoch": &*p.epoch });
-                    if let Some(r) = p.recovered {
-                        data["recovered"] = r.into();
-                    }
-                    let raw = RawValue::from_string(data.to_string()).ok()?;
-                    Some(match reply_to {
-                        Some(id) => protocol::ack(id, Some(&raw)),
-                        None => protocol::subscribed(channel, &raw),
-                    })
-                };
-                self.state
-                    .history
-                    .subscribe(self.state.broker.as_ref(), &key, rule, since, member, ack)
-                    .await;
-            }
-            None => {
-                self.state.broker.subscribe(&key, member);
-                self.state.broker.channel_ready(&key).await;
-                if let Some(id) = reply_to {
-                    // No history: nothing can be recovered.
-                    let raw = since.and_then(|_| {
-                        RawValue::from_string(r#"{"recovered":false}"#.to_owned()).ok()
-                    });
-                    self.send(protocol::ack(id, raw.as_deref()));
-                }
-            }
-        }
-        if new {
-            let joined = match features.presence {
-                true => Some(self.join_presence(&key, features).await),
-                false => None,
-            };
-            self.subscriptions.insert(channel.to_owned(), joined);
-        }
-        Ok(())
-    }
-
-    async fn join_presence(&self, key: &ChannelKey, features: ChannelFeatures) -> Joined {
-        let claims = RawValue::from_string(self.conn.principal.claims.clone())
-            .unwrap_or_else(|_| empty_object());
-        let joined = self.state.presence.join(
-            key,
-            &self.principal.subject,
-            &claims,
-            self.tenant.config.limits.max_presence_members,
-        );
-        if joined == Joined::New
-            && features.presence_events
-            && !self
-                .state
-                .presence
-                .present_elsewhere(key, &self.principal.subject)
-        {
-            let frame =
-                protocol::presence_event(true, &key.channel, &self.principal.subject, &claims);
-            let _ = self.state.broker.publish(key, Utf8Bytes::from(frame)).await;
-        }
-        joined
-    }
-
-    /// This connection no longer counts in the channel's presence; after
-    /// the debounce, if the subject did not come back, it leaves.
-    fn leave_presence(&self, key: ChannelKey, joined: Joined) {
-        let Some(generation) = self
-            .state
-            .presence
-            .leave(&key, &self.principal.subject, joined)
-        else {
-            return;
-        };
-        let state = Arc::downgrade(&self.state);
-        let subject = self.principal.subject.clone();
-        let debounce = Duration::from_millis(self.tenant.config.limits.presence_debounce_ms);
-        let events = self.features(&key.channel).presence_events;
-        tokio::spawn(async move {
-            tokio::time::sleep(debounce).await;
-            let Some(state) = state.upgrade() else {
-                return;
-            };
-            if let Some(claims) = state.presence.expire(&key, &subject, generation)
-                && events
-                && !state.presence.present_elsewhere(&key, &subject)
-            {
-                let frame = protocol::presence_event(false, &key.channel, &subject, &claims);
-                let _ = state.broker.publish(&key, Utf8Bytes::from(frame)).await;
-            }
-        });
-    }
-
-    /// `{"type":"presence","channel":...}`: the channel's members, if its
-    /// rule has presence and the principal may subscribe to it.
-    fn presence(&self, channel: &str, id: Option<&str>) -> Result<(), Rejection> {
-        authorize::subscription(&self.tenant, &self.principal, channel)?;
-        if !self.features(channel).presence {
-            return Err(Rejection::error(
-                ErrorCode::Forbidden,
-                "presence is not enabled on this channel",
-            ));
-        }
-        let (members, truncated) = self.state.presence.list(&self.channel_key(channel));
-        let data = serde_json::json!({ "members": members, "truncated": truncated });
-        let raw = RawValue::from_string(data.to_string()).ok();
-        self.send(protocol::ack(id, raw.as_deref()));
-        Ok(())
-    }
-
-    fn unsubscribe(&mut self, channel: &str) {
-        if let Some(joined) = self.subscriptions.remove(channel) {
-            let key = self.channel_key(channel);
-            self.state.broker.unsubscribe(&key, self.id);
-            if let Some(joined) = joined {
-                self.leave_presence(key, joined);
-            }
-        }
-    }
-
-    /// Call `on-connect` / `on-disconnect` on every handler of the tenant.
-    async fn lifecycle(&mut self, phase: Phase) -> Flow {
-        let mut handlers: Vec<Handler> = self.tenant.handlers.values().cloned().collect();
-        if self.tenant.config.managed.is_some() {
-            handlers.extend(
-                self.state
-                    .registry
-                    .slots_of(&self.tenant.id)
-                    .into_iter()
-                    .filter_map(|slot| {
-                        call::lifecycle_handler(&crate::tenant::RouteHandler::Pushed(slot), self.id)
-                    }),
-            );
-        }
-        let mut flow = Flow::Continue;
-        for handler in handlers {
-            let Some(proposed) = call::lifecycle(&handler, phase, &self.conn).await else {
-                continue;
-            };
-            let tenant = self.tenant.clone();
-            let effects = effects::authorize(&tenant, &self.principal, proposed);
-            if let Flow::Close(reason) = self.apply(effects, phase, None).await {
-                flow = Flow::Close(reason);
-            }
-        }
-        flow
-    }
-
-    /// Apply authorized effects, in order.
-    async fn apply(&mut self, effects: Vec<Effect>, phase: Phase, reply_to: Option<&str>) -> Flow {
-        let mut replied = false;
-        // A publish that could not be stored (history on a store or
-        // JetStream that failed): the message is answered `unavailable`,
-        // never acknowledged.
-        let mut lost = false;
-        let unstored = || {
-            Rejection::error(
-                ErrorCode::Unavailable,
-                "an event could not be stored; it may not have reached every subscriber, try again",
-            )
-        };
-        let mut flow = Flow::Continue;
-        for effect in effects {
-            match effect {
-                Effect::Reply(raw) => {
-                    replied = true;
-                    match phase {
-                        Phase::Message if lost => {
-                            let _ = self.reject(reply_to, &unstored());
-                        }
-                        Phase::Message => self.send(protocol::ack(reply_to, Some(&raw))),
-                        _ => self.send(protocol::event(None, &raw)),
-                    }
-                }
-                Effect::Publish { key, data } => lost |= !self.publish(&key, &data).await,
-                Effect::Send { key, frame } => {
-                    if let Err(e) = self.state.broker.send(&key, frame).await {
-                        tracing::warn!(tenant = %self.tenant.id, error = %e, "send failed");
-                    }
-                }
-                Effect::Subscribe { channel, since } => {
-                    if self
-                        .subscribe(&channel, since.as_ref(), None)
-                        .await
-                        .is_err()
-                    {
-                        self.tenant.metrics.action_refused();
-                        tracing::warn!(tenant = %self.tenant.id, action = "subscribe over the subscription limit", "handler action refused");
-                    }
-                }
-                Effect::Unsubscribe(channel) => self.unsubscribe(&channel),
-                Effect::Close(reason) => flow = Flow::Close(reason),
-            }
-        }
-        if phase == Phase::Message {
-            if lost && !replied {
-                let _ = self.reject(reply_to, &unstored());
-            } else if !lost {
-                self.tenant.metrics.message_ok(self.started.elapsed());
-                if !replied {
-                    self.send(protocol::ack(reply_to, None));
-                }
-            }
-        }
-        flow
-    }
-
-    /// Publish `data` on a channel: with its history (an offset, kept, on
-    /// disk before this returns) or straight to the broker. False when it
-    /// could not be stored or handed to the broker.
-    async fn publish(&self, key: &ChannelKey, data: &RawValue) -> bool {
-        let result = match self.features(&key.channel).history {
-            Some(rule) => self
-                .state
-                .history
-                .publish(self.state.broker.as_ref(), key, rule, data)
-                .await
-                .map_err(|e| e.to_string()),
-            None => {
-                let frame = Utf8Bytes::from(protocol::event(Some(&key.channel), data));
-                self.state
-                    .broker
-                    .publish(key, frame)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        };
-        match result {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(tenant = %self.tenant.id, error = %e, "publish failed");
-                false
-            }
-        }
-    }
-
     async fn cleanup(&mut self) {
         let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
         for channel in channels {
@@ -880,10 +350,6 @@ impl Session {
         self.state
             .broker
             .leave_subject(&self.subject_key(), self.id);
-        let _ = self.lifecycle(Phase::Disconnect).await;
+        let _ = self.lifecycle(Export::Disconnect).await;
     }
-}
-
-fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }

@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::run;
-use crate::ServerState;
+use crate::backends::Backends;
 use crate::handshake::Admitted;
+use crate::slot::NoPushedHandlers;
+use crate::state::ServerState;
 
 /// One end of an in-memory WebSocket: what the session reads and writes.
 struct MemSocket {
@@ -118,7 +120,11 @@ publish = true
 "#
     );
     let config = sluice_config::Config::parse(&toml, dir).unwrap();
-    ServerState::build(config).await.unwrap()
+    let backends = Backends::memory();
+    let sandbox = crate::state::sandbox(&config, &backends).unwrap();
+    ServerState::build(config, sandbox, backends, Arc::new(NoPushedHandlers))
+        .await
+        .unwrap()
 }
 
 /// A connection of `subject` admitted with a token valid for `ttl_secs`.

@@ -5,7 +5,7 @@
 use sluice_config::ChannelAccess;
 use sluice_protocol::{self as protocol, Envelope, ErrorCode, Rejection};
 
-use crate::authz::{ChannelOp, Principal, channel_allowed, has_scopes};
+use crate::authz::{ChannelFeatures, ChannelOp, Principal, channel_allowed, has_scopes, permit};
 use crate::tenant::{Route, Tenant};
 
 /// A message the principal may send.
@@ -70,23 +70,23 @@ pub fn authorize<'t>(
 }
 
 /// Authorize a subscription: a valid channel name that the tenant's rules
-/// let `principal` subscribe to.
+/// let `principal` subscribe to. The channel's features (history,
+/// presence), read from the same rules.
 pub fn subscription(
     tenant: &Tenant,
     principal: &Principal,
     channel: &str,
-) -> Result<(), Rejection> {
+) -> Result<ChannelFeatures, Rejection> {
     if !protocol::is_valid_channel(channel) {
         return Err(Rejection::error(
             ErrorCode::InvalidChannel,
             "invalid channel name",
         ));
     }
-    if !channel_allowed(&tenant.channels, principal, channel, ChannelOp::Subscribe) {
-        return Err(Rejection::error(
+    permit(&tenant.channels, principal, channel, ChannelOp::Subscribe).ok_or_else(|| {
+        Rejection::error(
             ErrorCode::Forbidden,
             "not allowed to subscribe to this channel",
-        ));
-    }
-    Ok(())
+        )
+    })
 }

@@ -5,19 +5,16 @@ use sluice_protocol::{ErrorCode, Rejection};
 use sluice_sandbox::{Action, CallErrorKind, Connection, Export, Handler};
 
 use super::validate::Validated;
-use crate::marketplace::Picked;
 use crate::rejection;
+use crate::slot::Picked;
 use crate::tenant::RouteHandler;
-
-/// Which export produced a set of actions (the sandbox's [`sluice_sandbox::Export`]).
-pub use sluice_sandbox::Export as Phase;
 
 /// What a handler proposes.
 pub struct Proposed {
     /// The handler that proposed it.
     pub handler: Handler,
-    /// Which export.
-    pub phase: Phase,
+    /// Which export proposed it.
+    pub export: Export,
     /// Its actions, in order.
     pub actions: Vec<Action>,
 }
@@ -28,13 +25,16 @@ pub struct Proposed {
 /// a shadow version, a rehearsal of the message runs on it first (reading
 /// the same state stable then reads), and the two outcomes are compared.
 pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, Rejection> {
-    let Validated { handler, message } = validated;
-    let (handler, shadow) = match handler {
-        RouteHandler::Configured(h) => (h, None),
+    let Validated {
+        handler: route_handler,
+        message,
+    } = validated;
+    let (handler, shadow) = match &route_handler {
+        RouteHandler::Configured(h) => (h.clone(), None),
         RouteHandler::Pushed(slot) => match slot.pick(conn.id) {
             Some(Picked {
                 handler, shadow, ..
-            }) => (handler, shadow),
+            }) => (handler, shadow.map(|s| (slot, s))),
             None => {
                 return Err(Rejection::error(
                     ErrorCode::Unavailable,
@@ -44,12 +44,7 @@ pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, R
         },
     };
     let rehearsal = match &shadow {
-        Some((_, loaded)) => Some(
-            loaded
-                .handler
-                .rehearse(Export::Message, conn, &message)
-                .await,
-        ),
+        Some((_, shadow)) => Some(shadow.rehearse(Export::Message, conn, &message).await),
         None => None,
     };
     let mut result = handler.on_message(conn, &message).await;
@@ -57,15 +52,12 @@ pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, R
         result = handler.on_message(conn, &message).await;
     }
     if let (Some((slot, _)), Some(rehearsal)) = (shadow, rehearsal) {
-        slot.shadow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .compare(&message.route, &result, &rehearsal);
+        slot.compare_shadow(&message.route, &result, &rehearsal);
     }
     match result {
         Ok(outcome) => Ok(Proposed {
             handler,
-            phase: Phase::Message,
+            export: Export::Message,
             actions: outcome.actions,
         }),
         Err(e) => Err(rejection::for_call(&e.kind)),
@@ -83,20 +75,20 @@ pub fn lifecycle_handler(handler: &RouteHandler, conn_id: u64) -> Option<Handler
 
 /// Call `on-connect` or `on-disconnect` of one handler. A failure proposes
 /// nothing (it is logged and counted by the sandbox).
-pub async fn lifecycle(handler: &Handler, phase: Phase, conn: &Connection) -> Option<Proposed> {
-    let result = match phase {
-        Phase::Connect => handler.on_connect(conn).await,
-        Phase::Disconnect | Phase::Message => handler.on_disconnect(conn).await,
+pub async fn lifecycle(handler: &Handler, export: Export, conn: &Connection) -> Option<Proposed> {
+    let result = match export {
+        Export::Connect => handler.on_connect(conn).await,
+        Export::Disconnect | Export::Message => handler.on_disconnect(conn).await,
     };
     // (`on-message` goes through [`call`]: it needs a validated message.)
     match result {
         Ok(outcome) => Some(Proposed {
             handler: handler.clone(),
-            phase,
+            export,
             actions: outcome.actions,
         }),
         Err(e) => {
-            if phase == Phase::Connect && e.kind.is_handler_failure() {
+            if export == Export::Connect && e.kind.is_handler_failure() {
                 tracing::debug!(tenant = %handler.spec().tenant, handler = %handler.spec().name, kind = e.kind.name(), "on-connect failed");
             }
             None

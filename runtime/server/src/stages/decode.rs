@@ -2,7 +2,9 @@
 //! bound -> an envelope -> a [`Request`]: a reserved request the host
 //! answers itself, or a message for a route.
 
-use sluice_protocol::{self as protocol, Envelope, ErrorCode, Rejection, ReservedType};
+use sluice_protocol::{
+    self as protocol, Envelope, ErrorCode, MAX_OFFSET, Rejection, ReservedType, Since,
+};
 
 /// A decoded client message.
 #[derive(Debug)]
@@ -35,19 +37,6 @@ pub enum Request {
     /// A message for the tenant's route `envelope.kind`.
     Route(Envelope),
 }
-
-/// A position in a channel's stream, as a client sends it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Since {
-    /// The last offset the client saw.
-    pub offset: u64,
-    /// The epoch that offset belongs to.
-    pub epoch: String,
-}
-
-/// Largest offset a client may send: offsets are JSON numbers, exact in
-/// every client up to 2^53 - 1.
-pub const MAX_OFFSET: u64 = (1 << 53) - 1;
 
 /// `data` of a `subscribe`: `null`, `{}` or `{"since":{"offset":N,"epoch":"..."}}`.
 fn since(data: &serde_json::Value) -> Result<Option<Since>, Rejection> {

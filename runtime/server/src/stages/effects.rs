@@ -7,14 +7,13 @@
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use sluice_protocol::{self as protocol, CloseReason};
-use sluice_sandbox::Action;
+use sluice_protocol::{self as protocol, CloseReason, MAX_OFFSET, Since};
+use sluice_sandbox::{Action, Export};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::call::{Phase, Proposed};
-use super::decode::{MAX_OFFSET, Since};
-use crate::authz::{ChannelOp, Principal, channel_allowed};
-use crate::broker::{ChannelKey, SubjectKey};
+use super::call::Proposed;
+use crate::authz::{ChannelFeatures, ChannelOp, Principal, channel_allowed, permit};
+use crate::backends::keys::{ChannelKey, SubjectKey};
 use crate::tenant::Tenant;
 
 /// Longest subject a `send` may address.
@@ -33,6 +32,8 @@ pub enum Effect {
         key: ChannelKey,
         /// The event's `data`.
         data: Box<RawValue>,
+        /// What the channel keeps (its history), read with its rules once.
+        features: ChannelFeatures,
     },
     /// Send this frame to every connection of a subject.
     Send {
@@ -59,7 +60,7 @@ pub enum Effect {
 pub fn authorize(tenant: &Tenant, principal: &Principal, proposed: Proposed) -> Vec<Effect> {
     let Proposed {
         handler,
-        phase,
+        export,
         actions,
     } = proposed;
     let refused = |what: &str| {
@@ -73,7 +74,7 @@ pub fn authorize(tenant: &Tenant, principal: &Principal, proposed: Proposed) -> 
     let mut replied = false;
     for action in actions {
         // A connection that is going away can only reach others.
-        if phase == Phase::Disconnect && !matches!(action, Action::Publish(_) | Action::Send(_)) {
+        if export == Export::Disconnect && !matches!(action, Action::Publish(_) | Action::Send(_)) {
             continue;
         }
         match action {
@@ -92,13 +93,16 @@ pub fn authorize(tenant: &Tenant, principal: &Principal, proposed: Proposed) -> 
                 let Some(raw) = json(p.data, "publish with invalid JSON") else {
                     continue;
                 };
-                if !channel_allowed(&tenant.channels, principal, &p.channel, ChannelOp::Publish) {
+                let Some(features) =
+                    permit(&tenant.channels, principal, &p.channel, ChannelOp::Publish)
+                else {
                     refused("publish to a channel this principal may not publish to");
                     continue;
-                }
+                };
                 effects.push(Effect::Publish {
                     key: ChannelKey::new(&tenant_id, &p.channel),
                     data: raw,
+                    features,
                 });
             }
             Action::Send(s) => {

@@ -1,0 +1,603 @@
+//! The management API, on the admin listener under `/v1/` (JSON).
+//!
+//! ```text
+//! GET    /v1/tenants/{t}/handlers                      list pushed handlers
+//! GET    /v1/tenants/{t}/handlers/{h}                  versions, reports, routing, metrics, shadow diff
+//! POST   /v1/tenants/{t}/handlers/{h}/versions         push {component (base64), samples?, stage?, percent?}
+//! POST   /v1/tenants/{t}/handlers/{h}/promote          {version, stage? (stable|canary|shadow|none), percent?}
+//! POST   /v1/tenants/{t}/handlers/{h}/rollback         {to?}
+//! DELETE /v1/tenants/{t}/handlers/{h}                  remove the handler
+//! DELETE /v1/tenants/{t}/handlers/{h}/versions/{v}     remove a version that does not serve
+//! GET    /v1/audit?tenant={t}&limit={n}                the audit log
+//! ```
+//!
+//! Every request needs `Authorization: Bearer <token>`: the admin token
+//! (the operator: every tenant) or a tenant's management token (that tenant
+//! only). A missing or unknown token is 401, another tenant's path 403;
+//! both are audited, as is every change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use sluice_sandbox::BoxFuture;
+use sluice_server::admin::web::{bearer, same_secret};
+use sluice_server::state::ServerState;
+use sluice_server::tenant::Tenant;
+
+use crate::audit::{Actor, AuditEntry, now_ms};
+use crate::record::{Routing, Stage};
+use crate::refusal::Refusal;
+use crate::registry::Registry;
+use crate::verify::{Sample, Status};
+
+/// The management API over a registry: what the admin listener answers
+/// under `/v1/`.
+pub struct Management {
+    registry: Arc<Registry>,
+}
+
+impl Management {
+    /// The API of `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl sluice_server::admin::ManagementApi for Management {
+    fn respond<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        state: &'a Arc<ServerState>,
+    ) -> BoxFuture<'a, Response<Full<Bytes>>> {
+        Box::pin(respond(req, peer, state, &self.registry))
+    }
+}
+
+/// A push body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    /// The component's bytes, base64 (standard alphabet, padded).
+    component: String,
+    #[serde(default)]
+    samples: Option<Vec<Sample>>,
+    #[serde(default)]
+    stage: Option<Stage>,
+    #[serde(default)]
+    percent: Option<u8>,
+}
+
+/// A promote body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    version: u32,
+    #[serde(default)]
+    stage: Option<Stage>,
+    #[serde(default)]
+    percent: Option<u8>,
+}
+
+/// A rollback body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    to: Option<u32>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: u16, body: &Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: u16, code: &str, message: &str) -> Resp {
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+fn refusal(r: &Refusal) -> Resp {
+    let mut body = json!({ "error": { "code": r.code, "message": r.message } });
+    if let Some(report) = &r.report {
+        body["report"] = serde_json::to_value(report).unwrap_or(Value::Null);
+    }
+    json_response(r.status, &body)
+}
+
+/// Who `req`'s bearer token says is asking.
+fn authenticate(req: &Request<Incoming>, state: &ServerState) -> Actor {
+    let Some(offered) = bearer(req).map(str::as_bytes) else {
+        return Actor::Anonymous;
+    };
+    if state
+        .admin_token()
+        .is_some_and(|t| same_secret(offered, t.as_bytes()))
+    {
+        return Actor::Operator;
+    }
+    // Every tenant's token is compared (no early exit on a match's position).
+    let mut found = None;
+    for t in state.tenants().values() {
+        if let Some(token) = &t.managed_token
+            && same_secret(offered, token.as_bytes())
+        {
+            found = Some(t.id.clone());
+        }
+    }
+    found.map_or(Actor::Anonymous, Actor::Tenant)
+}
+
+/// One request to the API.
+struct Call<'a> {
+    registry: &'a Registry,
+    actor: Actor,
+    from: SocketAddr,
+    action: &'static str,
+    tenant: Option<String>,
+    handler: Option<String>,
+    version: Option<u32>,
+}
+
+impl Call<'_> {
+    async fn audit(&self, outcome: &str, detail: impl Into<String>) {
+        self.registry
+            .record_audit(AuditEntry {
+                seq: 0,
+                at_ms: now_ms(),
+                actor: self.actor.name(),
+                from: self.from.to_string(),
+                action: self.action.to_owned(),
+                tenant: self.tenant.clone(),
+                handler: self.handler.clone(),
+                version: self.version,
+                outcome: outcome.to_owned(),
+                detail: detail.into(),
+            })
+            .await;
+    }
+
+    /// A refusal, audited.
+    async fn refuse(&self, status: u16, code: &str, message: &str) -> Resp {
+        let outcome = if status == 401 || status == 403 {
+            "refused"
+        } else {
+            "failed"
+        };
+        self.audit(outcome, message).await;
+        error(status, code, message)
+    }
+}
+
+/// Answer a request under `/v1/`.
+pub async fn respond(
+    req: Request<Incoming>,
+    from: SocketAddr,
+    state: &Arc<ServerState>,
+    registry: &Registry,
+) -> Resp {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path
+        .trim_start_matches("/v1/")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let method = req.method().clone();
+    let action = match (&method, segments.as_slice()) {
+        (&Method::GET, ["audit"]) => "audit",
+        (&Method::GET, ["tenants", _, "handlers"]) => "list",
+        (&Method::GET, ["tenants", _, "handlers", _]) => "show",
+        (&Method::DELETE, ["tenants", _, "handlers", _]) => "remove",
+        (&Method::POST, ["tenants", _, "handlers", _, "versions"]) => "push",
+        (&Method::DELETE, ["tenants", _, "handlers", _, "versions", _]) => "remove",
+        (&Method::POST, ["tenants", _, "handlers", _, "promote"]) => "promote",
+        (&Method::POST, ["tenants", _, "handlers", _, "rollback"]) => "rollback",
+        _ => {
+            return error(
+                404,
+                "not_found",
+                "no such management endpoint (see docs/marketplace.md, the management API)",
+            );
+        }
+    };
+    let mut call = Call {
+        registry,
+        actor: authenticate(&req, state),
+        from,
+        action,
+        tenant: segments
+            .get(1)
+            .filter(|_| segments[0] == "tenants")
+            .map(|s| (*s).to_owned()),
+        handler: segments.get(3).map(|s| (*s).to_owned()),
+        version: None,
+    };
+    if call.actor == Actor::Anonymous {
+        let mut resp = call
+            .refuse(
+                401,
+                "unauthorized",
+                "needs `Authorization: Bearer <admin token or the tenant's management token>`",
+            )
+            .await;
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    if action == "audit" {
+        let query = parse_query(req.uri().query());
+        let tenant = query
+            .iter()
+            .find(|(k, _)| k == "tenant")
+            .map(|(_, v)| v.as_str());
+        let limit = query
+            .iter()
+            .find(|(k, _)| k == "limit")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(100usize);
+        if let Some(t) = tenant
+            && !call.actor.may_manage(t)
+        {
+            call.tenant = Some(t.to_owned());
+            return call
+                .refuse(403, "forbidden", "this token manages another tenant")
+                .await;
+        }
+        let entries = registry.audit.read(&call.actor, tenant, limit);
+        return json_response(200, &json!({ "entries": entries }));
+    }
+    let tenant_id = call.tenant.clone().unwrap_or_default();
+    if !call.actor.may_manage(&tenant_id) {
+        return call
+            .refuse(403, "forbidden", "this token manages another tenant")
+            .await;
+    }
+    let Some(tenant) = state.tenant(&tenant_id) else {
+        return call.refuse(404, "no_such_tenant", "no such tenant").await;
+    };
+    let Some(managed) = tenant.config.managed.clone() else {
+        return call
+            .refuse(404, "not_managed", &format!("tenant {tenant_id} takes no pushed handlers: the operator enables them with [tenants.{tenant_id}.managed]"))
+            .await;
+    };
+    if action == "list" {
+        return list(registry, &tenant).await;
+    }
+    let name = call.handler.clone().unwrap_or_default();
+    if !sluice_config::is_name(&name) {
+        return call
+            .refuse(400, "bad_name", "handler names are 1-64 of a-z 0-9 _ -")
+            .await;
+    }
+    if tenant.config.handlers.contains_key(&name) {
+        return call
+            .refuse(409, "configured_handler", &format!("handler {name} is configured in the config file: it is the operator's, changed by editing the file and reloading"))
+            .await;
+    }
+    match action {
+        "show" => show(registry, &tenant, &name).await,
+        "push" => {
+            let max = state.sandbox.config().max_component_bytes;
+            let body = match read_body(req, max / 3 * 4 + 1024 * 1024).await {
+                Ok(b) => b,
+                Err(resp) => {
+                    call.audit("failed", "the push body is too large or unreadable")
+                        .await;
+                    return resp;
+                }
+            };
+            let body: PushBody = match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return call
+                        .refuse(400, "bad_request", &format!("the push body: {e}"))
+                        .await;
+                }
+            };
+            let Ok(bytes) =
+                base64::engine::general_purpose::STANDARD.decode(body.component.as_bytes())
+            else {
+                return call
+                    .refuse(
+                        400,
+                        "bad_request",
+                        "`component` must be the component's bytes in base64",
+                    )
+                    .await;
+            };
+            let stage = body.stage.map(|s| (s, body.percent));
+            match registry
+                .push(
+                    &tenant,
+                    &managed,
+                    &name,
+                    bytes,
+                    body.samples,
+                    stage,
+                    &call.actor,
+                )
+                .await
+            {
+                Ok(pushed) => {
+                    call.version = Some(pushed.version);
+                    let detail = if pushed.already {
+                        format!("the same bytes are v{} already", pushed.version)
+                    } else {
+                        format!(
+                            "v{} pushed ({}), verified in {} ms; routing {}",
+                            pushed.version,
+                            pushed.report.digest,
+                            pushed.report.took_ms,
+                            routing_words(&pushed.routing)
+                        )
+                    };
+                    call.audit("ok", detail).await;
+                    let status = if pushed.already { 200 } else { 201 };
+                    json_response(
+                        status,
+                        &serde_json::to_value(&pushed).unwrap_or(Value::Null),
+                    )
+                }
+                Err(r) => {
+                    let failed: Vec<String> = r
+                        .report
+                        .iter()
+                        .flat_map(|rep| rep.checks.iter())
+                        .filter(|c| c.status == Status::Fail)
+                        .map(|c| format!("{}: {}", c.name, c.detail))
+                        .collect();
+                    call.audit(
+                        "failed",
+                        if failed.is_empty() {
+                            r.message.clone()
+                        } else {
+                            format!("refused by verification: {}", failed.join("; "))
+                        },
+                    )
+                    .await;
+                    refusal(&r)
+                }
+            }
+        }
+        "promote" => {
+            let body = match read_body(req, 64 * 1024).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let body: PromoteBody = match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return call
+                        .refuse(400, "bad_request", &format!("the promote body: {e}"))
+                        .await;
+                }
+            };
+            call.version = Some(body.version);
+            let stage = body.stage.unwrap_or(Stage::Stable);
+            changed(
+                &call,
+                registry
+                    .promote(
+                        &tenant_id,
+                        &managed,
+                        &name,
+                        body.version,
+                        stage,
+                        body.percent,
+                    )
+                    .await,
+            )
+            .await
+        }
+        "rollback" => {
+            let body = match read_body(req, 64 * 1024).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
+                RollbackBody::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return call
+                            .refuse(400, "bad_request", &format!("the rollback body: {e}"))
+                            .await;
+                    }
+                }
+            };
+            call.version = body.to;
+            changed(
+                &call,
+                registry
+                    .rollback(&tenant_id, &managed, &name, body.to)
+                    .await,
+            )
+            .await
+        }
+        "remove" => {
+            let version = match segments.get(5) {
+                Some(v) => match v.trim_start_matches('v').parse::<u32>() {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        return call
+                            .refuse(400, "bad_request", "a version is a number")
+                            .await;
+                    }
+                },
+                None => None,
+            };
+            call.version = version;
+            match registry.remove(&tenant_id, &managed, &name, version).await {
+                Ok(routing) => {
+                    let detail = match version {
+                        Some(v) => format!("v{v} removed"),
+                        None => "handler removed with every version".to_owned(),
+                    };
+                    call.audit("ok", &detail).await;
+                    json_response(200, &json!({ "removed": detail, "routing": routing }))
+                }
+                Err(r) => {
+                    call.audit("failed", &r.message).await;
+                    refusal(&r)
+                }
+            }
+        }
+        _ => error(404, "not_found", "no such management endpoint"),
+    }
+}
+
+async fn changed(call: &Call<'_>, result: Result<Routing, Refusal>) -> Resp {
+    match result {
+        Ok(routing) => {
+            call.audit("ok", format!("routing {}", routing_words(&routing)))
+                .await;
+            json_response(200, &json!({ "routing": routing }))
+        }
+        Err(r) => {
+            call.audit("failed", &r.message).await;
+            refusal(&r)
+        }
+    }
+}
+
+/// `stable v2, canary v3 at 10%, shadow v4`.
+pub fn routing_words(r: &Routing) -> String {
+    let mut parts = Vec::new();
+    match r.stable {
+        Some(v) => parts.push(format!("stable v{v}")),
+        None => parts.push("nothing stable".to_owned()),
+    }
+    if let Some(c) = r.canary {
+        parts.push(format!("canary v{} at {}%", c.version, c.percent));
+    }
+    if let Some(s) = r.shadow {
+        parts.push(format!("shadow v{s}"));
+    }
+    parts.join(", ")
+}
+
+async fn list(registry: &Registry, tenant: &Tenant) -> Resp {
+    let records = registry.list(&tenant.id).await;
+    let handlers: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "routing": r.routing,
+                "versions": r.versions.iter().map(|v| json!({
+                    "version": v.version,
+                    "digest": v.digest,
+                    "size": v.size,
+                    "pushed_at_ms": v.pushed_at_ms,
+                    "pushed_by": v.pushed_by,
+                    "stage": r.routing.stage_of(v.version),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json_response(
+        200,
+        &json!({ "tenant": tenant.id, "durable": registry.durable(), "handlers": handlers }),
+    )
+}
+
+async fn show(registry: &Registry, tenant: &Tenant, name: &str) -> Resp {
+    let Some(record) = registry.get(&tenant.id, name).await else {
+        return error(
+            404,
+            "no_such_handler",
+            &format!("tenant {} has no pushed handler named {name}", tenant.id),
+        );
+    };
+    let slot = registry.existing_slot(&tenant.id, name);
+    let serving = slot.as_ref().map(|s| s.serving());
+    let stats = |v: u32| {
+        serving
+            .as_ref()?
+            .loaded()
+            .find(|l| l.version == v)
+            .map(|l| l.handler.stats())
+    };
+    let versions: Vec<Value> = record
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "digest": v.digest,
+                "size": v.size,
+                "pushed_at_ms": v.pushed_at_ms,
+                "pushed_by": v.pushed_by,
+                "stage": record.routing.stage_of(v.version),
+                "report": v.report,
+                "metrics": stats(v.version),
+            })
+        })
+        .collect();
+    let shadow = slot.map(|s| {
+        s.shadow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    });
+    let routes: Vec<&String> = tenant
+        .config
+        .routes
+        .iter()
+        .filter(|(_, r)| r.handler == name)
+        .map(|(k, _)| k)
+        .collect();
+    json_response(
+        200,
+        &json!({
+            "tenant": tenant.id,
+            "name": name,
+            "routes": routes,
+            "routing": record.routing,
+            "stable_history": record.stable_history,
+            "versions": versions,
+            "shadow": shadow,
+        }),
+    )
+}
+
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Resp> {
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            413,
+            "too_large",
+            &format!(
+                "the request body is over {max} bytes (the component is larger than [sandbox] max_component_bytes allows)"
+            ),
+        )),
+        Err(e) => Err(error(400, "bad_request", &format!("reading the body: {e}"))),
+    }
+}
+
+fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}

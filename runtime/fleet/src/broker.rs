@@ -1,0 +1,341 @@
+//! [`NatsBroker`]: the [`Broker`] of a node in a fleet.
+//!
+//! Every publish and send goes through NATS, also to this node's own
+//! connections, so every subscriber of a channel, on every node, sees the
+//! channel's events in the same order (the order NATS received them).
+//! A node holds one NATS subscription per channel with local subscribers
+//! (and per subject with local connections), dropped when the last one
+//! leaves; the relay task behind it hands each frame to the local queues.
+//!
+//! History events arrive on the channel's `.r` subject, republished by the
+//! JetStream stream once stored (so an event whose publish the stream
+//! refused never reaches anyone); the relay builds the frame once per node
+//! from the stored data, its stream sequence (the offset) and the epoch,
+//! and remembers the last offset it delivered so that a recovery can take
+//! over exactly where live delivery starts (`cluster::history`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use sluice_sandbox::BoxFuture;
+use sluice_server::backends::history::event_frame;
+use sluice_server::backends::keys::{ChannelKey, Member, SubjectKey};
+use sluice_server::backends::{Broker, BrokerError, LocalBroker};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::subject::Subjects;
+
+/// What a channel's relay delivered last (history channels).
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Whether `offset` is known (set by the first history event or by the
+    /// first recovery on this node).
+    pub known: bool,
+    /// The stream sequence of the last history event delivered here.
+    pub offset: u64,
+}
+
+/// One channel's (or subject's) subscription on this node.
+pub struct Relay {
+    /// Held while delivering a history event, and by a recovery while it
+    /// replays and joins, so the two never interleave.
+    pub delivered: tokio::sync::Mutex<Delivered>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Relay {
+    /// Resolves once NATS has registered this node's interest: anything
+    /// published after reaches this node.
+    pub async fn ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+}
+
+struct Entry {
+    relay: Arc<Relay>,
+    /// Recoveries holding the relay before their member joins.
+    pins: usize,
+}
+
+/// The broker of a node in a fleet.
+pub struct NatsBroker {
+    local: Arc<LocalBroker>,
+    client: async_nats::Client,
+    subjects: Subjects,
+    epoch: Arc<str>,
+    channels: Mutex<HashMap<ChannelKey, Entry>>,
+    connections: Mutex<HashMap<SubjectKey, Arc<Relay>>>,
+}
+
+enum Target {
+    Channel(ChannelKey),
+    Subject(SubjectKey),
+}
+
+impl NatsBroker {
+    /// A broker on `client`; history frames carry `epoch`.
+    pub fn new(client: async_nats::Client, subjects: Subjects, epoch: Arc<str>) -> Self {
+        Self {
+            local: Arc::new(LocalBroker::default()),
+            client,
+            subjects,
+            epoch,
+            channels: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether NATS is connected now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn relay(&self, target: Target) -> Arc<Relay> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let relay_slot: Arc<std::sync::OnceLock<std::sync::Weak<Relay>>> = Arc::default();
+        let subject = match &target {
+            Target::Channel(k) => self.subjects.channel_interest(k),
+            Target::Subject(k) => self.subjects.send(k),
+        };
+        let task = tokio::spawn(run(
+            self.client.clone(),
+            subject,
+            self.subjects.barrier(),
+            target,
+            self.local.clone(),
+            self.epoch.clone(),
+            relay_slot.clone(),
+            tx,
+        ));
+        let relay = Arc::new(Relay {
+            delivered: tokio::sync::Mutex::new(Delivered::default()),
+            ready: rx,
+            task: task.abort_handle(),
+        });
+        let _ = relay_slot.set(Arc::downgrade(&relay));
+        relay
+    }
+
+    /// The channel's relay, kept alive (even with no local subscriber)
+    /// until [`NatsBroker::unpin`].
+    pub fn pin(&self, key: &ChannelKey) -> Arc<Relay> {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = map.entry(key.clone()).or_insert_with(|| Entry {
+            relay: self.relay(Target::Channel(key.clone())),
+            pins: 0,
+        });
+        entry.pins += 1;
+        entry.relay.clone()
+    }
+
+    /// Release a pin, joining `member` to the channel first.
+    pub fn unpin(&self, key: &ChannelKey, member: Option<Member>) {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = member {
+            self.local.subscribe(key, m);
+        }
+        if let Some(entry) = map.get_mut(key) {
+            entry.pins = entry.pins.saturating_sub(1);
+            if entry.pins == 0 && self.local.subscribers(key) == 0 {
+                entry.relay.task.abort();
+                map.remove(key);
+            }
+        }
+    }
+
+    async fn publish_core(&self, subject: String, frame: Utf8Bytes) -> Result<(), BrokerError> {
+        if !self.connected() {
+            return Err(BrokerError::Unreachable);
+        }
+        self.client
+            .publish(subject, Bytes::from(frame))
+            .await
+            .map_err(|e| BrokerError::Transport(Box::new(e)))
+    }
+}
+
+/// One relay: subscribe, wait until the server has registered the
+/// interest, then hand every frame to the local queues.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one relay task, spelled out: everything it owns is moved in"
+)]
+async fn run(
+    client: async_nats::Client,
+    subject: String,
+    barrier: String,
+    target: Target,
+    local: Arc<LocalBroker>,
+    epoch: Arc<str>,
+    relay: Arc<std::sync::OnceLock<std::sync::Weak<Relay>>>,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    let mut sub = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "NATS subscribe failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
+    // A request nobody answers: NATS processes this client's commands in
+    // order, so once "no responders" comes back the subscription is live.
+    let _ = client.request(barrier, Bytes::new()).await;
+    let _ = ready.send(true);
+    while let Some(msg) = sub.next().await {
+        match &target {
+            Target::Subject(key) => match Utf8Bytes::try_from(msg.payload) {
+                Ok(frame) => {
+                    local.send_now(key, &frame);
+                }
+                Err(_) => tracing::warn!("a frame from NATS is not UTF-8; dropped"),
+            },
+            Target::Channel(key) if msg.subject.ends_with(".e") => {
+                match Utf8Bytes::try_from(msg.payload) {
+                    Ok(frame) => {
+                        local.publish_now(key, &frame);
+                    }
+                    Err(_) => tracing::warn!("a frame from NATS is not UTF-8; dropped"),
+                }
+            }
+            Target::Channel(key) => {
+                let Some(offset) = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let Some(data) = std::str::from_utf8(&msg.payload)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<&RawValue>(t).ok())
+                else {
+                    tracing::warn!("a history event from NATS is not JSON; dropped");
+                    continue;
+                };
+                let Some(relay) = relay.get().and_then(std::sync::Weak::upgrade) else {
+                    continue;
+                };
+                let mut delivered = relay.delivered.lock().await;
+                if delivered.known && offset <= delivered.offset {
+                    continue;
+                }
+                let frame = event_frame(key, data, offset, &epoch);
+                local.publish_now(key, &frame);
+                *delivered = Delivered {
+                    known: true,
+                    offset,
+                };
+            }
+        }
+    }
+}
+
+impl Broker for NatsBroker {
+    fn subscribe(&self, key: &ChannelKey, member: Member) {
+        self.pin(key);
+        self.unpin(key, Some(member));
+    }
+
+    fn unsubscribe(&self, key: &ChannelKey, id: u64) {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        self.local.unsubscribe(key, id);
+        if self.local.subscribers(key) == 0
+            && let Some(entry) = map.get(key)
+            && entry.pins == 0
+        {
+            entry.relay.task.abort();
+            map.remove(key);
+        }
+    }
+
+    fn join_subject(&self, key: &SubjectKey, member: Member) {
+        let mut map = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.local.join_subject(key, member);
+        if !map.contains_key(key) {
+            let relay = self.relay(Target::Subject(key.clone()));
+            map.insert(key.clone(), relay);
+        }
+    }
+
+    fn leave_subject(&self, key: &SubjectKey, id: u64) {
+        let mut map = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.local.leave_subject(key, id);
+        if self.local.subject_connections(key) == 0
+            && let Some(relay) = map.remove(key)
+        {
+            relay.task.abort();
+        }
+    }
+
+    fn publish<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        frame: Utf8Bytes,
+    ) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(async move {
+            self.publish_core(self.subjects.events(key), frame).await?;
+            Ok(self.local.subscribers(key))
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        key: &'a SubjectKey,
+        frame: Utf8Bytes,
+    ) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(async move {
+            self.publish_core(self.subjects.send(key), frame).await?;
+            Ok(self.local.subject_connections(key))
+        })
+    }
+
+    fn subscribers(&self, key: &ChannelKey) -> usize {
+        self.local.subscribers(key)
+    }
+
+    fn channel_count(&self) -> usize {
+        self.local.channel_count()
+    }
+
+    fn channel_ready<'a>(&'a self, key: &'a ChannelKey) -> BoxFuture<'a, ()> {
+        let relay = self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .map(|e| e.relay.clone());
+        Box::pin(async move {
+            if let Some(r) = relay {
+                r.ready().await;
+            }
+        })
+    }
+
+    fn subject_ready<'a>(&'a self, key: &'a SubjectKey) -> BoxFuture<'a, ()> {
+        let relay = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        Box::pin(async move {
+            if let Some(r) = relay {
+                r.ready().await;
+            }
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! The admin listener: plain HTTP on a separate address (loopback by
+//! default), never on the public port. `GET /metrics` (Prometheus text),
+//! `GET /healthz` (the process is up), `GET /readyz` (200 while accepting
+//! connections; 503 while draining, or while a tenant's JWKS is stale), `POST /reload` (re-read the config file;
+//! 200 with a summary, or 422 with every problem while the old configuration
+//! keeps serving).
+//!
+//! Two guards, because any web page open on the machine can make the
+//! browser send requests to loopback:
+//! - every request must name the admin listener in `Host`: a loopback name
+//!   or address (`localhost`, `127.0.0.1`, `[::1]`), the configured
+//!   `admin_listen` address or the address the request arrived on; anything
+//!   else is 403 (this defeats DNS rebinding, where a page on
+//!   `evil.example` resolves its own name to 127.0.0.1 to read the answers);
+//! - `/v1/` is the management API (`marketplace/api.rs`), with its own
+//!   tokens;
+//! - POST endpoints need `Authorization: Bearer <admin_token>` (`[server]
+//!   admin_token`): 401 with a wrong or missing token, 403 when no token is
+//!   configured (a page can send a POST it cannot read the answer of; it
+//!   cannot know the token).
+
+pub mod client;
+pub mod web;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use sluice_sandbox::BoxFuture;
+use tokio::net::TcpListener;
+
+use self::web::{bearer, host_allowed, same_secret, text};
+use crate::metrics::render;
+use crate::state::ServerState;
+
+/// The management API (the control plane's), answering every request under
+/// `/v1/` on this listener. The data path defines the seam; `sluice-control`
+/// implements it.
+pub trait ManagementApi: Send + Sync + 'static {
+    /// Answer one request. `peer` is who sent it (for the audit log).
+    fn respond<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        state: &'a Arc<ServerState>,
+    ) -> BoxFuture<'a, Response<Full<Bytes>>>;
+}
+
+/// Serve the admin endpoints on `listener` until the server state is gone;
+/// `/v1/` goes to `management` (404 without one).
+pub async fn serve(
+    listener: TcpListener,
+    state: std::sync::Weak<ServerState>,
+    management: Option<Arc<dyn ManagementApi>>,
+) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
+        let Some(strong) = state.upgrade() else {
+            return;
+        };
+        drop(strong);
+        let state = state.clone();
+        let management = management.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                let management = management.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        respond(req, local, peer, state.upgrade(), management.as_deref()).await,
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Why `POST /reload` is refused on a server without an admin token.
+pub const NO_TOKEN_MESSAGE: &str = "POST /reload is disabled: no admin token is configured. \
+Set `admin_token = { secret_file = \"admin.token\" }` (or `{ secret_env = \"VAR\" }`) in [server], \
+then run `sluice reload -c <config>`, which sends it. SIGHUP reloads without a token.\n";
+
+/// Check the bearer token of a POST request: `Some` is the refusal.
+fn unauthorized(req: &Request<Incoming>, state: &ServerState) -> Option<Response<Full<Bytes>>> {
+    let Some(expected) = state.admin_token() else {
+        return Some(text(StatusCode::FORBIDDEN, NO_TOKEN_MESSAGE));
+    };
+    match bearer(req) {
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => None,
+        _ => {
+            let mut resp = text(
+                StatusCode::UNAUTHORIZED,
+                "POST /reload needs `Authorization: Bearer <admin token>` \
+                 (`sluice reload -c <config>` sends it)\n",
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Some(resp)
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    state: Option<Arc<ServerState>>,
+    management: Option<&dyn ManagementApi>,
+) -> Response<Full<Bytes>> {
+    let Some(state) = state else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n");
+    };
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !host.is_some_and(|h| host_allowed(h, local, state.config.server.admin_listen)) {
+        tracing::warn!("admin request refused: its Host does not name the admin listener");
+        return text(
+            StatusCode::FORBIDDEN,
+            "the Host header must name the admin listener (localhost or its address)\n",
+        );
+    }
+    if req.uri().path().starts_with("/v1/") {
+        return match management {
+            Some(api) => api.respond(req, peer, &state).await,
+            None => text(StatusCode::NOT_FOUND, "no management API on this server\n"),
+        };
+    }
+    if req.method() == hyper::Method::POST && req.uri().path() == "/reload" {
+        if let Some(refused) = unauthorized(&req, &state) {
+            tracing::warn!(status = %refused.status(), "admin reload refused");
+            return refused;
+        }
+        return match state.reload_from_source().await {
+            Ok(summary) => {
+                tracing::info!(%summary, "configuration reloaded");
+                text(StatusCode::OK, format!("reloaded: {summary}\n"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the old configuration keeps serving");
+                text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"))
+            }
+        };
+    }
+    if req.method() != hyper::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only (POST /reload)\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, render::render(&state));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if state.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/readyz" if state.is_cut_off() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "cut off from NATS\n")
+        }
+        "/readyz" => match render::stale_jwks(&state).as_slice() {
+            [] => text(StatusCode::OK, "ready\n"),
+            stale => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("JWKS stale for tenant {}\n", stale.join(", ")),
+            ),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}

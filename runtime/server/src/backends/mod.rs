@@ -1,0 +1,113 @@
+//! The seams behind which a node keeps and shares what outlives a message,
+//! one trait per backend:
+//!
+//! | backend | trait | one node | a fleet (`sluice-fleet`) |
+//! |---|---|---|---|
+//! | who receives a publish or a send | [`Broker`] | [`LocalBroker`] | NATS subjects |
+//! | handler state | `sluice_sandbox::StateStore` | memory, or [`DurableState`] | JetStream KV |
+//! | channel history | [`HistoryStore`] | [`LocalHistory`] (memory or durable) | a JetStream stream |
+//! | presence on other nodes | [`PresenceShare`] | [`NodeOnly`] | JetStream KV |
+//! | pushed handlers | [`RegistryStorage`] | [`MemoryRegistry`], [`DurableRegistry`] | Object Store + KV + a stream |
+//! | the fleet itself | [`FleetLink`] | none | NATS |
+//!
+//! [`Backends`] holds one of each. The memory and durable sets are built
+//! here; the fleet's set by `sluice-fleet`; the one place that chooses
+//! between the three modes is the `sluice` crate's `node` module, the only
+//! crate that knows them all.
+
+pub mod broker;
+pub mod durable_state;
+pub mod fleet;
+pub mod history;
+pub mod keys;
+pub mod local_history;
+pub mod presence;
+pub mod registry;
+
+use std::sync::Arc;
+
+use sluice_sandbox::StateStore;
+
+pub use broker::{Broker, BrokerError, LocalBroker};
+pub use durable_state::DurableState;
+pub use fleet::FleetLink;
+pub use history::{HistoryError, HistoryStore};
+pub use keys::{ChannelKey, Member, SubjectKey};
+pub use local_history::LocalHistory;
+pub use presence::{NodeOnly, PresenceShare};
+pub use registry::{DurableRegistry, MemoryRegistry, RegistryStorage};
+
+/// Where one node keeps and shares everything: one backend of each kind.
+#[derive(Clone)]
+pub struct Backends {
+    /// Who receives what is published.
+    pub broker: Arc<dyn Broker>,
+    /// Handler state.
+    pub state: Arc<dyn StateStore>,
+    /// Channel history.
+    pub history: Arc<dyn HistoryStore>,
+    /// Presence shared with other nodes.
+    pub presence: Arc<dyn PresenceShare>,
+    /// Pushed handlers (the control plane's).
+    pub registry: Arc<dyn RegistryStorage>,
+    /// The fleet, when this node is part of one.
+    pub fleet: Option<Arc<dyn FleetLink>>,
+    /// Whether the node keeps files (a durable store or a fleet node): the
+    /// compiled-component cache then defaults to `<data_dir>/compiled`.
+    pub keeps_files: bool,
+}
+
+impl Backends {
+    /// Everything in memory, gone at restart (`[store] kind = "memory"`,
+    /// and what `sluice check` builds whatever the config says).
+    pub fn memory() -> Self {
+        Self::memory_with_state(sluice_sandbox::MemoryStateStore::new())
+    }
+
+    /// Everything in memory, with handler state kept in `state`.
+    pub fn memory_with_state(state: Arc<dyn StateStore>) -> Self {
+        let broker: Arc<dyn Broker> = Arc::new(LocalBroker::default());
+        Self {
+            history: Arc::new(LocalHistory::in_memory(broker.clone())),
+            broker,
+            state,
+            presence: Arc::new(NodeOnly),
+            registry: Arc::new(MemoryRegistry::default()),
+            fleet: None,
+            keeps_files: false,
+        }
+    }
+
+    /// Everything in the durable store at `dir` (`[store] kind =
+    /// "durable"`): state, history and pushed handlers read back, writes
+    /// fsynced before they are acknowledged.
+    pub fn durable(dir: &std::path::Path) -> Result<Self, sluice_store::StoreError> {
+        let opened = sluice_store::Store::open(dir)?;
+        if opened.unclean {
+            tracing::warn!(data_dir = %dir.display(),
+                "the last run did not shut down cleanly: channel offsets jump past any that may have been lost");
+        }
+        tracing::info!(data_dir = %dir.display(), keys = opened.state.len(),
+            channels = opened.channels.len(), pushed_handlers = opened.handlers.len(),
+            "durable store opened");
+        let broker: Arc<dyn Broker> = Arc::new(LocalBroker::default());
+        Ok(Self {
+            history: Arc::new(LocalHistory::durable(
+                broker.clone(),
+                opened.store.clone(),
+                opened.channels,
+                opened.unclean,
+            )),
+            state: DurableState::new(opened.store.clone(), opened.state),
+            registry: Arc::new(DurableRegistry::new(
+                opened.store,
+                opened.handlers,
+                opened.audit,
+            )),
+            broker,
+            presence: Arc::new(NodeOnly),
+            fleet: None,
+            keeps_files: true,
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! Apply: what the handler proposed and the host authorized, in order:
+//! replies to this connection's queue, publishes (with an offset and a
+//! durable write when the channel keeps history), sends to a subject,
+//! subscriptions, a close. The `ack` goes out only when every publish of
+//! the message was stored. Also the lifecycle calls (`on-connect`,
+//! `on-disconnect`), whose effects are applied the same way.
+
+use serde_json::value::RawValue;
+use sluice_protocol::{self as protocol, ErrorCode, Rejection};
+use sluice_sandbox::{Export, Handler};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::connection::{Flow, Session};
+use super::subscriptions::Requester;
+use crate::authz::ChannelFeatures;
+use crate::backends::keys::ChannelKey;
+use crate::stages::call;
+use crate::stages::effects::{self, Effect};
+use crate::tenant::RouteHandler;
+
+impl Session {
+    /// Call `on-connect` / `on-disconnect` on every handler of the tenant.
+    pub(super) async fn lifecycle(&mut self, export: Export) -> Flow {
+        let mut handlers: Vec<Handler> = self.tenant.handlers.values().cloned().collect();
+        if self.tenant.config.managed.is_some() {
+            handlers.extend(
+                self.state
+                    .pushed
+                    .slots_of(&self.tenant.id)
+                    .into_iter()
+                    .filter_map(|slot| {
+                        call::lifecycle_handler(&RouteHandler::Pushed(slot), self.id)
+                    }),
+            );
+        }
+        let mut flow = Flow::Continue;
+        for handler in handlers {
+            let Some(proposed) = call::lifecycle(&handler, export, &self.conn).await else {
+                continue;
+            };
+            let tenant = self.tenant.clone();
+            let effects = effects::authorize(&tenant, &self.principal, proposed);
+            if let Flow::Close(reason) = self.apply(effects, export, None).await {
+                flow = Flow::Close(reason);
+            }
+        }
+        flow
+    }
+
+    /// Apply authorized effects, in order.
+    pub(super) async fn apply(
+        &mut self,
+        effects: Vec<Effect>,
+        export: Export,
+        reply_to: Option<&str>,
+    ) -> Flow {
+        let mut replied = false;
+        // A publish that could not be stored (history on a store or
+        // JetStream that failed): the message is answered `unavailable`,
+        // never acknowledged.
+        let mut lost = false;
+        let unstored = || {
+            Rejection::error(
+                ErrorCode::Unavailable,
+                "an event could not be stored; it may not have reached every subscriber, try again",
+            )
+        };
+        let mut flow = Flow::Continue;
+        for effect in effects {
+            match effect {
+                Effect::Reply(raw) => {
+                    replied = true;
+                    match export {
+                        Export::Message if lost => {
+                            let _ = self.reject(reply_to, &unstored());
+                        }
+                        Export::Message => self.send(protocol::ack(reply_to, Some(&raw))),
+                        _ => self.send(protocol::event(None, &raw)),
+                    }
+                }
+                Effect::Publish {
+                    key,
+                    data,
+                    features,
+                } => lost |= !self.publish(&key, &data, features).await,
+                Effect::Send { key, frame } => {
+                    if let Err(e) = self.state.broker.send(&key, frame).await {
+                        tracing::warn!(tenant = %self.tenant.id, error = %e, "send failed");
+                    }
+                }
+                Effect::Subscribe { channel, since } => {
+                    if self
+                        .subscribe(&channel, since.as_ref(), Requester::Handler)
+                        .await
+                        .is_err()
+                    {
+                        self.tenant.metrics.action_refused();
+                        tracing::warn!(tenant = %self.tenant.id, action = "subscribe over the subscription limit", "handler action refused");
+                    }
+                }
+                Effect::Unsubscribe(channel) => self.unsubscribe(&channel),
+                Effect::Close(reason) => flow = Flow::Close(reason),
+            }
+        }
+        if export == Export::Message {
+            if lost && !replied {
+                let _ = self.reject(reply_to, &unstored());
+            } else if !lost {
+                self.tenant.metrics.message_ok(self.started.elapsed());
+                if !replied {
+                    self.send(protocol::ack(reply_to, None));
+                }
+            }
+        }
+        flow
+    }
+
+    /// Publish `data` on a channel: with its history (an offset, kept, on
+    /// disk before this returns) or straight to the broker. False when it
+    /// could not be stored or handed to the broker.
+    pub(super) async fn publish(
+        &self,
+        key: &ChannelKey,
+        data: &RawValue,
+        features: ChannelFeatures,
+    ) -> bool {
+        let result = match features.history {
+            Some(rule) => self
+                .state
+                .history
+                .publish(key, rule, data)
+                .await
+                .map_err(|e| e.to_string()),
+            None => {
+                let frame = Utf8Bytes::from(protocol::event(Some(&key.channel), data));
+                self.state
+                    .broker
+                    .publish(key, frame)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.id, error = %e, "publish failed");
+                false
+            }
+        }
+    }
+}
