@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use sluice::config::Cidr;
-use sluice::server::metrics::counters::AcceptRefusal;
+use sluice::server::metrics::AcceptRefusal;
 use sluice::server::proxy;
 use sluice_tests::server::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

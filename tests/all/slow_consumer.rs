@@ -46,7 +46,7 @@ async fn a_client_that_stops_reading_is_closed_and_the_publisher_keeps_going() {
     let alpha = server.state.tenant("alpha").expect("alpha");
     let mut published = 0;
     let tripped = |state: &sluice::server::ServerState| {
-        sluice::server::metrics::render::render(state)
+        sluice::server::admin::metrics::render(state)
             .contains(r#"sluice_closes_total{tenant="alpha",code="1013"} 1"#)
     };
     while !tripped(&server.state) {

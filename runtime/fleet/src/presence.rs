@@ -92,7 +92,7 @@ impl FleetPresence {
         let mut watch = store
             .watch_all()
             .await
-            .map_err(|e| FleetError::nats(format!("cannot watch the presence bucket"), e))?;
+            .map_err(|e| FleetError::nats("cannot watch the presence bucket", e))?;
         let (m, me) = (mirror.clone(), kv_token(&node));
         let watcher = tokio::spawn(async move {
             while let Some(entry) = watch.next().await {

@@ -93,10 +93,9 @@ impl FleetRegistry {
         let mut keys = records
             .keys()
             .await
-            .map_err(|e| FleetError::nats(format!("cannot list pushed handlers"), e))?;
+            .map_err(|e| FleetError::nats("cannot list pushed handlers", e))?;
         while let Some(key) = keys.next().await {
-            let key =
-                key.map_err(|e| FleetError::nats(format!("cannot list pushed handlers"), e))?;
+            let key = key.map_err(|e| FleetError::nats("cannot list pushed handlers", e))?;
             let Some((tenant, name)) = key.split_once('.') else {
                 continue;
             };
@@ -216,7 +215,7 @@ impl FleetRegistry {
             .records
             .watch_all()
             .await
-            .map_err(|e| FleetError::nats(format!("cannot watch pushed handlers"), e))?;
+            .map_err(|e| FleetError::nats("cannot watch pushed handlers", e))?;
         let this = Arc::downgrade(self);
         Ok(tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
@@ -259,18 +258,18 @@ impl FleetRegistry {
             .js
             .get_stream(&self.audit_stream)
             .await
-            .map_err(|e| FleetError::nats(format!("the audit stream"), e))?;
+            .map_err(|e| FleetError::nats("the audit stream", e))?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 deliver_policy: jetstream::consumer::DeliverPolicy::All,
                 ..Default::default()
             })
             .await
-            .map_err(|e| FleetError::nats(format!("following the audit stream"), e))?;
+            .map_err(|e| FleetError::nats("following the audit stream", e))?;
         let mut messages = consumer
             .messages()
             .await
-            .map_err(|e| FleetError::nats(format!("following the audit stream"), e))?;
+            .map_err(|e| FleetError::nats("following the audit stream", e))?;
         Ok(tokio::spawn(async move {
             while let Some(m) = messages.next().await {
                 let Ok(m) = m else { continue };

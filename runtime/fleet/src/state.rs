@@ -106,11 +106,11 @@ impl KvState {
         let mut stream = js
             .get_stream(&stream_name)
             .await
-            .map_err(|e| FleetError::nats(format!("the state bucket's stream"), e))?;
+            .map_err(|e| FleetError::nats("the state bucket's stream", e))?;
         let info = stream
             .info()
             .await
-            .map_err(|e| FleetError::nats(format!("the state bucket's stream"), e))?;
+            .map_err(|e| FleetError::nats("the state bucket's stream", e))?;
         if !info.config.allow_atomic_publish {
             let mut config = info.config.clone();
             config.allow_atomic_publish = true;
@@ -127,7 +127,7 @@ impl KvState {
         let mut watch = store
             .watch_all()
             .await
-            .map_err(|e| FleetError::nats(format!("cannot watch the state bucket"), e))?;
+            .map_err(|e| FleetError::nats("cannot watch the state bucket", e))?;
         let m = mirror.clone();
         let watcher = tokio::spawn(async move {
             while let Some(entry) = watch.next().await {

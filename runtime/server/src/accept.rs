@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, ManagementApi};
-use crate::metrics::counters::AcceptRefusal;
+use crate::metrics::AcceptRefusal;
 use crate::state::{SWEEP_INTERVAL, ServerState};
 use crate::{handshake, proxy, session};
 

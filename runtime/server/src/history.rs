@@ -21,7 +21,7 @@ use sluice_protocol::{Outcome, Position, Since};
 
 use crate::backends::history::{AckFrame, HistoryError, HistoryStore, RuleOf};
 use crate::backends::keys::{ChannelKey, Member};
-use crate::metrics::counters::{label, tenant_series};
+use crate::metrics::{label, tenant_series};
 
 /// Every channel's history.
 pub struct History {

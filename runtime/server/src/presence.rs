@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::backends::keys::ChannelKey;
 use crate::backends::presence::{PresenceEntry, PresenceShare, Reported};
-use crate::metrics::counters::tenant_series;
+use crate::metrics::tenant_series;
 
 struct Present {
     connections: u32,

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::authz;
 use crate::backends::{Backends, Broker, ChannelKey, FleetLink};
 use crate::history::History;
-use crate::metrics::counters::{AcceptMetrics, AcceptRefusal};
+use crate::metrics::{AcceptMetrics, AcceptRefusal};
 use crate::presence::Presence;
 use crate::ratelimit::{self, ConnectionCounter, ConnectionSlot, KeyedLimiter, quota};
 use crate::slot::PushedHandlers;

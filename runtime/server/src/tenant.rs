@@ -9,7 +9,7 @@ use governor::DefaultDirectRateLimiter;
 
 use crate::auth::KeySet;
 use crate::authz::ChannelRule;
-use crate::metrics::counters::TenantMetrics;
+use crate::metrics::TenantMetrics;
 use crate::ratelimit::{self, ConnectionCounter, KeyedLimiter, quota};
 use crate::schema::Schema;
 use crate::slot::{HandlerSlot, PushedHandlers};

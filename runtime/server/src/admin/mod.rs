@@ -20,6 +20,7 @@
 //!   cannot know the token).
 
 pub mod client;
+pub mod metrics;
 pub mod web;
 
 use std::convert::Infallible;
@@ -33,7 +34,7 @@ use sluice_sandbox::BoxFuture;
 use tokio::net::TcpListener;
 
 use self::web::{bearer, host_allowed, same_secret, text};
-use crate::metrics::render;
+
 use crate::state::ServerState;
 
 /// The management API (the control plane's), answering every request under
@@ -161,7 +162,7 @@ async fn respond(
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, render::render(&state));
+            let mut resp = text(StatusCode::OK, metrics::render(&state));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -173,7 +174,7 @@ async fn respond(
         "/readyz" if state.is_cut_off() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "cut off from NATS\n")
         }
-        "/readyz" => match render::stale_jwks(&state).as_slice() {
+        "/readyz" => match metrics::stale_jwks(&state).as_slice() {
             [] => text(StatusCode::OK, "ready\n"),
             stale => text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
-use super::counters::{LATENCY_BUCKETS, label};
 use crate::auth::JwksStatus;
+use crate::metrics::{LATENCY_BUCKETS, label};
 use crate::state::ServerState;
 use crate::tenant::Tenant;
 
