@@ -179,7 +179,7 @@ pub async fn respond(req: Request<Incoming>, from: SocketAddr, state: &Arc<Serve
             return error(
                 404,
                 "not_found",
-                "no such management endpoint (see the README's Management API)",
+                "no such management endpoint (see docs/marketplace.md)",
             );
         }
     };
