@@ -1,5 +1,5 @@
 // One minified ESM file of the client (dist/sluice-client.min.js): what the
-// demo page loads, and what the bundle size in the README measures.
+// demo page loads, and what the bundle size in docs/client.md measures.
 import { build } from "esbuild";
 import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";

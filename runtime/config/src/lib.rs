@@ -677,7 +677,7 @@ pub struct HandlerConfig {
     /// Capabilities granted: `state`, `log`, `clock`. None by default.
     #[serde(default)]
     pub grants: Vec<Capability>,
-    /// Per-call limits (see the README's limits table). `fuel`,
+    /// Per-call limits (docs/configuration.md, *Handler limits*). `fuel`,
     /// `deadline_ms` and `memory_bytes` left unset are sized for the
     /// component at load (interpreter components get more).
     #[serde(default, deserialize_with = "HandlerLimits::from_table")]

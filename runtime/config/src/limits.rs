@@ -1,7 +1,8 @@
 //! Limits and settings of the sandbox: engine-wide ([`SandboxConfig`]) and
 //! per handler ([`HandlerLimits`], [`Isolation`], [`Capability`]).
 //!
-//! Every default is a named constant, documented here and in the README.
+//! Every default is a named constant, documented here and in
+//! docs/configuration.md (*Handler limits*).
 //! Everything is denied unless granted: a handler gets no capability it was
 //! not given, and every call is bounded in CPU (fuel), wall-clock time
 //! (epoch deadline), memory, stack, output and logging.
@@ -83,7 +84,8 @@ pub const DEFAULT_MAX_IDLE_INSTANCES: usize = 8;
 /// Instances made ahead of calls per handler in `fresh` mode: none, each
 /// call makes its own. Making them on a background thread (and tearing used
 /// ones down there) cost more CPU per message than it saved on a 2-core
-/// machine, where no core is ever idle under load (README, Performance).
+/// machine, where no core is ever idle under load (docs/performance.md,
+/// round two).
 pub const DEFAULT_READY_INSTANCES: usize = 0;
 
 /// How often the epoch ticks: the resolution of call deadlines, and the
@@ -395,7 +397,7 @@ impl HandlerLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
     /// Meter fuel (deterministic CPU budget) on every call. Off leaves only
-    /// the wall-clock deadline; measured cost of fuel is in the README.
+    /// the wall-clock deadline; measured cost of fuel is in docs/performance.md.
     pub fuel: bool,
     /// Epoch tick ([`DEFAULT_EPOCH_TICK`]).
     #[serde(with = "duration_ms", rename = "epoch_tick_ms")]

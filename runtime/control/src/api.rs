@@ -212,7 +212,7 @@ pub async fn respond(
             return error(
                 404,
                 "not_found",
-                "no such management endpoint (see docs/marketplace.md, the management API)",
+                "no such management endpoint (see docs/marketplace.md)",
             );
         }
     };
