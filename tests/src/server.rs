@@ -200,6 +200,7 @@ pub fn tenant(secret_file: &str) -> TenantConfig {
             rule("team:{claim:teams}", true, &[]),
         ],
         managed: None,
+        quotas: Default::default(),
     }
 }
 

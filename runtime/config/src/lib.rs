@@ -20,9 +20,11 @@ use serde::{Deserialize, Serialize};
 pub mod channel;
 pub mod jwt;
 mod limits;
+pub mod quotas;
 
 pub use jwt::JwtAlgorithm;
 pub use limits::*;
+pub use quotas::Quotas;
 
 /// Address `sluice serve` listens on by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -506,6 +508,9 @@ pub struct TenantConfig {
     /// a route may name one that is not in `handlers`.
     #[serde(default)]
     pub managed: Option<ManagedConfig>,
+    /// What the tenant may make the host hold (`[tenants.<id>.quotas]`).
+    #[serde(default)]
+    pub quotas: Quotas,
 }
 
 /// Handlers a tenant manages itself through the management API: pushed,
@@ -991,6 +996,8 @@ impl Config {
                     ));
                 }
             }
+            t.quotas
+                .problems(&at, self.sandbox.pool_instances, &mut problems);
             if let Some(m) = &t.managed {
                 if let Some(token) = &m.token
                     && token.secret_env.is_some() == token.secret_file.is_some()

@@ -1,0 +1,183 @@
+//! Per-tenant quotas on what a tenant can make the host hold
+//! (`[tenants.<id>.quotas]`): one tenant's code, clients or management
+//! token must never take what another tenant needs.
+//!
+//! Each quota bounds one shared resource for one tenant; the node's totals
+//! (the sandbox's instance pool, its compiled-code budget, the history a
+//! node keeps) are bounded on their own, and under pressure a node takes
+//! back what is idle (least recently used first) before it refuses anyone.
+//! The defaults leave room for many tenants at their quota at once: a
+//! tenant's default instance share is a twentieth of the default pool.
+//!
+//! Two resources have their quotas elsewhere, where they always were:
+//! handler state (`[tenants.<id>.handlers.<h>.limits] max_state_keys` and
+//! `max_state_bytes`, per tenant) and connections (`[tenants.<id>.limits]
+//! max_connections`, `max_connections_per_subject`).
+
+use serde::{Deserialize, Serialize};
+
+/// Instances (idle and busy, over all of a tenant's handlers and
+/// versions) a tenant may hold: a twentieth of the default pool.
+pub const DEFAULT_QUOTA_INSTANCES: u32 = 50;
+/// Bytes of compiled code a tenant's handlers may hold in memory.
+pub const DEFAULT_QUOTA_COMPILED_BYTES: usize = 256 << 20;
+/// Handlers a tenant may push through the management API.
+pub const DEFAULT_QUOTA_PUSHED_HANDLERS: u32 = 16;
+/// Channels with history a tenant may have at once.
+pub const DEFAULT_QUOTA_HISTORY_CHANNELS: u32 = 10_000;
+/// Bytes of channel history a tenant may keep.
+pub const DEFAULT_QUOTA_HISTORY_BYTES: usize = 64 << 20;
+/// Presence channels a tenant may have at once.
+pub const DEFAULT_QUOTA_PRESENCE_CHANNELS: u32 = 10_000;
+/// Members a tenant may have present, over all its presence channels.
+pub const DEFAULT_QUOTA_PRESENCE_MEMBERS: u32 = 100_000;
+/// Management API requests per second a tenant's token may make.
+pub const DEFAULT_QUOTA_MANAGEMENT_REQUESTS_PER_SEC: u32 = 10;
+/// Idempotency keys a tenant's requests may have remembered at once.
+pub const DEFAULT_QUOTA_IDEMPOTENCY_KEYS: u32 = 100_000;
+
+/// A tenant's quotas. Every field has a default; every value must be more
+/// than zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Instances, idle and busy, over all the tenant's handlers and
+    /// versions: past it the tenant's least recently used idle instance
+    /// is dropped, or (all busy) the call waits like any call over
+    /// `max_concurrency`, then `unavailable`.
+    pub instances: u32,
+    /// Bytes of compiled code of the tenant's handlers (every loaded
+    /// version): a push that would pass it is refused (409 `quota`).
+    pub compiled_bytes: usize,
+    /// Handlers the tenant may push (versions of each: `[managed]
+    /// max_versions`).
+    pub pushed_handlers: u32,
+    /// Channels keeping history at once: a publish that would open one
+    /// more is answered `quota_exceeded`.
+    pub history_channels: u32,
+    /// Bytes of history kept over all the tenant's channels: past it the
+    /// tenant's oldest events are trimmed first.
+    pub history_bytes: usize,
+    /// Presence channels at once: past it a subscribe is served without
+    /// presence tracking for the channel (its `presence` says `truncated`).
+    pub presence_channels: u32,
+    /// Members present over all presence channels.
+    pub presence_members: u32,
+    /// Management API requests per second with the tenant's token (429
+    /// past it).
+    pub management_requests_per_sec: u32,
+    /// Idempotency keys remembered at once.
+    pub idempotency_keys: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            instances: DEFAULT_QUOTA_INSTANCES,
+            compiled_bytes: DEFAULT_QUOTA_COMPILED_BYTES,
+            pushed_handlers: DEFAULT_QUOTA_PUSHED_HANDLERS,
+            history_channels: DEFAULT_QUOTA_HISTORY_CHANNELS,
+            history_bytes: DEFAULT_QUOTA_HISTORY_BYTES,
+            presence_channels: DEFAULT_QUOTA_PRESENCE_CHANNELS,
+            presence_members: DEFAULT_QUOTA_PRESENCE_MEMBERS,
+            management_requests_per_sec: DEFAULT_QUOTA_MANAGEMENT_REQUESTS_PER_SEC,
+            idempotency_keys: DEFAULT_QUOTA_IDEMPOTENCY_KEYS,
+        }
+    }
+}
+
+impl Quotas {
+    /// Every problem with these quotas (`at`: the table's name), against
+    /// the node's instance pool.
+    pub fn problems(&self, at: &str, pool_instances: u32, problems: &mut Vec<String>) {
+        let zero = [
+            ("instances", self.instances == 0),
+            ("compiled_bytes", self.compiled_bytes == 0),
+            ("pushed_handlers", self.pushed_handlers == 0),
+            ("history_channels", self.history_channels == 0),
+            ("history_bytes", self.history_bytes == 0),
+            ("presence_channels", self.presence_channels == 0),
+            ("presence_members", self.presence_members == 0),
+            (
+                "management_requests_per_sec",
+                self.management_requests_per_sec == 0,
+            ),
+            ("idempotency_keys", self.idempotency_keys == 0),
+        ];
+        for (name, is_zero) in zero {
+            if is_zero {
+                problems.push(format!("{at}.quotas.{name} must be greater than zero"));
+            }
+        }
+        if self.instances > pool_instances {
+            problems.push(format!(
+                "{at}.quotas.instances: {} is more than the node's whole pool ([sandbox] pool_instances = {pool_instances})",
+                self.instances
+            ));
+        }
+    }
+
+    /// One line per quota, for `sluice check`.
+    pub fn explain(&self) -> Vec<String> {
+        let mib = |b: usize| format!("{:.0} MiB", b as f64 / f64::from(1 << 20));
+        vec![
+            format!(
+                "instances {} (idle and busy, all handlers; LRU idle ones dropped past it)",
+                self.instances
+            ),
+            format!(
+                "compiled code {} (a push past it is refused)",
+                mib(self.compiled_bytes)
+            ),
+            format!("pushed handlers {}", self.pushed_handlers),
+            format!(
+                "history: {} channels, {}",
+                self.history_channels,
+                mib(self.history_bytes)
+            ),
+            format!(
+                "presence: {} channels, {} members",
+                self.presence_channels, self.presence_members
+            ),
+            format!(
+                "management API: {} requests/s, one push at a time",
+                self.management_requests_per_sec
+            ),
+            format!("idempotency keys {}", self.idempotency_keys),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_a_twentieth_of_the_pool() {
+        let mut p = Vec::new();
+        Quotas::default().problems("tenants.t", crate::DEFAULT_POOL_INSTANCES, &mut p);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(DEFAULT_QUOTA_INSTANCES * 20, crate::DEFAULT_POOL_INSTANCES);
+    }
+
+    #[test]
+    fn every_zero_and_an_instance_share_over_the_pool_are_reported_at_once() {
+        let q: Quotas = toml::from_str("instances = 2000\nhistory_bytes = 0\npushed_handlers = 0")
+            .expect("parses");
+        let mut p = Vec::new();
+        q.problems("tenants.t", 1000, &mut p);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("quotas.history_bytes must be greater than zero"))
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("quotas.instances: 2000 is more than the node's whole pool"))
+        );
+        assert!(
+            toml::from_str::<Quotas>("instance = 1").is_err(),
+            "unknown fields are refused"
+        );
+    }
+}
