@@ -9,14 +9,15 @@
 //! whose dependency graph is the architecture (docs/ARCHITECTURE.md):
 //!
 //! ```text
-//! sluice (CLI) ──> sluice-tools ──> sluice-server ──> sluice-sandbox ──> sluice-config ──> sluice-protocol
-//!                                         └──> sluice-tls        (and server ──> config, protocol)
+//! sluice (CLI) ──> sluice-server ──> sluice-sandbox ──> sluice-config ──> sluice-protocol
+//!    │                   └──> sluice-tls, sluice-store   (and server ──> config, protocol)
+//!    └──> sluice-tools (client, load generator) ──> sluice-token ──> sluice-config
 //! ```
 //!
 //! [`server`] is the pipeline from TCP accept to a handler's effects;
 //! [`sandbox`] runs handlers under hard limits; [`config`] is the strict
 //! configuration file; [`protocol`] is the wire format; [`client`] is a wss
-//! client for tools and tests.
+//! client for tools and tests; [`token`] mints dev tokens.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -27,7 +28,10 @@ pub use sluice_sandbox as sandbox;
 pub use sluice_server as server;
 pub use sluice_store as store;
 pub use sluice_tls as tls;
-pub use sluice_tools::{bench, bench_store, client, loadgen};
+pub use sluice_token as token;
+pub use sluice_tools::{client, loadgen};
 
-pub mod dev;
+pub mod dev_files;
+pub mod listening_child;
 pub mod logging;
+pub mod nats_server;

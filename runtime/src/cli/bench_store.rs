@@ -14,33 +14,44 @@
 //! put it on the disk production would use, fsync is most of its cost.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sluice_config::HistoryConfig;
-use sluice_sandbox::{MemoryStateStore, StateStore, Writes};
-use sluice_server::broker::{Broker, ChannelKey, LocalBroker, Member};
-use sluice_server::durable_state::DurableState;
-use sluice_server::history::History;
-use sluice_server::outbox::{Outbox, Outgoing};
-use sluice_server::stages::decode::Since;
+use sluice::config::HistoryConfig;
+use sluice::sandbox::{MemoryStateStore, StateStore, Writes};
+use sluice::server::broker::{Broker, ChannelKey, LocalBroker, Member};
+use sluice::server::durable_state::DurableState;
+use sluice::server::history::History;
+use sluice::server::outbox::{Outbox, Outgoing};
+use sluice::server::stages::decode::Since;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// What to run.
-#[derive(Clone, Debug)]
-pub struct StoreBenchOptions {
-    /// Where the durable store goes (a temporary directory by default).
-    pub dir: Option<PathBuf>,
+use super::report;
+
+/// Arguments of `sluice bench store`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreBenchArgs {
+    /// Where the durable store goes (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Concurrent publishers / committing calls.
-    pub concurrency: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
     /// Seconds per configuration and round.
-    pub seconds: f64,
-    /// Rounds.
-    pub rounds: u32,
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds (configurations alternate between rounds).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Missed events to recover.
-    pub missed: u64,
+    #[arg(long, default_value_t = 1000)]
+    missed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The figures.
@@ -110,7 +121,7 @@ async fn publish_rate(history: Option<Arc<History>>, n: usize, secs: f64) -> f64
                     }
                     None => {
                         let frame =
-                            Utf8Bytes::from(sluice_protocol::event(Some(&key.channel), &data));
+                            Utf8Bytes::from(sluice::protocol::event(Some(&key.channel), &data));
                         let _ = broker.publish(&key, frame).await;
                     }
                 }
@@ -209,8 +220,46 @@ async fn commit_rate(store: Arc<dyn StateStore>, n: usize, secs: f64) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Run it.
-pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
+/// Run it and print the figures.
+pub async fn run(args: StoreBenchArgs) -> anyhow::Result<ExitCode> {
+    let measured = measure(&args).await?;
+    report::print(args.json, &measured, print_human)
+}
+
+/// The report as a table.
+fn print_human(r: &StoreBenchReport) {
+    println!(
+        "sluice bench store: {} concurrent publishers / calls, medians of rounds",
+        r.concurrency
+    );
+    println!(
+        "  publish, history off:      {:>10.0} /s",
+        r.publish_history_off_per_sec
+    );
+    println!(
+        "  publish, history memory:   {:>10.0} /s",
+        r.publish_history_memory_per_sec
+    );
+    println!(
+        "  publish, history durable:  {:>10.0} /s (each on disk before it returns)",
+        r.publish_history_durable_per_sec
+    );
+    println!(
+        "  recover {} missed events: {:>10.0} us (ack + events queued and drained)",
+        r.missed, r.recover_us
+    );
+    println!(
+        "  state commits, memory:     {:>10.0} /s",
+        r.state_commits_memory_per_sec
+    );
+    println!(
+        "  state commits, durable:    {:>10.0} /s (each on disk before it returns)",
+        r.state_commits_durable_per_sec
+    );
+}
+
+/// Every figure, configurations alternating between rounds.
+async fn measure(opts: &StoreBenchArgs) -> anyhow::Result<StoreBenchReport> {
     let temp;
     let dir = match &opts.dir {
         Some(d) => d.clone(),
@@ -220,7 +269,7 @@ pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let opened = sluice_store::Store::open(&dir)?;
+    let opened = sluice::store::Store::open(&dir)?;
     let store = opened.store.clone();
     let durable_history = Arc::new(History::durable(
         opened.store,
@@ -230,10 +279,10 @@ pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
     let durable_state: Arc<dyn StateStore> = DurableState::new(store.clone(), opened.state);
     let memory_state: Arc<dyn StateStore> = MemoryStateStore::new();
     let memory_history = Arc::new(History::in_memory());
-    let (n, secs) = (opts.concurrency, opts.seconds);
+    let (n, secs) = (opts.concurrency.max(1), opts.seconds);
     let (mut off, mut mem, mut dur, mut rec, mut sm, mut sd) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..opts.rounds {
+    for _ in 0..opts.rounds.max(1) {
         off.push(publish_rate(None, n, secs).await);
         mem.push(publish_rate(Some(memory_history.clone()), n, secs).await);
         dur.push(publish_rate(Some(durable_history.clone()), n, secs).await);
