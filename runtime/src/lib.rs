@@ -10,7 +10,9 @@
 //!
 //! ```text
 //! sluice (CLI, node) ──> sluice-fleet ───┐
-//!                    ──> sluice-control ─┴──> sluice-server ──> sluice-sandbox ──> sluice-config ──> sluice-protocol
+//!    │               ──> sluice-control ─┴──> sluice-server ──> sluice-sandbox ──> sluice-config ──> sluice-protocol
+//!    │                                              └──> sluice-tls, sluice-store
+//!    └──> sluice-tools (client, load generator) ──> sluice-token ──> sluice-config
 //! ```
 //!
 //! [`node`] composes a node: it chooses the backends for the configured
@@ -19,7 +21,7 @@
 //! [`fleet`] is cluster mode on NATS; [`control`] the pushed handlers;
 //! [`sandbox`] runs handlers under hard limits; [`config`] is the strict
 //! configuration file; [`protocol`] is the wire format; [`client`] is a wss
-//! client for tools and tests.
+//! client for tools and tests; [`token`] mints dev tokens.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,8 +34,11 @@ pub use sluice_sandbox as sandbox;
 pub use sluice_server as server;
 pub use sluice_store as store;
 pub use sluice_tls as tls;
-pub use sluice_tools::{bench, bench_store, client, loadgen};
+pub use sluice_token as token;
+pub use sluice_tools::{client, loadgen};
 
-pub mod dev;
+pub mod dev_files;
+pub mod listening_child;
 pub mod logging;
+pub mod nats_server;
 pub mod node;

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 use sluice::config::Config;
+use sluice::dev_files::DemoConfig;
 use sluice::node::Node;
 use sluice_tests::handlers;
 use sluice_tests::server::TempDir;
@@ -91,11 +92,13 @@ schema = {{ type = "string", pattern = "(?<=a)b" }}
 #[tokio::test]
 async fn the_dev_config_builds_and_serves() {
     let dir = TempDir::new();
-    let path = sluice::dev::prepare(
+    let path = sluice::dev_files::prepare(
         &dir.0,
-        "127.0.0.1:0",
-        Path::new(handlers::ECHO),
-        Path::new(handlers::CHAT),
+        &DemoConfig::new(
+            "127.0.0.1:0",
+            Path::new(handlers::ECHO),
+            Path::new(handlers::CHAT),
+        ),
     )
     .expect("prepare");
     let config = Config::load(&path).expect("the dev config parses");
@@ -104,15 +107,8 @@ async fn the_dev_config_builds_and_serves() {
         .unwrap_or_else(|e| panic!("the dev config builds: {e}"))
         .state;
     let tenant = state.tenant("demo").expect("demo tenant");
-    let token = tenant
-        .keys
-        .mint(
-            "dev-user",
-            &["chat:write".to_owned()],
-            60,
-            serde_json::Map::new(),
-        )
-        .expect("mint");
+    // The token `sluice dev` prints, minted without the server.
+    let token = sluice::dev_files::dev_token(&state.config).expect("mint");
     let principal = tenant.keys.verify(&token).expect("a minted token verifies");
     assert_eq!(principal.subject, "dev-user");
     assert!(principal.scopes.contains("chat:write"));
@@ -123,7 +119,7 @@ async fn the_dev_config_builds_and_serves() {
 async fn sluice_dev_serves_a_chat_handler_of_another_language() {
     // `sluice dev --chat handlers/target/lang/c-chat.wasm`: the component
     // is checked, then served as the demo's chat handler.
-    let missing = sluice::dev::chat_component(
+    let missing = sluice::dev_files::chat_component(
         Some(Path::new("/nonexistent/chat.wasm")),
         Path::new(handlers::CHAT),
     )
@@ -132,21 +128,26 @@ async fn sluice_dev_serves_a_chat_handler_of_another_language() {
         missing.to_string().contains("handlers/build-lang"),
         "{missing}"
     );
-    let chat =
-        sluice::dev::chat_component(Some(Path::new(handlers::C_CHAT)), Path::new(handlers::CHAT))
-            .expect("the C chat component");
+    let chat = sluice::dev_files::chat_component(
+        Some(Path::new(handlers::C_CHAT)),
+        Path::new(handlers::CHAT),
+    )
+    .expect("the C chat component");
     assert_eq!(
         chat,
         Path::new(handlers::C_CHAT).canonicalize().expect("path")
     );
     assert_eq!(
-        sluice::dev::chat_component(None, Path::new(handlers::CHAT)).expect("default"),
+        sluice::dev_files::chat_component(None, Path::new(handlers::CHAT)).expect("default"),
         Path::new(handlers::CHAT)
     );
 
     let dir = TempDir::new();
-    let path = sluice::dev::prepare(&dir.0, "127.0.0.1:0", Path::new(handlers::ECHO), &chat)
-        .expect("prepare");
+    let path = sluice::dev_files::prepare(
+        &dir.0,
+        &DemoConfig::new("127.0.0.1:0", Path::new(handlers::ECHO), &chat),
+    )
+    .expect("prepare");
     let state = Node::build(Config::load(&path).expect("parses"))
         .await
         .unwrap_or_else(|e| panic!("the dev config builds: {e}"))

@@ -832,9 +832,9 @@ async fn alpha_push(
 
 #[tokio::test]
 async fn in_a_fleet_a_push_on_one_node_serves_on_every_node() {
-    let nats = crate::cluster::Nats::start();
+    let nats = sluice_tests::cluster::Nats::start();
     let node = |name: &'static str| {
-        let cluster = crate::cluster::cluster(&nats, name);
+        let cluster = sluice_tests::cluster::cluster(&nats, name);
         server(&[Capability::State, Capability::Log], move |c| {
             c.cluster = Some(cluster);
         })

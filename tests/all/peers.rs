@@ -55,7 +55,7 @@ pub(crate) struct Files {
 impl Files {
     pub(crate) fn new() -> Self {
         let dir = TempDir::new();
-        let (cert, _) = sluice::dev::write_cert(&dir.0, false).expect("cert");
+        let (cert, _) = sluice::dev_files::write_cert(&dir.0, false).expect("cert");
         std::fs::write(dir.0.join("secret.key"), SECRET).expect("secret");
         let ca_pem = std::fs::read(cert).expect("read cert");
         Self { dir, ca_pem }

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::Algorithm;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sluice::config::Config;
+use sluice::dev_files::{DEMO_TENANT, DEV_SCOPE, DemoConfig};
 use sluice::node::Node;
+use sluice::token::Minter;
 use sluice_probe::ProbeArgs;
 use sluice_tests::handlers;
-use sluice_tests::server::{TempDir, now, sign_hs};
+use sluice_tests::server::{TempDir, now};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -124,7 +125,7 @@ fn all_ids() -> Vec<&'static str> {
     ALL.to_vec()
 }
 
-/// A server with `sluice dev`'s configuration (`sluice::dev::prepare`), on
+/// A server with `sluice dev`'s configuration (`sluice::dev_files::prepare`), on
 /// port 0, without the admin listener.
 struct DevSluice {
     addr: SocketAddr,
@@ -135,11 +136,13 @@ struct DevSluice {
 impl DevSluice {
     async fn start() -> Self {
         let dir = TempDir::new();
-        let config_path = sluice::dev::prepare(
+        let config_path = sluice::dev_files::prepare(
             &dir.0,
-            "127.0.0.1:0",
-            Path::new(handlers::ECHO),
-            Path::new(handlers::CHAT),
+            &DemoConfig::new(
+                "127.0.0.1:0",
+                Path::new(handlers::ECHO),
+                Path::new(handlers::CHAT),
+            ),
         )
         .expect("the dev files");
         let mut config = Config::load(&config_path).expect("the dev config loads");
@@ -161,14 +164,13 @@ impl DevSluice {
         self.dir.0.join(name)
     }
 
-    /// A token as `sluice dev` prints it.
+    /// A token as `sluice dev` prints it (another subject), minted with the
+    /// demo tenant's key.
     fn token(&self) -> String {
-        let secret = std::fs::read_to_string(self.path("secret.key")).expect("secret");
-        let claims = json!({
-            "sub": "probe", "iss": "sluice-dev", "aud": "sluice",
-            "scope": "chat:write", "exp": now() + 3600,
-        });
-        sign_hs(secret.trim(), &claims, Algorithm::HS256, None)
+        let config = Config::load(&self.path("sluice.toml")).expect("the dev config");
+        Minter::for_tenant(&config, DEMO_TENANT)
+            .and_then(|m| m.mint("probe", &[DEV_SCOPE.to_owned()], 3600, Map::new()))
+            .expect("a dev token")
     }
 }
 

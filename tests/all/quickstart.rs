@@ -384,12 +384,13 @@ fn the_dev_certificate_is_valid_for_90_days_and_renewed_before_it_expires() {
     let now = SystemTime::now();
     let cert_path = dir.0.join("cert.pem");
     let write = || {
-        sluice::dev::write_cert(&dir.0, false).expect("write_cert");
+        sluice::dev_files::write_cert(&dir.0, false).expect("write_cert");
         std::fs::read(&cert_path).expect("cert.pem")
     };
     let put = |from: SystemTime, until: SystemTime| {
         let (cert, key) =
-            sluice::dev::self_signed_valid(&["localhost", "127.0.0.1"], from, until).expect("cert");
+            sluice::dev_files::self_signed_valid(&["localhost", "127.0.0.1"], from, until)
+                .expect("cert");
         std::fs::write(&cert_path, cert).expect("write cert");
         std::fs::write(dir.0.join("key.pem"), key).expect("write key");
         std::fs::read(&cert_path).expect("cert.pem")
@@ -429,9 +430,12 @@ async fn dev_replaces_an_expired_certificate_at_start() {
     let dev_dir = cwd.0.join("dev");
     std::fs::create_dir_all(&dev_dir).expect("mkdir");
     let now = SystemTime::now();
-    let (cert, key) =
-        sluice::dev::self_signed_valid(&["localhost", "127.0.0.1"], now - DAY * 100, now - DAY)
-            .expect("cert");
+    let (cert, key) = sluice::dev_files::self_signed_valid(
+        &["localhost", "127.0.0.1"],
+        now - DAY * 100,
+        now - DAY,
+    )
+    .expect("cert");
     std::fs::write(dev_dir.join("cert.pem"), &cert).expect("write");
     std::fs::write(dev_dir.join("key.pem"), key).expect("write");
 

@@ -37,8 +37,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Sluice's `max_message_bytes` and `max_frame_bytes` defaults.
-const MAX_MESSAGE_BYTES: usize = sluice_config::DEFAULT_MAX_MESSAGE_BYTES;
-const MAX_FRAME_BYTES: usize = sluice_config::DEFAULT_MAX_FRAME_BYTES;
+const MAX_MESSAGE_BYTES: usize = sluice_protocol::DEFAULT_MAX_MESSAGE_BYTES;
+const MAX_FRAME_BYTES: usize = sluice_protocol::DEFAULT_MAX_FRAME_BYTES;
 
 /// A bare wss echo server (benchmark baseline).
 #[derive(Parser)]

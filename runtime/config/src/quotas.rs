@@ -155,9 +155,12 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_a_twentieth_of_the_pool() {
         let mut p = Vec::new();
-        Quotas::default().problems("tenants.t", crate::DEFAULT_POOL_INSTANCES, &mut p);
+        Quotas::default().problems("tenants.t", crate::limits::DEFAULT_POOL_INSTANCES, &mut p);
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(DEFAULT_QUOTA_INSTANCES * 20, crate::DEFAULT_POOL_INSTANCES);
+        assert_eq!(
+            DEFAULT_QUOTA_INSTANCES * 20,
+            crate::limits::DEFAULT_POOL_INSTANCES
+        );
     }
 
     #[test]

@@ -45,6 +45,16 @@ pub const MAX_ID_BYTES: usize = 64;
 /// Longest channel name.
 pub const MAX_CHANNEL_BYTES: usize = 128;
 
+/// Largest message (after reassembly of fragments) a server accepts unless
+/// configured otherwise (`[server] max_message_bytes`). A wire limit: the
+/// benchmark's baseline peer enforces the same without Sluice's config.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
+/// Largest single frame (`[server] max_frame_bytes`).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 10;
+/// Deepest JSON nesting accepted in a client message (`[server]
+/// max_json_depth`; see [`decode`]).
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
+
 /// A client message.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -105,23 +105,49 @@ struct SandboxInner {
     _ticker: EpochTicker,
 }
 
+/// Why a sandbox could not be made. Each says what failed and why
+/// (wasmtime's chain of causes, in one line).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// wasmtime refused the engine's settings, or its compilation cache
+    /// could not be opened.
+    #[error("{0:#}")]
+    Engine(anyhow::Error),
+    /// WASI or a capability's interface could not be linked (a bug of this
+    /// build, not of the configuration).
+    #[error("{0:#}")]
+    Link(anyhow::Error),
+    /// The thread that advances the epoch could not be started.
+    #[error("starting the epoch thread: {0}")]
+    EpochThread(std::io::Error),
+}
+
 impl Sandbox {
     /// A sandbox with in-memory state.
-    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         Self::with_state(config, MemoryStateStore::new())
     }
 
     /// A sandbox whose handlers keep state in `state`.
-    pub fn with_state(config: SandboxConfig, state: Arc<dyn StateStore>) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&config)?)
-            .map_err(anyhow::Error::from)
-            .context("creating the wasm engine")?;
+    pub fn with_state(
+        config: SandboxConfig,
+        state: Arc<dyn StateStore>,
+    ) -> Result<Self, SandboxError> {
+        let engine = engine_config(&config)
+            .and_then(|c| {
+                Engine::new(&c)
+                    .map_err(anyhow::Error::from)
+                    .context("creating the wasm engine")
+            })
+            .map_err(SandboxError::Engine)?;
         let mut linker = Linker::<CallCtx>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
-            .context("linking WASI")?;
-        capabilities::link_all(&mut linker)?;
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
+            .context("linking WASI")
+            .and_then(|()| capabilities::link_all(&mut linker))
+            .map_err(SandboxError::Link)?;
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)
+            .map_err(SandboxError::EpochThread)?;
         Ok(Self {
             inner: Arc::new(SandboxInner {
                 engine,
@@ -342,7 +368,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> anyhow::Result<Self> {
+    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -352,8 +378,7 @@ impl EpochTicker {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
                 }
-            })
-            .context("starting the epoch thread")?;
+            })?;
         Ok(Self {
             stop,
             thread: Some(thread),

@@ -8,7 +8,7 @@
 //!   against the embedded stores.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,33 +16,50 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
 use sluice::config::Config;
+use sluice::dev_files::{DEMO_TENANT, DemoConfig};
+use sluice::nats_server::{NatsOptions, NatsServer};
 use sluice::sandbox::{StateStore, Writes};
 use sluice::server::ServerState;
+use sluice::token::Minter;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Options.
-pub struct Options {
+use super::demo_handlers::{demo_components, repo_root};
+
+/// Arguments of `sluice bench cluster`.
+#[derive(clap::Args)]
+pub struct ClusterBenchArgs {
     /// Subscribers per node in the throughput runs.
-    pub subscribers: usize,
+    #[arg(long, default_value_t = 30)]
+    subscribers: usize,
     /// Seconds per throughput and state run.
-    pub seconds: f64,
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
     /// Latency samples per configuration.
-    pub samples: usize,
+    #[arg(long, default_value_t = 500)]
+    samples: usize,
 }
 
 struct Fleet {
     dir: PathBuf,
     nats_url: String,
-    _nats: tokio::process::Child,
+    _nats: NatsServer,
 }
 
-fn bench_config(base: &str, misbehave: &Path) -> String {
+fn bench_config(echo: &Path, chat: &Path) -> DemoConfig {
+    DemoConfig {
+        data_dir: None,
+        ..DemoConfig::new("127.0.0.1:0", echo, chat)
+    }
+}
+
+/// The demo tenant in memory, with the misbehave handler on route `pub`
+/// (it publishes what it is sent) and channels `live:{id}`.
+fn bench_text(demo: &DemoConfig, misbehave: &Path) -> String {
     format!(
-        "{base}\n[tenants.demo.handlers.misbehave]\ncomponent = {m:?}\ngrants = [\"state\", \"log\", \"clock\"]\n\n[tenants.demo.routes.pub]\nhandler = \"misbehave\"\n\n[[tenants.demo.channels]]\npattern = \"live:{{id}}\"\n",
+        "{}\n[tenants.demo.handlers.misbehave]\ncomponent = {m:?}\ngrants = [\"state\", \"log\", \"clock\"]\n\n[tenants.demo.routes.pub]\nhandler = \"misbehave\"\n\n[[tenants.demo.channels]]\npattern = \"live:{{id}}\"\n",
+        demo.toml(),
         m = misbehave.display().to_string()
     )
-    .replace("data_dir = \"data\"  # dev/data", "")
-    .replace("kind = \"durable\"", "kind = \"memory\"")
 }
 
 /// A server started in this process.
@@ -318,50 +335,31 @@ async fn state_writes(store: Arc<dyn StateStore>, seconds: f64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn start_nats(repo: &Path, dir: &Path) -> anyhow::Result<Fleet> {
-    let bin = super::dev_cluster::nats_server(repo)?;
-    for _ in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut child = tokio::process::Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-sd")
-            .arg(dir.join("nats"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Ok(Fleet {
-                    dir: dir.to_owned(),
-                    nats_url: format!("nats://127.0.0.1:{port}"),
-                    _nats: child,
-                });
-            }
-            if child.try_wait()?.is_some() || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    bail!("nats-server did not start")
+fn start_nats(repo: &Path, dir: &Path) -> anyhow::Result<Fleet> {
+    let bin = sluice::nats_server::binary(repo)?;
+    let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+    let nats = NatsServer::start(&bin, NatsOptions::new(loopback, dir.join("nats")))?;
+    Ok(Fleet {
+        dir: dir.to_owned(),
+        nats_url: nats.url(),
+        _nats: nats,
+    })
 }
 
 /// Run every measurement and print the tables.
-pub async fn run(repo: PathBuf, echo: PathBuf, chat: PathBuf, opts: Options) -> anyhow::Result<()> {
+pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
+    let (echo, chat) = demo_components()?;
+    let opts = ClusterBenchArgs {
+        subscribers: args.subscribers.max(1),
+        samples: args.samples.max(1),
+        ..args
+    };
     let dir = std::env::temp_dir().join(format!("sluice-bench-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = measure(&repo, &dir, &echo, &chat, &opts).await;
+    let result = measure(&repo_root(), &dir, &echo, &chat, &opts).await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 async fn measure(
@@ -369,13 +367,14 @@ async fn measure(
     dir: &Path,
     echo: &Path,
     chat: &Path,
-    opts: &Options,
+    opts: &ClusterBenchArgs,
 ) -> anyhow::Result<()> {
     let misbehave = echo.with_file_name("misbehave.wasm");
-    let path = sluice::dev::prepare(dir, "127.0.0.1:0", echo, chat)?;
-    let base = bench_config(&std::fs::read_to_string(&path)?, &misbehave);
+    let demo = bench_config(echo, chat);
+    sluice::dev_files::prepare(dir, &demo)?;
+    let base = bench_text(&demo, &misbehave);
     let ca = std::fs::read(dir.join("cert.pem"))?;
-    let fleet = start_nats(repo, dir).await?;
+    let fleet = tokio::task::block_in_place(|| start_nats(repo, dir))?;
     let cluster = |i: usize, prefix: &str| {
         format!(
             "{base}\n[cluster]\nnats_urls = [\"{}\"]\nnode = \"n{i}\"\nprefix = \"{prefix}\"\n",
@@ -383,15 +382,12 @@ async fn measure(
         )
     };
     let token_of = |node: &Node| -> anyhow::Result<String> {
-        let t = node.state.tenant("demo").context("demo")?;
-        t.keys
-            .mint(
-                "bench",
-                &["chat:write".to_owned()],
-                3600,
-                serde_json::Map::new(),
-            )
-            .map_err(anyhow::Error::msg)
+        Ok(Minter::for_tenant(&node.state.config, DEMO_TENANT)?.mint(
+            "bench",
+            &["chat:write".to_owned()],
+            3600,
+            serde_json::Map::new(),
+        )?)
     };
 
     println!(

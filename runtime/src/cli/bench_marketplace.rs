@@ -9,26 +9,41 @@
 //!   alternating.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::bench_cluster::{Node, Socket, client, next_json, pct, start_node_with};
+use sluice::dev_files::{DEMO_TENANT, DemoConfig, demo_auth};
+use sluice::token::Minter;
 
-/// Options.
-pub struct Options {
-    /// The JavaScript chat component (None: skip it).
-    pub js_chat: Option<PathBuf>,
-    /// Pushes per component (each on a fresh server).
-    pub pushes: usize,
+use super::bench_cluster::{Node, Socket, client, next_json, pct, start_node_with};
+use super::demo_handlers::{demo_components, lang_component};
+
+/// Arguments of `sluice bench marketplace`.
+#[derive(clap::Args)]
+pub struct MarketplaceBenchArgs {
+    /// The JavaScript chat component (default: built by
+    /// `handlers/build-lang js`).
+    #[arg(long)]
+    js_chat: Option<PathBuf>,
+    /// Leave the JavaScript handler out.
+    #[arg(long)]
+    no_js: bool,
+    /// Pushes per component, each on a fresh server.
+    #[arg(long, default_value_t = 3)]
+    pushes: usize,
     /// Connections sending in the shadow runs.
-    pub connections: usize,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
     /// Seconds per shadow run.
-    pub seconds: f64,
-    /// Rounds of the shadow runs.
-    pub rounds: usize,
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Rounds of the shadow runs (stable only and with shadow alternate).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 const OPERATOR: &str = "bench-operator-token-0123456789abcdef";
@@ -44,14 +59,7 @@ admin_token = {{ secret_file = "operator.token" }}
 [store]
 kind = "memory"   # pushed versions in memory: every push compiles afresh
 
-[tenants.demo.auth]
-issuer = "sluice-dev"
-audience = "sluice"
-
-[[tenants.demo.auth.keys]]
-algorithm = "HS256"
-secret_file = "secret.key"
-
+{auth}
 [tenants.demo.handlers.echo]
 component = {echo:?}
 
@@ -70,6 +78,7 @@ schema = {{ type = "object", required = ["text"], properties = {{ text = {{ type
 [[tenants.demo.channels]]
 pattern = "room:{{id}}"
 "#,
+        auth = demo_auth(),
         echo = echo.display().to_string()
     )
 }
@@ -133,25 +142,45 @@ async fn request(s: &mut Socket, msg: serde_json::Value) -> anyhow::Result<serde
 }
 
 fn token(node: &Node) -> anyhow::Result<String> {
-    let t = node.state.tenant("demo").context("demo")?;
-    t.keys
-        .mint("bench", &[], 3600, serde_json::Map::new())
-        .map_err(anyhow::Error::msg)
+    Ok(Minter::for_tenant(&node.state.config, DEMO_TENANT)?.mint(
+        "bench",
+        &[],
+        3600,
+        serde_json::Map::new(),
+    )?)
 }
 
 /// Run the benchmark.
-pub async fn run(echo: PathBuf, chat: PathBuf, opts: Options) -> anyhow::Result<()> {
+pub async fn run(args: MarketplaceBenchArgs) -> anyhow::Result<ExitCode> {
+    let (echo, chat) = demo_components()?;
+    let js_chat = match (&args.js_chat, args.no_js) {
+        (_, true) => None,
+        (Some(p), false) => Some(p.clone()),
+        (None, false) => Some(lang_component("js", "chat")?),
+    };
+    let opts = MarketplaceBenchArgs {
+        pushes: args.pushes.max(1),
+        connections: args.connections.max(1),
+        rounds: args.rounds.max(1),
+        ..args
+    };
     let dir = std::env::temp_dir().join(format!("sluice-bench-marketplace-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = measure(&dir, &echo, &chat, &opts).await;
+    let result = measure(&dir, &echo, &chat, js_chat.as_deref(), &opts).await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map(|()| ExitCode::SUCCESS)
 }
 
-async fn measure(dir: &Path, echo: &Path, chat: &Path, opts: &Options) -> anyhow::Result<()> {
-    sluice::dev::write_cert(dir, false)?;
-    sluice::dev::prepare(dir, "127.0.0.1:0", echo, chat)?;
+async fn measure(
+    dir: &Path,
+    echo: &Path,
+    chat: &Path,
+    js_chat: Option<&Path>,
+    opts: &MarketplaceBenchArgs,
+) -> anyhow::Result<()> {
+    sluice::dev_files::write_cert(dir, false)?;
+    sluice::dev_files::prepare(dir, &DemoConfig::new("127.0.0.1:0", echo, chat))?;
     std::fs::write(dir.join("operator.token"), OPERATOR)?;
     let text = config(echo);
     let ca = std::fs::read(dir.join("cert.pem"))?;
@@ -169,8 +198,8 @@ async fn measure(dir: &Path, echo: &Path, chat: &Path, opts: &Options) -> anyhow
     );
     println!("|---|---|---|---|---|");
     let mut components = vec![("Rust chat", chat.to_owned())];
-    if let Some(js) = &opts.js_chat {
-        components.push(("JavaScript chat", js.clone()));
+    if let Some(js) = js_chat {
+        components.push(("JavaScript chat", js.to_owned()));
     }
     for (name, path) in components {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

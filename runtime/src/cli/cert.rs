@@ -28,10 +28,10 @@ pub fn run(args: &CertArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write(args: &CertArgs) -> anyhow::Result<Vec<PathBuf>> {
-    let (cert, key) = sluice::dev::write_cert(&args.out, args.force)?;
+    let (cert, key) = sluice::dev_files::write_cert(&args.out, args.force)?;
     let mut written = vec![cert, key];
     if args.secret {
-        written.push(sluice::dev::write_secret(&args.out, args.force)?);
+        written.push(sluice::dev_files::write_secret(&args.out, args.force)?);
     }
     Ok(written)
 }

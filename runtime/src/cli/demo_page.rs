@@ -21,7 +21,9 @@ use anyhow::{Context as _, bail};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
+use sluice::dev_files::{DEMO_TENANT, DEV_SCOPE};
 use sluice::server::ServerState;
+use sluice::token::Minter;
 use tokio::net::TcpListener;
 
 /// Lifetime of a page token: short, so the page shows a refresh every
@@ -183,19 +185,26 @@ impl Site {
                 "name: 1-24 of A-Z a-z 0-9 - _\n",
             );
         }
-        let Some(tenant) = self.state.upgrade().and_then(|s| s.tenant("demo")) else {
+        let Some(state) = self
+            .state
+            .upgrade()
+            .filter(|s| s.tenant(DEMO_TENANT).is_some())
+        else {
             return reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 "no demo tenant\n",
             );
         };
-        match tenant.keys.mint(
-            name,
-            &["chat:write".to_owned()],
-            TOKEN_TTL_SECS,
-            serde_json::Map::new(),
-        ) {
+        let minted = Minter::for_tenant(&state.config, DEMO_TENANT).and_then(|m| {
+            m.mint(
+                name,
+                &[DEV_SCOPE.to_owned()],
+                TOKEN_TTL_SECS,
+                serde_json::Map::new(),
+            )
+        });
+        match minted {
             Ok(token) => reply(
                 StatusCode::OK,
                 "application/json",

@@ -2,126 +2,78 @@
 //! self-signed certificate, a demo tenant (echo and chat handlers), a dev
 //! token and a copy-paste client command.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use sluice::config::Config;
+use sluice::dev_files::{DemoConfig, dev_token};
 
-/// Where the repository's handlers are built.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use super::demo_handlers::{demo_components, repo_root};
+use super::signals::{reload_on_sighup, shutdown_signal};
 
-/// The component of handler `name` in `lang` (js, python, c), built (or
-/// taken from its cache) by `handlers/build-lang`, which installs the
-/// language's pinned tools.
-pub fn lang_component(lang: &str, name: &str) -> anyhow::Result<PathBuf> {
-    let script = repo_root().join("handlers/build-lang");
-    eprintln!("building the {lang} {name} handler with handlers/build-lang {lang} (cached)...");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(lang)
-        .stdin(Stdio::null())
-        .output()
-        .context("running handlers/build-lang")?;
-    if !output.status.success() {
-        std::io::stderr().write_all(&output.stderr)?;
-        bail!("handlers/build-lang {lang} failed");
-    }
-    // One line per handler: `<lang> <name> <path>`.
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| {
-            let mut parts = l.splitn(3, ' ');
-            (parts.next() == Some(lang) && parts.next() == Some(name))
-                .then(|| parts.next().map(PathBuf::from))
-                .flatten()
-        })
-        .with_context(|| format!("handlers/build-lang {lang} printed no {name} component"))
-}
-
-/// The demo handlers (echo, chat), built by `handlers/build` when needed.
-pub fn demo_components() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let release = repo_root().join("handlers/target/wasm32-wasip2/release");
-    let (echo, chat) = (release.join("echo.wasm"), release.join("chat.wasm"));
-    let script = repo_root().join("handlers/build");
-    let built = echo.exists() && chat.exists();
-    // From a clone, handlers/build always runs: cargo rebuilds the demo
-    // handlers only when their sources or wit/ changed (a second or two),
-    // so a pull that moves the WIT version never serves stale components.
-    if !built || script.exists() {
-        if !script.exists() {
-            bail!(
-                "the demo handlers are not built and {} is missing: run sluice dev from a clone of the repository",
-                script.display()
-            );
-        }
-        // One line while it runs; the build's own output only if it fails.
-        if built {
-            eprintln!("checking the demo handlers are up to date (handlers/build)...");
-        } else {
-            eprintln!(
-                "building the demo handlers with handlers/build (first run: a few minutes)..."
-            );
-        }
-        let output = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .output()
-            .context("running handlers/build")?;
-        if !output.status.success() {
-            std::io::stderr().write_all(&output.stdout)?;
-            std::io::stderr().write_all(&output.stderr)?;
-            bail!("{} failed ({})", script.display(), output.status);
-        }
-    }
-    Ok((echo.canonicalize()?, chat.canonicalize()?))
-}
-
-/// Run the dev server.
-pub async fn run(
+/// Arguments of `sluice dev`.
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where the certificate, secret and config are written.
+    #[arg(long, default_value = "dev")]
     dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
+    /// Serve this chat handler component instead of the Rust one, e.g.
+    /// one built from JavaScript, Python or C by handlers/build-lang
+    /// (handlers/target/lang/js-chat.wasm).
+    #[arg(long, value_name = "COMPONENT")]
     chat: Option<PathBuf>,
+    /// Address of the chat demo page (its own origin, same certificate).
+    #[arg(long, default_value = "127.0.0.1:8444")]
     page: String,
+    /// Start a local fleet instead: a nats-server with JetStream and
+    /// this many nodes (2-9) on consecutive ports from --listen.
+    #[arg(long, value_name = "NODES")]
     cluster: Option<usize>,
-) -> anyhow::Result<()> {
+}
+
+/// Run the dev server (or fleet) until Ctrl-C.
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let DevArgs {
+        dir,
+        listen,
+        chat,
+        page,
+        cluster,
+    } = args;
     // Before the handlers build, so a busy port is known in a second.
     check_listen(&listen)?;
     let (echo, rust_chat) = demo_components()?;
-    let chat = sluice::dev::chat_component(chat.as_deref(), &rust_chat)?;
+    let chat = sluice::dev_files::chat_component(chat.as_deref(), &rust_chat)?;
     if let Some(nodes) = cluster {
-        return super::dev_cluster::run(dir, listen, echo, chat, repo_root(), nodes).await;
+        super::dev_cluster::run(dir, listen, echo, chat, repo_root(), nodes).await?;
+        return Ok(ExitCode::SUCCESS);
     }
     // The demo page is a convenience: a busy port turns it off (said after
     // the banner), not the server.
     let page = super::demo_page::bind(&page).await;
     let origins = page.as_ref().map(|p| p.origins()).unwrap_or_default();
-    let config_path = sluice::dev::prepare_with_origins(&dir, &listen, &echo, &chat, &origins)?;
+    let demo = DemoConfig {
+        page_origins: origins,
+        ..DemoConfig::new(&listen, &echo, &chat)
+    };
+    let config_path = sluice::dev_files::prepare(&dir, &demo)?;
     let cert = dir.join("cert.pem");
     let valid_until = std::fs::read(&cert)
         .ok()
-        .and_then(|pem| sluice::dev::cert_validity(&pem))
+        .and_then(|pem| sluice::dev_files::cert_validity(&pem))
         .map_or_else(String::new, |(_, until)| {
-            format!(", valid until {}", sluice::dev::format_date(until))
+            format!(", valid until {}", sluice::dev_files::format_date(until))
         });
     let sluice = own_command();
     let config = Config::load(&config_path)?;
     let node = sluice::node::Node::build(config).await?;
     let state = node.state.clone();
-    let tenant = state.tenant("demo").context("the demo tenant is missing")?;
-    let token = tenant
-        .keys
-        .mint(
-            "dev-user",
-            &["chat:write".to_owned()],
-            3600,
-            serde_json::Map::new(),
-        )
-        .map_err(anyhow::Error::msg)?;
+    let token = dev_token(&state.config)?;
     let listen_addr = state.config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen_addr)
         .await
@@ -166,7 +118,7 @@ pub async fn run(
         }
         println!(
             "  tenant demo's management token: {}",
-            dir.join(sluice::dev::DEMO_MANAGE_TOKEN).display()
+            dir.join(sluice::dev_files::DEMO_MANAGE_TOKEN).display()
         );
     }
     println!("  dev token (subject dev-user, scope chat:write, 1 hour):\n\n{token}\n");
@@ -206,9 +158,9 @@ pub async fn run(
         }
         Ok((_, Err(e))) => println!("Chat demo page off: {e:#}\n"),
     }
-    crate::reload_on_sighup(server.state().clone());
-    server.run(crate::shutdown_signal()).await;
-    Ok(())
+    reload_on_sighup(server.state().clone());
+    server.run(shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Refuse an address another process listens on, saying what to do.

@@ -25,7 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition, Value,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Handler state: (tenant, key) -> value.
@@ -361,55 +364,40 @@ type ReadBack = (Vec<(String, String, Vec<u8>)>, Vec<ChannelHistory>, bool);
 
 fn read_back(db: &Database) -> Result<ReadBack, StoreError> {
     let txn = db.begin_read().map_err(err)?;
-    let mut state = Vec::new();
-    let mut channels = Vec::new();
-    let clean = match txn.open_table(META) {
-        Ok(meta) => meta.get("clean").map_err(err)?.map(|v| v.value()),
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(err(e)),
+    let clean = match existing(&txn, META)? {
+        Some(meta) => meta.get("clean").map_err(err)?.map(|v| v.value()),
+        None => None,
     };
-    match txn.open_table(STATE) {
-        Ok(table) => {
-            for row in table.iter().map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                let (tenant, key) = k.value();
-                state.push((tenant.to_owned(), key.to_owned(), v.value().to_vec()));
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(err(e)),
-    }
-    match (txn.open_table(CHANNELS), txn.open_table(HISTORY)) {
-        (Ok(table), Ok(history)) => {
-            for row in table.iter().map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                let (tenant, channel) = k.value();
-                let (epoch, last_offset) = v.value();
-                let mut entries = Vec::new();
-                for e in history
-                    .range((tenant, channel, 0)..=(tenant, channel, u64::MAX))
-                    .map_err(err)?
-                {
-                    let (k, v) = e.map_err(err)?;
-                    let (unix_ms, data) = v.value();
-                    entries.push(Entry {
-                        offset: k.value().2,
-                        unix_ms,
-                        data: data.to_vec(),
-                    });
-                }
-                channels.push(ChannelHistory {
-                    tenant: tenant.to_owned(),
-                    channel: channel.to_owned(),
-                    epoch: epoch.to_owned(),
-                    last_offset,
-                    entries,
+    let state = every_row(&txn, STATE, |(tenant, key), value| {
+        (tenant.to_owned(), key.to_owned(), value.to_vec())
+    })?;
+    let mut channels = Vec::new();
+    if let (Some(table), Some(history)) = (existing(&txn, CHANNELS)?, existing(&txn, HISTORY)?) {
+        for row in table.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let (tenant, channel) = k.value();
+            let (epoch, last_offset) = v.value();
+            let mut entries = Vec::new();
+            for e in history
+                .range((tenant, channel, 0)..=(tenant, channel, u64::MAX))
+                .map_err(err)?
+            {
+                let (k, v) = e.map_err(err)?;
+                let (unix_ms, data) = v.value();
+                entries.push(Entry {
+                    offset: k.value().2,
+                    unix_ms,
+                    data: data.to_vec(),
                 });
             }
+            channels.push(ChannelHistory {
+                tenant: tenant.to_owned(),
+                channel: channel.to_owned(),
+                epoch: epoch.to_owned(),
+                last_offset,
+                entries,
+            });
         }
-        (Err(redb::TableError::TableDoesNotExist(_)), _)
-        | (_, Err(redb::TableError::TableDoesNotExist(_))) => {}
-        (Err(e), _) | (_, Err(e)) => return Err(err(e)),
     }
     // A new database (no META yet) is clean; one that says 0 was running.
     let unclean = clean == Some(0);
@@ -420,30 +408,41 @@ type RegistryReadBack = (Vec<(String, String, Vec<u8>)>, Vec<(u64, Vec<u8>)>);
 
 fn read_registry(db: &Database) -> Result<RegistryReadBack, StoreError> {
     let txn = db.begin_read().map_err(err)?;
-    let mut handlers = Vec::new();
-    match txn.open_table(HANDLERS) {
-        Ok(table) => {
-            for row in table.iter().map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                let (tenant, name) = k.value();
-                handlers.push((tenant.to_owned(), name.to_owned(), v.value().to_vec()));
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(err(e)),
-    }
-    let mut audit = Vec::new();
-    match txn.open_table(AUDIT) {
-        Ok(table) => {
-            for row in table.iter().map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                audit.push((k.value(), v.value().to_vec()));
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(err(e)),
-    }
+    let handlers = every_row(&txn, HANDLERS, |(tenant, name), record| {
+        (tenant.to_owned(), name.to_owned(), record.to_vec())
+    })?;
+    let audit = every_row(&txn, AUDIT, |seq, entry| (seq, entry.to_vec()))?;
     Ok((handlers, audit))
+}
+
+/// `table` in `txn`, or `None` when it was never created (a new database,
+/// or nothing of its kind was ever written).
+fn existing<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Every row of `table` (none if it was never created), each made into a
+/// `T` by `row`.
+fn every_row<K: Key + 'static, V: Value + 'static, T>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+    mut row: impl for<'a> FnMut(K::SelfType<'a>, V::SelfType<'a>) -> T,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    if let Some(table) = existing(txn, table)? {
+        for r in table.iter().map_err(err)? {
+            let (k, v) = r.map_err(err)?;
+            out.push(row(k.value(), v.value()));
+        }
+    }
+    Ok(out)
 }
 
 fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>) {

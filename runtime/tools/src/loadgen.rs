@@ -25,7 +25,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::{ClientOptions, ClientSocket, ConnectError, Connector, TokenVia};
-use sluice_server::auth::KeySet;
+use sluice_token::Minter;
 
 /// Where to connect and how to authenticate: the arguments every mode takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -74,7 +74,7 @@ enum Tokens {
     None,
     Fixed(String),
     Minted {
-        keys: Box<KeySet>,
+        minter: Box<Minter>,
         subject: String,
         scopes: Vec<String>,
     },
@@ -137,14 +137,11 @@ impl Target {
                         .unwrap_or_default()
                         .to_owned(),
                 };
-                let tc = config.tenants.get(&tenant).with_context(|| {
-                    format!("no tenant {tenant:?} in {} (use --tenant)", path.display())
-                })?;
-                let keys = KeySet::load(&tenant, &tc.auth, &tc.scopes_claim, &config)
-                    .await
-                    .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+                if !config.tenants.contains_key(&tenant) {
+                    bail!("no tenant {tenant:?} in {} (use --tenant)", path.display());
+                }
                 Tokens::Minted {
-                    keys: Box::new(keys),
+                    minter: Box::new(Minter::for_tenant(&config, &tenant)?),
                     subject: args.subject.clone(),
                     scopes: args.scopes.clone(),
                 }
@@ -168,18 +165,15 @@ impl Target {
             Tokens::None => None,
             Tokens::Fixed(t) => Some(t.clone()),
             Tokens::Minted {
-                keys,
+                minter,
                 subject,
                 scopes,
-            } => Some(
-                keys.mint(
-                    &subject.replace("{n}", &n.to_string()),
-                    scopes,
-                    24 * 3600,
-                    serde_json::Map::new(),
-                )
-                .map_err(anyhow::Error::msg)?,
-            ),
+            } => Some(minter.mint(
+                &subject.replace("{n}", &n.to_string()),
+                scopes,
+                24 * 3600,
+                serde_json::Map::new(),
+            )?),
         })
     }
 

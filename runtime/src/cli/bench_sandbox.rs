@@ -1,5 +1,3 @@
-//! Microbenchmarks that print figures (never timed tests).
-//!
 //! `sluice bench sandbox <component>`: what a handler costs — its size, the
 //! time to compile it, its first call (a new instance: instantiation
 //! included), the fuel and memory of a call, and the per-call cost in each
@@ -11,43 +9,71 @@
 //! the same command measures the echo handler and the chat handlers of every
 //! language (`chat.send`). The benchmark grants every capability.
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
-
-use sluice_sandbox::{
-    Capability, Connection, HandlerLimits, HandlerSpec, Isolation, Message, Principal, Sandbox,
-    SandboxConfig,
+use sluice::sandbox::{
+    CallReport, Capability, Connection, HandlerLimits, HandlerSpec, Isolation, Message, Principal,
+    Sandbox, SandboxConfig,
 };
 
-/// What to send and how often.
-#[derive(Clone, Debug)]
-pub struct SandboxBenchOptions {
-    /// The route of every message.
-    pub route: String,
+use super::report;
+
+/// Arguments of `sluice bench sandbox`: what to send, how often, and the
+/// limits it runs under.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SandboxBenchArgs {
+    /// The component (e.g. handlers/target/wasm32-wasip2/release/echo.wasm).
+    component: PathBuf,
+    /// The route of every message (e.g. `chat.send`).
+    #[arg(long, default_value = "echo")]
+    route: String,
     /// The channel of every message.
-    pub channel: Option<String>,
-    /// The data of every message (JSON text).
-    pub data: String,
+    #[arg(long, default_value = "room:1")]
+    channel: String,
+    /// The data of every message, as JSON (e.g. '{"text":"hi"}').
+    #[arg(long, default_value = r#"{"text":"hello, sluice","n":42}"#)]
+    data: String,
     /// Calls per round and configuration.
-    pub calls_per_round: u64,
-    /// Rounds.
-    pub rounds: u32,
-    /// The handler's limits.
-    pub limits: HandlerLimits,
+    #[arg(long, default_value_t = 20_000)]
+    calls: u64,
+    /// Rounds (configurations alternate between rounds).
+    #[arg(long, default_value_t = 7)]
+    rounds: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Bytes of a freed memory slot reset by memset (the rest by madvise).
+    #[arg(long, default_value_t = sluice::sandbox::DEFAULT_KEEP_RESIDENT)]
+    keep_resident: usize,
+    /// Fuel per call (default: the handler default).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock budget per call in ms (default: the handler default).
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Memory per instance in bytes (default: the handler default).
+    #[arg(long)]
+    memory: Option<usize>,
 }
 
-impl Default for SandboxBenchOptions {
-    fn default() -> Self {
-        Self {
-            route: "echo".into(),
-            channel: Some("room:1".into()),
-            data: r#"{"text":"hello, sluice","n":42}"#.into(),
-            calls_per_round: 20_000,
-            rounds: 7,
-            limits: HandlerLimits::default(),
+impl SandboxBenchArgs {
+    /// The handler's limits: the defaults, with what the arguments set.
+    fn limits(&self) -> HandlerLimits {
+        let mut limits = HandlerLimits::default();
+        if let Some(fuel) = self.fuel {
+            limits.fuel = fuel;
         }
+        if let Some(ms) = self.deadline_ms {
+            limits.deadline = Duration::from_millis(ms);
+        }
+        if let Some(memory) = self.memory {
+            limits.memory_bytes = memory;
+        }
+        limits
     }
 }
 
@@ -102,7 +128,7 @@ pub struct SandboxBenchReport {
     pub rows: Vec<SandboxBenchRow>,
 }
 
-fn cost(report: &sluice_sandbox::CallReport) -> CallCost {
+fn cost(report: &CallReport) -> CallCost {
     CallCost {
         elapsed_us: report.elapsed_us,
         fuel: report.fuel_consumed.unwrap_or(0),
@@ -110,13 +136,26 @@ fn cost(report: &sluice_sandbox::CallReport) -> CallCost {
     }
 }
 
+/// Run the benchmark and print its figures.
+pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<ExitCode> {
+    let bytes = tokio::fs::read(&args.component)
+        .await
+        .with_context(|| format!("cannot read {}", args.component.display()))?;
+    let measured = measure(bytes, &args).await?;
+    report::print(args.json, &measured, |r| print_human(&args, r))
+}
+
 /// Run the sandbox microbenchmark on `component` (a handler that answers
 /// the message with at least one action).
-pub async fn sandbox(
+async fn measure(
     component: Vec<u8>,
-    base: SandboxConfig,
-    opts: &SandboxBenchOptions,
+    args: &SandboxBenchArgs,
 ) -> anyhow::Result<SandboxBenchReport> {
+    let base = SandboxConfig {
+        keep_resident: args.keep_resident,
+        ..SandboxConfig::default()
+    };
+    let configured = args.limits();
     let conn = Connection {
         id: 1,
         principal: Principal {
@@ -126,14 +165,14 @@ pub async fn sandbox(
         },
     };
     let msg = Message {
-        route: opts.route.clone(),
-        channel: opts.channel.clone(),
-        data: opts.data.clone(),
+        route: args.route.clone(),
+        channel: Some(args.channel.clone()),
+        data: args.data.clone(),
     };
-    let calls_per_round = opts.calls_per_round.max(1);
+    let calls_per_round = args.calls.max(1);
     let component_bytes = component.len();
     let mut compile_ms = 0;
-    let mut limits = opts.limits.clone();
+    let mut limits = configured.clone();
     let mut first_call = None;
     let mut warm_call = None;
     let mut fresh_call = None;
@@ -148,7 +187,7 @@ pub async fn sandbox(
         for isolation in [Isolation::Reuse, Isolation::Fresh] {
             let spec = HandlerSpec::new("bench", "bench")
                 .isolation(isolation)
-                .limits(opts.limits.clone())
+                .limits(configured.clone())
                 .grant(Capability::ALL);
             let started = Instant::now();
             let handler = sandbox
@@ -186,7 +225,7 @@ pub async fn sandbox(
             handlers.push((isolation, fuel, handler, Vec::new()));
         }
     }
-    for _ in 0..opts.rounds.max(1) {
+    for _ in 0..args.rounds.max(1) {
         for (_, _, handler, samples) in &mut handlers {
             let start = Instant::now();
             for _ in 0..calls_per_round {
@@ -224,4 +263,58 @@ pub async fn sandbox(
         fresh_call,
         rows,
     })
+}
+
+/// The report as a table.
+fn print_human(args: &SandboxBenchArgs, report: &SandboxBenchReport) {
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let data: String = args.data.chars().take(40).collect();
+    let more = if data.len() < args.data.len() {
+        "..."
+    } else {
+        ""
+    };
+    println!(
+        "handler {} ({} {data}{more})",
+        args.component.display(),
+        args.route
+    );
+    println!(
+        "  component {:.1} MiB, compiled in {} ms; limits: fuel {}, deadline {} ms, memory {:.0} MiB",
+        mib(report.component_bytes as u64),
+        report.compile_ms,
+        report.fuel_limit,
+        report.deadline_ms,
+        mib(report.memory_limit_bytes as u64)
+    );
+    for (what, c) in [
+        ("first call (new instance)", &report.first_call),
+        ("warm call (reuse)", &report.warm_call),
+        ("fresh call (new instance)", &report.fresh_call),
+    ] {
+        println!(
+            "  {what:<26} {:>8} us {:>11} fuel {:>8.1} MiB memory",
+            c.elapsed_us,
+            c.fuel,
+            mib(c.memory_bytes)
+        );
+    }
+    println!(
+        "per-call cost ({} rounds x {} calls, median of round means)",
+        args.rounds, args.calls
+    );
+    println!(
+        "{:<8} {:<5} {:>10} {:>10} {:>10}",
+        "mode", "fuel", "us/call", "min", "max"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<8} {:<5} {:>10.2} {:>10.2} {:>10.2}",
+            r.isolation.to_string(),
+            if r.fuel { "on" } else { "off" },
+            r.us_per_call,
+            r.round_min_us,
+            r.round_max_us
+        );
+    }
 }

@@ -14,34 +14,45 @@
 //! put it on the disk production would use, fsync is most of its cost.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sluice_config::HistoryConfig;
-use sluice_protocol::Since;
-use sluice_sandbox::{MemoryStateStore, StateStore, Writes};
-use sluice_server::backends::history::HistoryStore;
-use sluice_server::backends::{
+use sluice::config::HistoryConfig;
+use sluice::protocol::Since;
+use sluice::sandbox::{MemoryStateStore, StateStore, Writes};
+use sluice::server::backends::history::HistoryStore;
+use sluice::server::backends::{
     Broker, ChannelKey, DurableState, LocalBroker, LocalHistory, Member,
 };
-use sluice_server::outbox::{Outbox, Outgoing};
+use sluice::server::outbox::{Outbox, Outgoing};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// What to run.
-#[derive(Clone, Debug)]
-pub struct StoreBenchOptions {
-    /// Where the durable store goes (a temporary directory by default).
-    pub dir: Option<PathBuf>,
+use super::report;
+
+/// Arguments of `sluice bench store`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreBenchArgs {
+    /// Where the durable store goes (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Concurrent publishers / committing calls.
-    pub concurrency: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
     /// Seconds per configuration and round.
-    pub seconds: f64,
-    /// Rounds.
-    pub rounds: u32,
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds (configurations alternate between rounds).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Missed events to recover.
-    pub missed: u64,
+    #[arg(long, default_value_t = 1000)]
+    missed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The figures.
@@ -115,7 +126,7 @@ async fn publish_rate(
                     }
                     None => {
                         let frame =
-                            Utf8Bytes::from(sluice_protocol::event(Some(&key.channel), &data));
+                            Utf8Bytes::from(sluice::protocol::event(Some(&key.channel), &data));
                         let _ = broker.publish(&key, frame).await;
                     }
                 }
@@ -211,8 +222,46 @@ async fn commit_rate(store: Arc<dyn StateStore>, n: usize, secs: f64) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Run it.
-pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
+/// Run it and print the figures.
+pub async fn run(args: StoreBenchArgs) -> anyhow::Result<ExitCode> {
+    let measured = measure(&args).await?;
+    report::print(args.json, &measured, print_human)
+}
+
+/// The report as a table.
+fn print_human(r: &StoreBenchReport) {
+    println!(
+        "sluice bench store: {} concurrent publishers / calls, medians of rounds",
+        r.concurrency
+    );
+    println!(
+        "  publish, history off:      {:>10.0} /s",
+        r.publish_history_off_per_sec
+    );
+    println!(
+        "  publish, history memory:   {:>10.0} /s",
+        r.publish_history_memory_per_sec
+    );
+    println!(
+        "  publish, history durable:  {:>10.0} /s (each on disk before it returns)",
+        r.publish_history_durable_per_sec
+    );
+    println!(
+        "  recover {} missed events: {:>10.0} us (ack + events queued and drained)",
+        r.missed, r.recover_us
+    );
+    println!(
+        "  state commits, memory:     {:>10.0} /s",
+        r.state_commits_memory_per_sec
+    );
+    println!(
+        "  state commits, durable:    {:>10.0} /s (each on disk before it returns)",
+        r.state_commits_durable_per_sec
+    );
+}
+
+/// Every figure, configurations alternating between rounds.
+async fn measure(opts: &StoreBenchArgs) -> anyhow::Result<StoreBenchReport> {
     let temp;
     let dir = match &opts.dir {
         Some(d) => d.clone(),
@@ -222,7 +271,7 @@ pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let opened = sluice_store::Store::open(&dir)?;
+    let opened = sluice::store::Store::open(&dir)?;
     let store = opened.store.clone();
     let broker = Arc::new(LocalBroker::default());
     let durable_history = Arc::new(LocalHistory::durable(
@@ -234,10 +283,10 @@ pub async fn run(opts: &StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
     let durable_state: Arc<dyn StateStore> = DurableState::new(store.clone(), opened.state);
     let memory_state: Arc<dyn StateStore> = MemoryStateStore::new();
     let memory_history = Arc::new(LocalHistory::in_memory(broker.clone()));
-    let (n, secs) = (opts.concurrency, opts.seconds);
+    let (n, secs) = (opts.concurrency.max(1), opts.seconds);
     let (mut off, mut mem, mut dur, mut rec, mut sm, mut sd) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..opts.rounds {
+    for _ in 0..opts.rounds.max(1) {
         off.push(publish_rate(&broker, None, n, secs).await);
         mem.push(publish_rate(&broker, Some(memory_history.clone()), n, secs).await);
         dur.push(publish_rate(&broker, Some(durable_history.clone()), n, secs).await);
