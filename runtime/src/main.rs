@@ -108,6 +108,10 @@ enum Command {
     /// An interactive wss client: sends each line of stdin as a text frame,
     /// prints every frame received.
     Connect(cli::connect::ConnectArgs),
+    /// Ask a running server's admin listener whether it is ready
+    /// (`/readyz`) or, with --live, alive (`/healthz`): exit 0 on 200, else
+    /// 1. For container health checks and exec probes (no shell needed).
+    Health(cli::health::HealthArgs),
     /// Run one handler call locally, through the same sandbox the server
     /// uses, and print the returned actions as JSON.
     ///
@@ -323,6 +327,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check(config).await,
             Command::Reload { config, admin } => reload(config, admin).await,
             Command::Connect(args) => cli::connect::run(args).await,
+            Command::Health(args) => cli::health::run(args).await,
             Command::Handler(args) => cli::handler::run(args).await,
             Command::Call(args) => call(args).await,
             Command::Probe(args) => sluice_probe::run(args).await,
