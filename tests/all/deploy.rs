@@ -44,7 +44,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -927,7 +927,7 @@ fn image_serves_reloads_and_drains() {
     let built = started.elapsed();
     eprintln!(
         "image {SLUICE_IMAGE}: {:.1} MB (binary {:.1} MB, a debug build without debug info; \
-         the release image's size is in docs/deploy.md), built in {:.1} s",
+         see docs/deploy.md), built in {:.1} s",
         images.sluice_bytes as f64 / 1e6,
         images.binary_bytes as f64 / 1e6,
         built.as_secs_f64()
@@ -1014,7 +1014,7 @@ fn image_serves_reloads_and_drains() {
     cleanup.add(&["volume", "rm", "-f", &volume]);
     ok(podman().args(["volume", "create", &volume]));
     let start = |name: &str| {
-        cleanup.add(&["rm", "-f", "-t", "0", name]);
+        cleanup.add(&["rm", "-f", "-v", "-t", "0", name]);
         ok(podman_run()
             .args([
                 "-d",
@@ -1248,7 +1248,20 @@ fn fleet_runs_as_a_podman_pod() {
         "sluice-fleet-nats-config".into(),
     ]);
     volumes.extend(secrets.iter().map(|s| (*s).to_owned()));
-    let cleanup = Arc::new(Cleanup::default());
+    // The containers, removed with their anonymous volumes (the image's
+    // VOLUME /etc/sluice, which the pod does not mount whole).
+    let containers: Vec<String> = pod_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("    - name: "))
+        .filter(|n| {
+            n.rsplit_once('-').is_some_and(|(kind, i)| {
+                ["nats", "sluice", "tls-proxy"].contains(&kind) && i.parse::<u8>().is_ok()
+            })
+        })
+        .map(|n| format!("sluice-fleet-{n}"))
+        .collect();
+    assert_eq!(containers.len(), 7, "the pod's containers: {containers:?}");
+    let cleanup = Cleanup::default();
     let remove = |cleanup: &Cleanup| {
         for v in &volumes {
             cleanup.add(&["volume", "rm", "-f", v]);
@@ -1257,6 +1270,9 @@ fn fleet_runs_as_a_podman_pod() {
             cleanup.add(&["secret", "rm", s]);
         }
         cleanup.add(&["pod", "rm", "-f", "-t", "0", "sluice-fleet"]);
+        let mut rm = vec!["rm", "--ignore", "-f", "-v", "-t", "0"];
+        rm.extend(containers.iter().map(String::as_str));
+        cleanup.add(&rm);
     };
     remove(&Cleanup::default());
     remove(&cleanup);
