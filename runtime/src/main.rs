@@ -45,6 +45,10 @@ enum Command {
     /// An interactive wss client: sends each line of stdin as a text frame,
     /// prints every frame received.
     Connect(cli::connect::ConnectArgs),
+    /// Ask a running server's admin listener whether it is ready
+    /// (`/readyz`) or, with --live, alive (`/healthz`): exit 0 on 200, else
+    /// 1. For container health checks and exec probes (no shell needed).
+    Health(cli::health::HealthArgs),
     /// Run one handler call locally, through the same sandbox the server
     /// uses, and print the returned actions as JSON.
     ///
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             Command::Token(args) => cli::token::run(args),
             Command::Check(args) => cli::check::run(args).await,
             Command::Reload(args) => cli::reload::run(args).await,
+            Command::Health(args) => cli::health::run(args).await,
             Command::Handler(args) => cli::handler::run(args).await,
             Command::Connect(args) => cli::connect::run(args).await,
             Command::Call(args) => cli::call::run(args).await,

@@ -15,6 +15,7 @@ pub mod demo_page;
 pub mod dev;
 pub mod dev_cluster;
 pub mod handler;
+pub mod health;
 pub mod reload;
 pub mod report;
 pub mod serve;
