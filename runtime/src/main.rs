@@ -122,6 +122,11 @@ enum Command {
     /// authentication, Origin, timeouts, compression, and with --active
     /// message validation and flooding. Exit status 1 if a check fails.
     Probe(sluice_probe::ProbeArgs),
+    /// Read a mobile app (.apk, .aab, .ipa, or a folder of one) without
+    /// running it: the endpoints it talks to, its transport policy, secrets
+    /// it carries (MASVS); with --probe, audit its wss:// endpoints too.
+    /// Exit status 1 on a high finding, 2 when the package is refused.
+    Scan(cli::scan::ScanArgs),
 }
 
 #[derive(clap::Args)]
@@ -326,6 +331,7 @@ fn main() -> ExitCode {
             Command::Handler(args) => cli::handler::run(args).await,
             Command::Call(args) => call(args).await,
             Command::Probe(args) => sluice_probe::run(args).await,
+            Command::Scan(args) => cli::scan::run(args).await,
             Command::Bench(BenchCommand::Sandbox {
                 component,
                 route,

@@ -8,3 +8,4 @@ pub mod demo_page;
 pub mod dev;
 pub mod dev_cluster;
 pub mod handler;
+pub mod scan;
