@@ -126,14 +126,14 @@ fn all_ids() -> Vec<&'static str> {
 
 /// A server with `sluice dev`'s configuration (`sluice::dev::prepare`), on
 /// port 0, without the admin listener.
-struct DevSluice {
-    addr: SocketAddr,
+pub(crate) struct DevSluice {
+    pub(crate) addr: SocketAddr,
     dir: TempDir,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl DevSluice {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = TempDir::new();
         let config_path = sluice::dev::prepare(
             &dir.0,
@@ -156,12 +156,12 @@ impl DevSluice {
         Self { addr, dir, task }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.0.join(name)
     }
 
     /// A token as `sluice dev` prints it.
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         let secret = std::fs::read_to_string(self.path("secret.key")).expect("secret");
         let claims = json!({
             "sub": "probe", "iss": "sluice-dev", "aud": "sluice",

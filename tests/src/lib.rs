@@ -35,6 +35,7 @@ pub fn component(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
+pub mod mobile_app;
 pub mod server;
 
 /// `<target>/<profile>/sluice`, beside `<target>/<profile>/deps/all-<hash>`,

@@ -389,6 +389,17 @@ impl Contents {
         }
         let mut findings = std::mem::take(&mut self.findings);
         findings.extend(self.android.findings(today));
+        if kind == PackageKind::Aab {
+            findings.push(Finding {
+                id: "android.manifest_not_read".into(),
+                severity: Severity::Info,
+                masvs: "MASVS-NETWORK-1",
+                title: "the bundle's manifest and network security config are not read".into(),
+                location: Location::new("base/manifest/AndroidManifest.xml", None, ""),
+                also: 0,
+                detail: "an App Bundle keeps them in aapt2's protocol-buffer XML, which this scan does not read (its code, assets and native libraries are read). For the transport policy, scan an APK built from it: bundletool build-apks --mode=universal.".into(),
+            });
+        }
         for ats in &self.ios {
             findings.extend(ats.findings.iter().cloned());
         }

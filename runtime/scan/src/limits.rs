@@ -30,7 +30,7 @@ pub const DEFAULT_MAX_NESTING: u32 = 3;
 /// events (a plist whose objects share children expands exponentially).
 pub const MAX_PLIST_DEPTH: usize = 64;
 /// See [`MAX_PLIST_DEPTH`].
-pub const MAX_PLIST_EVENTS: usize = 1_000_000;
+pub const MAX_PLIST_EVENTS: usize = 250_000;
 /// Wall-clock bound on the reading (not on `--probe`, which has its own).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
