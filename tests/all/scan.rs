@@ -24,7 +24,11 @@ fn fixtures() -> PathBuf {
     let dir = std::env::var_os("SLUICE_SCAN_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
         panic!("SLUICE_SCAN_FIXTURES is not set: run `export SLUICE_SCAN_FIXTURES=$(scripts/install-scan-fixtures)` (tests/run does)")
     });
-    assert!(dir.is_dir(), "{} is missing: run scripts/install-scan-fixtures", dir.display());
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run scripts/install-scan-fixtures",
+        dir.display()
+    );
     dir
 }
 
@@ -42,9 +46,9 @@ fn scan(path: &Path) -> Report {
 
 /// Run a tool and return its stdout, failing the test with its stderr.
 fn tool(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/install-scan-fixtures installs it)"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (scripts/install-scan-fixtures installs it)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -77,7 +81,9 @@ fn badging(apk: &Path) -> (String, i64, i64) {
     };
     (
         field("package:", "name='"),
-        field("sdkVersion:", "sdkVersion:'").parse().expect("sdkVersion"),
+        field("sdkVersion:", "sdkVersion:'")
+            .parse()
+            .expect("sdkVersion"),
         field("targetSdkVersion:", "targetSdkVersion:'")
             .parse()
             .expect("targetSdkVersion"),
@@ -86,9 +92,14 @@ fn badging(apk: &Path) -> (String, i64, i64) {
 
 /// Whether `aapt dump xmltree` shows `android:debuggable` true.
 fn aapt_debuggable(apk: &Path) -> bool {
-    tool(Command::new("aapt").args(["dump", "xmltree"]).arg(apk).arg("AndroidManifest.xml"))
-        .lines()
-        .any(|l| l.contains("android:debuggable(") && l.contains("0xffffffff"))
+    tool(
+        Command::new("aapt")
+            .args(["dump", "xmltree"])
+            .arg(apk)
+            .arg("AndroidManifest.xml"),
+    )
+    .lines()
+    .any(|l| l.contains("android:debuggable(") && l.contains("0xffffffff"))
 }
 
 /// Every `const-string` whose literal is a URL, with the string index
@@ -158,7 +169,11 @@ fn real_apks_agree_with_aapt_and_dexdump() {
         // Both target API 28+ and set no cleartext: nothing permits it.
         assert!(target_sdk >= 28);
         assert_eq!(report.with_id("android.cleartext_permitted").count(), 0);
-        assert!(report.coverage.unreadable.is_empty(), "{:?}", report.coverage.unreadable);
+        assert!(
+            report.coverage.unreadable.is_empty(),
+            "{:?}",
+            report.coverage.unreadable
+        );
 
         // Every URL the code loads with const-string, against dexdump: listed,
         // at the string index dexdump gives it (XML namespaces left out).
@@ -171,14 +186,18 @@ fn real_apks_agree_with_aapt_and_dexdump() {
             let e = endpoint(&report, url)
                 .unwrap_or_else(|| panic!("{name}: dexdump sees {url}, the scan does not"));
             assert!(
-                e.seen.iter().any(|l| l.file == "classes.dex"
-                    && l.what == format!("string_ids[{index}]")),
+                e.seen
+                    .iter()
+                    .any(|l| l.file == "classes.dex" && l.what == format!("string_ids[{index}]")),
                 "{name}: {url} at {:?}, dexdump says string@{index:x}",
                 e.seen
             );
         }
         if name == SETTINGS_APK {
-            assert!(urls.iter().any(|(u, _)| u == "https://www.googleapis.com/auth/games"));
+            assert!(
+                urls.iter()
+                    .any(|(u, _)| u == "https://www.googleapis.com/auth/games")
+            );
             let host = report
                 .endpoints
                 .iter()
@@ -200,7 +219,11 @@ fn a_real_apk_carrying_a_private_key_is_flagged_where_dexdump_sees_it() {
     assert_eq!(report.coverage.entries, 3841);
     let key = finding(&report, "secret.private_key");
     assert_eq!(key.severity, Severity::High);
-    assert!(!key.title.contains("MIIE"), "the key is not printed: {}", key.title);
+    assert!(
+        !key.title.contains("MIIE"),
+        "the key is not printed: {}",
+        key.title
+    );
     // dexdump shows the same literal loaded by const-string: the instruction
     // `1a RR LL HH` carries the string index.
     let dir = TempDir::new();
@@ -212,9 +235,16 @@ fn a_real_apk_carrying_a_private_key_is_flagged_where_dexdump_sees_it() {
     let indexes: Vec<String> = out
         .lines()
         .filter_map(|l| {
-            let code = l.split('|').next()?.split(':').nth(1)?.split_whitespace().collect::<Vec<_>>();
+            let code = l
+                .split('|')
+                .next()?
+                .split(':')
+                .nth(1)?
+                .split_whitespace()
+                .collect::<Vec<_>>();
             let lo_hi = code.get(1)?;
-            let index = u32::from_str_radix(&format!("{}{}", &lo_hi[2..4], &lo_hi[0..2]), 16).ok()?;
+            let index =
+                u32::from_str_radix(&format!("{}{}", &lo_hi[2..4], &lo_hi[0..2]), 16).ok()?;
             Some(format!("string_ids[{index}]"))
         })
         .collect();
@@ -223,7 +253,11 @@ fn a_real_apk_carrying_a_private_key_is_flagged_where_dexdump_sees_it() {
         "the scan saw the key at {}, dexdump loads {indexes:?}",
         key.location
     );
-    eprintln!("scanned {} ({} KiB inflated) in {took:?}", UIA2_SERVER_APK, report.coverage.bytes >> 10);
+    eprintln!(
+        "scanned {} ({} KiB inflated) in {took:?}",
+        UIA2_SERVER_APK,
+        report.coverage.bytes >> 10
+    );
 }
 
 /// The Android app the tests build: a manifest targeting API 34 with a
@@ -236,7 +270,11 @@ fn chat_apk(extra_strings: &[&str]) -> Vec<u8> {
         .child(
             XmlElement::new("uses-sdk")
                 .android(attr::MIN_SDK_VERSION, "minSdkVersion", XmlValue::Int(24))
-                .android(attr::TARGET_SDK_VERSION, "targetSdkVersion", XmlValue::Int(34)),
+                .android(
+                    attr::TARGET_SDK_VERSION,
+                    "targetSdkVersion",
+                    XmlValue::Int(34),
+                ),
         )
         .child(
             XmlElement::new("application")
@@ -245,14 +283,16 @@ fn chat_apk(extra_strings: &[&str]) -> Vec<u8> {
                     "networkSecurityConfig",
                     XmlValue::Reference(0x7f0f_0000),
                 )
-                .android(attr::USES_CLEARTEXT_TRAFFIC, "usesCleartextTraffic", XmlValue::Bool(false))
-                .child(
-                    XmlElement::new("activity").android(
-                        attr::NAME,
-                        "name",
-                        XmlValue::Str("com.example.chat.Main".into()),
-                    ),
-                ),
+                .android(
+                    attr::USES_CLEARTEXT_TRAFFIC,
+                    "usesCleartextTraffic",
+                    XmlValue::Bool(false),
+                )
+                .child(XmlElement::new("activity").android(
+                    attr::NAME,
+                    "name",
+                    XmlValue::Str("com.example.chat.Main".into()),
+                )),
         );
     let nsc = XmlElement::new("network-security-config")
         .child(
@@ -316,9 +356,20 @@ fn a_built_apk_reports_each_endpoint_policy_and_secret() {
     std::fs::write(&apk, chat_apk(&[])).expect("write the APK");
 
     // The builder's output is what Android's own tools read back.
-    let manifest = tool(Command::new("aapt").args(["dump", "xmltree"]).arg(&apk).arg("AndroidManifest.xml"));
-    assert!(manifest.contains("android:targetSdkVersion(0x01010270)=(type 0x10)0x22"), "{manifest}");
-    assert!(manifest.contains("android:usesCleartextTraffic(0x010104ec)=(type 0x12)0x0"), "{manifest}");
+    let manifest = tool(
+        Command::new("aapt")
+            .args(["dump", "xmltree"])
+            .arg(&apk)
+            .arg("AndroidManifest.xml"),
+    );
+    assert!(
+        manifest.contains("android:targetSdkVersion(0x01010270)=(type 0x10)0x22"),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains("android:usesCleartextTraffic(0x010104ec)=(type 0x12)0x0"),
+        "{manifest}"
+    );
     let nsc = tool(
         Command::new("aapt")
             .args(["dump", "xmltree"])
@@ -360,7 +411,12 @@ fn a_built_apk_reports_each_endpoint_policy_and_secret() {
     assert!(wss.seen[0].file == "classes.dex" && wss.seen[0].what.starts_with("string_ids["));
     let metrics = endpoint(&report, "http://metrics.example.org/collect").expect("metrics");
     assert_eq!(metrics.places, 2, "{:?}", metrics.seen);
-    assert!(metrics.seen.iter().any(|l| l.file == "assets/index.android.bundle" && l.offset == Some(47)));
+    assert!(
+        metrics
+            .seen
+            .iter()
+            .any(|l| l.file == "assets/index.android.bundle" && l.offset == Some(47))
+    );
 
     // The policy decides the severity of each plaintext URL.
     let ws = finding(&report, "endpoint.plaintext_websocket");
@@ -371,16 +427,25 @@ fn a_built_apk_reports_each_endpoint_policy_and_secret() {
         .map(|f| (f.title.clone(), f.severity))
         .collect();
     assert!(
-        http.iter().any(|(t, s)| t.contains("legacy.example.net") && *s == Severity::High),
+        http.iter()
+            .any(|(t, s)| t.contains("legacy.example.net") && *s == Severity::High),
         "the config permits cleartext there: {http:?}"
     );
     assert!(
-        http.iter().any(|(t, s)| t.contains("metrics.example.org") && *s == Severity::Medium),
+        http.iter()
+            .any(|(t, s)| t.contains("metrics.example.org") && *s == Severity::Medium),
         "the base config refuses cleartext there: {http:?}"
     );
     let cleartext = finding(&report, "android.nsc.cleartext_domain");
-    assert!(cleartext.title.contains("legacy.example.net and its subdomains"));
-    assert_eq!(cleartext.location.file, "res/xml/network_security_config.xml");
+    assert!(
+        cleartext
+            .title
+            .contains("legacy.example.net and its subdomains")
+    );
+    assert_eq!(
+        cleartext.location.file,
+        "res/xml/network_security_config.xml"
+    );
     let pins = finding(&report, "android.nsc.pins_expired");
     assert_eq!(pins.masvs, "MASVS-NETWORK-2");
     assert!(pins.title.contains("chat.example.com") && pins.title.contains("2020-01-01"));
@@ -389,12 +454,31 @@ fn a_built_apk_reports_each_endpoint_policy_and_secret() {
     // Secrets: the signing key by its field's name, the Stripe key by shape.
     let key = finding(&report, "secret.signing_key");
     assert_eq!((key.severity, key.masvs), (Severity::High, "MASVS-AUTH-1"));
-    assert_eq!(key.location.what, "static field com.example.chat.Config.JWT_SECRET");
+    assert_eq!(
+        key.location.what,
+        "static field com.example.chat.Config.JWT_SECRET"
+    );
     assert!(!key.title.contains("Th4t"), "redacted: {}", key.title);
     let stripe = finding(&report, "secret.stripe_secret_key");
     assert_eq!(stripe.location.file, "assets/index.android.bundle");
     assert!(report.has_high());
-    assert!(report.coverage.unreadable.is_empty(), "{:?}", report.coverage.unreadable);
+    assert!(
+        report.coverage.unreadable.is_empty(),
+        "{:?}",
+        report.coverage.unreadable
+    );
+
+    // The same package unpacked into a folder reads the same.
+    let unpacked = dir.0.join("unpacked");
+    zip::ZipArchive::new(std::fs::File::open(&apk).expect("open"))
+        .and_then(|mut z| z.extract(&unpacked))
+        .expect("unpack");
+    let from_dir = scan(&unpacked);
+    assert_eq!(from_dir.kind, PackageKind::Apk);
+    let (mut a, mut b) = (ids(&report), ids(&from_dir));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
 }
 
 #[test]
@@ -411,11 +495,19 @@ fn a_token_and_the_key_that_signs_it_are_found_together() {
     std::fs::write(&apk, chat_apk(&[&token])).expect("write");
     let report = scan(&apk);
     let jwt = finding(&report, "secret.jwt");
-    assert!(jwt.title.contains("HS256") && jwt.title.contains("sub"), "{}", jwt.title);
+    assert!(
+        jwt.title.contains("HS256") && jwt.title.contains("sub"),
+        "{}",
+        jwt.title
+    );
     assert!(!jwt.title.contains(&token[token.len() - 10..]));
     let signing = finding(&report, "secret.token_signing_key");
     assert_eq!(signing.severity, Severity::High);
-    assert!(signing.title.contains("k3y-… (26 chars)"), "{}", signing.title);
+    assert!(
+        signing.title.contains("k3y-… (26 chars)"),
+        "{}",
+        signing.title
+    );
 }
 
 #[test]
@@ -442,21 +534,45 @@ fn a_built_ipa_reports_ats_mach_o_and_hermes_strings() {
     let bundle = std::fs::read(&hbc).expect("the bundle");
 
     let mut exception = plist::Dictionary::new();
-    exception.insert("NSExceptionAllowsInsecureHTTPLoads".into(), plist::Value::Boolean(true));
-    exception.insert("NSExceptionMinimumTLSVersion".into(), plist::Value::String("TLSv1.0".into()));
+    exception.insert(
+        "NSExceptionAllowsInsecureHTTPLoads".into(),
+        plist::Value::Boolean(true),
+    );
+    exception.insert(
+        "NSExceptionMinimumTLSVersion".into(),
+        plist::Value::String("TLSv1.0".into()),
+    );
     exception.insert("NSIncludesSubdomains".into(), plist::Value::Boolean(true));
     let mut domains = plist::Dictionary::new();
-    domains.insert("legacy.example.net".into(), plist::Value::Dictionary(exception));
+    domains.insert(
+        "legacy.example.net".into(),
+        plist::Value::Dictionary(exception),
+    );
     let mut ats = plist::Dictionary::new();
     ats.insert("NSAllowsArbitraryLoads".into(), plist::Value::Boolean(true));
-    ats.insert("NSExceptionDomains".into(), plist::Value::Dictionary(domains));
+    ats.insert(
+        "NSExceptionDomains".into(),
+        plist::Value::Dictionary(domains),
+    );
     let mut info = plist::Dictionary::new();
-    info.insert("CFBundleIdentifier".into(), plist::Value::String("com.example.chat".into()));
-    info.insert("CFBundleExecutable".into(), plist::Value::String("Chat".into()));
-    info.insert("NSAppTransportSecurity".into(), plist::Value::Dictionary(ats));
+    info.insert(
+        "CFBundleIdentifier".into(),
+        plist::Value::String("com.example.chat".into()),
+    );
+    info.insert(
+        "CFBundleExecutable".into(),
+        plist::Value::String("Chat".into()),
+    );
+    info.insert(
+        "NSAppTransportSecurity".into(),
+        plist::Value::Dictionary(ats),
+    );
     let info = mobile_app::binary_plist(&plist::Value::Dictionary(info));
     assert!(info.starts_with(b"bplist00"));
-    let exe = mobile_app::mach_o(&["wss://rt.example.com/socket", "http://tracker.example.org/t"]);
+    let exe = mobile_app::mach_o(&[
+        "wss://rt.example.com/socket",
+        "http://tracker.example.org/t",
+    ]);
     let ipa = dir.0.join("Chat.ipa");
     std::fs::write(
         &ipa,
@@ -478,19 +594,45 @@ fn a_built_ipa_reports_ats_mach_o_and_hermes_strings() {
     assert_eq!(report.platform.info_plists.get(info_plist), Some(&true));
 
     let arbitrary = finding(&report, "ios.ats.arbitrary_loads");
-    assert_eq!((arbitrary.severity, arbitrary.masvs), (Severity::High, "MASVS-NETWORK-1"));
+    assert_eq!(
+        (arbitrary.severity, arbitrary.masvs),
+        (Severity::High, "MASVS-NETWORK-1")
+    );
     assert_eq!(arbitrary.location.file, info_plist);
-    assert_eq!(arbitrary.location.what, "NSAppTransportSecurity.NSAllowsArbitraryLoads");
-    assert!(finding(&report, "ios.ats.insecure_http_domain").title.contains("legacy.example.net and its subdomains"));
-    assert!(finding(&report, "ios.ats.min_tls").title.contains("TLSv1.0"));
+    assert_eq!(
+        arbitrary.location.what,
+        "NSAppTransportSecurity.NSAllowsArbitraryLoads"
+    );
+    assert!(
+        finding(&report, "ios.ats.insecure_http_domain")
+            .title
+            .contains("legacy.example.net and its subdomains")
+    );
+    assert!(
+        finding(&report, "ios.ats.min_tls")
+            .title
+            .contains("TLSv1.0")
+    );
 
     // Each Hermes string on its own: no URL runs into its neighbour.
-    for url in ["http://legacy.example.net/api", "wss://chat.example.com/ws/app"] {
+    for url in [
+        "http://legacy.example.net/api",
+        "wss://chat.example.com/ws/app",
+    ] {
         let e = endpoint(&report, url).unwrap_or_else(|| panic!("{url}: {}", report.human()));
-        assert!(e.seen.iter().any(|l| l.file == "Payload/Chat.app/main.jsbundle" && l.what.starts_with("Hermes v")));
+        assert!(
+            e.seen
+                .iter()
+                .any(|l| l.file == "Payload/Chat.app/main.jsbundle"
+                    && l.what.starts_with("Hermes v"))
+        );
     }
     assert!(
-        report.endpoints.iter().flat_map(|h| &h.urls).all(|u| !u.url.contains("apiwss") && !u.url.contains("appsk_")),
+        report
+            .endpoints
+            .iter()
+            .flat_map(|h| &h.urls)
+            .all(|u| !u.url.contains("apiwss") && !u.url.contains("appsk_")),
         "{}",
         report.human()
     );
@@ -503,7 +645,10 @@ fn a_built_ipa_reports_ats_mach_o_and_hermes_strings() {
         .find(|f| f.title.contains("tracker.example.org"))
         .expect("tracker");
     assert_eq!(tracker.severity, Severity::High);
-    assert_eq!(finding(&report, "secret.stripe_secret_key").location.file, "Payload/Chat.app/main.jsbundle");
+    assert_eq!(
+        finding(&report, "secret.stripe_secret_key").location.file,
+        "Payload/Chat.app/main.jsbundle"
+    );
 }
 
 /// What each hostile package is refused with, within a bound.
@@ -513,7 +658,11 @@ fn hostile_packages_are_refused_in_bounded_time_and_an_honest_one_is_read_after(
     let check = |what: &str, data: &[u8], limits: Limits| -> Result<Report, Refusal> {
         let started = Instant::now();
         let result = sluice_scan::read_bytes(data, limits);
-        assert!(started.elapsed() < BOUND, "{what} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < BOUND,
+            "{what} took {:?}",
+            started.elapsed()
+        );
         result
     };
     // A zip bomb: 64 MiB of zeros deflated to ~64 KiB, declared honestly.
@@ -528,10 +677,17 @@ fn hostile_packages_are_refused_in_bounded_time_and_an_honest_one_is_read_after(
     // The same bomb lying about its size in both headers (declared 1 KiB):
     // the bytes inflated are what count.
     let mut liar = bomb.clone();
-    for (at, _) in liar.clone().windows(4).enumerate().filter(|(_, w)| {
-        *w == [0x50, 0x4b, 0x03, 0x04] || *w == [0x50, 0x4b, 0x01, 0x02]
-    }) {
-        let size_at = if liar[at + 2] == 0x03 { at + 22 } else { at + 24 };
+    for (at, _) in liar
+        .clone()
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0x50, 0x4b, 0x03, 0x04] || *w == [0x50, 0x4b, 0x01, 0x02])
+    {
+        let size_at = if liar[at + 2] == 0x03 {
+            at + 22
+        } else {
+            at + 24
+        };
         liar[size_at..size_at + 4].copy_from_slice(&1024u32.to_le_bytes());
     }
     let small = Limits {
@@ -542,7 +698,11 @@ fn hostile_packages_are_refused_in_bounded_time_and_an_honest_one_is_read_after(
     assert!(
         matches!(
             refused,
-            Some(Refusal::TotalTooLarge { .. } | Refusal::EntryTooLarge { .. } | Refusal::BadArchive { .. })
+            Some(
+                Refusal::TotalTooLarge { .. }
+                    | Refusal::EntryTooLarge { .. }
+                    | Refusal::BadArchive { .. }
+            )
         ),
         "{refused:?}"
     );
@@ -565,7 +725,10 @@ fn hostile_packages_are_refused_in_bounded_time_and_an_honest_one_is_read_after(
         nested = mobile_app::raw_zip(&[("inner.apk", &nested)]);
     }
     let refused = check("nested archives", &nested, Limits::default()).err();
-    assert!(matches!(refused, Some(Refusal::TooDeep { limit: 3, .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Some(Refusal::TooDeep { limit: 3, .. })),
+        "{refused:?}"
+    );
     // Too many entries.
     let names: Vec<String> = (0..200).map(|i| format!("res/raw/f{i}")).collect();
     let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
@@ -618,13 +781,22 @@ fn hostile_packages_are_refused_in_bounded_time_and_an_honest_one_is_read_after(
         ("classes.dex", truncated),
         ("Payload/A.app/Info.plist", &recursive),
         ("Payload/A.app/Settings.plist", &shared),
-        ("assets/config.json", b"{\"url\": \"wss://still.example.com/ws\"}"),
+        (
+            "assets/config.json",
+            b"{\"url\": \"wss://still.example.com/ws\"}",
+        ),
     ]);
     let report = check("malformed files", &hostile_files, Limits::default()).expect("read on");
     let unreadable = report.coverage.unreadable.join("\n");
     assert!(unreadable.contains("classes.dex: string"), "{unreadable}");
-    assert!(unreadable.contains("Info.plist:") && unreadable.to_lowercase().contains("recursive"), "{unreadable}");
-    assert!(unreadable.contains("Settings.plist: more than 250000 values"), "{unreadable}");
+    assert!(
+        unreadable.contains("Info.plist:") && unreadable.to_lowercase().contains("recursive"),
+        "{unreadable}"
+    );
+    assert!(
+        unreadable.contains("Settings.plist: more than 250000 values"),
+        "{unreadable}"
+    );
     assert!(endpoint(&report, "wss://still.example.com/ws").is_some());
 
     // A time bound of zero refuses at the first entry.
@@ -633,7 +805,10 @@ fn hostile_packages_are_refused_in_bounded_time_and_an_honest_one_is_read_after(
         timeout: Duration::ZERO,
         ..Limits::default()
     };
-    assert!(matches!(check("timeout", &apk, instant).err(), Some(Refusal::Timeout { .. })));
+    assert!(matches!(
+        check("timeout", &apk, instant).err(),
+        Some(Refusal::Timeout { .. })
+    ));
 
     // And an honest package is read in full after all of that.
     let report = check("honest", &apk, Limits::default()).expect("the honest APK");
@@ -690,15 +865,26 @@ async fn probe_joins_sluice_dev_and_the_node_peer_in_one_report() {
             .unwrap_or_default()
     };
     assert_eq!(summary(&dev_url)["fail"], 0, "{:#}", json["probes"]);
-    assert_eq!(summary(&dev_url)["could_not_tell"], 0, "{:#}", json["probes"]);
+    assert_eq!(
+        summary(&dev_url)["could_not_tell"],
+        0,
+        "{:#}",
+        json["probes"]
+    );
     let node_fails: Vec<&str> = report
         .findings
         .iter()
         .filter(|f| f.id.starts_with("probe.") && f.location.what == node_url)
         .map(|f| f.id.as_str())
         .collect();
-    assert!(node_fails.contains(&"probe.transport.aead_only"), "{node_fails:?}");
-    assert!(node_fails.contains(&"probe.timeouts.handshake"), "{node_fails:?}");
+    assert!(
+        node_fails.contains(&"probe.transport.aead_only"),
+        "{node_fails:?}"
+    );
+    assert!(
+        node_fails.contains(&"probe.timeouts.handshake"),
+        "{node_fails:?}"
+    );
     assert!(report.findings.iter().all(|f| f.location.what != dev_url));
     // The app's own findings are in the same report.
     assert!(ids(&report).contains(&"endpoint.plaintext_websocket".to_owned()));
@@ -709,7 +895,11 @@ async fn probe_joins_sluice_dev_and_the_node_peer_in_one_report() {
 fn the_cli_reports_and_exits_by_severity() {
     let bin = sluice_tests::sluice_bin();
     let run = |args: &[&std::ffi::OsStr]| {
-        let out = Command::new(&bin).arg("scan").args(args).output().expect("run sluice scan");
+        let out = Command::new(&bin)
+            .arg("scan")
+            .args(args)
+            .output()
+            .expect("run sluice scan");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -721,7 +911,10 @@ fn the_cli_reports_and_exits_by_severity() {
     let (code, out, err) = run(&[settings.as_os_str()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("(Android APK io.appium.settings)"), "{out}");
-    assert!(out.contains("MED   MASVS-RESILIENCE-4 the app is debuggable  [android.debuggable]"), "{out}");
+    assert!(
+        out.contains("MED   MASVS-RESILIENCE-4 the app is debuggable  [android.debuggable]"),
+        "{out}"
+    );
     assert!(out.contains("  www.googleapis.com\n"), "{out}");
     // A built APK with high findings: exit 1; --json for CI.
     let dir = TempDir::new();
@@ -730,14 +923,20 @@ fn the_cli_reports_and_exits_by_severity() {
     let (code, out, _) = run(&[apk.as_os_str(), "--json".as_ref()]);
     assert_eq!(code, Some(1), "{out}");
     let json: Value = serde_json::from_str(&out).expect("JSON output");
-    assert!(json["summary"]["high"].as_u64().is_some_and(|n| n >= 3), "{json:#}");
+    assert!(
+        json["summary"]["high"].as_u64().is_some_and(|n| n >= 3),
+        "{json:#}"
+    );
     assert_eq!(json["findings"][0]["severity"], "high");
     // A refused package: exit 2 and the reason.
     let bomb = dir.0.join("bomb.apk");
     std::fs::write(&bomb, mobile_app::raw_zip(&[("../evil", b"x")])).expect("write");
     let (code, out, err) = run(&[bomb.as_os_str()]);
     assert_eq!(code, Some(2), "{out}{err}");
-    assert!(err.contains("refused") && err.contains("path traversal"), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("path traversal"),
+        "{err}"
+    );
     // --token without --probe is a usage error, not a silent no-op.
     let (code, _, err) = run(&[apk.as_os_str(), "--token".as_ref(), "x".as_ref()]);
     assert_eq!(code, Some(2), "{err}");

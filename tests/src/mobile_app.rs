@@ -194,7 +194,10 @@ pub fn binary_xml(root: &XmlElement) -> Vec<u8> {
     let mut out = Vec::new();
     u16le(&mut out, 0x0003);
     u16le(&mut out, 8);
-    u32le(&mut out, (8 + strings.len() + map.len() + body.len()) as u32);
+    u32le(
+        &mut out,
+        (8 + strings.len() + map.len() + body.len()) as u32,
+    );
     out.extend_from_slice(&strings);
     out.extend_from_slice(&map);
     out.extend_from_slice(&body);

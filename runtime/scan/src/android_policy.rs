@@ -72,7 +72,10 @@ pub fn manifest(doc: &Document, file: &str) -> Manifest {
             .map(|v| {
                 (
                     v,
-                    at(app, &format!("<application android:usesCleartextTraffic=\"{v}\">")),
+                    at(
+                        app,
+                        &format!("<application android:usesCleartextTraffic=\"{v}\">"),
+                    ),
                 )
             });
         m.has_network_config = app
@@ -161,20 +164,24 @@ pub fn network_config(root: &Element, file: &str) -> NetworkConfig {
                 cfg.base_cleartext = cleartext_attr(child).map(|v| {
                     (
                         v,
-                        at(child, &format!("<base-config cleartextTrafficPermitted=\"{v}\">")),
+                        at(
+                            child,
+                            &format!("<base-config cleartextTrafficPermitted=\"{v}\">"),
+                        ),
                     )
                 });
                 if user_certs(child) {
-                    cfg.base_user_certs = Some(at(child, "<base-config><trust-anchors><certificates src=\"user\">"));
-                }
-            }
-            "debug-overrides" => {
-                if user_certs(child) {
-                    cfg.debug_user_certs = Some(at(
+                    cfg.base_user_certs = Some(at(
                         child,
-                        "<debug-overrides><trust-anchors><certificates src=\"user\">",
+                        "<base-config><trust-anchors><certificates src=\"user\">",
                     ));
                 }
+            }
+            "debug-overrides" if user_certs(child) => {
+                cfg.debug_user_certs = Some(at(
+                    child,
+                    "<debug-overrides><trust-anchors><certificates src=\"user\">",
+                ));
             }
             "domain-config" => domain_config(child, None, false, file, &mut cfg.domains),
             _ => {}
@@ -192,13 +199,17 @@ fn domain_config(
 ) {
     let cleartext = cleartext_attr(e).or(parent_cleartext);
     let user = user_certs(e) || parent_user;
-    let pins = e.children.iter().find(|c| c.name == "pin-set").map(|p| Pins {
-        expiration: p
-            .attr(0, "expiration")
-            .and_then(|a| a.value.as_str().map(|s| s.trim().to_owned())),
-        count: p.children.iter().filter(|c| c.name == "pin").count(),
-        location: Location::new(file, Some(p.offset), "<pin-set>"),
-    });
+    let pins = e
+        .children
+        .iter()
+        .find(|c| c.name == "pin-set")
+        .map(|p| Pins {
+            expiration: p
+                .attr(0, "expiration")
+                .and_then(|a| a.value.as_str().map(|s| s.trim().to_owned())),
+            count: p.children.iter().filter(|c| c.name == "pin").count(),
+            location: Location::new(file, Some(p.offset), "<pin-set>"),
+        });
     for d in e.children.iter().filter(|c| c.name == "domain") {
         out.push(DomainRule {
             domain: d.text.trim().to_ascii_lowercase(),
@@ -245,7 +256,9 @@ impl AndroidPolicy {
         self.configs
             .iter()
             .flat_map(|c| c.domains.iter())
-            .filter(|r| host == r.domain || (r.subdomains && host.ends_with(&format!(".{}", r.domain))))
+            .filter(|r| {
+                host == r.domain || (r.subdomains && host.ends_with(&format!(".{}", r.domain)))
+            })
             .max_by_key(|r| (host == r.domain, r.domain.len()))
     }
 
@@ -271,11 +284,28 @@ impl AndroidPolicy {
         };
         let base = self.configs.iter().find_map(|c| c.base_cleartext.clone());
         let source = match (&base, &m.uses_cleartext, self.configs.is_empty()) {
-            (Some((true, loc)), _, _) => Some((loc.clone(), "the network security configuration's base-config permits cleartext for every host".to_owned())),
-            (None, Some((true, loc)), true) => Some((loc.clone(), "usesCleartextTraffic=\"true\" permits cleartext for every host".to_owned())),
+            (Some((true, loc)), _, _) => Some((
+                loc.clone(),
+                "the network security configuration's base-config permits cleartext for every host"
+                    .to_owned(),
+            )),
+            (None, Some((true, loc)), true) => Some((
+                loc.clone(),
+                "usesCleartextTraffic=\"true\" permits cleartext for every host".to_owned(),
+            )),
             (None, None, _) if m.target_sdk.is_some_and(|t| t < CLEARTEXT_OFF_FROM_API) => Some((
-                Location::new(&m.file, None, format!("<uses-sdk android:targetSdkVersion=\"{}\">", m.target_sdk.unwrap_or(0))),
-                format!("the app targets API {} (< 28), whose default permits cleartext for every host", m.target_sdk.unwrap_or(0)),
+                Location::new(
+                    &m.file,
+                    None,
+                    format!(
+                        "<uses-sdk android:targetSdkVersion=\"{}\">",
+                        m.target_sdk.unwrap_or(0)
+                    ),
+                ),
+                format!(
+                    "the app targets API {} (< 28), whose default permits cleartext for every host",
+                    m.target_sdk.unwrap_or(0)
+                ),
             )),
             _ => None,
         };
@@ -344,7 +374,12 @@ impl AndroidPolicy {
                 }
             }
         }
-        if !self.configs.iter().flat_map(|c| &c.domains).any(|r| r.pins.is_some()) {
+        if !self
+            .configs
+            .iter()
+            .flat_map(|c| &c.domains)
+            .any(|r| r.pins.is_some())
+        {
             out.push(Finding {
                 id: "android.no_pinning".into(),
                 severity: Severity::Info,

@@ -165,7 +165,9 @@ pub fn string_pool(d: &[u8], at: usize) -> Result<StringPool, String> {
     let strings_start = at + u32_at(d, at + 20)? as usize;
     let end = at + size;
     if count.saturating_mul(4) > size {
-        return Err(format!("string pool at 0x{at:x}: {count} strings cannot fit"));
+        return Err(format!(
+            "string pool at 0x{at:x}: {count} strings cannot fit"
+        ));
     }
     let mut strings = Vec::with_capacity(count);
     for i in 0..count {

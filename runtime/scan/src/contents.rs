@@ -16,23 +16,51 @@ use crate::native;
 use crate::package::Visitor;
 use crate::property_list::{self, Scalar};
 use crate::report::{
-    Coverage, EndpointUrl, Finding, Host, Location, MAX_PLACES, PackageKind, Platform, Report, Severity,
-    Transport,
+    Coverage, EndpointUrl, Finding, Host, Location, MAX_PLACES, PackageKind, Platform, Report,
+    Severity, Transport,
 };
 use crate::secrets::{self, Secret};
 
 /// Extensions read as text.
 const TEXT_EXTENSIONS: &[&str] = &[
-    ".js", ".jsbundle", ".bundle", ".json", ".xml", ".html", ".htm", ".properties", ".txt",
-    ".conf", ".cfg", ".ini", ".yaml", ".yml", ".env", ".pem", ".key", ".strings", ".plist", ".mjs",
-    ".cjs", ".config", ".csv",
+    ".js",
+    ".jsbundle",
+    ".bundle",
+    ".json",
+    ".xml",
+    ".html",
+    ".htm",
+    ".properties",
+    ".txt",
+    ".conf",
+    ".cfg",
+    ".ini",
+    ".yaml",
+    ".yml",
+    ".env",
+    ".pem",
+    ".key",
+    ".strings",
+    ".plist",
+    ".mjs",
+    ".cjs",
+    ".config",
+    ".csv",
 ];
 /// Extensions of files this scan does not read, by kind.
 const SKIPPED: &[(&str, &[&str])] = &[
-    ("image", &[".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".ico", ".heic", ".car"]),
+    (
+        "image",
+        &[
+            ".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".ico", ".heic", ".car",
+        ],
+    ),
     ("font", &[".ttf", ".otf", ".woff", ".woff2"]),
     ("media", &[".mp3", ".mp4", ".ogg", ".wav", ".m4a", ".aac"]),
-    ("signature", &[".rsa", ".sf", ".dsa", ".ec", ".mf", ".mobileprovision"]),
+    (
+        "signature",
+        &[".rsa", ".sf", ".dsa", ".ec", ".mf", ".mobileprovision"],
+    ),
 ];
 /// Key candidates kept for verifying embedded HMAC tokens.
 const MAX_KEY_CANDIDATES: usize = 500_000;
@@ -70,7 +98,11 @@ impl Visitor for Contents {
         } else if property_list::is_plist(data) {
             self.read_plist(path, data)
         } else if is_documentation(&lower) {
-            *self.coverage.skipped.entry("documentation".into()).or_default() += 1;
+            *self
+                .coverage
+                .skipped
+                .entry("documentation".into())
+                .or_default() += 1;
             Ok(())
         } else if TEXT_EXTENSIONS.iter().any(|e| lower.ends_with(e)) || looks_like_text(data) {
             self.read_text(path, data);
@@ -100,9 +132,17 @@ impl Visitor for Contents {
 /// connections.
 fn is_documentation(lower: &str) -> bool {
     let name = lower.rsplit('/').next().unwrap_or(lower);
-    ["license", "licence", "notice", "readme", "copying", "changelog", "authors"]
-        .iter()
-        .any(|p| name.starts_with(p) || name.starts_with(&format!("{p}.")))
+    [
+        "license",
+        "licence",
+        "notice",
+        "readme",
+        "copying",
+        "changelog",
+        "authors",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p) || name.starts_with(&format!("{p}.")))
         || lower.contains("/license/")
         || lower.starts_with("license/")
 }
@@ -135,7 +175,11 @@ impl Contents {
             let Some(value) = dex.strings.get(f.string as usize) else {
                 continue;
             };
-            let class = f.class.trim_start_matches('L').trim_end_matches(';').replace('/', ".");
+            let class = f
+                .class
+                .trim_start_matches('L')
+                .trim_end_matches(';')
+                .replace('/', ".");
             let loc = Location::new(
                 path,
                 Some(value.offset),
@@ -164,7 +208,8 @@ impl Contents {
         while let Some(e) = stack.pop() {
             for a in &e.attrs {
                 if let Some(v) = a.value.as_str() {
-                    let loc = Location::new(path, Some(e.offset), format!("<{} {}>", e.name, a.name));
+                    let loc =
+                        Location::new(path, Some(e.offset), format!("<{} {}>", e.name, a.name));
                     self.string(v, loc);
                 }
             }
@@ -278,8 +323,7 @@ impl Contents {
     }
 
     fn candidate(&mut self, text: &str) {
-        if self.key_candidates.len() < MAX_KEY_CANDIDATES && self.key_seen.insert(text.to_owned())
-        {
+        if self.key_candidates.len() < MAX_KEY_CANDIDATES && self.key_seen.insert(text.to_owned()) {
             self.key_candidates.push(text.to_owned());
         }
     }
@@ -315,7 +359,10 @@ impl Contents {
     }
 
     fn secret(&mut self, s: Secret, loc: Location) {
-        if s.id == "secret.jwt" && secrets::is_hmac_token(&s.value) && self.tokens.len() < MAX_TOKENS_VERIFIED {
+        if s.id == "secret.jwt"
+            && secrets::is_hmac_token(&s.value)
+            && self.tokens.len() < MAX_TOKENS_VERIFIED
+        {
             self.tokens.push((s.value.clone(), loc.clone()));
         }
         let key = (s.id.to_owned(), s.value.clone());
@@ -327,10 +374,16 @@ impl Contents {
         }
         self.seen_secrets.insert(key, self.findings.len());
         let detail = match s.id {
-            "secret.jwt" => "anyone who unpacks the app can present this token. Issue tokens per user from your server at login.",
-            "secret.signing_key" => "an app that carries the key its tokens are signed with lets anyone mint tokens for any user: handshake authentication is void whatever the server checks. Keep signing keys on the server.",
+            "secret.jwt" => {
+                "anyone who unpacks the app can present this token. Issue tokens per user from your server at login."
+            }
+            "secret.signing_key" => {
+                "an app that carries the key its tokens are signed with lets anyone mint tokens for any user: handshake authentication is void whatever the server checks. Keep signing keys on the server."
+            }
             "secret.private_key" => "a private key in the app is public. Keep it on a server.",
-            _ => "a credential in the app is public: anyone can unpack it. Move it to your server and call through it.",
+            _ => {
+                "a credential in the app is public: anyone can unpack it. Move it to your server and call through it."
+            }
         };
         self.findings.push(Finding {
             id: s.id.into(),
@@ -367,11 +420,21 @@ impl Contents {
     }
 
     /// Join everything into the report.
-    pub fn finish(mut self, package: String, kind: PackageKind, budget: &Budget, today: &str) -> Report {
+    pub fn finish(
+        mut self,
+        package: String,
+        kind: PackageKind,
+        budget: &Budget,
+        today: &str,
+    ) -> Report {
         // Keys that verify a token the app carries.
         let tokens = std::mem::take(&mut self.tokens);
         for (token, token_loc) in &tokens {
-            if let Some(key) = self.key_candidates.iter().find(|k| secrets::signs(token, k)) {
+            if let Some(key) = self
+                .key_candidates
+                .iter()
+                .find(|k| secrets::signs(token, k))
+            {
                 let title = format!(
                     "the app carries the key that signs its tokens ({}), verified against the token at {token_loc}",
                     secrets::redact(key)
@@ -423,7 +486,10 @@ impl Contents {
             if let Some(first) = plaintext.iter().find(|u| u.scheme == "http") {
                 let permitted = self.cleartext_permitted(kind, host);
                 let (severity, why) = if endpoints::is_local(host) {
-                    (Severity::Low, "a development address left in the build".to_owned())
+                    (
+                        Severity::Low,
+                        "a development address left in the build".to_owned(),
+                    )
                 } else {
                     match permitted {
                         Some(true) => (Severity::High, "the platform policy permits cleartext to this host, so the request goes out readable".to_owned()),
@@ -436,7 +502,11 @@ impl Contents {
                     severity,
                     masvs: "MASVS-NETWORK-1",
                     title: format!("the app carries a plaintext URL to {host} ({})", first.url),
-                    location: first.seen.first().cloned().unwrap_or_else(|| Location::new("", None, "")),
+                    location: first
+                        .seen
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| Location::new("", None, "")),
                     also: plaintext.iter().filter(|u| u.scheme == "http").count() - 1,
                     detail: format!("{why}. Use https://."),
                 });
@@ -468,7 +538,12 @@ impl Contents {
                 .manifest
                 .as_ref()
                 .is_some_and(|m| m.debuggable.is_some()),
-            network_security_configs: self.android.configs.iter().map(|c| c.file.clone()).collect(),
+            network_security_configs: self
+                .android
+                .configs
+                .iter()
+                .map(|c| c.file.clone())
+                .collect(),
             info_plists: self
                 .ios
                 .iter()

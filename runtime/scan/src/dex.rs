@@ -273,10 +273,7 @@ mod tests {
         assert_eq!(mutf8(&[0xc0, 0x80]), "\0");
         assert_eq!(mutf8(&[0xc3, 0xa9]), "é");
         // U+1F600 as a CESU-8 surrogate pair.
-        assert_eq!(
-            mutf8(&[0xed, 0xa0, 0xbd, 0xed, 0xb8, 0x80]),
-            "\u{1F600}"
-        );
+        assert_eq!(mutf8(&[0xed, 0xa0, 0xbd, 0xed, 0xb8, 0x80]), "\u{1F600}");
     }
 
     #[test]

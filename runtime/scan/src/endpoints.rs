@@ -134,7 +134,11 @@ fn valid_host(host: &str) -> bool {
 
 /// `text` as a bare host name, when the whole string is one.
 pub fn bare_host(text: &str) -> Option<String> {
-    if text.len() > 100 || !BARE_HOST.is_match(text) {
+    let plausible = text.contains('.')
+        && text.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b':'
+        });
+    if text.len() > 100 || !plausible || !BARE_HOST.is_match(text) {
         return None;
     }
     let first = text.split('.').next().unwrap_or("");
@@ -199,7 +203,9 @@ mod tests {
         assert!(urls("wss://%s/ws and https:// and http://${host}/x").is_empty());
         let creds = urls("https://user:pw@api.example.com/");
         assert!(creds[0].credentials && creds[0].host == "api.example.com");
-        assert!(is_namespace(&urls("http://schemas.android.com/apk/res/android")[0]));
+        assert!(is_namespace(
+            &urls("http://schemas.android.com/apk/res/android")[0]
+        ));
     }
 
     #[test]

@@ -59,9 +59,15 @@ pub fn parse(d: &[u8]) -> Result<Hermes, String> {
     let overflow_count = field(6)?;
     let storage_size = field(7)?;
     let fits = |n: usize| n <= d.len();
-    if ![function_count, kind_count, identifier_count, string_count, overflow_count]
-        .iter()
-        .all(|&n| fits(n.saturating_mul(4)))
+    if ![
+        function_count,
+        kind_count,
+        identifier_count,
+        string_count,
+        overflow_count,
+    ]
+    .iter()
+    .all(|&n| fits(n.saturating_mul(4)))
         || !fits(storage_size)
     {
         return Err(format!("version {version}: counts larger than the file"));
@@ -93,7 +99,11 @@ pub fn parse(d: &[u8]) -> Result<Hermes, String> {
                         offset = u32_at(d, o)? as usize;
                         length = u32_at(d, o + 4)? as usize;
                     }
-                    let bytes = if utf16 { length.saturating_mul(2) } else { length };
+                    let bytes = if utf16 {
+                        length.saturating_mul(2)
+                    } else {
+                        length
+                    };
                     let s = blob
                         .get(offset..offset.saturating_add(bytes))
                         .ok_or_else(|| format!("string {i} runs past the string storage"))?;

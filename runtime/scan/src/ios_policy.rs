@@ -85,8 +85,16 @@ pub fn read(leaves: &[Leaf], file: &str) -> Ats {
         );
     }
     for (key, id, what) in [
-        ("NSAllowsArbitraryLoadsInWebContent", "ios.ats.arbitrary_loads_web", "web views"),
-        ("NSAllowsArbitraryLoadsForMedia", "ios.ats.arbitrary_loads_media", "AV Foundation media"),
+        (
+            "NSAllowsArbitraryLoadsInWebContent",
+            "ios.ats.arbitrary_loads_web",
+            "web views",
+        ),
+        (
+            "NSAllowsArbitraryLoadsForMedia",
+            "ios.ats.arbitrary_loads_media",
+            "AV Foundation media",
+        ),
     ] {
         if bool_at(leaves, &[ATS, key]) == Some(true) {
             finding(
@@ -126,7 +134,14 @@ pub fn read(leaves: &[Leaf], file: &str) -> Ats {
                 "ios.ats.insecure_http_domain",
                 Severity::Medium,
                 "MASVS-NETWORK-1",
-                format!("plain HTTP is allowed to {d}{}", if subdomains { " and its subdomains" } else { "" }),
+                format!(
+                    "plain HTTP is allowed to {d}{}",
+                    if subdomains {
+                        " and its subdomains"
+                    } else {
+                        ""
+                    }
+                ),
                 path("NSExceptionAllowsInsecureHTTPLoads"),
                 "a per-domain exception: anything sent there can be read and changed on the way. Serve the domain over TLS and remove the exception.",
             );

@@ -116,10 +116,9 @@ impl std::fmt::Display for Refusal {
                 f,
                 "{entry}: compressed {ratio}:1, past the bound of {limit}:1 (zip bomb?)"
             ),
-            Self::TooDeep { entry, limit } => write!(
-                f,
-                "{entry}: archives nested deeper than {limit} levels"
-            ),
+            Self::TooDeep { entry, limit } => {
+                write!(f, "{entry}: archives nested deeper than {limit} levels")
+            }
             Self::PathTraversal { entry } => write!(
                 f,
                 "entry {entry:?} points outside the archive (path traversal, \"zip slip\"): \

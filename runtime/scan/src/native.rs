@@ -32,9 +32,7 @@ pub fn kind(d: &[u8]) -> Option<&'static str> {
         // names few architectures, a class file's "count" is its version.
         FileKind::MachOFat32 | FileKind::MachOFat64 => {
             let count = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
-            (1..=MAX_ARCHES as u32)
-                .contains(&count)
-                .then_some("mach_o")
+            (1..=MAX_ARCHES as u32).contains(&count).then_some("mach_o")
         }
         _ => None,
     }

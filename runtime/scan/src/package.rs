@@ -26,7 +26,10 @@ pub trait Visitor {
 pub fn kind_of(names: &[String]) -> PackageKind {
     if names.iter().any(|n| n == "AndroidManifest.xml") {
         PackageKind::Apk
-    } else if names.iter().any(|n| n == "base/manifest/AndroidManifest.xml") {
+    } else if names
+        .iter()
+        .any(|n| n == "base/manifest/AndroidManifest.xml")
+    {
         PackageKind::Aab
     } else if names
         .iter()
@@ -39,7 +42,11 @@ pub fn kind_of(names: &[String]) -> PackageKind {
 }
 
 /// Read `app` (a file or a folder) and hand every file to `visitor`.
-pub fn walk(app: &Path, budget: &mut Budget, visitor: &mut dyn Visitor) -> Result<PackageKind, Refusal> {
+pub fn walk(
+    app: &Path,
+    budget: &mut Budget,
+    visitor: &mut dyn Visitor,
+) -> Result<PackageKind, Refusal> {
     let meta = std::fs::symlink_metadata(app).map_err(|e| Refusal::BadArchive {
         what: app.display().to_string(),
         error: e.to_string(),
@@ -72,7 +79,11 @@ pub fn walk(app: &Path, budget: &mut Budget, visitor: &mut dyn Visitor) -> Resul
 }
 
 /// Read a package held in memory (a zip archive).
-pub fn walk_bytes(data: &[u8], budget: &mut Budget, visitor: &mut dyn Visitor) -> Result<PackageKind, Refusal> {
+pub fn walk_bytes(
+    data: &[u8],
+    budget: &mut Budget,
+    visitor: &mut dyn Visitor,
+) -> Result<PackageKind, Refusal> {
     archive(Cursor::new(data), "(memory)", "", 0, budget, visitor)
 }
 
@@ -88,7 +99,8 @@ fn list_dir(
         what: dir.display().to_string(),
         error: e.to_string(),
     })?;
-    let mut paths: Vec<std::path::PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut paths: Vec<std::path::PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -164,7 +176,10 @@ fn archive<R: Read + Seek>(
             limit: budget.limits.max_entries,
         });
     }
-    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .collect();
     let kind = kind_of(&names);
     for i in 0..zip.len() {
         budget.entry()?;
@@ -179,8 +194,7 @@ fn archive<R: Read + Seek>(
         };
         let raw_name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
         let name = format!("{prefix}{raw_name}");
-        if entry.enclosed_name().is_none() || raw_name.starts_with('/') || raw_name.contains('\\')
-        {
+        if entry.enclosed_name().is_none() || raw_name.starts_with('/') || raw_name.contains('\\') {
             return Err(Refusal::PathTraversal { entry: name });
         }
         if entry.is_dir() {
@@ -203,8 +217,8 @@ fn dispatch(
     visitor: &mut dyn Visitor,
 ) -> Result<(), Refusal> {
     let lower = name.to_ascii_lowercase();
-    let nested = data.starts_with(b"PK\x03\x04")
-        && NESTED_ARCHIVES.iter().any(|ext| lower.ends_with(ext));
+    let nested =
+        data.starts_with(b"PK\x03\x04") && NESTED_ARCHIVES.iter().any(|ext| lower.ends_with(ext));
     if nested {
         if depth + 1 > budget.limits.max_nesting {
             return Err(Refusal::TooDeep {

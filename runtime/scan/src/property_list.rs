@@ -176,7 +176,12 @@ mod tests {
     #[test]
     fn leaves_carry_their_key_paths() {
         let leaves = leaves(ATS.as_bytes()).unwrap_or_default();
-        let find = |p: &str| leaves.iter().find(|l| l.display_path() == p).map(|l| &l.value);
+        let find = |p: &str| {
+            leaves
+                .iter()
+                .find(|l| l.display_path() == p)
+                .map(|l| &l.value)
+        };
         assert_eq!(
             find("CFBundleIdentifier"),
             Some(&Scalar::Str("com.example.app".into()))
@@ -187,7 +192,11 @@ mod tests {
         );
         let tls = leaves
             .iter()
-            .find(|l| l.path.last().is_some_and(|k| k == "NSExceptionMinimumTLSVersion"))
+            .find(|l| {
+                l.path
+                    .last()
+                    .is_some_and(|k| k == "NSExceptionMinimumTLSVersion")
+            })
             .map(|l| l.path.clone());
         assert_eq!(
             tls,

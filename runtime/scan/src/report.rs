@@ -287,7 +287,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "  {}  {:<15} {}  [{}]  at {}{also}",
+                "  {}  {:<18} {}  [{}]  at {}{also}",
                 f.severity.label(),
                 f.masvs,
                 f.title,

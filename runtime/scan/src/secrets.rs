@@ -36,6 +36,8 @@ pub fn redact(value: &str) -> String {
 
 struct Shape {
     id: &'static str,
+    /// A literal every match contains: a cheap test before the pattern.
+    anchor: &'static str,
     what: &'static str,
     severity: Severity,
     pattern: &'static str,
@@ -45,6 +47,7 @@ struct Shape {
 const SHAPES: &[Shape] = &[
     Shape {
         id: "secret.private_key",
+        anchor: "PRIVATE KEY-----",
         what: "a PEM private key",
         severity: Severity::High,
         // The header alone is what every PEM parser carries: key material must follow.
@@ -52,42 +55,49 @@ const SHAPES: &[Shape] = &[
     },
     Shape {
         id: "secret.aws_access_key",
+        anchor: "IA",
         what: "an AWS access key id",
         severity: Severity::High,
         pattern: r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
     },
     Shape {
         id: "secret.stripe_secret_key",
+        anchor: "_live_",
         what: "a Stripe secret key",
         severity: Severity::High,
         pattern: r"\b(?:sk|rk)_live_[0-9A-Za-z]{20,}",
     },
     Shape {
         id: "secret.slack_token",
+        anchor: "xox",
         what: "a Slack token",
         severity: Severity::High,
         pattern: r"\bxox[abposr]-[0-9A-Za-z-]{10,}",
     },
     Shape {
         id: "secret.slack_webhook",
+        anchor: "hooks.slack.com",
         what: "a Slack webhook URL",
         severity: Severity::High,
         pattern: r"https://hooks\.slack\.com/services/T[0-9A-Za-z_]+/B[0-9A-Za-z_]+/[0-9A-Za-z]+",
     },
     Shape {
         id: "secret.github_token",
+        anchor: "gh",
         what: "a GitHub token",
         severity: Severity::High,
         pattern: r"\bgh[pousr]_[0-9A-Za-z]{36}\b",
     },
     Shape {
         id: "secret.sendgrid_key",
+        anchor: "SG.",
         what: "a SendGrid API key",
         severity: Severity::High,
         pattern: r"\bSG\.[0-9A-Za-z_-]{22}\.[0-9A-Za-z_-]{43}\b",
     },
     Shape {
         id: "secret.google_api_key",
+        anchor: "AIza",
         what: "a Google API key (expected in apps using Firebase or Maps: restrict it to the app's signature and APIs)",
         severity: Severity::Low,
         pattern: r"\bAIza[0-9A-Za-z_-]{35}\b",
@@ -139,6 +149,9 @@ static ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| {
 pub fn in_text(text: &str) -> Vec<Secret> {
     let mut out = Vec::new();
     for (shape, re) in SHAPES.iter().zip(SHAPE_RES.iter()) {
+        if !text.contains(shape.anchor) {
+            continue;
+        }
         for m in re.find_iter(text) {
             out.push(Secret {
                 id: shape.id,
@@ -204,9 +217,16 @@ pub fn named(name: &str, value: &str) -> Option<Secret> {
         return None;
     }
     let lower = name.to_ascii_lowercase();
-    let signing = ["jwt", "signing", "hmac", "hs256", "token_secret", "tokensecret"]
-        .iter()
-        .any(|k| lower.contains(k));
+    let signing = [
+        "jwt",
+        "signing",
+        "hmac",
+        "hs256",
+        "token_secret",
+        "tokensecret",
+    ]
+    .iter()
+    .any(|k| lower.contains(k));
     let (id, severity, masvs, what) = if signing {
         (
             "secret.signing_key",
@@ -222,12 +242,7 @@ pub fn named(name: &str, value: &str) -> Option<Secret> {
             "an API key",
         )
     } else {
-        (
-            "secret.named",
-            Severity::High,
-            "MASVS-CRYPTO-2",
-            "a secret",
-        )
+        ("secret.named", Severity::High, "MASVS-CRYPTO-2", "a secret")
     };
     Some(Secret {
         id,
@@ -329,7 +344,11 @@ pub fn is_hmac_token(token: &str) -> bool {
         .next()
         .and_then(|h| b64.decode(h).ok())
         .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
-        .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(|a| a.starts_with("HS")))
+        .and_then(|h| {
+            h.get("alg")
+                .and_then(|a| a.as_str())
+                .map(|a| a.starts_with("HS"))
+        })
         .unwrap_or(false)
 }
 
@@ -344,9 +363,8 @@ mod tests {
             b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
             b64.encode(claims)
         );
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap_or_else(|_| {
-            unreachable!("HMAC takes keys of any length")
-        });
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(signed.as_bytes());
         format!("{signed}.{}", b64.encode(mac.finalize().into_bytes()))
     }
@@ -378,7 +396,10 @@ mod tests {
         assert_eq!(named("api_key_label", "Enter your API key"), None);
         assert_eq!(named("password_hint", "@string/x"), None);
         assert_eq!(named("colorPrimary", "a8Fz9Qw2Lk3Jx7"), None);
-        assert_eq!(named("JAVA_NET_SOCKS_PASSWORD", "java.net.socks.password"), None);
+        assert_eq!(
+            named("JAVA_NET_SOCKS_PASSWORD", "java.net.socks.password"),
+            None
+        );
         assert!(named("JWT_SECRET", "k3y-Th4t-S1gns-Ev3ry-T0ken").is_some());
     }
 }

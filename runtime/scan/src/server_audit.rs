@@ -150,7 +150,11 @@ mod tests {
 
     #[test]
     fn allow_patterns_match_hosts_ports_and_subdomains() {
-        assert!(matches("api.example.com", "api.example.com", "api.example.com:443"));
+        assert!(matches(
+            "api.example.com",
+            "api.example.com",
+            "api.example.com:443"
+        ));
         assert!(matches("127.0.0.1:8443", "127.0.0.1", "127.0.0.1:8443"));
         assert!(!matches("127.0.0.1:8443", "127.0.0.1", "127.0.0.1:9000"));
         assert!(matches("*.example.com", "ws.example.com", "ws.example.com"));
