@@ -63,6 +63,11 @@ enum Command {
     /// authentication, Origin, timeouts, compression, and with --active
     /// message validation and flooding. Exit status 1 if a check fails.
     Probe(sluice_probe::ProbeArgs),
+    /// Read a mobile app (.apk, .aab, .ipa, or a folder of one) without
+    /// running it: the endpoints it talks to, its transport policy, secrets
+    /// it carries (MASVS); with --probe, audit its wss:// endpoints too.
+    /// Exit status 1 on a high finding, 2 when the package is refused.
+    Scan(cli::scan::ScanArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
             Command::Call(args) => cli::call::run(args).await,
             Command::Bench(command) => cli::bench::run(command).await,
             Command::Probe(args) => sluice_probe::run(args).await,
+            Command::Scan(args) => cli::scan::run(args).await,
         }
     });
     match result {

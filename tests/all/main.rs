@@ -30,6 +30,7 @@ mod probe;
 mod quickstart;
 mod reload;
 mod sandbox;
+mod scan;
 mod slow_consumer;
 mod supply_chain;
 mod tls;

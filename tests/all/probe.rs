@@ -127,14 +127,14 @@ fn all_ids() -> Vec<&'static str> {
 
 /// A server with `sluice dev`'s configuration (`sluice::dev_files::prepare`), on
 /// port 0, without the admin listener.
-struct DevSluice {
-    addr: SocketAddr,
+pub(crate) struct DevSluice {
+    pub(crate) addr: SocketAddr,
     dir: TempDir,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl DevSluice {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = TempDir::new();
         let config_path = sluice::dev_files::prepare(
             &dir.0,
@@ -160,13 +160,13 @@ impl DevSluice {
         Self { addr, dir, task }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.0.join(name)
     }
 
     /// A token as `sluice dev` prints it (another subject), minted with the
     /// demo tenant's key.
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         let config = Config::load(&self.path("sluice.toml")).expect("the dev config");
         Minter::for_tenant(&config, DEMO_TENANT)
             .and_then(|m| m.mint("probe", &[DEV_SCOPE.to_owned()], 3600, Map::new()))

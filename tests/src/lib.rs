@@ -36,6 +36,7 @@ pub fn component(path: &str) -> Vec<u8> {
 }
 
 pub mod cluster;
+pub mod mobile_app;
 pub mod server;
 
 /// `<target>/<profile>/sluice`, beside `<target>/<profile>/deps/all-<hash>`,

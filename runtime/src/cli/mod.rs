@@ -18,6 +18,7 @@ pub mod handler;
 pub mod health;
 pub mod reload;
 pub mod report;
+pub mod scan;
 pub mod serve;
 pub mod signals;
 pub mod token;
