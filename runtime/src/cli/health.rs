@@ -36,9 +36,11 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(sluice::config::Config::load(path)?),
         None => None,
     };
-    let admin = sluice::server::admin::client::admin_address(config.as_ref(), args.admin.as_deref());
+    let admin =
+        sluice::server::admin::client::admin_address(config.as_ref(), args.admin.as_deref());
     let path = if args.live { "/healthz" } else { "/readyz" };
-    let asked = sluice::server::admin::client::request(&admin, http::Method::GET, path, None, Vec::new());
+    let asked =
+        sluice::server::admin::client::request(&admin, http::Method::GET, path, None, Vec::new());
     match tokio::time::timeout(CHECK_TIMEOUT, asked).await {
         Ok(Ok((200, body))) => {
             print!("{}", String::from_utf8_lossy(&body));
