@@ -7,6 +7,7 @@
 
 mod accept;
 mod admin;
+mod admin_limits;
 mod admin_reload;
 mod adversarial;
 mod call_budget;

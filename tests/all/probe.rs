@@ -532,3 +532,38 @@ async fn the_probe_survives_hostile_servers_in_bounded_time() {
         "{control:#}"
     );
 }
+
+#[tokio::test]
+async fn a_token_is_never_sent_over_plaintext_to_another_machine() {
+    // A plaintext URL of another machine (TEST-NET-1: nothing answers).
+    let started = Instant::now();
+    let refused = sluice_probe::audit(&ProbeArgs {
+        token: Some(some_jwt()),
+        ..args("ws://192.0.2.1:9/ws".into())
+    })
+    .await
+    .expect_err("the probe refuses before connecting");
+    let why = format!("{refused:#}");
+    assert!(
+        why.contains("refusing to send --token over ws://") && why.contains("wss://"),
+        "{why}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, without a connection attempt"
+    );
+    // To this machine, ws:// with a token is probed as before.
+    let addr = weak_server().await;
+    let (report, _) = probe(&ProbeArgs {
+        token: Some(some_jwt()),
+        active: false,
+        wait: 1,
+        ..args(format!("ws://{addr}/ws"))
+    })
+    .await;
+    assert_eq!(
+        check(&report, "auth.control")["status"],
+        "pass",
+        "the token was sent: {report:#}"
+    );
+}

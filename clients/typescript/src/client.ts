@@ -1,5 +1,5 @@
 import { ClientErrorCode, SluiceError } from "./errors.js";
-import { backoffDelay, closeDecision, DEFAULT_BACKOFF, type BackoffOptions } from "./policy.js";
+import { backoffDelay, checkUrl, closeDecision, DEFAULT_BACKOFF, type BackoffOptions } from "./policy.js";
 import { Emitter, EventStream } from "./stream.js";
 
 /** The subprotocol Sluice speaks. */
@@ -42,7 +42,11 @@ interface Socket {
 
 /** Options of {@link SluiceClient}. */
 export interface ClientOptions {
-  /** `wss://host/ws/<tenant>`. */
+  /**
+   * `wss://host/ws/<tenant>`. `ws://` (plaintext) is refused (a
+   * `TypeError` from the constructor) except for `localhost`, `127.0.0.1`
+   * and `[::1]`.
+   */
   url: string;
   /**
    * Returns a token for the tenant (a JWT). Called before every connection
@@ -358,6 +362,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
 
   constructor(options: ClientOptions) {
     super();
+    checkUrl(options.url);
     const Ws = options.WebSocket ?? platform.WebSocket;
     if (!Ws) throw new TypeError("no WebSocket implementation: pass options.WebSocket (e.g. the ws package in Node)");
     this.Ws = Ws;

@@ -22,10 +22,12 @@ export {
 export { ClientErrorCode, SluiceError } from "./errors.js";
 export {
   backoffDelay,
+  checkUrl,
   closeDecision,
   DEFAULT_BACKOFF,
   NO_RETRY_CLOSE_CODES,
   NO_RETRY_HTTP_STATUSES,
+  PLAINTEXT_HOSTS,
   type BackoffOptions,
   type CloseDecision,
 } from "./policy.js";

@@ -92,3 +92,30 @@ export function closeDecision(
   }
   return { retry: true, freshToken: false, immediate: false };
 }
+
+/** The hosts a `ws://` (plaintext) URL may name: this machine only. */
+export const PLAINTEXT_HOSTS: readonly string[] = ["localhost", "127.0.0.1", "[::1]"];
+
+/**
+ * Check a server URL before anything is sent: `wss://` anywhere, `ws://`
+ * only to this machine ({@link PLAINTEXT_HOSTS}). Over `ws://` the token
+ * and every message cross the network readable and changeable by anyone
+ * on the path (public Wi-Fi, a carrier, a proxy). Throws a `TypeError`
+ * that says why.
+ */
+export function checkUrl(url: string): void {
+  const m = /^(wss?):\/\/([^/?#]*)/i.exec(url);
+  if (!m) throw new TypeError(`${url}: the URL must start with wss:// (e.g. wss://host/ws/<tenant>)`);
+  const scheme = m[1].toLowerCase();
+  const authority = m[2];
+  if (authority === "" || authority.includes("@")) {
+    throw new TypeError(`${url}: expected wss://HOST[:PORT]/ws/<tenant>, without user info`);
+  }
+  if (scheme === "wss") return;
+  const host = authority.startsWith("[") ? authority.slice(0, authority.indexOf("]") + 1) : authority.split(":")[0];
+  if (PLAINTEXT_HOSTS.includes(host.toLowerCase())) return;
+  throw new TypeError(
+    `refusing ${scheme}://${authority}: ws:// is plaintext, so the token and every message would cross the network ` +
+      `readable and changeable by anyone on the path; use wss:// (ws:// is allowed only for ${PLAINTEXT_HOSTS.join(", ")})`,
+  );
+}

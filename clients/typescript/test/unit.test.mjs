@@ -70,6 +70,38 @@ beforeEach(() => {
 });
 afterEach(() => mock.timers.reset());
 
+test("ws:// is refused except to this machine; wss:// and loopback ws:// connect", async () => {
+  for (const url of [
+    "ws://example.test/ws/demo",
+    "WS://api.example.com:8080/ws/demo",
+    "ws://10.0.0.5/ws/demo",
+    "ws://localhost.example.test/ws/demo",
+    "ws://127.0.0.1.example.test/ws/demo",
+    "ws://user@localhost/ws/demo",
+    "http://example.test/ws/demo",
+    "example.test/ws/demo",
+  ]) {
+    assert.throws(() => client({ url }), TypeError, url);
+  }
+  assert.throws(() => client({ url: "ws://example.test/ws/demo" }), /plaintext.*use wss:\/\//);
+  assert.equal(FakeSocket.all.length, 0, "nothing was opened");
+  for (const url of [
+    "wss://example.test/ws/demo",
+    "ws://localhost:8080/ws/demo",
+    "ws://127.0.0.1:8080/ws/demo",
+    "ws://[::1]:8080/ws/demo",
+    "ws://LOCALHOST/ws/demo",
+  ]) {
+    const c = client({ url });
+    const welcomed = c.connect();
+    await settle();
+    assert.equal(latest().url, url);
+    latest().welcome();
+    assert.equal((await welcomed).subject, "alice", url);
+    c.close();
+  }
+});
+
 test("backoff: full jitter under an exponential ceiling, capped", () => {
   const top = () => 0.999999;
   const ceilings = [0, 1, 2, 3, 4, 5, 6, 7].map((n) => backoffDelay(n, DEFAULT_BACKOFF, top));

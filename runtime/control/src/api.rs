@@ -14,20 +14,29 @@
 //! Every request needs `Authorization: Bearer <token>`: the admin token
 //! (the operator: every tenant) or a tenant's management token (that tenant
 //! only). A missing or unknown token is 401, another tenant's path 403;
-//! both are audited, as is every change.
+//! both are audited, as is every change. What a request's path names
+//! reaches the audit log only when it is a configured tenant or a valid
+//! handler name; requests without a valid token are recorded at most once
+//! per source address per minute, as `unauthenticated`, naming nothing
+//! from the request ([`crate::throttle`]).
+//!
+//! A tenant's token makes at most `[tenants.<id>.quotas]
+//! management_requests_per_sec`, and a tenant has one push in flight at a
+//! time: past either, 429 with `Retry-After` (not audited).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use sluice_sandbox::BoxFuture;
-use sluice_server::admin::web::{bearer, same_secret};
+use sluice_server::admin::web::{BODY_TIMEOUT, BodyError, bearer, same_secret};
 use sluice_server::state::ServerState;
 use sluice_server::tenant::Tenant;
 
@@ -35,18 +44,27 @@ use crate::audit::{Actor, AuditEntry, now_ms};
 use crate::record::{Routing, Stage};
 use crate::refusal::Refusal;
 use crate::registry::Registry;
+use crate::throttle::{Pushes, TenantRates, Unauthenticated, retry_after_secs};
 use crate::verify::{Sample, Status};
 
 /// The management API over a registry: what the admin listener answers
 /// under `/v1/`.
 pub struct Management {
     registry: Arc<Registry>,
+    unauthenticated: Unauthenticated,
+    rates: TenantRates,
+    pushes: Pushes,
 }
 
 impl Management {
     /// The API of `registry`.
     pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            unauthenticated: Unauthenticated::default(),
+            rates: TenantRates::default(),
+            pushes: Pushes::default(),
+        }
     }
 }
 
@@ -57,7 +75,7 @@ impl sluice_server::admin::ManagementApi for Management {
         peer: SocketAddr,
         state: &'a Arc<ServerState>,
     ) -> BoxFuture<'a, Response<Full<Bytes>>> {
-        Box::pin(respond(req, peer, state, &self.registry))
+        Box::pin(respond(req, peer, state, self))
     }
 }
 
@@ -111,6 +129,15 @@ fn error(status: u16, code: &str, message: &str) -> Resp {
         status,
         &json!({ "error": { "code": code, "message": message } }),
     )
+}
+
+/// 429 with `Retry-After`.
+fn too_many(wait: Duration, code: &str, message: &str) -> Resp {
+    let mut resp = error(429, code, message);
+    if let Ok(v) = http::HeaderValue::from_str(&retry_after_secs(wait).to_string()) {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 fn refusal(r: &Refusal) -> Resp {
@@ -190,8 +217,9 @@ pub async fn respond(
     req: Request<Incoming>,
     from: SocketAddr,
     state: &Arc<ServerState>,
-    registry: &Registry,
+    api: &Management,
 ) -> Resp {
+    let registry = &*api.registry;
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path
         .trim_start_matches("/v1/")
@@ -216,32 +244,74 @@ pub async fn respond(
             );
         }
     };
-    let mut call = Call {
-        registry,
-        actor: authenticate(&req, state),
-        from,
-        action,
-        tenant: segments
-            .get(1)
-            .filter(|_| segments[0] == "tenants")
-            .map(|s| (*s).to_owned()),
-        handler: segments.get(3).map(|s| (*s).to_owned()),
-        version: None,
-    };
-    if call.actor == Actor::Anonymous {
-        let mut resp = call
-            .refuse(
-                401,
-                "unauthorized",
-                "needs `Authorization: Bearer <admin token or the tenant's management token>`",
-            )
-            .await;
+    let actor = authenticate(&req, state);
+    if actor == Actor::Anonymous {
+        // Nothing from the request is recorded: its path is the sender's.
+        if let Some(record) = api.unauthenticated.request(from.ip(), Instant::now()) {
+            let source = record
+                .source
+                .map_or_else(|| "many addresses".to_owned(), |ip| ip.to_string());
+            registry
+                .record_audit(AuditEntry {
+                    seq: 0,
+                    at_ms: now_ms(),
+                    actor: actor.name(),
+                    from: source,
+                    action: "unauthenticated".to_owned(),
+                    tenant: None,
+                    handler: None,
+                    version: None,
+                    outcome: "refused".to_owned(),
+                    detail: format!(
+                        "{} request(s) without a valid token since this source's last record (at most one a minute)",
+                        record.requests
+                    ),
+                })
+                .await;
+        }
+        let mut resp = error(
+            401,
+            "unauthorized",
+            "needs `Authorization: Bearer <admin token or the tenant's management token>`",
+        );
         resp.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,
             http::HeaderValue::from_static("Bearer"),
         );
         return resp;
     }
+    if let Actor::Tenant(t) = &actor {
+        let per_sec = state.tenant(t).map_or(
+            sluice_config::quotas::DEFAULT_QUOTA_MANAGEMENT_REQUESTS_PER_SEC,
+            |t| t.config.quotas.management_requests_per_sec,
+        );
+        if let Err(wait) = api.rates.check(t, per_sec) {
+            return too_many(
+                wait,
+                "rate_limited",
+                &format!(
+                    "tenant {t}'s token makes at most {per_sec} management requests a second ([tenants.{t}.quotas] management_requests_per_sec)"
+                ),
+            );
+        }
+    }
+    // The path's tenant and handler are audited only when they name a
+    // configured tenant and a valid handler name.
+    let path_tenant = segments
+        .get(1)
+        .filter(|_| segments[0] == "tenants")
+        .map(|s| (*s).to_owned());
+    let path_handler = segments.get(3).map(|s| (*s).to_owned());
+    let configured = |t: &str| state.tenant(t).is_some().then(|| t.to_owned());
+    let mut call = Call {
+        registry,
+        actor,
+        from,
+        action,
+        tenant: path_tenant.as_deref().and_then(configured),
+        handler: path_handler.clone().filter(|h| sluice_config::is_name(h)),
+        version: None,
+    };
     if action == "audit" {
         let query = parse_query(req.uri().query());
         let tenant = query
@@ -256,7 +326,7 @@ pub async fn respond(
         if let Some(t) = tenant
             && !call.actor.may_manage(t)
         {
-            call.tenant = Some(t.to_owned());
+            call.tenant = configured(t);
             return call
                 .refuse(403, "forbidden", "this token manages another tenant")
                 .await;
@@ -264,7 +334,7 @@ pub async fn respond(
         let entries = registry.audit.read(&call.actor, tenant, limit);
         return json_response(200, &json!({ "entries": entries }));
     }
-    let tenant_id = call.tenant.clone().unwrap_or_default();
+    let tenant_id = path_tenant.unwrap_or_default();
     if !call.actor.may_manage(&tenant_id) {
         return call
             .refuse(403, "forbidden", "this token manages another tenant")
@@ -281,7 +351,7 @@ pub async fn respond(
     if action == "list" {
         return list(registry, &tenant).await;
     }
-    let name = call.handler.clone().unwrap_or_default();
+    let name = path_handler.unwrap_or_default();
     if !sluice_config::is_name(&name) {
         return call
             .refuse(400, "bad_name", "handler names are 1-64 of a-z 0-9 _ -")
@@ -295,6 +365,15 @@ pub async fn respond(
     match action {
         "show" => show(registry, &tenant, &name).await,
         "push" => {
+            // One push per tenant at a time, taken before its body is read:
+            // a tenant holds at most one push body and one verification.
+            let Some(_in_flight) = api.pushes.begin(&tenant_id) else {
+                return too_many(
+                    Duration::from_secs(1),
+                    "push_in_flight",
+                    &format!("tenant {tenant_id} has a push in flight: one at a time"),
+                );
+            };
             let max = state.sandbox.config().max_component_bytes;
             let body = match read_body(req, max / 3 * 4 + 1024 * 1024).await {
                 Ok(b) => b,
@@ -581,17 +660,33 @@ async fn show(registry: &Registry, tenant: &Tenant, name: &str) -> Resp {
 }
 
 async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            413,
-            "too_large",
-            &format!(
-                "the request body is over {max} bytes (the component is larger than [sandbox] max_component_bytes allows)"
+    sluice_server::admin::web::read_body(req.into_body(), max, BODY_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(max) => error(
+                413,
+                "too_large",
+                &format!(
+                    "the request body is over {max} bytes (the component is larger than [sandbox] max_component_bytes allows)"
+                ),
             ),
-        )),
-        Err(e) => Err(error(400, "bad_request", &format!("reading the body: {e}"))),
-    }
+            BodyError::TimedOut => {
+                let mut resp = error(
+                    408,
+                    "body_timeout",
+                    &format!(
+                        "the request body did not arrive within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                );
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                resp
+            }
+            BodyError::Unreadable(e) => error(400, "bad_request", &format!("reading the body: {e}")),
+        })
 }
 
 fn parse_query(q: Option<&str>) -> Vec<(String, String)> {

@@ -21,6 +21,7 @@ pub mod registry;
 pub mod shadow;
 pub mod slot;
 pub mod storage;
+pub mod throttle;
 pub mod verify;
 
 pub use api::Management;

@@ -75,9 +75,21 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Run every check and collect the report.
+/// Why the probe refuses to send `--token` to a `ws://` URL of another
+/// machine.
+pub const PLAINTEXT_TOKEN_REFUSAL: &str = "refusing to send --token over ws://: \
+the connection is plaintext, so the token would cross the network readable (and replayable) \
+by anyone on the path. Probe the wss:// URL, or leave out --token (the checks that need it \
+then say could not tell); ws:// with a token is allowed only to this machine \
+(localhost, 127.0.0.1, [::1]).";
+
+/// Run every check and collect the report. Refuses to send a token over
+/// `ws://` to anything but a loopback host, before connecting.
 pub async fn audit(args: &ProbeArgs) -> anyhow::Result<Report> {
     let target = Target::parse(&args.url)?;
+    if target.scheme == Scheme::Ws && args.token.is_some() && !target.is_loopback() {
+        anyhow::bail!("{}: {PLAINTEXT_TOKEN_REFUSAL}", target.url);
+    }
     let tls = match target.scheme {
         Scheme::Wss => Some(transport::client_config(args.ca.as_deref())?),
         Scheme::Ws => None,

@@ -160,10 +160,12 @@ impl Report {
         self.summary.fail > 0
     }
 
-    /// The readable checklist.
+    /// The readable checklist. Everything in it that came from the
+    /// server (or the command line) is [`escaped`]: an answer cannot move
+    /// the cursor, recolour or hide a line.
     pub fn human(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "sluice probe {}", self.url);
+        let _ = writeln!(out, "sluice probe {}", escaped(&self.url));
         let mut group = "";
         for c in &self.checks {
             if c.group != group {
@@ -173,11 +175,11 @@ impl Report {
             let _ = writeln!(out, "  {}  {}  ({})", c.status.label(), c.title, c.id);
             let _ = writeln!(out, "        covers: {}", c.refs);
             if c.sent != "nothing" || c.received != "nothing" {
-                let _ = writeln!(out, "        sent:   {}", c.sent);
-                let _ = writeln!(out, "        got:    {}", c.received);
+                let _ = writeln!(out, "        sent:   {}", escaped(&c.sent));
+                let _ = writeln!(out, "        got:    {}", escaped(&c.received));
             }
             if !c.detail.is_empty() {
-                let _ = writeln!(out, "        why:    {}", c.detail);
+                let _ = writeln!(out, "        why:    {}", escaped(&c.detail));
             }
         }
         let s = &self.summary;
@@ -197,6 +199,31 @@ impl Report {
         );
         out
     }
+}
+
+/// `text` safe to print on a terminal: control characters (C0, DEL, C1:
+/// the escape sequences that move the cursor, erase or recolour lines)
+/// and the invisible or direction-changing format characters are written
+/// as `\u{..}`.
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -232,5 +259,28 @@ mod tests {
         let json = serde_json::to_value(&bad).unwrap_or_default();
         assert_eq!(json["checks"][0]["status"], "fail");
         assert!(bad.human().contains("FAIL  t  (x.y)"));
+    }
+
+    #[test]
+    fn what_the_server_sent_cannot_hide_a_failed_check() {
+        // An answer that moves the cursor up a line, erases it and writes
+        // a PASS over the FAIL above, then hides text behind a
+        // right-to-left override.
+        let hostile = "HTTP/1.1 101\u{1b}[1A\u{1b}[2K  PASS  \u{202e}ssap\u{9b}2J\r\n";
+        let report = Report::new(
+            "wss://h/".into(),
+            false,
+            vec![Check::new(SPEC, Status::Fail, "a request", hostile).detail(hostile)],
+        );
+        let out = report.human();
+        assert!(out.contains("FAIL  t  (x.y)"));
+        assert!(
+            !out.chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{out:?}"
+        );
+        assert!(out.contains("\\u{1b}[1A"), "{out}");
+        assert!(out.contains("\\u{202e}"), "{out}");
+        assert_eq!(escaped("plain: ok"), "plain: ok");
     }
 }

@@ -51,6 +51,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// Whether the host is this machine (`localhost`, `127.0.0.0/8`,
+    /// `::1`): plaintext to it never crosses a network.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host.strip_suffix('.').unwrap_or(&self.host);
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// Parse `url`; only `ws://` and `wss://` URLs without user info.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         let (scheme, rest) = if let Some(rest) = url.strip_prefix("wss://") {

@@ -17,17 +17,28 @@
 //! the history offsets a channel hands out next jump past any offset that
 //! might have been delivered live but not yet written ([`Opened::unclean`]):
 //! offsets stay strictly increasing, never reused.
+//!
+//! A write that fails (the disk, the file) fails the store: every write
+//! queued after it and every later [`Store::reserve`] fails too, and the
+//! shutdown is never recorded as clean, so the next start jumps offsets past
+//! whatever was handed out but never written. (redb itself refuses every
+//! operation after an I/O error until the database is opened again.)
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod memory_disk;
+
+pub use memory_disk::MemoryDisk;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+pub use redb::StorageBackend;
 use redb::{
     Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableDefinition, Value,
+    ReadableTableMetadata, TableDefinition, Value,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,7 +58,11 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Audit entries kept on disk (and read back) at most; older ones are
 /// removed as new ones are written.
 pub const MAX_AUDIT_ENTRIES: u64 = 10_000;
-/// Store metadata: `clean` (1 after a clean shutdown, 0 while running).
+/// Bytes of audit entries kept on disk at most (the entries themselves,
+/// as handed to the store); the oldest are removed first.
+pub const MAX_AUDIT_BYTES: u64 = 16 << 20;
+/// Store metadata: `clean` (1 after a clean shutdown, 0 while running),
+/// `audit_bytes` (the bytes of the audit entries kept).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Operations the writer queue holds at most; a writer waits for room.
@@ -154,10 +169,18 @@ enum Op {
     Registry(RegistryWrite),
 }
 
+/// What runs on the writer's thread once a write's transaction committed
+/// or failed, before the write's [`Durable`] resolves (in queue order).
+pub type OnDurable = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
 struct Queued {
     op: Op,
+    then: Option<OnDurable>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
+
+/// The first write that failed: from then on the store takes no more.
+type Failed = Arc<Mutex<Option<StoreError>>>;
 
 /// The durable store.
 pub struct Store {
@@ -165,6 +188,7 @@ pub struct Store {
     db: Mutex<Option<Arc<Database>>>,
     tx: Mutex<Option<mpsc::Sender<Queued>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    failed: Failed,
     path: PathBuf,
 }
 
@@ -185,8 +209,12 @@ impl Durable {
 
 impl Permit {
     fn queue(self, op: Op) -> Durable {
+        self.queue_then(op, None)
+    }
+
+    fn queue_then(self, op: Op, then: Option<OnDurable>) -> Durable {
         let (done, rx) = oneshot::channel();
-        self.0.send(Queued { op, done });
+        self.0.send(Queued { op, then, done });
         Durable(rx)
     }
 
@@ -196,6 +224,27 @@ impl Permit {
             tenant: tenant.to_owned(),
             writes,
         })
+    }
+
+    /// [`Permit::commit_state`], and `then` with the outcome on the
+    /// writer's thread once the transaction is on disk (or failed), before
+    /// the [`Durable`] resolves. Callbacks run in queue order, also when
+    /// whoever awaits the [`Durable`] has gone: a copy of the state kept in
+    /// memory is updated by them in the disk's order, and only with what
+    /// reached the disk.
+    pub fn commit_state_then(
+        self,
+        tenant: &str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+        then: OnDurable,
+    ) -> Durable {
+        self.queue_then(
+            Op::State {
+                tenant: tenant.to_owned(),
+                writes,
+            },
+            Some(then),
+        )
     }
 
     /// Append `entry` to a channel's history (creating or updating the
@@ -254,6 +303,20 @@ impl Store {
                 path.display()
             ))
         })?;
+        Self::start(db, path)
+    }
+
+    /// Open (or create) the store on another of redb's storage backends
+    /// (memory; one that fails on demand, to test what a failing disk
+    /// does); `name` stands for its path in messages.
+    pub fn open_on(backend: impl StorageBackend, name: &Path) -> Result<Opened, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", name.display())))?;
+        Self::start(db, name.to_owned())
+    }
+
+    fn start(db: Database, path: PathBuf) -> Result<Opened, StoreError> {
         let (state, channels, unclean) = read_back(&db)?;
         let (handlers, audit) = read_registry(&db)?;
         // Running: not clean until a clean shutdown says so.
@@ -267,16 +330,26 @@ impl Store {
             txn.open_table(HISTORY).map_err(err)?;
             txn.open_table(COMPONENTS).map_err(err)?;
             txn.open_table(HANDLERS).map_err(err)?;
-            txn.open_table(AUDIT).map_err(err)?;
+            let audit_table = txn.open_table(AUDIT).map_err(err)?;
+            // Stores written before the byte bound: count the bytes once.
+            if meta.get("audit_bytes").map_err(err)?.is_none() {
+                let mut bytes = 0u64;
+                for row in audit_table.iter().map_err(err)? {
+                    bytes += row.map_err(err)?.1.value().len() as u64;
+                }
+                meta.insert("audit_bytes", bytes).map_err(err)?;
+            }
         }
         txn.commit().map_err(err)?;
         let db = Arc::new(db);
+        let failed = Failed::default();
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = {
             let db = db.clone();
+            let failed = failed.clone();
             std::thread::Builder::new()
                 .name("sluice-store".into())
-                .spawn(move || write_loop(&db, rx))
+                .spawn(move || write_loop(&db, rx, &failed))
                 .map_err(err)?
         };
         Ok(Opened {
@@ -286,6 +359,7 @@ impl Store {
                 db: Mutex::new(Some(db)),
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
+                failed,
                 path,
             }),
             state,
@@ -314,7 +388,11 @@ impl Store {
     }
 
     /// A place in the writer's queue (waits while the queue is full).
+    /// Fails once a write has failed: the store takes no more.
     pub async fn reserve(&self) -> Result<Permit, StoreError> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
         let tx = self
             .tx
             .lock()
@@ -325,6 +403,20 @@ impl Store {
             .await
             .map(Permit)
             .map_err(|_| StoreError("the writer stopped".into()))
+    }
+
+    /// Why the store takes no more writes: the first write that failed.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|e| {
+                StoreError(format!(
+                    "a write failed earlier ({}); restart the server",
+                    e.0
+                ))
+            })
     }
 
     /// Stop taking writes, let the writer finish what is queued, record a
@@ -445,7 +537,7 @@ fn every_row<K: Key + 'static, V: Value + 'static, T>(
     Ok(out)
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>) {
+fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>, failed: &Failed) {
     let mut batch = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -455,15 +547,44 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        let result = apply(db, &batch);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, writes = batch.len(), "store write failed");
-        }
+        let earlier = failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let result = match earlier {
+            // Nothing after a failed write is written: what it held (a
+            // history offset, a state write) is lost, and what follows
+            // must not land on disk as if it had not been.
+            Some(e) => Err(StoreError(format!("a write failed earlier: {}", e.0))),
+            None => {
+                let result = apply(db, &batch);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, writes = batch.len(),
+                        "store write failed: the store takes no more writes until restarted");
+                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+                }
+                result
+            }
+        };
         for q in batch.drain(..) {
+            if let Some(then) = q.then {
+                then(&result);
+            }
             let _ = q.done.send(result.clone());
         }
     }
-    // Every sender is gone: nothing more can be queued.
+    // Every sender is gone: nothing more can be queued. After a failed
+    // write the shutdown is not clean: offsets handed out with it (and
+    // after it) never reached the disk, and the next start must jump past
+    // them.
+    if failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+    {
+        tracing::warn!("not recording a clean shutdown: a store write failed during this run");
+        return;
+    }
     let clean = (|| -> Result<(), StoreError> {
         let mut txn = db.begin_write().map_err(err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
@@ -488,6 +609,7 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
         let mut components = txn.open_table(COMPONENTS).map_err(err)?;
         let mut handlers = txn.open_table(HANDLERS).map_err(err)?;
         let mut audit = txn.open_table(AUDIT).map_err(err)?;
+        let mut meta = txn.open_table(META).map_err(err)?;
         for q in batch {
             match &q.op {
                 Op::State { tenant, writes } => {
@@ -563,18 +685,39 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
                         }
                     }
                     if let Some((seq, entry)) = &w.audit {
-                        audit.insert(*seq, entry.as_slice()).map_err(err)?;
-                        if *seq > MAX_AUDIT_ENTRIES {
-                            audit
-                                .retain_in(0..=seq - MAX_AUDIT_ENTRIES, |_, _| false)
-                                .map_err(err)?;
-                        }
+                        keep_audit(&mut audit, &mut meta, *seq, entry)?;
                     }
                 }
             }
         }
     }
     txn.commit().map_err(err)
+}
+
+/// Keep an audit entry, then drop the oldest until the log is within
+/// [`MAX_AUDIT_ENTRIES`] and [`MAX_AUDIT_BYTES`].
+fn keep_audit(
+    audit: &mut redb::Table<u64, &[u8]>,
+    meta: &mut redb::Table<&str, u64>,
+    seq: u64,
+    entry: &[u8],
+) -> Result<(), StoreError> {
+    let mut bytes = meta
+        .get("audit_bytes")
+        .map_err(err)?
+        .map_or(0, |v| v.value());
+    if let Some(old) = audit.insert(seq, entry).map_err(err)? {
+        bytes = bytes.saturating_sub(old.value().len() as u64);
+    }
+    bytes += entry.len() as u64;
+    while audit.len().map_err(err)? > MAX_AUDIT_ENTRIES || bytes > MAX_AUDIT_BYTES {
+        match audit.pop_first().map_err(err)? {
+            Some((_, v)) => bytes = bytes.saturating_sub(v.value().len() as u64),
+            None => break,
+        }
+    }
+    meta.insert("audit_bytes", bytes).map_err(err)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -682,6 +825,143 @@ mod tests {
         drop(opened);
         let _ = std::fs::remove_dir_all(&d);
         let _ = std::fs::remove_dir_all(&copy);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_the_store_takes_no_more_and_the_next_start_is_unclean() {
+        let disk = MemoryDisk::new();
+        let name = Path::new("memory");
+        let store = Store::open_on(disk.clone(), name).unwrap().store;
+        for n in 1..=3 {
+            let p = store.reserve().await.unwrap();
+            p.append("t", "room:1", "e1", entry(n), 0)
+                .wait()
+                .await
+                .unwrap();
+        }
+        disk.fail(true);
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let seen = outcomes.clone();
+        let failed = store
+            .reserve()
+            .await
+            .unwrap()
+            .commit_state_then(
+                "t",
+                vec![("k".into(), Some(b"v".to_vec()))],
+                Box::new(move |r| seen.lock().unwrap().push(r.is_ok())),
+            )
+            .wait()
+            .await;
+        assert!(failed.is_err(), "the write on a failing disk fails");
+        assert_eq!(
+            *outcomes.lock().unwrap(),
+            vec![false],
+            "the callback saw the failure before the write resolved"
+        );
+        // The disk works again, but an offset handed out now would sit
+        // behind one that never reached the disk: the store takes no more
+        // until it is opened again.
+        disk.fail(false);
+        let Err(refused) = store.reserve().await else {
+            panic!("a failed store takes no more writes");
+        };
+        assert!(refused.0.contains("restart"), "{refused}");
+        store.close();
+        drop(store);
+
+        let opened = Store::open_on(disk.clone(), name).unwrap();
+        assert!(
+            opened.unclean,
+            "a run with a failed write is never recorded as clean: offsets jump at the next start"
+        );
+        assert_eq!(opened.channels[0].last_offset, 3);
+        assert!(opened.state.is_empty(), "the failed write is not on disk");
+        // Opened again, it serves.
+        opened
+            .store
+            .reserve()
+            .await
+            .unwrap()
+            .commit_state("t", vec![("k".into(), Some(b"v".to_vec()))])
+            .wait()
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn callbacks_run_in_queue_order_before_their_writes_resolve() {
+        let store = Store::open_on(MemoryDisk::new(), Path::new("memory"))
+            .unwrap()
+            .store;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waits = Vec::new();
+        for i in 0..5 {
+            let seen = order.clone();
+            let p = store.reserve().await.unwrap();
+            waits.push(p.commit_state_then(
+                "t",
+                vec![(format!("k{i}"), Some(vec![i]))],
+                Box::new(move |r| seen.lock().unwrap().push((i, r.is_ok()))),
+            ));
+        }
+        // Awaited last first: each callback has run whoever waits first.
+        for w in waits.into_iter().rev() {
+            w.wait().await.unwrap();
+        }
+        let expected: Vec<(u8, bool)> = (0..5).map(|i| (i, true)).collect();
+        assert_eq!(*order.lock().unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_on_disk_is_bounded_in_bytes() {
+        let disk = MemoryDisk::new();
+        let store = Store::open_on(disk.clone(), Path::new("memory"))
+            .unwrap()
+            .store;
+        // 200 entries of 128 KiB: 25 MiB, far under the count bound.
+        let big = vec![b'x'; 128 << 10];
+        for seq in 1..=200u64 {
+            store
+                .reserve()
+                .await
+                .unwrap()
+                .registry(RegistryWrite {
+                    audit: Some((seq, big.clone())),
+                    ..Default::default()
+                })
+                .wait()
+                .await
+                .unwrap();
+        }
+        store.close();
+        drop(store);
+        let opened = Store::open_on(disk, Path::new("memory")).unwrap();
+        let kept: u64 = opened.audit.iter().map(|(_, e)| e.len() as u64).sum();
+        assert!(kept <= MAX_AUDIT_BYTES, "{kept} bytes kept");
+        assert!(
+            kept > MAX_AUDIT_BYTES - (128 << 10),
+            "only the excess is dropped"
+        );
+        let seqs: Vec<u64> = opened.audit.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs.last(), Some(&200), "the newest are kept");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "the oldest go first"
+        );
+        // Still taking entries, still bounded.
+        let store = opened.store;
+        store
+            .reserve()
+            .await
+            .unwrap()
+            .registry(RegistryWrite {
+                audit: Some((201, b"{}".to_vec())),
+                ..Default::default()
+            })
+            .wait()
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

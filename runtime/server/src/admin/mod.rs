@@ -18,14 +18,20 @@
 //!   admin_token`): 401 with a wrong or missing token, 403 when no token is
 //!   configured (a page can send a POST it cannot read the answer of; it
 //!   cannot know the token).
+//!
+//! It is bounded like the public listener, so a client that opens
+//! connections and never finishes a request cannot take the process's file
+//! descriptors: see [`serve`].
 
 pub mod client;
+pub mod connections;
 pub mod metrics;
 pub mod web;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -33,6 +39,7 @@ use hyper::{Request, Response, StatusCode};
 use sluice_sandbox::BoxFuture;
 use tokio::net::TcpListener;
 
+use self::connections::{AcceptBackoff, Admitted, Connections};
 use self::web::{bearer, host_allowed, same_secret, text};
 
 use crate::state::ServerState;
@@ -50,16 +57,39 @@ pub trait ManagementApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Response<Full<Bytes>>>;
 }
 
+/// How long a connection may take to send a request's head, and how long
+/// an idle keep-alive connection is kept: then it is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serve the admin endpoints on `listener` until the server state is gone;
 /// `/v1/` goes to `management` (404 without one).
+///
+/// Bounded against a client that holds connections open: a request's head
+/// must arrive within [`HEADER_TIMEOUT`] (hyper's timer; also the idle
+/// keep-alive limit), a body within [`web::BODY_TIMEOUT`], at most
+/// [`connections::MAX_CONNECTIONS`] are open (a new one closes the oldest
+/// that is not inside a request), and a failed accept (out of file
+/// descriptors) pauses the loop instead of spinning on the error.
 pub async fn serve(
     listener: TcpListener,
     state: std::sync::Weak<ServerState>,
     management: Option<Arc<dyn ManagementApi>>,
 ) {
+    let table = Connections::new(connections::MAX_CONNECTIONS);
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(e) => {
+                let pause = backoff.failed();
+                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64,
+                    "the admin listener could not accept a connection; pausing");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
         };
         let Ok(local) = tcp.local_addr() else {
             continue;
@@ -68,21 +98,37 @@ pub async fn serve(
             return;
         };
         drop(strong);
+        let Some(admitted) = table.admit() else {
+            tracing::debug!(%peer, "admin connection refused: every connection is inside a request");
+            continue;
+        };
         let state = state.clone();
         let management = management.clone();
         tokio::spawn(async move {
+            // Leaves the table when this task ends.
+            let busy = admitted.busy();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let management = management.clone();
+                let in_request = Admitted::request(&busy);
                 async move {
-                    Ok::<_, Infallible>(
-                        respond(req, local, peer, state.upgrade(), management.as_deref()).await,
-                    )
+                    let resp =
+                        respond(req, local, peer, state.upgrade(), management.as_deref()).await;
+                    drop(in_request);
+                    Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .await;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let mut admitted = admitted;
+            tokio::select! {
+                _ = conn => {}
+                _ = &mut admitted.evicted => {
+                    tracing::debug!(%peer, "admin connection closed to make room for a newer one");
+                }
+            }
         });
     }
 }

@@ -1,12 +1,40 @@
 //! HTTP helpers the admin listener and the management API share: plain
-//! answers, the bearer token, constant-time comparison of secrets, and the
-//! `Host` check that defeats DNS rebinding.
+//! answers, the bearer token, constant-time comparison of secrets, the
+//! `Host` check that defeats DNS rebinding, and reading a body within a
+//! size and a time.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
+
+/// How long a request's body may take to arrive, whole (the management
+/// API's pushes are the largest): then the request is answered 408 and
+/// the connection closed.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request's body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Over this many bytes (413).
+    TooLarge(usize),
+    /// Not all there within [`BODY_TIMEOUT`] (408).
+    TimedOut,
+    /// The connection failed or the framing was wrong (400).
+    Unreadable(String),
+}
+
+/// A request's whole body: at most `max` bytes, within `within`.
+pub async fn read_body(body: Incoming, max: usize, within: Duration) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(within, Limited::new(body, max).collect()).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(max)),
+        Ok(Err(e)) => Err(BodyError::Unreadable(e.to_string())),
+    }
+}
 
 /// A plain-text answer.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -1,10 +1,16 @@
 //! Handler state on the durable store: reads are served from memory (the
 //! whole state is read back at start), and a call's commit returns only
 //! once its writes are on disk, so the call's `ack` never acknowledges a
-//! write that a crash could lose. Commits reach memory and the writer's
-//! queue in the same order, under one lock: memory and disk agree.
+//! write that a crash could lose.
+//!
+//! Memory takes a commit only after the disk did: the store's writer
+//! applies it once the transaction is fsync'd, in the writer's queue order
+//! (the disk's order), whether or not the call that made it still waits,
+//! and never when the write failed. So no read ever sees a value that the
+//! disk does not hold or will not hold (a failed write leaves memory as the
+//! disk is), and memory and disk agree.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use sluice_sandbox::{BoxFuture, MemoryStateStore, StateStore, StoreError, Usage, Writes};
 use sluice_store::Store;
@@ -13,7 +19,6 @@ use sluice_store::Store;
 pub struct DurableState {
     memory: Arc<MemoryStateStore>,
     store: Arc<Store>,
-    order: Mutex<()>,
 }
 
 impl DurableState {
@@ -30,11 +35,7 @@ impl DurableState {
         for (tenant, writes) in by_tenant {
             memory.commit_now(&tenant, writes);
         }
-        Arc::new(Self {
-            memory,
-            store,
-            order: Mutex::new(()),
-        })
+        Arc::new(Self { memory, store })
     }
 }
 
@@ -73,16 +74,46 @@ impl StateStore for DurableState {
                 .reserve()
                 .await
                 .map_err(|e| StoreError(e.to_string()))?;
-            let durable = {
-                let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
-                let list = writes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                self.memory.commit_now(tenant, writes);
-                permit.commit_state(tenant, list)
-            };
+            let list = writes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let memory = self.memory.clone();
+            let owner = tenant.to_owned();
+            let durable = permit.commit_state_then(
+                tenant,
+                list,
+                Box::new(move |written| {
+                    if written.is_ok() {
+                        memory.commit_now(&owner, writes);
+                    }
+                }),
+            );
             durable.wait().await.map_err(|e| {
                 tracing::error!(tenant, error = %e, "state writes could not be made durable");
                 StoreError(e.to_string())
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_store::MemoryDisk;
+
+    #[tokio::test]
+    async fn a_write_the_disk_refused_is_never_read() {
+        let disk = MemoryDisk::new();
+        let opened = Store::open_on(disk.clone(), std::path::Path::new("memory")).unwrap();
+        let state = DurableState::new(opened.store, opened.state);
+        let write = |v: &str| Writes::from([("k".to_owned(), Some(v.as_bytes().to_vec()))]);
+        state.commit("t", write("v1")).await.unwrap();
+        assert_eq!(state.get("t", "k").await.unwrap(), Some(b"v1".to_vec()));
+        disk.fail(true);
+        assert!(state.commit("t", write("v2")).await.is_err());
+        assert_eq!(
+            state.get("t", "k").await.unwrap(),
+            Some(b"v1".to_vec()),
+            "memory holds what the disk holds, not the write it refused"
+        );
+        assert_eq!(state.usage("t").await.unwrap().keys, 1);
     }
 }

@@ -1,8 +1,8 @@
 //! Apply: what the handler proposed and the host authorized, in order:
-//! replies to this connection's queue, publishes (with an offset and a
-//! durable write when the channel keeps history), sends to a subject,
-//! subscriptions, a close. The `ack` goes out only when every publish of
-//! the message was stored. Also the lifecycle calls (`on-connect`,
+//! publishes (with an offset and a durable write when the channel keeps
+//! history), sends to a subject, subscriptions, a close; a message's
+//! answer last. The `ack` goes out only when every publish and send of the
+//! message succeeded (and was stored), whatever order the handler gave. Also the lifecycle calls (`on-connect`,
 //! `on-disconnect`), whose effects are applied the same way.
 
 use serde_json::value::RawValue;
@@ -47,37 +47,28 @@ impl Session {
         flow
     }
 
-    /// Apply authorized effects, in order.
+    /// Apply authorized effects, in order. For a message, its answer goes
+    /// out last, whatever the handler's order: the `ack` (carrying the
+    /// reply, if any) only once every publish and send of the call
+    /// succeeded (a publish to a channel with history is on disk by then),
+    /// else `unavailable`. A handler that replies first and publishes
+    /// second never acknowledges a publish that failed.
     pub(super) async fn apply(
         &mut self,
         effects: Vec<Effect>,
         export: Export,
         reply_to: Option<&str>,
     ) -> Flow {
-        let mut replied = false;
-        // A publish that could not be stored (history on a store or
-        // JetStream that failed): the message is answered `unavailable`,
-        // never acknowledged.
+        let mut reply = None;
+        // A publish or send that failed (history on a store or JetStream
+        // that failed, a broker that could not take it): the message is
+        // answered `unavailable`, never acknowledged.
         let mut lost = false;
-        let unstored = || {
-            Rejection::error(
-                ErrorCode::Unavailable,
-                "an event could not be stored; it may not have reached every subscriber, try again",
-            )
-        };
         let mut flow = Flow::Continue;
         for effect in effects {
             match effect {
-                Effect::Reply(raw) => {
-                    replied = true;
-                    match export {
-                        Export::Message if lost => {
-                            let _ = self.reject(reply_to, &unstored());
-                        }
-                        Export::Message => self.send(protocol::ack(reply_to, Some(&raw))),
-                        _ => self.send(protocol::event(None, &raw)),
-                    }
-                }
+                Effect::Reply(raw) if export == Export::Message => reply = Some(raw),
+                Effect::Reply(raw) => self.send(protocol::event(None, &raw)),
                 Effect::Publish {
                     key,
                     data,
@@ -86,6 +77,7 @@ impl Session {
                 Effect::Send { key, frame } => {
                     if let Err(e) = self.state.broker.send(&key, frame).await {
                         tracing::warn!(tenant = %self.tenant.id, error = %e, "send failed");
+                        lost = true;
                     }
                 }
                 Effect::Subscribe { channel, since } => {
@@ -103,13 +95,17 @@ impl Session {
             }
         }
         if export == Export::Message {
-            if lost && !replied {
-                let _ = self.reject(reply_to, &unstored());
-            } else if !lost {
+            if lost {
+                let _ = self.reject(
+                    reply_to,
+                    &Rejection::error(
+                        ErrorCode::Unavailable,
+                        "an event could not be stored or delivered; it may not have reached every subscriber, try again",
+                    ),
+                );
+            } else {
                 self.tenant.metrics.message_ok(self.started.elapsed());
-                if !replied {
-                    self.send(protocol::ack(reply_to, None));
-                }
+                self.send(protocol::ack(reply_to, reply.as_deref()));
             }
         }
         flow

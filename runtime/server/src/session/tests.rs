@@ -10,10 +10,11 @@ use std::time::Duration;
 use futures_util::{Sink, Stream};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::run;
-use crate::backends::Backends;
+use crate::backends::keys::{ChannelKey, Member, SubjectKey};
+use crate::backends::{Backends, BrokerError};
 use crate::handshake::Admitted;
 use crate::slot::NoPushedHandlers;
 use crate::state::ServerState;
@@ -92,6 +93,17 @@ async fn state_full(
     auth: &str,
     tail: &str,
 ) -> Arc<ServerState> {
+    state_on(dir, extra, auth, tail, Backends::memory()).await
+}
+
+/// [`state_full`] on `backends`.
+async fn state_on(
+    dir: &std::path::Path,
+    extra: &str,
+    auth: &str,
+    tail: &str,
+    backends: Backends,
+) -> Arc<ServerState> {
     std::fs::create_dir_all(dir).unwrap();
     let (cert, key) = sluice_tls::self_signed(&["localhost"]).unwrap();
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
@@ -120,7 +132,6 @@ publish = true
 "#
     );
     let config = sluice_config::Config::parse(&toml, dir).unwrap();
-    let backends = Backends::memory();
     let sandbox = crate::state::sandbox(&config, &backends).unwrap();
     ServerState::build(config, sandbox, backends, Arc::new(NoPushedHandlers))
         .await
@@ -455,4 +466,146 @@ async fn a_flood_of_binary_and_control_frames_is_counted_and_closed() {
     assert_eq!(honest.json().await["type"], "welcome");
     honest.send(json!({"type":"ping","id":"p"}));
     assert_eq!(honest.json().await["type"], "pong");
+}
+
+/// A session as [`run`] makes it, without its loop: the test applies
+/// effects to it and reads what it queued.
+fn session_of(
+    state: &Arc<ServerState>,
+    admitted: Admitted,
+) -> (super::Session, crate::outbox::OutboxReader) {
+    let Admitted {
+        tenant,
+        principal,
+        token,
+        ..
+    } = admitted;
+    let id = state.next_connection_id();
+    let (outbox, reader) = crate::outbox::Outbox::new(1 << 20);
+    let session = super::Session {
+        conn: sluice_sandbox::Connection {
+            id,
+            principal: sluice_sandbox::Principal {
+                tenant: tenant.id.clone(),
+                subject: principal.subject.clone(),
+                claims: tenant.exposed_claims(&principal.claims),
+            },
+        },
+        limiter: crate::ratelimit::direct(crate::ratelimit::quota(100, 100)),
+        state: state.clone(),
+        tenant,
+        expires: tokio::time::Instant::now() + Duration::from_secs(3600),
+        principal,
+        token,
+        id,
+        outbox,
+        subscriptions: std::collections::HashMap::new(),
+        limited_in_a_row: 0,
+        started: std::time::Instant::now(),
+    };
+    (session, reader)
+}
+
+/// A broker that fails every publish and send to what is named `broken`.
+#[derive(Default)]
+struct BrokenBroker(crate::backends::broker::LocalBroker);
+
+impl crate::backends::Broker for BrokenBroker {
+    fn subscribe(&self, key: &ChannelKey, member: Member) {
+        self.0.subscribe(key, member);
+    }
+    fn unsubscribe(&self, key: &ChannelKey, id: u64) {
+        self.0.unsubscribe(key, id);
+    }
+    fn join_subject(&self, key: &SubjectKey, member: Member) {
+        self.0.join_subject(key, member);
+    }
+    fn leave_subject(&self, key: &SubjectKey, id: u64) {
+        self.0.leave_subject(key, id);
+    }
+    fn publish<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        frame: Utf8Bytes,
+    ) -> sluice_sandbox::BoxFuture<'a, Result<usize, BrokerError>> {
+        if key.channel.contains("broken") {
+            return Box::pin(async { Err(BrokerError::Unreachable) });
+        }
+        self.0.publish(key, frame)
+    }
+    fn send<'a>(
+        &'a self,
+        key: &'a SubjectKey,
+        frame: Utf8Bytes,
+    ) -> sluice_sandbox::BoxFuture<'a, Result<usize, BrokerError>> {
+        if key.subject.contains("broken") {
+            return Box::pin(async { Err(BrokerError::Unreachable) });
+        }
+        self.0.send(key, frame)
+    }
+    fn subscribers(&self, key: &ChannelKey) -> usize {
+        self.0.subscribers(key)
+    }
+    fn channel_count(&self) -> usize {
+        self.0.channel_count()
+    }
+}
+
+#[tokio::test]
+async fn a_reply_before_a_failed_publish_is_never_acknowledged() {
+    use crate::authz::ChannelFeatures;
+    use crate::stages::effects::Effect;
+    use serde_json::value::RawValue;
+    use sluice_sandbox::Export;
+
+    let mut backends = Backends::memory();
+    backends.broker = Arc::new(BrokenBroker::default());
+    let state = state_on(&dir("ackorder"), "", "", "", backends).await;
+    let (mut session, mut frames) = session_of(&state, admitted(&state, "alice", 3600));
+    let tenant = state.tenant("t").unwrap();
+    let reply = || Effect::Reply(RawValue::from_string("{\"ok\":true}".into()).unwrap());
+    let publish = |channel: &str| Effect::Publish {
+        key: ChannelKey::new(&tenant.key, channel),
+        data: RawValue::from_string("{\"hi\":1}".into()).unwrap(),
+        features: ChannelFeatures::default(),
+    };
+    let send = |subject: &str| Effect::Send {
+        key: SubjectKey::new(&tenant.key, subject),
+        frame: Utf8Bytes::from_static("{}"),
+    };
+    let answer = |frames: &mut crate::outbox::OutboxReader| match frames.rx.try_recv() {
+        Ok(crate::outbox::Outgoing::Text(t)) => serde_json::from_str::<Value>(t.as_str()).unwrap(),
+        other => panic!("expected one answer, got {other:?}"),
+    };
+    // Whatever the handler's order, a failed publish or send is never acknowledged.
+    for (n, effects) in [
+        vec![reply(), publish("room:broken")],
+        vec![publish("room:broken"), reply()],
+        vec![reply(), send("broken")],
+        vec![publish("room:broken")],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("m{n}");
+        session.apply(effects, Export::Message, Some(&id)).await;
+        let got = answer(&mut frames);
+        assert_eq!(got["type"], "error", "{n}: {got}");
+        assert_eq!(got["code"], "unavailable", "{n}: {got}");
+        assert_eq!(got["id"], id.as_str());
+        assert!(frames.rx.try_recv().is_err(), "{n}: no ack follows");
+    }
+    // An honest call: replied first, published second, acknowledged once
+    // the publish succeeded, with the reply.
+    session
+        .apply(
+            vec![reply(), publish("room:1"), send("bob")],
+            Export::Message,
+            Some("ok"),
+        )
+        .await;
+    assert_eq!(
+        answer(&mut frames),
+        json!({"type":"ack","id":"ok","data":{"ok":true}})
+    );
 }
