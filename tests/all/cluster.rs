@@ -13,7 +13,7 @@ use sluice_tests::server::{Client, TempDir, TestServer};
 
 /// The pinned nats-server: `$SLUICE_NATS_SERVER` (tests/run sets it), or
 /// installed by the project's script.
-fn nats_server_bin() -> PathBuf {
+pub(crate) fn nats_server_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SLUICE_NATS_SERVER") {
         return PathBuf::from(p);
     }

@@ -15,6 +15,7 @@ mod cluster;
 mod config;
 mod conformance;
 mod corpus;
+mod faults;
 mod handshake;
 mod history;
 mod jwks;

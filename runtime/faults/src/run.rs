@@ -1,0 +1,264 @@
+//! One run: build the network, start the system, run the workload while
+//! the nemesis injects faults, heal, make the final reads, check the
+//! history. Everything the run created is removed however it ends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::checker::{self, Report};
+use crate::client::Connector;
+use crate::disk::Disk;
+use crate::history::HistoryWriter;
+use crate::nemesis::{Mode, Nemesis, System, Timing};
+use crate::net::{Net, clean_stale};
+use crate::nodes::{
+    Backend, Binaries, MONITOR_PORT, NATS_PORT, Shared, nats_proc, sluice_config, sluice_proc,
+};
+use crate::rng::Rng;
+use crate::workload::{Settings, Target, Workload};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Single node or fleet.
+    pub mode: Mode,
+    /// How long faults are injected.
+    pub seconds: u64,
+    /// Fault and quiet durations.
+    pub timing: Timing,
+    /// Clients.
+    pub clients: u32,
+    /// Rooms.
+    pub rooms: u32,
+    /// Seed of every choice.
+    pub seed: u64,
+    /// Where the history, the report and the logs go.
+    pub out: PathBuf,
+    /// Programs.
+    pub bins: Binaries,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The checker's report.
+    pub report: Report,
+    /// The history file.
+    pub history: PathBuf,
+}
+
+/// The schedule of `tests/run`: faults of a few seconds, one after another.
+pub const SHORT: Timing = Timing {
+    fault_secs: (3, 5),
+    quiet_secs: (1, 3),
+};
+
+/// The long run's: longer faults and recoveries.
+pub const LONG: Timing = Timing {
+    fault_secs: (5, 15),
+    quiet_secs: (3, 10),
+};
+
+/// Run `cfg` and check its history.
+pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
+    let cleaned = clean_stale().await?;
+    if !cleaned.is_empty() {
+        eprintln!("sluice-faults: removed what dead runs left in slots {cleaned:?}");
+    }
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let names: Vec<&str> = match cfg.mode {
+        Mode::Single => vec!["n1"],
+        Mode::Fleet => vec!["n1", "n2", "n3", "q1", "q2", "q3"],
+    };
+    let net = Net::create(&names).await?;
+    let slot = net.slot;
+    let result = run_on(cfg, net).await;
+    crate::net::clean_slot(slot).await;
+    result
+}
+
+async fn run_on(cfg: &RunConfig, net: Net) -> anyhow::Result<RunReport> {
+    let node_ips: Vec<_> = net
+        .members
+        .iter()
+        .filter(|m| m.name.starts_with('n'))
+        .map(|m| m.ip)
+        .collect();
+    let nats_ips: Vec<_> = net
+        .members
+        .iter()
+        .filter(|m| m.name.starts_with('q'))
+        .map(|m| m.ip)
+        .collect();
+    let shared = Shared::create(&cfg.out.join("shared"), &node_ips)?;
+    let disk = match cfg.mode {
+        Mode::Single => Some(Disk::create(net.slot, 256).await?),
+        Mode::Fleet => None,
+    };
+    let mut nats = Vec::new();
+    if cfg.mode == Mode::Fleet {
+        let bin = cfg.bins.nats.as_ref().context("a fleet run needs --nats")?;
+        for m in net.members.iter().filter(|m| m.name.starts_with('q')) {
+            let peers: Vec<_> = nats_ips.iter().copied().filter(|ip| *ip != m.ip).collect();
+            nats.push(nats_proc(
+                bin,
+                &m.name,
+                &m.ns,
+                m.ip,
+                &peers,
+                &cfg.out.join(&m.name),
+            )?);
+        }
+    }
+    let urls: Vec<String> = nats_ips
+        .iter()
+        .map(|ip| format!("nats://{ip}:{NATS_PORT}"))
+        .collect();
+    let mut nodes = Vec::new();
+    for m in net.members.iter().filter(|m| m.name.starts_with('n')) {
+        let dir = cfg.out.join(&m.name);
+        std::fs::create_dir_all(&dir)?;
+        let store = disk.as_ref().map(|d| d.store_dir());
+        let backend = match &store {
+            Some(s) => Backend::Durable(s),
+            None => Backend::Fleet {
+                nats: &urls,
+                node: &m.name,
+            },
+        };
+        let config = dir.join("sluice.toml");
+        std::fs::write(
+            &config,
+            sluice_config(&shared, &cfg.bins.chat, m.ip, backend),
+        )?;
+        nodes.push(sluice_proc(
+            &cfg.bins,
+            &m.name,
+            &m.ns,
+            m.ip,
+            &config,
+            &dir.join("sluice.log"),
+        ));
+    }
+    let mut sys = System {
+        mode: cfg.mode,
+        net,
+        nodes,
+        nats,
+        disk,
+    };
+    for p in &mut sys.nats {
+        p.start().await?;
+    }
+    if cfg.mode == Mode::Fleet {
+        wait_for_jetstream(&sys).await?;
+    }
+    for i in 0..sys.nodes.len() {
+        sys.start_node(i).await?;
+    }
+    eprintln!(
+        "sluice-faults: {:?} up (slot {}): {} node(s), {} NATS server(s); out {}",
+        cfg.mode,
+        sys.net.slot,
+        sys.nodes.len(),
+        sys.nats.len(),
+        cfg.out.display()
+    );
+
+    let history_path = cfg.out.join("history.jsonl");
+    let history = HistoryWriter::create(&history_path)?;
+    let targets = sys
+        .nodes
+        .iter()
+        .map(|n| Target {
+            name: n.name.clone(),
+            addr: n.addr,
+        })
+        .collect();
+    let workload = Arc::new(Workload {
+        targets,
+        connector: Connector::new(&shared.cert_pem)?,
+        tokens: Arc::new(shared.minter()?),
+        history: history.clone(),
+        settings: Settings {
+            clients: cfg.clients,
+            rooms: (0..cfg.rooms)
+                .map(|i| format!("room:{}", (b'a' + i as u8) as char))
+                .collect(),
+            think_ms: (20, 120),
+            ops_per_conn: (10, 60),
+            op_timeout: Duration::from_secs(10),
+            seed: cfg.seed,
+        },
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let w = workload.clone();
+    let clients = tokio::spawn(async move { w.run(stopped).await });
+    // Let the clients connect and the system warm up before the first fault.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut rng = Rng::new(cfg.seed ^ 0xfa17);
+    let mut nemesis = Nemesis {
+        sys: &mut sys,
+        history: history.clone(),
+        timing: cfg.timing,
+        rng: rng.fork(1),
+    };
+    let faults = nemesis.run(Duration::from_secs(cfg.seconds)).await;
+    // Healed: a little more load on the healthy system, then stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(true);
+    let states = clients.await.context("the workload panicked")?;
+    faults?;
+    // Let indeterminate publishes settle before the final reads.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let finals = workload.finish(states).await;
+    let records = history.finish()?;
+    let report = checker::check(&records);
+    std::fs::write(cfg.out.join("report.txt"), report.to_string())?;
+    finals.context("the final reads")?;
+    Ok(RunReport {
+        report,
+        history: history_path,
+    })
+}
+
+/// Wait until the NATS cluster has a JetStream meta leader.
+async fn wait_for_jetstream(sys: &System) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        for p in &sys.nats {
+            let IpAddr::V4(ip) = p.addr.ip() else {
+                continue;
+            };
+            let monitor = SocketAddr::from((ip, MONITOR_PORT));
+            if meta_leader(monitor).await.is_some() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("the NATS cluster elected no JetStream meta leader within 60 s")
+}
+
+async fn meta_leader(monitor: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut s = tokio::net::TcpStream::connect(monitor).await.ok()?;
+        s.write_all(b"GET /jsz HTTP/1.0\r\nHost: nats\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        Some(out)
+    })
+    .await
+    .ok()??;
+    let text = String::from_utf8_lossy(&body);
+    let (_, json) = text.split_once("\r\n\r\n")?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v["meta_cluster"]["leader"].as_str().map(str::to_owned)
+}
