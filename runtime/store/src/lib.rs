@@ -17,6 +17,12 @@
 //! the history offsets a channel hands out next jump past any offset that
 //! might have been delivered live but not yet written ([`Opened::unclean`]):
 //! offsets stay strictly increasing, never reused.
+//!
+//! A failed write (a full disk, an I/O error) fails the batch it was in;
+//! redb then refuses every later transaction until the database is opened
+//! again, so the writer reopens it before the next batch (retrying at each
+//! batch while that fails): once the disk has room again the store takes
+//! writes again, without a restart.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -156,10 +162,14 @@ struct Queued {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// The open database, shared by the writer (which replaces it when it
+/// reopens the file) and readers beside it; emptied by [`Store::close`].
+type Slot = Arc<Mutex<Option<Arc<Database>>>>;
+
 /// The durable store.
 pub struct Store {
     /// For reads beside the writer; released by [`Store::close`].
-    db: Mutex<Option<Arc<Database>>>,
+    db: Slot,
     tx: Mutex<Option<mpsc::Sender<Queued>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
@@ -267,20 +277,20 @@ impl Store {
             txn.open_table(AUDIT).map_err(err)?;
         }
         txn.commit().map_err(err)?;
-        let db = Arc::new(db);
+        let db: Slot = Arc::new(Mutex::new(Some(Arc::new(db))));
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = {
-            let db = db.clone();
+            let (db, path) = (db.clone(), path.clone());
             std::thread::Builder::new()
                 .name("sluice-store".into())
-                .spawn(move || write_loop(&db, rx))
+                .spawn(move || write_loop(&db, &path, rx))
                 .map_err(err)?
         };
         Ok(Opened {
             handlers,
             audit,
             store: Arc::new(Self {
-                db: Mutex::new(Some(db)),
+                db,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 path,
@@ -446,8 +456,62 @@ fn read_registry(db: &Database) -> Result<RegistryReadBack, StoreError> {
     Ok((handlers, audit))
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>) {
+fn current(slot: &Slot) -> Result<Arc<Database>, StoreError> {
+    slot.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| StoreError("the store is closed".into()))
+}
+
+/// Whether redb refuses every transaction after an earlier I/O error
+/// (until the database is opened again).
+fn poisoned(db: &Database) -> bool {
+    matches!(
+        db.begin_write(),
+        Err(redb::TransactionError::Storage(
+            redb::StorageError::PreviousIo
+        ))
+    )
+}
+
+/// Close the database and open it again (redb's way out of an earlier I/O
+/// error). Readers hold their clone only for one read: wait for them.
+fn reopen(slot: &Slot, path: &Path) -> Result<(), StoreError> {
+    let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut old) = guard.take() else {
+        return Err(StoreError("the store is closed".into()));
+    };
+    for _ in 0..500 {
+        match Arc::try_unwrap(old) {
+            Ok(db) => {
+                drop(db);
+                return match Database::create(path) {
+                    Ok(db) => {
+                        *guard = Some(Arc::new(db));
+                        Ok(())
+                    }
+                    Err(e) => Err(StoreError(format!(
+                        "cannot open {} again: {e}",
+                        path.display()
+                    ))),
+                };
+            }
+            Err(shared) => {
+                old = shared;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    *guard = Some(old);
+    Err(StoreError(
+        "cannot reopen the database: a reader still holds it".into(),
+    ))
+}
+
+fn write_loop(slot: &Slot, path: &Path, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(64);
+    // The database needs opening again before the next batch.
+    let mut broken = false;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -456,7 +520,20 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        let result = apply(db, &batch);
+        if broken {
+            match reopen(slot, path) {
+                Ok(()) => {
+                    broken = false;
+                    tracing::warn!("store reopened after a failed write");
+                }
+                Err(e) => tracing::error!(error = %e, "store still failing"),
+            }
+        }
+        let result = current(slot).and_then(|db| {
+            let result = apply(&db, &batch);
+            broken = result.is_err() && poisoned(&db);
+            result
+        });
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "store write failed");
         }
@@ -465,6 +542,12 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>) {
         }
     }
     // Every sender is gone: nothing more can be queued.
+    if broken {
+        let _ = reopen(slot, path);
+    }
+    let Ok(db) = current(slot) else {
+        return;
+    };
     let clean = (|| -> Result<(), StoreError> {
         let mut txn = db.begin_write().map_err(err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
