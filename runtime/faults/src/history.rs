@@ -257,14 +257,15 @@ impl HistoryWriter {
         w.records.push(record);
     }
 
-    /// Flush the file; every record so far. Fails if any write failed.
+    /// Flush the file and hand over every record so far (records pushed
+    /// after this are written to the file only). Fails if any write failed.
     pub fn finish(&self) -> anyhow::Result<Vec<Record>> {
         let mut w = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = &w.error {
             anyhow::bail!("writing the history: {e}");
         }
         w.out.flush()?;
-        Ok(w.records.clone())
+        Ok(std::mem::take(&mut w.records))
     }
 }
 

@@ -238,7 +238,8 @@ impl Nemesis<'_> {
         });
         if phase == Phase::Start {
             eprintln!(
-                "[{:>7.1}s] {} on {target}",
+                "[{:?} {:>7.1}s] {} on {target}",
+                self.sys.mode,
                 self.history.now() as f64 / 1e6,
                 fault.name()
             );
