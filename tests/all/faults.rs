@@ -15,6 +15,17 @@ use sluice_faults::run::{RunConfig, SHORT, run};
 
 use crate::cluster::nats_server_bin;
 
+/// Violations the suite found whose fix lies outside what this branch may
+/// change (docs/faults.md, "Found"): reported, not failed, until fixed;
+/// every other verdict must hold. Remove an entry with its fix (and the
+/// `ignore` of the test that demonstrates it).
+const KNOWN: &[(Mode, &str, &str)] = &[(
+    Mode::Single,
+    "state-no-lost-update",
+    "the durable store commits state unchecked (runtime/server/src/durable_state.rs); \
+     see concurrent_read_modify_writes_on_the_durable_store_lose_nothing",
+)];
+
 fn binaries() -> Binaries {
     assert!(
         Path::new(FAKETIME).exists(),
@@ -48,7 +59,14 @@ async fn short_run(mode: Mode, seconds: u64) {
         .unwrap_or_else(|e| panic!("the {mode:?} run failed: {e:#} (logs in {})", out.display()));
     let report = &run.report;
     eprintln!("{mode:?}:\n{report}");
+    assert_eq!(run.history_error, None, "the history file");
     for v in &report.verdicts {
+        if let Some((_, _, why)) = KNOWN.iter().find(|(m, n, _)| *m == mode && *n == v.name)
+            && v.status() == Status::Violated
+        {
+            eprintln!("{mode:?}: {} violated, a known violation: {why}", v.name);
+            continue;
+        }
         assert_eq!(
             v.status(),
             Status::Holds,

@@ -9,6 +9,9 @@ use anyhow::{Context as _, bail};
 
 use crate::net::{sh, slot_dir};
 
+/// The largest file system [`Disk::fill`] agrees to fill.
+const MAX_FILL_BYTES: u64 = 1 << 30;
+
 /// The loop file system of one run.
 #[derive(Debug)]
 pub struct Disk {
@@ -113,8 +116,22 @@ impl Disk {
         std::fs::write(&file, line).with_context(|| format!("writing {}", file.display()))
     }
 
-    /// Fill the file system to the last block; the bytes written.
+    /// Fill the file system to the last block; the bytes written. Refuses
+    /// unless the folder is still the suite's own small mount: filling
+    /// whatever lies beneath a vanished mount would fill the machine's disk.
     pub async fn fill(&self) -> anyhow::Result<u64> {
+        let m = self.mount.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/mounts")?;
+        if !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(m.as_str()))
+        {
+            bail!("{m} is no longer mounted: not filling it");
+        }
+        let vfs = rustix::fs::statvfs(&self.mount)?;
+        if vfs.f_blocks.saturating_mul(vfs.f_frsize) > MAX_FILL_BYTES {
+            bail!("{m} is larger than the suite's disk: not filling it");
+        }
         let path = self.filler();
         tokio::task::spawn_blocking(move || {
             use std::io::Write as _;

@@ -258,14 +258,20 @@ impl HistoryWriter {
     }
 
     /// Flush the file and hand over every record so far (records pushed
-    /// after this are written to the file only). Fails if any write failed.
-    pub fn finish(&self) -> anyhow::Result<Vec<Record>> {
+    /// after this are written to the file only), with the first error
+    /// writing the file, if any: the records are whole either way.
+    pub fn finish(&self) -> (Vec<Record>, Option<String>) {
         let mut w = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = &w.error {
-            anyhow::bail!("writing the history: {e}");
+        if w.error.is_none()
+            && let Err(e) = w.out.flush()
+        {
+            w.error = Some(e.to_string());
         }
-        w.out.flush()?;
-        Ok(std::mem::take(&mut w.records))
+        let error = w
+            .error
+            .clone()
+            .map(|e| format!("writing the history file: {e}"));
+        (std::mem::take(&mut w.records), error)
     }
 }
 
@@ -325,7 +331,7 @@ mod tests {
         for r in &records {
             w.push(r.clone());
         }
-        assert_eq!(w.finish().unwrap(), records);
+        assert_eq!(w.finish(), (records.clone(), None));
         assert_eq!(read(&path).unwrap(), records);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(r#"{"type":"invoke","t":1,"#), "{text}");

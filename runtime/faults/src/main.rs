@@ -107,7 +107,7 @@ async fn main_inner() -> anyhow::Result<bool> {
             Ok(report.all_hold())
         }
         Command::Clean => {
-            let slots = sluice_faults::net::clean_stale().await?;
+            let slots = sluice_faults::net::clean_dead().await?;
             println!("cleaned slots {slots:?}");
             Ok(true)
         }
@@ -179,6 +179,11 @@ async fn main_inner() -> anyhow::Result<bool> {
                     Ok(r) => {
                         print!("{}", r.report);
                         println!("history: {}", r.history.display());
+                        if let Some(e) = &r.history_error {
+                            println!(
+                                "the history file is incomplete ({e}); the verdicts are from the whole history kept in memory"
+                            );
+                        }
                         all &= r.report.all_hold();
                     }
                     Err(e) => {

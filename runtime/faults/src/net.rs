@@ -92,9 +92,17 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Remove what dead runs left, under the slots' lock (`sluice-faults
+/// clean`). Returns the slots cleaned.
+pub async fn clean_dead() -> anyhow::Result<Vec<u32>> {
+    let _lock = SlotLock::take().await?;
+    clean_stale().await
+}
+
 /// Remove whatever runs that died left behind: their processes, network
 /// namespaces, bridges, mounts and cgroups. Returns the slots cleaned.
-pub async fn clean_stale() -> anyhow::Result<Vec<u32>> {
+/// Only under the slots' lock.
+async fn clean_stale() -> anyhow::Result<Vec<u32>> {
     std::fs::create_dir_all(SLOTS).with_context(|| format!("creating {SLOTS}"))?;
     let mut stale = Vec::new();
     for slot in 0..MAX_SLOTS {
@@ -157,10 +165,19 @@ pub async fn clean_slot(slot: u32) {
 }
 
 impl Net {
-    /// Claim a free slot and build a namespace per name in `names`, each
-    /// with an address on the bridge.
+    /// Remove what dead runs left, claim a free slot, and build a
+    /// namespace per name in `names`, each with an address on the bridge.
+    /// The first two happen under a lock shared by every run on the machine,
+    /// so that no run mistakes another's half-built slot for a dead one.
     pub async fn create(names: &[&str]) -> anyhow::Result<Self> {
-        let slot = claim()?;
+        let slot = {
+            let _lock = SlotLock::take().await?;
+            let cleaned = clean_stale().await?;
+            if !cleaned.is_empty() {
+                eprintln!("sluice-faults: removed what dead runs left in slots {cleaned:?}");
+            }
+            claim()?
+        };
         let net = match Self::build(slot, names).await {
             Ok(n) => n,
             Err(e) => {
@@ -348,6 +365,29 @@ impl Net {
     /// Remove everything.
     pub async fn destroy(&self) {
         clean_slot(self.slot).await;
+    }
+}
+
+/// An exclusive lock on `{SLOTS}/lock` (flock: released when the file
+/// closes, also when the process dies).
+struct SlotLock {
+    _file: std::fs::File,
+}
+
+impl SlotLock {
+    async fn take() -> anyhow::Result<Self> {
+        std::fs::create_dir_all(SLOTS).with_context(|| format!("creating {SLOTS}"))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Path::new(SLOTS).join("lock"))?;
+        let file = tokio::task::spawn_blocking(move || {
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map(|()| file)
+        })
+        .await?
+        .context("locking the slots")?;
+        Ok(Self { _file: file })
     }
 }
 

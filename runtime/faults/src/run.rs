@@ -14,7 +14,7 @@ use crate::client::Connector;
 use crate::disk::Disk;
 use crate::history::HistoryWriter;
 use crate::nemesis::{Mode, Nemesis, System, Timing};
-use crate::net::{Net, clean_stale};
+use crate::net::Net;
 use crate::nodes::{
     Backend, Binaries, MONITOR_PORT, NATS_PORT, Shared, nats_proc, sluice_config, sluice_proc,
 };
@@ -49,6 +49,9 @@ pub struct RunReport {
     pub report: Report,
     /// The history file.
     pub history: PathBuf,
+    /// Why the history file is incomplete (the verdicts are from the
+    /// records kept in memory, which are whole).
+    pub history_error: Option<String>,
 }
 
 /// The schedule of `tests/run`: faults of a few seconds, one after another.
@@ -65,10 +68,6 @@ pub const LONG: Timing = Timing {
 
 /// Run `cfg` and check its history.
 pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
-    let cleaned = clean_stale().await?;
-    if !cleaned.is_empty() {
-        eprintln!("sluice-faults: removed what dead runs left in slots {cleaned:?}");
-    }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     let names: Vec<&str> = match cfg.mode {
         Mode::Single => vec!["n1"],
@@ -216,13 +215,18 @@ async fn run_on(cfg: &RunConfig, net: Net) -> anyhow::Result<RunReport> {
     // Let indeterminate publishes settle before the final reads.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let finals = workload.finish(states).await;
-    let records = history.finish()?;
+    let (records, history_error) = history.finish();
     let report = checker::check(&records);
-    std::fs::write(cfg.out.join("report.txt"), report.to_string())?;
+    let mut text = report.to_string();
+    if let Some(e) = &history_error {
+        text.push_str(&format!("The history file is incomplete ({e}); the verdicts are from the whole history kept in memory.\n"));
+    }
+    std::fs::write(cfg.out.join("report.txt"), &text)?;
     finals.context("the final reads")?;
     Ok(RunReport {
         report,
         history: history_path,
+        history_error,
     })
 }
 
