@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sluice_faults::checker::Status;
-use sluice_faults::nemesis::Mode;
+use sluice_faults::checker::{Report, Status};
+use sluice_faults::nemesis::{Fault, Mode, Timing};
 use sluice_faults::nodes::{Binaries, FAKETIME};
 use sluice_faults::run::{RunConfig, SHORT, run};
 
@@ -19,12 +19,31 @@ use crate::cluster::nats_server_bin;
 /// change (docs/faults.md, "Found"): reported, not failed, until fixed;
 /// every other verdict must hold. Remove an entry with its fix (and the
 /// `ignore` of the test that demonstrates it).
-const KNOWN: &[(Mode, &str, &str)] = &[(
-    Mode::Single,
-    "state-no-lost-update",
-    "the durable store commits state unchecked (runtime/server/src/durable_state.rs); \
-     see concurrent_read_modify_writes_on_the_durable_store_lose_nothing",
-)];
+const KNOWN: &[(Mode, &str, &str)] = &[
+    (
+        Mode::Single,
+        "state-no-lost-update",
+        "the durable store commits state unchecked (runtime/server/src/durable_state.rs); \
+         see concurrent_read_modify_writes_on_the_durable_store_lose_nothing",
+    ),
+    (
+        Mode::Single,
+        "state-reads-not-stale",
+        "a lost update rolls a room's number back, and a later read sees the older one",
+    ),
+    (
+        Mode::Fleet,
+        "subscriber-gapless",
+        "a node cut off from NATS drops the events republished meanwhile for its open \
+         connections (runtime/server/src/cluster/broker.rs: no gap repair); see \
+         a_node_cut_off_from_nats_loses_no_event_for_its_subscribers",
+    ),
+    (
+        Mode::Fleet,
+        "state-reads-not-stale",
+        "not promised: state is read with direct gets, which a lagging replica answers",
+    ),
+];
 
 fn binaries() -> Binaries {
     assert!(
@@ -40,14 +59,35 @@ fn binaries() -> Binaries {
 }
 
 async fn short_run(mode: Mode, seconds: u64) {
+    let report = run_checked(mode, seconds, Vec::new(), SHORT).await;
+    for fault in mode.faults() {
+        assert!(
+            report.counts.faults.contains_key(fault.name()),
+            "{} was never injected\n{report}",
+            fault.name()
+        );
+    }
+    let acked = report.counts.ops.get("send ok").copied().unwrap_or(0);
+    assert!(
+        acked >= 50,
+        "only {acked} sends were acknowledged\n{report}"
+    );
+}
+
+/// Run `mode` for `seconds` with `only` these faults (every fault of the
+/// mode when empty): every verdict must hold, but for the known violations
+/// (which only a run of every fault tolerates).
+async fn run_checked(mode: Mode, seconds: u64, only: Vec<Fault>, timing: Timing) -> Report {
     let out = std::env::temp_dir().join(format!(
-        "sluice-faults-test-{}-{mode:?}",
-        std::process::id()
+        "sluice-faults-test-{}-{mode:?}-{}",
+        std::process::id(),
+        only.len()
     ));
     let cfg = RunConfig {
         mode,
         seconds,
-        timing: SHORT,
+        timing,
+        only: only.clone(),
         clients: 6,
         rooms: 2,
         seed: 29,
@@ -57,12 +97,13 @@ async fn short_run(mode: Mode, seconds: u64) {
     let run = run(&cfg)
         .await
         .unwrap_or_else(|e| panic!("the {mode:?} run failed: {e:#} (logs in {})", out.display()));
-    let report = &run.report;
+    let report = run.report;
     eprintln!("{mode:?}:\n{report}");
     assert_eq!(run.history_error, None, "the history file");
     for v in &report.verdicts {
         if let Some((_, _, why)) = KNOWN.iter().find(|(m, n, _)| *m == mode && *n == v.name)
             && v.status() == Status::Violated
+            && only.is_empty()
         {
             eprintln!("{mode:?}: {} violated, a known violation: {why}", v.name);
             continue;
@@ -76,19 +117,8 @@ async fn short_run(mode: Mode, seconds: u64) {
             run.history.display()
         );
     }
-    for fault in mode.faults() {
-        assert!(
-            report.counts.faults.contains_key(fault.name()),
-            "{} was never injected\n{report}",
-            fault.name()
-        );
-    }
-    let acked = report.counts.ops.get("send ok").copied().unwrap_or(0);
-    assert!(
-        acked >= 50,
-        "only {acked} sends were acknowledged\n{report}"
-    );
     let _ = std::fs::remove_dir_all(&out);
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +129,22 @@ async fn one_node_keeps_every_guarantee_under_every_fault_family() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_keeps_every_guarantee_under_every_fault_family() {
     short_run(Mode::Fleet, 70).await;
+}
+
+/// A node cut off from every NATS server for 12-15 s, again and again,
+/// while clients on all three nodes chat: its open connections must not
+/// silently miss the events published meanwhile (the long run of
+/// docs/faults.md found ~70 per room missed on every connection of the
+/// node). Fails until the relay repairs gaps (runtime/server, described in
+/// docs/faults.md, "Found"); remove the `ignore` then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live gaps after a node is cut off from NATS: runtime/server/src/cluster/broker.rs has no gap repair (docs/faults.md, Found)"]
+async fn a_node_cut_off_from_nats_loses_no_event_for_its_subscribers() {
+    let timing = Timing {
+        fault_secs: (12, 15),
+        quiet_secs: (3, 5),
+    };
+    run_checked(Mode::Fleet, 60, vec![Fault::PartitionNode], timing).await;
 }
 
 /// Read-modify-writes of one state key from many connections at once (the

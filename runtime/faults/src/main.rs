@@ -153,6 +153,7 @@ async fn main_inner() -> anyhow::Result<bool> {
                     mode: *m,
                     seconds,
                     timing,
+                    only: Vec::new(),
                     clients,
                     rooms,
                     seed,

@@ -200,6 +200,8 @@ pub struct Nemesis<'a> {
     pub timing: Timing,
     /// Choices.
     pub rng: Rng,
+    /// The faults to cycle through (empty: every fault of the mode).
+    pub only: Vec<Fault>,
 }
 
 impl Nemesis<'_> {
@@ -207,7 +209,10 @@ impl Nemesis<'_> {
     /// then again) until `for_` has passed; heal everything at the end.
     pub async fn run(&mut self, for_: Duration) -> anyhow::Result<()> {
         let end = tokio::time::Instant::now() + for_;
-        let faults = self.sys.mode.faults();
+        let faults: Vec<Fault> = match self.only.as_slice() {
+            [] => self.sys.mode.faults().to_vec(),
+            only => only.to_vec(),
+        };
         let mut i = 0;
         while tokio::time::Instant::now() < end {
             let fault = faults[i % faults.len()];

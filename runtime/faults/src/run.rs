@@ -30,6 +30,8 @@ pub struct RunConfig {
     pub seconds: u64,
     /// Fault and quiet durations.
     pub timing: Timing,
+    /// Only these faults (empty: every fault of the mode).
+    pub only: Vec<crate::nemesis::Fault>,
     /// Clients.
     pub clients: u32,
     /// Rooms.
@@ -205,6 +207,7 @@ async fn run_on(cfg: &RunConfig, net: Net) -> anyhow::Result<RunReport> {
         history: history.clone(),
         timing: cfg.timing,
         rng: rng.fork(1),
+        only: cfg.only.clone(),
     };
     let faults = nemesis.run(Duration::from_secs(cfg.seconds)).await;
     // Healed: a little more load on the healthy system, then stop.

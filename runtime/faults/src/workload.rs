@@ -208,11 +208,11 @@ impl Workload {
             tasks.push(tokio::spawn(async move {
                 for attempt in 0..10 {
                     let target = &w.targets[(st.id as usize + attempt) % w.targets.len()];
-                    if let Some(mut s) = w.open(&mut st, target).await {
-                        if s.join_all(&mut st).await {
-                            s.close(&st, "final resume done").await;
-                            return;
-                        }
+                    if let Some(mut s) = w.open(&mut st, target).await
+                        && s.join_all(&mut st).await
+                    {
+                        s.close(&st, "final resume done").await;
+                        return;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
