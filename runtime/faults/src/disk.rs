@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-use crate::net::{sh, slot_dir};
+use crate::command::sh;
 
 /// The largest file system [`Disk::fill`] agrees to fill.
 const MAX_FILL_BYTES: u64 = 1 << 30;
@@ -28,8 +28,8 @@ enum Cgroup {
     V2(PathBuf),
 }
 
-fn mount_point(slot: u32) -> PathBuf {
-    slot_dir(slot).join("disk")
+fn mount_point(dir: &Path) -> PathBuf {
+    dir.join("disk")
 }
 
 fn cgroup_for(slot: u32) -> Cgroup {
@@ -51,12 +51,11 @@ impl Cgroup {
 }
 
 impl Disk {
-    /// Make and mount a file system of `mib` MiB for `slot`.
-    pub async fn create(slot: u32, mib: u64) -> anyhow::Result<Self> {
-        let dir = slot_dir(slot);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    /// Make and mount a file system of `mib` MiB in `dir`, for `slot`.
+    pub async fn create(dir: &Path, slot: u32, mib: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let image = dir.join("disk.img");
-        let mount = mount_point(slot);
+        let mount = mount_point(dir);
         std::fs::create_dir_all(&mount)?;
         let image_s = image.display().to_string();
         let mount_s = mount.display().to_string();
@@ -158,9 +157,10 @@ impl Disk {
     }
 }
 
-/// Unmount and remove `slot`'s disk, cgroup and folder, whatever is left.
-pub async fn clean(slot: u32) {
-    let mount = mount_point(slot);
+/// Unmount and remove the disk in `dir` (of `slot`), its cgroup and the
+/// folder, whatever is left.
+pub async fn clean(dir: &Path, slot: u32) {
+    let mount = mount_point(dir);
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let m = mount.display().to_string();
     if mounts
@@ -180,5 +180,5 @@ pub async fn clean(slot: u32) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    let _ = std::fs::remove_dir_all(slot_dir(slot));
+    let _ = std::fs::remove_dir_all(dir);
 }

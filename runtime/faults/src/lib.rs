@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod client;
+pub mod command;
 pub mod delay_line;
 pub mod disk;
 pub mod history;
@@ -16,4 +17,5 @@ pub mod net;
 pub mod nodes;
 pub mod rng;
 pub mod run;
+pub mod slots;
 pub mod workload;

@@ -107,7 +107,7 @@ async fn main_inner() -> anyhow::Result<bool> {
             Ok(report.all_hold())
         }
         Command::Clean => {
-            let slots = sluice_faults::net::clean_dead().await?;
+            let slots = sluice_faults::slots::clean_dead().await?;
             println!("cleaned slots {slots:?}");
             Ok(true)
         }
@@ -166,7 +166,7 @@ async fn main_inner() -> anyhow::Result<bool> {
                 r = runs => r,
                 _ = shutdown() => {
                     eprintln!("sluice-faults: interrupted; cleaning up");
-                    sluice_faults::net::clean_own().await;
+                    sluice_faults::slots::clean_own().await;
                     return Ok(false);
                 }
             };

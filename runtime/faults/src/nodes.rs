@@ -367,13 +367,12 @@ pub fn nats_proc(
     })
 }
 
-/// The name of the server leading JetStream stream `stream`, from a
-/// server's monitoring endpoint (`/jsz`).
-pub async fn stream_leader(monitor: SocketAddr, stream: &str) -> anyhow::Result<String> {
+/// GET `path` from a NATS server's monitoring endpoint, as JSON.
+pub async fn monitor_json(monitor: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let body = tokio::time::timeout(Duration::from_secs(3), async {
         let mut s = tokio::net::TcpStream::connect(monitor).await?;
-        s.write_all(b"GET /jsz?accounts=true&streams=true HTTP/1.0\r\nHost: nats\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: nats\r\n\r\n").as_bytes())
             .await?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await?;
@@ -385,7 +384,13 @@ pub async fn stream_leader(monitor: SocketAddr, stream: &str) -> anyhow::Result<
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)
         .context("no HTTP body")?;
-    let v: serde_json::Value = serde_json::from_str(json)?;
+    Ok(serde_json::from_str(json)?)
+}
+
+/// The name of the server leading JetStream stream `stream`, from a
+/// server's monitoring endpoint (`/jsz`).
+pub async fn stream_leader(monitor: SocketAddr, stream: &str) -> anyhow::Result<String> {
+    let v = monitor_json(monitor, "/jsz?accounts=true&streams=true").await?;
     find_leader(&v, stream).with_context(|| format!("no leader of {stream} in /jsz"))
 }
 

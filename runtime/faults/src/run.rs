@@ -16,7 +16,8 @@ use crate::history::HistoryWriter;
 use crate::nemesis::{Mode, Nemesis, System, Timing};
 use crate::net::Net;
 use crate::nodes::{
-    Backend, Binaries, MONITOR_PORT, NATS_PORT, Shared, nats_proc, sluice_config, sluice_proc,
+    Backend, Binaries, MONITOR_PORT, NATS_PORT, Shared, monitor_json, nats_proc, sluice_config,
+    sluice_proc,
 };
 use crate::rng::Rng;
 use crate::workload::{Settings, Target, Workload};
@@ -78,7 +79,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
     let net = Net::create(&names).await?;
     let slot = net.slot;
     let result = run_on(cfg, net).await;
-    crate::net::clean_slot(slot).await;
+    crate::slots::clean_slot(slot).await;
     result
 }
 
@@ -97,7 +98,7 @@ async fn run_on(cfg: &RunConfig, net: Net) -> anyhow::Result<RunReport> {
         .collect();
     let shared = Shared::create(&cfg.out.join("shared"), &node_ips)?;
     let disk = match cfg.mode {
-        Mode::Single => Some(Disk::create(net.slot, 256).await?),
+        Mode::Single => Some(Disk::create(&crate::slots::slot_dir(net.slot), net.slot, 256).await?),
         Mode::Fleet => None,
     };
     let mut nats = Vec::new();
@@ -252,20 +253,6 @@ async fn wait_for_jetstream(sys: &System) -> anyhow::Result<()> {
 }
 
 async fn meta_leader(monitor: SocketAddr) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let body = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut s = tokio::net::TcpStream::connect(monitor).await.ok()?;
-        s.write_all(b"GET /jsz HTTP/1.0\r\nHost: nats\r\n\r\n")
-            .await
-            .ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        Some(out)
-    })
-    .await
-    .ok()??;
-    let text = String::from_utf8_lossy(&body);
-    let (_, json) = text.split_once("\r\n\r\n")?;
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let v = monitor_json(monitor, "/jsz").await.ok()?;
     v["meta_cluster"]["leader"].as_str().map(str::to_owned)
 }
