@@ -17,6 +17,7 @@ mod config;
 mod conformance;
 mod corpus;
 mod deploy;
+mod faults;
 mod handshake;
 mod history;
 mod jwks;

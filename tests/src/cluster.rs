@@ -23,7 +23,7 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// The pinned nats-server: `$SLUICE_NATS_SERVER` (tests/run sets it), or
 /// installed by the project's script.
-fn nats_server_bin() -> PathBuf {
+pub fn nats_server_bin() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     sluice::nats_server::binary(&repo).expect("scripts/install-nats-server")
 }

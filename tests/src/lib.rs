@@ -68,7 +68,8 @@ pub fn sluice_bin() -> std::path::PathBuf {
         .flatten()
     {
         let src = entry.path().join("src");
-        if entry.file_name() != "fuzz" && src.is_dir() {
+        // Not built into the binary: the fuzz targets, the fault suite.
+        if !["fuzz", "faults"].iter().any(|n| entry.file_name() == *n) && src.is_dir() {
             newest = newest.max(newest_source(&src));
         }
     }

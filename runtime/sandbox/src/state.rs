@@ -141,10 +141,39 @@ fn entry_size(key: &str, value: &[u8]) -> usize {
 struct TenantState {
     entries: HashMap<String, Vec<u8>>,
     bytes: usize,
+    /// Each present key's revision: the tenant's commit counter when it
+    /// was last written.
+    revisions: HashMap<String, u64>,
+    commits: u64,
+}
+
+impl TenantState {
+    fn apply(&mut self, writes: Writes) {
+        self.commits += 1;
+        for (key, value) in writes {
+            let old = match value {
+                Some(v) => {
+                    self.bytes += entry_size(&key, &v);
+                    self.revisions.insert(key.clone(), self.commits);
+                    self.entries.insert(key.clone(), v)
+                }
+                None => {
+                    self.revisions.remove(&key);
+                    self.entries.remove(&key)
+                }
+            };
+            if let Some(old) = old {
+                self.bytes -= entry_size(&key, &old);
+            }
+        }
+    }
 }
 
 /// The embedded default: state in this process's memory, one lock per
-/// tenant (tenants never wait for each other).
+/// tenant (tenants never wait for each other). Versioned: a call's commit
+/// writes nothing if a key it writes changed since it read it (calls run
+/// concurrently, so a read-modify-write would otherwise overwrite another
+/// call's write: a lost update).
 #[derive(Default, Debug)]
 pub struct MemoryStateStore {
     tenants: RwLock<HashMap<String, Arc<Mutex<TenantState>>>>,
@@ -200,19 +229,43 @@ impl MemoryStateStore {
             return;
         }
         let t = self.tenant_or_new(tenant);
-        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, value) in writes {
-            let old = match value {
-                Some(v) => {
-                    t.bytes += entry_size(&key, &v);
-                    t.entries.insert(key.clone(), v)
-                }
-                None => t.entries.remove(&key),
-            };
-            if let Some(old) = old {
-                t.bytes -= entry_size(&key, &old);
-            }
+        t.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(writes);
+    }
+
+    /// Synchronous read with the value's revision (0: absent).
+    pub fn get_versioned_now(&self, tenant: &str, key: &str) -> Versioned {
+        self.tenant(tenant).map_or((None, 0), |t| {
+            let t = t.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                t.entries.get(key).cloned(),
+                t.revisions.get(key).copied().unwrap_or(0),
+            )
+        })
+    }
+
+    /// Synchronous checked commit: `writes` only if every key in
+    /// `expected` is still at its revision.
+    pub fn commit_checked_now(
+        &self,
+        tenant: &str,
+        expected: &Revisions,
+        writes: Writes,
+    ) -> Result<(), CommitError> {
+        if writes.is_empty() {
+            return Ok(());
         }
+        let t = self.tenant_or_new(tenant);
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = expected
+            .iter()
+            .any(|(k, rev)| t.revisions.get(k).copied().unwrap_or(0) != *rev);
+        if changed {
+            return Err(CommitError::Conflict);
+        }
+        t.apply(writes);
+        Ok(())
     }
 }
 
@@ -248,6 +301,29 @@ impl StateStore for MemoryStateStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.commit_now(tenant, writes);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn versioned(&self) -> bool {
+        true
+    }
+
+    fn get_versioned<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Versioned, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.get_versioned_now(tenant, key))))
+    }
+
+    fn commit_checked<'a>(
+        &'a self,
+        tenant: &'a str,
+        expected: Revisions,
+        writes: Writes,
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        Box::pin(std::future::ready(
+            self.commit_checked_now(tenant, &expected, writes),
+        ))
     }
 }
 
@@ -441,5 +517,41 @@ mod tests {
         assert_eq!(store.usage_now("a"), Usage { keys: 1, bytes: 5 });
         store.commit_now("a", Writes::from([("k".to_owned(), None)]));
         assert_eq!(store.usage_now("a"), Usage::default());
+    }
+
+    #[test]
+    fn a_read_modify_write_that_lost_a_race_writes_nothing() {
+        let store = MemoryStateStore::new();
+        let one = |v: &str| Writes::from([("n".to_owned(), Some(v.as_bytes().to_vec()))]);
+        store.commit_now("a", one("1"));
+        // Two calls read n = 1 at the same revision...
+        let (_, seen) = store.get_versioned_now("a", "n");
+        let (_, also) = store.get_versioned_now("a", "n");
+        assert_eq!(seen, also);
+        let expected = Revisions::from([("n".to_owned(), seen)]);
+        // ...the first commits 2, the second's 2 would overwrite it.
+        assert_eq!(store.commit_checked_now("a", &expected, one("2")), Ok(()));
+        assert_eq!(
+            store.commit_checked_now("a", &expected, one("2")),
+            Err(CommitError::Conflict)
+        );
+        assert_eq!(store.get_now("a", "n"), Some(b"2".to_vec()));
+        // Run again on fresh state, it commits.
+        let (_, fresh) = store.get_versioned_now("a", "n");
+        let expected = Revisions::from([("n".to_owned(), fresh)]);
+        assert_eq!(store.commit_checked_now("a", &expected, one("3")), Ok(()));
+        // An absent key reads as revision 0; creating it races the same way.
+        let absent = Revisions::from([("m".to_owned(), 0)]);
+        let m = Writes::from([("m".to_owned(), Some(vec![1]))]);
+        assert_eq!(store.commit_checked_now("a", &absent, m.clone()), Ok(()));
+        assert_eq!(
+            store.commit_checked_now("a", &absent, m),
+            Err(CommitError::Conflict)
+        );
+        // Tenants do not conflict with each other.
+        assert_eq!(
+            store.commit_checked_now("b", &absent, Writes::from([("m".to_owned(), None)])),
+            Ok(())
+        );
     }
 }

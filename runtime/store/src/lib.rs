@@ -18,11 +18,15 @@
 //! might have been delivered live but not yet written ([`Opened::unclean`]):
 //! offsets stay strictly increasing, never reused.
 //!
-//! A write that fails (the disk, the file) fails the store: every write
-//! queued after it and every later [`Store::reserve`] fails too, and the
-//! shutdown is never recorded as clean, so the next start jumps offsets past
-//! whatever was handed out but never written. (redb itself refuses every
-//! operation after an I/O error until the database is opened again.)
+//! A failed write (a full disk, an I/O error) fails the batch it was in;
+//! redb then refuses every later transaction until the database is opened
+//! again, so the writer reopens it before the next batch (retrying at each
+//! batch while that fails): once the disk has room again the store takes
+//! writes again, without a restart. What the failed batch held is lost and
+//! was never acknowledged (a publish answers an error, a state write is
+//! not applied); a history offset it held stays unused. The run is then
+//! never recorded as clean, so the next start jumps offsets past whatever
+//! was handed out but never written.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -179,16 +183,22 @@ struct Queued {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// The first write that failed: from then on the store takes no more.
-type Failed = Arc<Mutex<Option<StoreError>>>;
+/// A write failed during this run: the shutdown is not recorded as clean.
+type Failed = Arc<std::sync::atomic::AtomicBool>;
+
+/// The open database, shared by the writer (which replaces it when it
+/// reopens the file) and readers beside it; emptied by [`Store::close`].
+type Slot = Arc<Mutex<Option<Arc<Database>>>>;
+
+/// Opens the database again after an I/O error.
+type Reopen = Box<dyn Fn() -> Result<Database, StoreError> + Send>;
 
 /// The durable store.
 pub struct Store {
     /// For reads beside the writer; released by [`Store::close`].
-    db: Mutex<Option<Arc<Database>>>,
+    db: Slot,
     tx: Mutex<Option<mpsc::Sender<Queued>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    failed: Failed,
     path: PathBuf,
 }
 
@@ -303,20 +313,34 @@ impl Store {
                 path.display()
             ))
         })?;
-        Self::start(db, path)
+        let again = path.clone();
+        let reopen: Reopen = Box::new(move || {
+            Database::create(&again)
+                .map_err(|e| StoreError(format!("cannot open {} again: {e}", again.display())))
+        });
+        Self::start(db, path, reopen)
     }
 
     /// Open (or create) the store on another of redb's storage backends
     /// (memory; one that fails on demand, to test what a failing disk
     /// does); `name` stands for its path in messages.
-    pub fn open_on(backend: impl StorageBackend, name: &Path) -> Result<Opened, StoreError> {
+    pub fn open_on(
+        backend: impl StorageBackend + Clone,
+        name: &Path,
+    ) -> Result<Opened, StoreError> {
         let db = Database::builder()
-            .create_with_backend(backend)
+            .create_with_backend(backend.clone())
             .map_err(|e| StoreError(format!("cannot open {}: {e}", name.display())))?;
-        Self::start(db, name.to_owned())
+        let again = name.to_owned();
+        let reopen: Reopen = Box::new(move || {
+            Database::builder()
+                .create_with_backend(backend.clone())
+                .map_err(|e| StoreError(format!("cannot open {} again: {e}", again.display())))
+        });
+        Self::start(db, name.to_owned(), reopen)
     }
 
-    fn start(db: Database, path: PathBuf) -> Result<Opened, StoreError> {
+    fn start(db: Database, path: PathBuf, reopen: Reopen) -> Result<Opened, StoreError> {
         let (state, channels, unclean) = read_back(&db)?;
         let (handlers, audit) = read_registry(&db)?;
         // Running: not clean until a clean shutdown says so.
@@ -341,25 +365,23 @@ impl Store {
             }
         }
         txn.commit().map_err(err)?;
-        let db = Arc::new(db);
+        let db: Slot = Arc::new(Mutex::new(Some(Arc::new(db))));
         let failed = Failed::default();
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = {
-            let db = db.clone();
-            let failed = failed.clone();
+            let (db, failed) = (db.clone(), failed.clone());
             std::thread::Builder::new()
                 .name("sluice-store".into())
-                .spawn(move || write_loop(&db, rx, &failed))
+                .spawn(move || write_loop(&db, &reopen, rx, &failed))
                 .map_err(err)?
         };
         Ok(Opened {
             handlers,
             audit,
             store: Arc::new(Self {
-                db: Mutex::new(Some(db)),
+                db,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
-                failed,
                 path,
             }),
             state,
@@ -388,11 +410,7 @@ impl Store {
     }
 
     /// A place in the writer's queue (waits while the queue is full).
-    /// Fails once a write has failed: the store takes no more.
     pub async fn reserve(&self) -> Result<Permit, StoreError> {
-        if let Some(e) = self.failure() {
-            return Err(e);
-        }
         let tx = self
             .tx
             .lock()
@@ -403,20 +421,6 @@ impl Store {
             .await
             .map(Permit)
             .map_err(|_| StoreError("the writer stopped".into()))
-    }
-
-    /// Why the store takes no more writes: the first write that failed.
-    pub fn failure(&self) -> Option<StoreError> {
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|e| {
-                StoreError(format!(
-                    "a write failed earlier ({}); restart the server",
-                    e.0
-                ))
-            })
     }
 
     /// Stop taking writes, let the writer finish what is queued, record a
@@ -538,7 +542,60 @@ fn every_row<K: Key + 'static, V: Value + 'static, T>(
 }
 
 fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>, failed: &Failed) {
+fn current(slot: &Slot) -> Result<Arc<Database>, StoreError> {
+    slot.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| StoreError("the store is closed".into()))
+}
+
+/// Whether redb refuses every transaction after an earlier I/O error
+/// (until the database is opened again).
+fn poisoned(db: &Database) -> bool {
+    matches!(
+        db.begin_write(),
+        Err(redb::TransactionError::Storage(
+            redb::StorageError::PreviousIo
+        ))
+    )
+}
+
+/// Close the database and open it again (redb's way out of an earlier I/O
+/// error). Readers hold their clone only for one read: wait for them.
+fn reopen(slot: &Slot, open: &Reopen) -> Result<(), StoreError> {
+    let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut old) = guard.take() else {
+        return Err(StoreError("the store is closed".into()));
+    };
+    for _ in 0..500 {
+        match Arc::try_unwrap(old) {
+            Ok(db) => {
+                drop(db);
+                let db = open()?;
+                *guard = Some(Arc::new(db));
+                return Ok(());
+            }
+            Err(shared) => {
+                old = shared;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    *guard = Some(old);
+    Err(StoreError(
+        "cannot reopen the database: a reader still holds it".into(),
+    ))
+}
+
+fn write_loop(
+    slot: &Slot,
+    open: &Reopen,
+    mut rx: mpsc::Receiver<Queued>,
+    failed: &Failed,
+) {
     let mut batch = Vec::with_capacity(64);
+    // The database needs opening again before the next batch.
+    let mut broken = false;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -547,25 +604,24 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>, failed: &Failed) {
                 Err(_) => break,
             }
         }
-        let earlier = failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let result = match earlier {
-            // Nothing after a failed write is written: what it held (a
-            // history offset, a state write) is lost, and what follows
-            // must not land on disk as if it had not been.
-            Some(e) => Err(StoreError(format!("a write failed earlier: {}", e.0))),
-            None => {
-                let result = apply(db, &batch);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, writes = batch.len(),
-                        "store write failed: the store takes no more writes until restarted");
-                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+        if broken {
+            match reopen(slot, open) {
+                Ok(()) => {
+                    broken = false;
+                    tracing::warn!("store reopened after a failed write");
                 }
-                result
+                Err(e) => tracing::error!(error = %e, "store still failing"),
             }
-        };
+        }
+        let result = current(slot).and_then(|db| {
+            let result = apply(&db, &batch);
+            broken = result.is_err() && poisoned(&db);
+            result
+        });
+        if let Err(e) = &result {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, writes = batch.len(), "store write failed");
+        }
         for q in batch.drain(..) {
             if let Some(then) = q.then {
                 then(&result);
@@ -574,17 +630,15 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>, failed: &Failed) {
         }
     }
     // Every sender is gone: nothing more can be queued. After a failed
-    // write the shutdown is not clean: offsets handed out with it (and
-    // after it) never reached the disk, and the next start must jump past
-    // them.
-    if failed
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .is_some()
-    {
+    // write the shutdown is not clean: offsets handed out with it never
+    // reached the disk, and the next start must jump past them.
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!("not recording a clean shutdown: a store write failed during this run");
         return;
     }
+    let Ok(db) = current(slot) else {
+        return;
+    };
     let clean = (|| -> Result<(), StoreError> {
         let mut txn = db.begin_write().map_err(err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
@@ -828,7 +882,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_failed_write_the_store_takes_no_more_and_the_next_start_is_unclean() {
+    async fn after_a_failed_write_the_store_reopens_and_the_next_start_is_unclean() {
         let disk = MemoryDisk::new();
         let name = Path::new("memory");
         let store = Store::open_on(disk.clone(), name).unwrap().store;
@@ -862,11 +916,17 @@ mod tests {
         // The disk works again, but an offset handed out now would sit
         // behind one that never reached the disk: the store takes no more
         // until it is opened again.
+        // The disk works again: the writer opens the database again and
+        // takes writes, without a restart.
         disk.fail(false);
-        let Err(refused) = store.reserve().await else {
-            panic!("a failed store takes no more writes");
-        };
-        assert!(refused.0.contains("restart"), "{refused}");
+        store
+            .reserve()
+            .await
+            .unwrap()
+            .commit_state("t", vec![("k2".into(), Some(b"v2".to_vec()))])
+            .wait()
+            .await
+            .expect("a write after the disk recovered succeeds");
         store.close();
         drop(store);
 
@@ -876,7 +936,11 @@ mod tests {
             "a run with a failed write is never recorded as clean: offsets jump at the next start"
         );
         assert_eq!(opened.channels[0].last_offset, 3);
-        assert!(opened.state.is_empty(), "the failed write is not on disk");
+        assert_eq!(
+            opened.state,
+            vec![("t".to_owned(), "k2".to_owned(), b"v2".to_vec())],
+            "the failed write is not on disk, the one after the recovery is"
+        );
         // Opened again, it serves.
         opened
             .store
