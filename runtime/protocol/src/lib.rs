@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! client -> {"type":"chat.send","id":"c1","channel":"room:42","data":{...}}
+//!           {"type":"chat.send","id":"c1","key":"k1","channel":"room:42","data":{...}}  (idempotency key)
 //! server -> {"type":"welcome","data":{"connection_id":7,"subject":"alice","expires_at":1795939200}}
 //!           {"type":"ack","id":"c1","data":...}
 //!           {"type":"error","id":"c1","code":"schema_invalid","message":"..."}
@@ -22,10 +23,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod idempotency;
 mod rejection;
 mod reserved;
 mod text;
 
+pub use idempotency::{Answer, Fingerprint, MAX_KEY_BYTES, fingerprint, is_valid_key};
 pub use rejection::{CloseReason, Code, HandlerCode, Rejection, Wire, close};
 pub use reserved::{ReservedType, is_reserved_type};
 pub use text::truncate_utf8;
@@ -59,6 +62,18 @@ pub struct Envelope {
     /// The payload; `null` when absent.
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The idempotency key (see [`is_valid_key`]): a retry with the same
+    /// key gets the first attempt's answer. Only [`decode_keyed`] accepts
+    /// one; [`decode`] refuses it.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl Envelope {
+    /// This request's [`Fingerprint`]: what a retry with its key must match.
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint(&self.kind, self.channel.as_deref(), &self.data)
+    }
 }
 
 /// The error codes a client can receive. A handler's own rejection codes
@@ -97,12 +112,19 @@ pub enum ErrorCode {
     /// Cluster mode: the handler's state writes lost a race with another
     /// node twice in a row (the call ran again once); nothing was written.
     Conflict,
+    /// The request's idempotency `key` was used within the window by a
+    /// request with another type, channel or data; nothing was run.
+    KeyReused,
+    /// The tenant (or the subject) has as many requests with keys
+    /// remembered as its quota allows; `retry_after_ms` says when the
+    /// oldest is forgotten. Nothing was run.
+    TooManyKeys,
 }
 
 impl ErrorCode {
     /// Every host code (keep in step with the enum): `/metrics` always gives
     /// these a label of their own, whatever codes handlers invent.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadJson,
         ErrorCode::TooDeep,
         ErrorCode::BadEnvelope,
@@ -118,7 +140,14 @@ impl ErrorCode {
         ErrorCode::HandlerTimeout,
         ErrorCode::Unavailable,
         ErrorCode::Conflict,
+        ErrorCode::KeyReused,
+        ErrorCode::TooManyKeys,
     ];
+
+    /// The host code spelled `code` on the wire, if it is one.
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
 
     /// The code on the wire.
     pub fn as_str(self) -> &'static str {
@@ -138,6 +167,8 @@ impl ErrorCode {
             ErrorCode::HandlerTimeout => "handler_timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::KeyReused => "key_reused",
+            ErrorCode::TooManyKeys => "too_many_keys",
         }
     }
 }
@@ -173,8 +204,26 @@ pub fn json_depth_exceeds(text: &str, max: usize) -> bool {
     false
 }
 
-/// Parse a client frame into an envelope, after the depth check.
+/// Parse a client frame into an envelope, after the depth check. An
+/// envelope with a `key` is refused (`bad_envelope`): a server that keeps
+/// no idempotency table must not run a keyed request as if it did (see
+/// [`decode_keyed`]).
 pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
+    let envelope = decode_keyed(text, max_depth)?;
+    if envelope.key.is_some() {
+        return Err(Rejection::error(
+            ErrorCode::BadEnvelope,
+            "this server takes no idempotency key (its welcome has no `idempotency`)",
+        ));
+    }
+    Ok(envelope)
+}
+
+/// [`decode`] for a server with an idempotency table: a `key` is taken, on
+/// a route (not on a reserved type, which the host answers itself and
+/// which are idempotent already), when it is 1-64 of `A-Z a-z 0-9 - _ . :`;
+/// anything else is `bad_envelope`.
+pub fn decode_keyed(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
     if json_depth_exceeds(text, max_depth) {
         return Err(Rejection::error(
             ErrorCode::TooDeep,
@@ -224,6 +273,20 @@ pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
             "type must be 1-128 bytes",
         ));
     }
+    if let Some(key) = &envelope.key {
+        if !is_valid_key(key) {
+            return Err(Rejection::error(
+                ErrorCode::BadEnvelope,
+                format!("key must be 1-{MAX_KEY_BYTES} of A-Z a-z 0-9 - _ . :"),
+            ));
+        }
+        if is_reserved_type(&envelope.kind) {
+            return Err(Rejection::error(
+                ErrorCode::BadEnvelope,
+                "key is taken on routes only, not on reserved types",
+            ));
+        }
+    }
     Ok(envelope)
 }
 
@@ -234,23 +297,24 @@ pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
 fn redact_serde(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let what = if text.starts_with("unknown field") {
-        "an unknown field (the fields are type, id, channel, data)"
+        "an unknown field (the fields are type, id, key, channel, data)"
     } else if text.starts_with("missing field `type`") {
         "missing field `type`"
     } else if text.starts_with("duplicate field `") {
         // serde names only known fields as duplicates.
-        match ["type", "id", "channel", "data"]
+        match ["type", "id", "key", "channel", "data"]
             .iter()
             .find(|f| text.starts_with(&format!("duplicate field `{f}`")))
         {
             Some(&"type") => "duplicate field `type`",
             Some(&"id") => "duplicate field `id`",
             Some(&"channel") => "duplicate field `channel`",
+            Some(&"key") => "duplicate field `key`",
             Some(_) => "duplicate field `data`",
             None => "a duplicate field",
         }
     } else if text.starts_with("invalid type") || text.starts_with("invalid value") {
-        "a field of the wrong type (type, id and channel are strings)"
+        "a field of the wrong type (type, id, key and channel are strings)"
     } else {
         "expected an object"
     };
@@ -319,6 +383,23 @@ pub fn welcome(connection_id: u64, subject: &str, expires_at: u64) -> String {
     serde_json::json!({
         "type": "welcome",
         "data": { "connection_id": connection_id, "subject": subject, "expires_at": expires_at },
+    })
+    .to_string()
+}
+
+/// `{"type":"welcome",...,"data":{...,"idempotency":{"window_secs":N}}}`:
+/// the welcome of a server that takes idempotency keys and remembers
+/// answers for `window_secs`. A client sends `key` only after such a
+/// welcome.
+pub fn welcome_keyed(connection_id: u64, subject: &str, expires_at: u64, window_secs: u64) -> String {
+    serde_json::json!({
+        "type": "welcome",
+        "data": {
+            "connection_id": connection_id,
+            "subject": subject,
+            "expires_at": expires_at,
+            "idempotency": { "window_secs": window_secs },
+        },
     })
     .to_string()
 }
@@ -522,6 +603,68 @@ mod tests {
         assert_eq!(code(r#"{"type":"a","extra":1}"#), "bad_envelope");
         assert_eq!(code(r#"{"type":5}"#), "bad_envelope");
         assert!(decode(r#"{"type":"a","data":{"x":1}}"#, 4).is_ok());
+    }
+
+    #[test]
+    fn a_key_is_taken_only_by_decode_keyed_and_only_when_valid() {
+        let keyed = r#"{"type":"chat.send","id":"c1","key":"k-1:a.B_2","channel":"room:1","data":{"text":"hi"}}"#;
+        let e = decode_keyed(keyed, 8).expect("a valid keyed envelope");
+        assert_eq!(e.key.as_deref(), Some("k-1:a.B_2"));
+        assert_eq!(
+            e.fingerprint(),
+            fingerprint("chat.send", Some("room:1"), &serde_json::json!({"text":"hi"}))
+        );
+        // A server without a table refuses it rather than run it unprotected.
+        match decode(keyed, 8) {
+            Err(Rejection::Error { code, message, .. }) => {
+                assert_eq!(code, Code::Host(ErrorCode::BadEnvelope));
+                assert!(message.contains("idempotency"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(decode(r#"{"type":"chat.send","data":1}"#, 8).is_ok_and(|e| e.key.is_none()));
+        let long = format!(r#"{{"type":"a","key":"{}"}}"#, "k".repeat(65));
+        for bad in [
+            r#"{"type":"a","key":""}"#,
+            r#"{"type":"a","key":"a b"}"#,
+            r#"{"type":"a","key":"SECRET/x"}"#,
+            r#"{"type":"a","key":7}"#,
+            r#"{"type":"a","key":null,"key":"x"}"#,
+            r#"{"type":"a","key":"x","key":"x"}"#,
+            r#"{"type":"subscribe","channel":"room:1","key":"x"}"#,
+            r#"{"type":"sluice.anything","key":"x"}"#,
+            long.as_str(),
+        ] {
+            match decode_keyed(bad, 8) {
+                Err(Rejection::Error { code, message, .. }) => {
+                    assert_eq!(code, Code::Host(ErrorCode::BadEnvelope), "{bad}");
+                    assert!(!message.contains("SECRET"), "{message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // `"key":null` is no key.
+        assert!(decode(r#"{"type":"a","key":null}"#, 8).is_ok());
+    }
+
+    #[test]
+    fn host_codes_parse_back() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(ErrorCode::parse("key_reused"), Some(ErrorCode::KeyReused));
+        assert_eq!(ErrorCode::parse("too_many_keys"), Some(ErrorCode::TooManyKeys));
+        assert_eq!(ErrorCode::parse("empty_text"), None);
+    }
+
+    #[test]
+    fn a_keyed_welcome_advertises_the_window() {
+        let w: serde_json::Value =
+            serde_json::from_str(&welcome_keyed(7, "alice", 99, 300)).expect("json");
+        assert_eq!(w["data"]["idempotency"]["window_secs"], 300);
+        assert_eq!(w["data"]["subject"], "alice");
+        let plain: serde_json::Value = serde_json::from_str(&welcome(7, "alice", 99)).expect("json");
+        assert!(plain["data"].get("idempotency").is_none());
     }
 
     #[test]
