@@ -1118,7 +1118,8 @@ export class SluiceClient extends Emitter<ClientEvents> {
     if (previousExpiry !== undefined && info.expiresAt <= previousExpiry) return;
     const remaining = info.expiresAt * 1000 - Date.now();
     const delay = Math.max(1000, remaining - Math.min(this.o.refreshMarginMs, remaining / 5));
-    this.timers.refresh = later(() => void this.refresh(), delay);
+    // Timers take at most 2^31-1 ms (24.8 days); a longer delay would fire at once.
+    this.timers.refresh = later(() => void this.refresh(), Math.min(delay, 2 ** 31 - 1));
   }
 
   private async refresh(): Promise<void> {
