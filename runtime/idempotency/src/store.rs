@@ -40,7 +40,11 @@ pub struct EntryId {
 
 impl EntryId {
     /// An entry id.
-    pub fn new(tenant: impl Into<String>, subject: impl Into<String>, key: impl Into<String>) -> Self {
+    pub fn new(
+        tenant: impl Into<String>,
+        subject: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Self {
         Self {
             tenant: tenant.into(),
             subject: subject.into(),
@@ -229,7 +233,10 @@ impl MemoryOutcomeStore {
 
     /// How many entries it holds (expired ones included until a sweep).
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether it holds nothing.
@@ -257,7 +264,9 @@ impl OutcomeStore for MemoryOutcomeStore {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let held = match entries.get(id) {
             Some(s @ Stored::Done(_)) if live(s, now_ms) => Some(s.clone()),
-            Some(s @ Stored::InFlight { node: holder, .. }) if live(s, now_ms) && *holder != node => {
+            Some(s @ Stored::InFlight { node: holder, .. })
+                if live(s, now_ms) && *holder != node =>
+            {
                 Some(s.clone())
             }
             _ => None,
@@ -303,7 +312,8 @@ impl OutcomeStore for MemoryOutcomeStore {
 
     fn release<'a>(&'a self, id: &'a EntryId, node: u64) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(entries.get(id), Some(Stored::InFlight { node: holder, .. }) if *holder == node) {
+        if matches!(entries.get(id), Some(Stored::InFlight { node: holder, .. }) if *holder == node)
+        {
             entries.remove(id);
         }
         Box::pin(std::future::ready(Ok(())))
@@ -376,12 +386,18 @@ mod tests {
         assert_eq!(s.claim(&id, fp, 2, 2000, 3000).await, Ok(Claim::Claimed));
         // Released by someone else's node: no effect.
         s.release(&id, 1).await.expect("release");
-        assert!(matches!(s.get(&id, 2100).await, Ok(Some(Stored::InFlight { node: 2, .. }))));
+        assert!(matches!(
+            s.get(&id, 2100).await,
+            Ok(Some(Stored::InFlight { node: 2, .. }))
+        ));
         s.release(&id, 2).await.expect("release");
         assert_eq!(s.get(&id, 2100).await, Ok(None));
         let r = record(Answer::Ack(None));
         s.complete(&id, &r).await.expect("complete");
-        assert_eq!(s.claim(&id, fp, 3, 2200, 3200).await, Ok(Claim::Held(Stored::Done(r.clone()))));
+        assert_eq!(
+            s.claim(&id, fp, 3, 2200, 3200).await,
+            Ok(Claim::Held(Stored::Done(r.clone())))
+        );
         s.release(&id, 3).await.expect("release");
         assert_eq!(s.get(&id, 2200).await, Ok(Some(Stored::Done(r.clone()))));
         // Expired: gone for reads and claims, and swept.

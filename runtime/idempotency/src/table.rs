@@ -152,7 +152,11 @@ impl Tenant {
     /// Remove entry (subject, key) if it is `generation`, un-charging it.
     fn remove(&mut self, subject: &str, key: &str, generation: u64) -> Option<Entry> {
         let k = (subject.to_owned(), key.to_owned());
-        if self.entries.get(&k).is_none_or(|e| e.generation != generation) {
+        if self
+            .entries
+            .get(&k)
+            .is_none_or(|e| e.generation != generation)
+        {
             return None;
         }
         let e = self.entries.remove(&k)?;
@@ -210,7 +214,12 @@ impl IdempotencyTable {
     /// reading time from `clock`. `node` tells this node's claims from
     /// other nodes' in a shared store (any value unique in the fleet, e.g.
     /// random at start).
-    pub fn new(limits: Limits, store: Arc<dyn OutcomeStore>, clock: Arc<dyn Clock>, node: u64) -> Self {
+    pub fn new(
+        limits: Limits,
+        store: Arc<dyn OutcomeStore>,
+        clock: Arc<dyn Clock>,
+        node: u64,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 limits,
@@ -232,7 +241,11 @@ impl IdempotencyTable {
 
     /// `tenant`'s counters.
     pub fn counters(&self, tenant: &str) -> Counters {
-        let tenants = self.inner.tenants.read().unwrap_or_else(PoisonError::into_inner);
+        let tenants = self
+            .inner
+            .tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         tenants.get(tenant).map_or_else(Counters::default, |t| {
             t.lock().unwrap_or_else(PoisonError::into_inner).counters
         })
@@ -297,7 +310,11 @@ impl IdempotencyTable {
                 Step::Replay(answer) => return Ok(Begin::Replay(answer)),
                 Step::Refuse(r) => return Err(r),
                 Step::Wait(mut answers) => {
-                    let answered = answers.wait_for(Option::is_some).await.ok().and_then(|a| a.clone());
+                    let answered = answers
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|a| a.clone());
                     if let Some(answer) = answered {
                         self.count(&tenant, |c| c.hits += 1);
                         return Ok(Begin::Replay(answer));
@@ -310,11 +327,21 @@ impl IdempotencyTable {
     }
 
     fn count(&self, tenant: &Mutex<Tenant>, f: impl FnOnce(&mut Counters)) {
-        f(&mut tenant.lock().unwrap_or_else(PoisonError::into_inner).counters);
+        f(&mut tenant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counters);
     }
 
     /// The local part of [`IdempotencyTable::begin`], under the tenant's lock.
-    fn look(&self, t: &mut Tenant, tenant: &Arc<Mutex<Tenant>>, id: &EntryId, fingerprint: Fingerprint, now: u64) -> Step {
+    fn look(
+        &self,
+        t: &mut Tenant,
+        tenant: &Arc<Mutex<Tenant>>,
+        id: &EntryId,
+        fingerprint: Fingerprint,
+        now: u64,
+    ) -> Step {
         t.sweep(now);
         let k = (id.subject.clone(), id.key.clone());
         if let Some(e) = t.entries.get(&k) {
@@ -392,7 +419,13 @@ impl IdempotencyTable {
         let mut waited = false;
         loop {
             let held = match store
-                .claim(&ticket.id, ticket.fingerprint, self.inner.node, now, now.saturating_add(lease_ms))
+                .claim(
+                    &ticket.id,
+                    ticket.fingerprint,
+                    self.inner.node,
+                    now,
+                    now.saturating_add(lease_ms),
+                )
                 .await
             {
                 Ok(Claim::Claimed) => return Ok(Begin::Run(ticket)),

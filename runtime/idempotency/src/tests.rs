@@ -63,7 +63,10 @@ async fn a_retry_after_the_answer_gets_it_without_a_call() {
     t.complete(ack(12)).await.expect("stored");
     for _ in 0..3 {
         let a = replay(&s.table, &id("k1"), fp("hi")).await;
-        assert_eq!(a.frame(Some("c9")), r#"{"type":"ack","id":"c9","data":{"seq":12}}"#);
+        assert_eq!(
+            a.frame(Some("c9")),
+            r#"{"type":"ack","id":"c9","data":{"seq":12}}"#
+        );
     }
     let c = s.table.counters("t");
     assert_eq!((c.hits, c.waits, c.conflicts, c.entries), (3, 0, 0, 1));
@@ -135,14 +138,20 @@ async fn the_same_key_with_another_request_is_refused() {
     let s = setup(Limits::default());
     let t = run(&s.table, &id("k1"), fp("hi")).await;
     // While it runs, and after.
-    assert_eq!(s.table.begin(&id("k1"), fp("HI")).await.err(), Some(Refusal::KeyReused));
+    assert_eq!(
+        s.table.begin(&id("k1"), fp("HI")).await.err(),
+        Some(Refusal::KeyReused)
+    );
     t.complete(ack(1)).await.expect("stored");
     for other in [
         fp("hi!"),
         fingerprint("chat.send", Some("room:2"), &serde_json_value("hi")),
         fingerprint("chat.edit", Some("room:1"), &serde_json_value("hi")),
     ] {
-        assert_eq!(s.table.begin(&id("k1"), other).await.err(), Some(Refusal::KeyReused));
+        assert_eq!(
+            s.table.begin(&id("k1"), other).await.err(),
+            Some(Refusal::KeyReused)
+        );
     }
     assert_eq!(s.table.counters("t").conflicts, 4);
     // The honest retry is still answered.
@@ -185,17 +194,30 @@ async fn quotas_refuse_new_keys_and_say_when_to_retry() {
         ..Limits::default()
     });
     for k in ["a", "b", "c"] {
-        run(&s.table, &id(k), fp(k)).await.complete(ack(0)).await.expect("stored");
+        run(&s.table, &id(k), fp(k))
+            .await
+            .complete(ack(0))
+            .await
+            .expect("stored");
         s.clock.advance(Duration::from_secs(10));
     }
     // alice has her 3; bob gets 2 more, then the tenant is full.
     let refused = s.table.begin(&id("d"), fp("d")).await.err();
-    assert_eq!(refused, Some(Refusal::TooManyKeys { retry_after_ms: 280_000 }));
+    assert_eq!(
+        refused,
+        Some(Refusal::TooManyKeys {
+            retry_after_ms: 270_000
+        })
+    );
     for k in ["a", "b"] {
-        run(&s.table, &EntryId::new("t", "bob", k), fp(k)).await.completed(ack(0));
+        run(&s.table, &EntryId::new("t", "bob", k), fp(k))
+            .await
+            .completed(ack(0));
     }
     assert!(matches!(
-        s.table.begin(&EntryId::new("t", "carol", "a"), fp("a")).await,
+        s.table
+            .begin(&EntryId::new("t", "carol", "a"), fp("a"))
+            .await,
         Err(Refusal::TooManyKeys { .. })
     ));
     // Retries of what is remembered are still answered; other tenants are not affected.
@@ -203,7 +225,11 @@ async fn quotas_refuse_new_keys_and_say_when_to_retry() {
     let _u = run(&s.table, &EntryId::new("u", "alice", "d"), fp("d")).await;
     assert_eq!(s.table.counters("t").refusals, 2);
     match (Refusal::TooManyKeys { retry_after_ms: 5 }).rejection() {
-        Rejection::Error { code, retry_after_ms, .. } => {
+        Rejection::Error {
+            code,
+            retry_after_ms,
+            ..
+        } => {
             assert_eq!(code.as_str(), ErrorCode::TooManyKeys.as_str());
             assert_eq!(retry_after_ms, Some(5));
         }
@@ -223,9 +249,9 @@ async fn bytes_are_counted_and_bounded() {
     let t = run(&s.table, &id("k1"), fp("x")).await;
     let before = s.table.counters("t").bytes;
     assert_eq!(before, ENTRY_OVERHEAD_BYTES + "alice".len() + "k1".len());
-    let big = Answer::ack_json(&format!(r#""{}""#, "x".repeat(60))).expect("json");
+    let big = Answer::ack_json(&format!(r#""{}""#, "x".repeat(150))).expect("json");
     t.complete(big).await.expect("stored");
-    assert_eq!(s.table.counters("t").bytes, before + 62);
+    assert_eq!(s.table.counters("t").bytes, before + 152);
     assert!(matches!(
         s.table.begin(&id("k2"), fp("x")).await,
         Err(Refusal::TooManyKeys { .. })
@@ -259,17 +285,27 @@ async fn ten_thousand_keys_stay_within_the_quota() {
 #[tokio::test]
 async fn another_node_or_a_restart_finds_the_answer_in_the_store() {
     let s = setup(Limits::default());
-    run(&s.table, &id("k1"), fp("hi")).await.complete(ack(5)).await.expect("stored");
+    run(&s.table, &id("k1"), fp("hi"))
+        .await
+        .complete(ack(5))
+        .await
+        .expect("stored");
     // A second node on the same store (or this one after a restart).
     let other = IdempotencyTable::new(Limits::default(), s.store.clone(), s.clock.clone(), 2);
     assert_eq!(replay(&other, &id("k1"), fp("hi")).await, ack(5));
-    assert_eq!(other.begin(&id("k1"), fp("bye")).await.err(), Some(Refusal::KeyReused));
+    assert_eq!(
+        other.begin(&id("k1"), fp("bye")).await.err(),
+        Some(Refusal::KeyReused)
+    );
     // Kept locally from then on.
     assert_eq!(other.counters("t").entries, 1);
     // A record written with the call's effects (a durable store's transaction).
     let t = run(&s.table, &id("k2"), fp("hi")).await;
     let record = t.record(&ack(6));
-    s.store.complete(t.id(), &record).await.expect("written with the effects");
+    s.store
+        .complete(t.id(), &record)
+        .await
+        .expect("written with the effects");
     t.completed(ack(6));
     assert_eq!(replay(&other, &id("k2"), fp("hi")).await, ack(6));
 }
@@ -300,7 +336,9 @@ async fn a_retry_on_another_node_waits_for_the_first_nodes_call() {
     std::mem::forget(ticket);
     let retry = {
         let other = other.clone();
-        tokio::spawn(async move { matches!(other.begin(&id("k2"), fp("hi")).await, Ok(Begin::Run(_))) })
+        tokio::spawn(
+            async move { matches!(other.begin(&id("k2"), fp("hi")).await, Ok(Begin::Run(_))) },
+        )
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!retry.is_finished(), "waits while the lease holds");
@@ -309,20 +347,38 @@ async fn a_retry_on_another_node_waits_for_the_first_nodes_call() {
 
     // Another node's attempt with other data: refused at once.
     let _held = run(&s.table, &id("k3"), fp("a")).await;
-    assert_eq!(other.begin(&id("k3"), fp("b")).await.err(), Some(Refusal::KeyReused));
+    assert_eq!(
+        other.begin(&id("k3"), fp("b")).await.err(),
+        Some(Refusal::KeyReused)
+    );
 }
 
 #[tokio::test]
 async fn an_answer_kept_locally_survives_a_failing_store() {
     struct Failing;
     impl OutcomeStore for Failing {
-        fn claim<'a>(&'a self, _: &'a EntryId, _: Fingerprint, _: u64, _: u64, _: u64) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        fn claim<'a>(
+            &'a self,
+            _: &'a EntryId,
+            _: Fingerprint,
+            _: u64,
+            _: u64,
+            _: u64,
+        ) -> BoxFuture<'a, Result<Claim, StoreError>> {
             Box::pin(async { Ok(Claim::Claimed) })
         }
-        fn get<'a>(&'a self, _: &'a EntryId, _: u64) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        fn get<'a>(
+            &'a self,
+            _: &'a EntryId,
+            _: u64,
+        ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
             Box::pin(async { Err(StoreError("down".into())) })
         }
-        fn complete<'a>(&'a self, _: &'a EntryId, _: &'a Record) -> BoxFuture<'a, Result<(), StoreError>> {
+        fn complete<'a>(
+            &'a self,
+            _: &'a EntryId,
+            _: &'a Record,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
             Box::pin(async { Err(StoreError("down".into())) })
         }
         fn release<'a>(&'a self, _: &'a EntryId, _: u64) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -337,21 +393,44 @@ async fn an_answer_kept_locally_survives_a_failing_store() {
 
     struct Down;
     impl OutcomeStore for Down {
-        fn claim<'a>(&'a self, _: &'a EntryId, _: Fingerprint, _: u64, _: u64, _: u64) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        fn claim<'a>(
+            &'a self,
+            _: &'a EntryId,
+            _: Fingerprint,
+            _: u64,
+            _: u64,
+            _: u64,
+        ) -> BoxFuture<'a, Result<Claim, StoreError>> {
             Box::pin(async { Err(StoreError("down".into())) })
         }
-        fn get<'a>(&'a self, _: &'a EntryId, _: u64) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        fn get<'a>(
+            &'a self,
+            _: &'a EntryId,
+            _: u64,
+        ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
             Box::pin(async { Err(StoreError("down".into())) })
         }
-        fn complete<'a>(&'a self, _: &'a EntryId, _: &'a Record) -> BoxFuture<'a, Result<(), StoreError>> {
+        fn complete<'a>(
+            &'a self,
+            _: &'a EntryId,
+            _: &'a Record,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
             Box::pin(async { Err(StoreError("down".into())) })
         }
         fn release<'a>(&'a self, _: &'a EntryId, _: u64) -> BoxFuture<'a, Result<(), StoreError>> {
             Box::pin(async { Ok(()) })
         }
     }
-    let table = IdempotencyTable::new(Limits::default(), Arc::new(Down), Arc::new(ManualClock::new(T0)), 1);
-    assert_eq!(table.begin(&id("k1"), fp("hi")).await.err(), Some(Refusal::Unavailable));
+    let table = IdempotencyTable::new(
+        Limits::default(),
+        Arc::new(Down),
+        Arc::new(ManualClock::new(T0)),
+        1,
+    );
+    assert_eq!(
+        table.begin(&id("k1"), fp("hi")).await.err(),
+        Some(Refusal::Unavailable)
+    );
     assert_eq!(table.counters("t").entries, 0, "nothing left behind");
 }
 

@@ -146,7 +146,9 @@ pub enum Answer {
 impl PartialEq for Answer {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Answer::Ack(a), Answer::Ack(b)) => a.as_deref().map(RawValue::get) == b.as_deref().map(RawValue::get),
+            (Answer::Ack(a), Answer::Ack(b)) => {
+                a.as_deref().map(RawValue::get) == b.as_deref().map(RawValue::get)
+            }
             (
                 Answer::Error { code, message },
                 Answer::Error {
@@ -258,11 +260,16 @@ mod tests {
 
     #[test]
     fn a_fingerprint_ignores_member_order_and_spacing_only() {
-        let a: Value = serde_json::from_str(r#"{"text":"hi","to":{"b":1,"a":[1,2]}}"#).expect("json");
+        let a: Value =
+            serde_json::from_str(r#"{"text":"hi","to":{"b":1,"a":[1,2]}}"#).expect("json");
         let b: Value =
-            serde_json::from_str(r#"{ "to" : { "a" : [1, 2], "b" : 1 }, "text" : "hi" }"#).expect("json");
+            serde_json::from_str(r#"{ "to" : { "a" : [1, 2], "b" : 1 }, "text" : "hi" }"#)
+                .expect("json");
         let fp = |kind, channel, data: &Value| fingerprint(kind, channel, data);
-        assert_eq!(fp("chat.send", Some("room:1"), &a), fp("chat.send", Some("room:1"), &b));
+        assert_eq!(
+            fp("chat.send", Some("room:1"), &a),
+            fp("chat.send", Some("room:1"), &b)
+        );
         // Any difference in type, channel or data is another request.
         let base = fp("chat.send", Some("room:1"), &a);
         assert_ne!(base, fp("chat.edit", Some("room:1"), &a));
@@ -279,7 +286,10 @@ mod tests {
             assert_ne!(base, fp("chat.send", Some("room:1"), &other), "{other}");
         }
         // Parts cannot slide into each other.
-        assert_ne!(fp("ab", Some("c"), &json!(1)), fp("a", Some("bc"), &json!(1)));
+        assert_ne!(
+            fp("ab", Some("c"), &json!(1)),
+            fp("a", Some("bc"), &json!(1))
+        );
         assert_ne!(fp("a", None, &json!("x")), fp("a", Some(""), &json!("x")));
         // Escapes: one spelling per string.
         let e1: Value = serde_json::from_str(r#""\u0041""#).expect("json");
@@ -289,7 +299,10 @@ mod tests {
     #[test]
     fn an_answer_is_replayed_under_the_retrys_id() {
         let ack = Answer::ack_json(r#"{"seq":12}"#).expect("json");
-        assert_eq!(ack.frame(Some("c9")), r#"{"type":"ack","id":"c9","data":{"seq":12}}"#);
+        assert_eq!(
+            ack.frame(Some("c9")),
+            r#"{"type":"ack","id":"c9","data":{"seq":12}}"#
+        );
         assert_eq!(
             Answer::ack_json("null").expect("json").frame(None),
             r#"{"type":"ack","id":null,"data":null}"#

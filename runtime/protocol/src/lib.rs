@@ -391,7 +391,12 @@ pub fn welcome(connection_id: u64, subject: &str, expires_at: u64) -> String {
 /// the welcome of a server that takes idempotency keys and remembers
 /// answers for `window_secs`. A client sends `key` only after such a
 /// welcome.
-pub fn welcome_keyed(connection_id: u64, subject: &str, expires_at: u64, window_secs: u64) -> String {
+pub fn welcome_keyed(
+    connection_id: u64,
+    subject: &str,
+    expires_at: u64,
+    window_secs: u64,
+) -> String {
     serde_json::json!({
         "type": "welcome",
         "data": {
@@ -612,7 +617,11 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("k-1:a.B_2"));
         assert_eq!(
             e.fingerprint(),
-            fingerprint("chat.send", Some("room:1"), &serde_json::json!({"text":"hi"}))
+            fingerprint(
+                "chat.send",
+                Some("room:1"),
+                &serde_json::json!({"text":"hi"})
+            )
         );
         // A server without a table refuses it rather than run it unprotected.
         match decode(keyed, 8) {
@@ -653,7 +662,10 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(ErrorCode::parse("key_reused"), Some(ErrorCode::KeyReused));
-        assert_eq!(ErrorCode::parse("too_many_keys"), Some(ErrorCode::TooManyKeys));
+        assert_eq!(
+            ErrorCode::parse("too_many_keys"),
+            Some(ErrorCode::TooManyKeys)
+        );
         assert_eq!(ErrorCode::parse("empty_text"), None);
     }
 
@@ -663,7 +675,8 @@ mod tests {
             serde_json::from_str(&welcome_keyed(7, "alice", 99, 300)).expect("json");
         assert_eq!(w["data"]["idempotency"]["window_secs"], 300);
         assert_eq!(w["data"]["subject"], "alice");
-        let plain: serde_json::Value = serde_json::from_str(&welcome(7, "alice", 99)).expect("json");
+        let plain: serde_json::Value =
+            serde_json::from_str(&welcome(7, "alice", 99)).expect("json");
         assert!(plain["data"].get("idempotency").is_none());
     }
 
