@@ -91,10 +91,12 @@ export interface ChannelState {
 export function useChannel(channel: string, options?: SubscribeOptions & { limit?: number }): ChannelState {
   const limit = options?.limit ?? 100;
   const [state, setState] = useState<ChannelState>({ events: [], active: false, recovered: undefined, recoveryFailed: undefined, error: undefined });
+  const { client } = useShared();
   useSubscription(channel, options, (sub) => {
     const set = (patch: Partial<ChannelState>) => setState((s) => ({ ...s, ...patch }));
     set({ active: sub.active });
     const offs = [
+      client.on("state", (c) => c !== "open" && set({ active: false })),
       sub.on("event", (e) => setState((s) => ({ ...s, events: [...s.events, e].slice(-limit) }))),
       sub.on("subscribed", (x) => set({ active: true, recovered: x.recovered })),
       sub.on("recoveryFailed", (f) => set({ recoveryFailed: f })),

@@ -49,6 +49,14 @@ class FakeSocket {
 }
 const latest = () => FakeSocket.all.at(-1);
 const tick = (ms = 10) => act(() => new Promise((r) => setTimeout(r, ms)));
+/** Let React render until `predicate()` holds (a loaded machine may be slow). */
+async function until(predicate, what) {
+  const deadline = Date.now() + 10_000;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await tick();
+  }
+}
 
 beforeEach(() => {
   FakeSocket.all = [];
@@ -85,23 +93,20 @@ async function render(client, hook) {
 test("useSluice follows the connection", async () => {
   const client = makeClient();
   const { seen, renderer } = await render(client, useSluice);
-  await tick();
-  assert.equal(seen().state, "open");
+  await until(() => seen().state === "open", "open");
   assert.equal(seen().welcome.subject, "alice");
   await act(async () => latest().cut());
   assert.equal(seen().state, "reconnecting");
-  await tick();
-  assert.equal(seen().state, "open");
+  await until(() => seen().state === "open", "open again");
   client.close();
-  await tick();
-  assert.equal(seen().state, "closed");
+  await until(() => seen().state === "closed", "closed");
   renderer.unmount();
 });
 
 test("useRequest: pending, then ack; a drop before the ack resends with the key and the first answer comes back once", async () => {
   const client = makeClient();
   const { seen, renderer } = await render(client, () => useRequest("chat.send", { channel: "room:1" }));
-  await tick();
+  await until(() => client.state === "open", "open");
   let p;
   await act(async () => {
     p = seen().send({ text: "hi" });
@@ -121,7 +126,7 @@ test("useRequest: pending, then ack; a drop before the ack resends with the key 
   FakeSocket.apply(first); // applied on the server, its ack lost with the connection
   assert.equal(seen().status, "pending");
   await act(async () => latest().cut());
-  await tick();
+  await until(() => seen().status === "ack", "the resend's answer");
   // Resent after the reconnect with the same key: answered with the first call's outcome.
   assert.equal(latest().sent.at(-1).key, key);
   assert.equal(seen().status, "ack");
@@ -158,7 +163,7 @@ test("useChannel and usePresence share one subscription, and release it when the
   await act(async () => {
     renderer = TestRenderer.create(createElement(SluiceProvider, { client }, createElement(Room)));
   });
-  await tick();
+  await until(() => channel.active && presence.members.length === 1, "subscribed");
   const subscribes = latest().sent.filter((f) => f.type === "subscribe");
   assert.equal(subscribes.length, 1, "one subscription for both hooks");
   assert.equal(channel.active, true);
@@ -174,7 +179,9 @@ test("useChannel and usePresence share one subscription, and release it when the
 
   // A drop: resubscribed with since, and the recovery state shows.
   await act(async () => latest().cut());
-  await tick();
+  assert.equal(channel.active, false, "not active while disconnected");
+  await until(() => FakeSocket.all.length === 2 && latest().sent.some((f) => f.type === "subscribe"), "the resubscription");
+  await until(() => channel.active, "active again");
   const resub = latest().sent.find((f) => f.type === "subscribe");
   assert.deepEqual(resub.data, { since: { offset: 3, epoch: "e" } });
   assert.equal(channel.active, true);
