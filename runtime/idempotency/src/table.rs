@@ -110,8 +110,10 @@ struct Inner {
 #[derive(Default)]
 struct Tenant {
     limits: Option<Limits>,
-    entries: HashMap<(String, String), Entry>,
-    per_subject: HashMap<String, usize>,
+    /// Subject -> key -> entry (looked up by `&str`, no allocation).
+    subjects: HashMap<String, HashMap<String, Entry>>,
+    /// Entries in all subjects.
+    entries: usize,
     /// (expires_at_ms, generation) -> (subject, key).
     expiry: BTreeMap<(u64, u64), (String, String)>,
     bytes: usize,
@@ -149,26 +151,28 @@ impl Tenant {
         self.limits.as_ref().unwrap_or(default)
     }
 
+    fn get(&self, subject: &str, key: &str) -> Option<&Entry> {
+        self.subjects.get(subject)?.get(key)
+    }
+
+    fn get_mut(&mut self, subject: &str, key: &str) -> Option<&mut Entry> {
+        self.subjects.get_mut(subject)?.get_mut(key)
+    }
+
     /// Remove entry (subject, key) if it is `generation`, un-charging it.
     fn remove(&mut self, subject: &str, key: &str, generation: u64) -> Option<Entry> {
-        let k = (subject.to_owned(), key.to_owned());
-        if self
-            .entries
-            .get(&k)
-            .is_none_or(|e| e.generation != generation)
-        {
+        let keys = self.subjects.get_mut(subject)?;
+        if keys.get(key).is_none_or(|e| e.generation != generation) {
             return None;
         }
-        let e = self.entries.remove(&k)?;
+        let e = keys.remove(key)?;
+        if keys.is_empty() {
+            self.subjects.remove(subject);
+        }
         self.expiry.remove(&(e.expires_at_ms, e.generation));
         self.bytes -= e.bytes;
-        if let Some(n) = self.per_subject.get_mut(subject) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_subject.remove(subject);
-            }
-        }
-        self.counters.entries = self.entries.len();
+        self.entries -= 1;
+        self.counters.entries = self.entries;
         self.counters.bytes = self.bytes;
         Some(e)
     }
@@ -182,7 +186,7 @@ impl Tenant {
             let Some((_, (subject, key))) = self.expiry.pop_first() else {
                 break;
             };
-            let done = match self.entries.get_mut(&(subject.clone(), key.clone())) {
+            let done = match self.get_mut(&subject, &key) {
                 Some(e) if e.generation == generation => match &mut e.state {
                     State::Running { expired, .. } => {
                         // Forgotten when it finishes.
@@ -343,8 +347,7 @@ impl IdempotencyTable {
         now: u64,
     ) -> Step {
         t.sweep(now);
-        let k = (id.subject.clone(), id.key.clone());
-        if let Some(e) = t.entries.get(&k) {
+        if let Some(e) = t.get(&id.subject, &id.key) {
             if e.fingerprint != fingerprint {
                 t.counters.conflicts += 1;
                 return Step::Refuse(Refusal::KeyReused);
@@ -364,8 +367,8 @@ impl IdempotencyTable {
         }
         let limits = t.limits(&self.inner.limits).clone();
         let bytes = ENTRY_OVERHEAD_BYTES + id.subject.len() + id.key.len();
-        let subject_entries = t.per_subject.get(&id.subject).copied().unwrap_or(0);
-        if t.entries.len() >= limits.max_entries
+        let subject_entries = t.subjects.get(&id.subject).map_or(0, HashMap::len);
+        if t.entries >= limits.max_entries
             || t.bytes + bytes > limits.max_bytes
             || subject_entries >= limits.max_entries_per_subject
         {
@@ -377,23 +380,32 @@ impl IdempotencyTable {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let expires_at_ms = now.saturating_add(limits.window.as_millis() as u64);
         let (tx, rx) = watch::channel(None);
-        t.entries.insert(
-            k.clone(),
-            Entry {
-                generation,
-                fingerprint,
-                expires_at_ms,
-                bytes,
-                state: State::Running {
-                    answers: rx,
-                    expired: false,
-                },
+        let entry = Entry {
+            generation,
+            fingerprint,
+            expires_at_ms,
+            bytes,
+            state: State::Running {
+                answers: rx,
+                expired: false,
             },
+        };
+        match t.subjects.get_mut(&id.subject) {
+            Some(keys) => {
+                keys.insert(id.key.clone(), entry);
+            }
+            None => {
+                t.subjects
+                    .insert(id.subject.clone(), HashMap::from([(id.key.clone(), entry)]));
+            }
+        }
+        t.expiry.insert(
+            (expires_at_ms, generation),
+            (id.subject.clone(), id.key.clone()),
         );
-        t.expiry.insert((expires_at_ms, generation), k);
-        *t.per_subject.entry(id.subject.clone()).or_default() += 1;
+        t.entries += 1;
         t.bytes += bytes;
-        t.counters.entries = t.entries.len();
+        t.counters.entries = t.entries;
         t.counters.bytes = t.bytes;
         Step::New(Ticket {
             inner: self.inner.clone(),
@@ -565,8 +577,8 @@ impl Ticket {
         };
         {
             let mut t = self.tenant.lock().unwrap_or_else(PoisonError::into_inner);
-            let k = (self.id.subject.clone(), self.id.key.clone());
-            let expired = match t.entries.get(&k) {
+            let (subject, key) = (self.id.subject.as_str(), self.id.key.as_str());
+            let expired = match t.get(subject, key) {
                 Some(e) if e.generation == self.generation => {
                     matches!(e.state, State::Running { expired: true, .. })
                         || expires_at_ms.is_some_and(|at| at <= self.inner.clock.now_ms())
@@ -574,21 +586,24 @@ impl Ticket {
                 _ => true,
             };
             if expired {
-                if t.remove(&k.0, &k.1, self.generation).is_some() {
+                if t.remove(subject, key, self.generation).is_some() {
                     t.counters.evictions += 1;
                 }
             } else {
                 let size = answer.size();
-                if let Some(e) = t.entries.get_mut(&k) {
+                let mut moved = None;
+                if let Some(e) = t.get_mut(subject, key) {
                     e.state = State::Done(answer.clone());
                     e.bytes += size;
                     // A record from the store keeps its own window.
                     if let Some(at) = expires_at_ms.filter(|at| *at != e.expires_at_ms) {
-                        let old = (e.expires_at_ms, e.generation);
+                        moved = Some((e.expires_at_ms, at));
                         e.expires_at_ms = at;
-                        if let Some(v) = t.expiry.remove(&old) {
-                            t.expiry.insert((at, self.generation), v);
-                        }
+                    }
+                }
+                if let Some((old, at)) = moved {
+                    if let Some(v) = t.expiry.remove(&(old, self.generation)) {
+                        t.expiry.insert((at, self.generation), v);
                     }
                 }
                 t.bytes += size;

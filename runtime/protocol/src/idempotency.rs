@@ -14,6 +14,8 @@
 //! same request: same type, channel and data), and the [`Answer`] a server
 //! keeps and replays under the retry's own `id`.
 
+use std::io::Write as _;
+
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -76,54 +78,57 @@ pub fn fingerprint(kind: &str, channel: Option<&str>, data: &Value) -> Fingerpri
             h.update(c.as_bytes());
         }
     }
-    canonical(&mut h, data);
+    // The canonical text is built whole and hashed at once: one buffer
+    // instead of an allocation per string and a hash update per token.
+    let mut text = Vec::with_capacity(256);
+    canonical(&mut text, data);
+    h.update(&text);
     Fingerprint(h.finalize().into())
 }
 
-/// Feed `v` to the hash in canonical JSON, without building the text.
-fn canonical(h: &mut Sha256, v: &Value) {
+/// Append `v` in canonical JSON to `out`.
+fn canonical(out: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::Null => h.update(b"null"),
-        Value::Bool(true) => h.update(b"true"),
-        Value::Bool(false) => h.update(b"false"),
-        Value::Number(n) => h.update(n.to_string().as_bytes()),
-        Value::String(s) => string(h, s),
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::String(s) => string(out, s),
         Value::Array(items) => {
-            h.update(b"[");
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    h.update(b",");
+                    out.push(b',');
                 }
-                canonical(h, item);
+                canonical(out, item);
             }
-            h.update(b"]");
+            out.push(b']');
         }
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
             members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            h.update(b"{");
+            out.push(b'{');
             for (i, (name, value)) in members.into_iter().enumerate() {
                 if i > 0 {
-                    h.update(b",");
+                    out.push(b',');
                 }
-                string(h, name);
-                h.update(b":");
-                canonical(h, value);
+                string(out, name);
+                out.push(b':');
+                canonical(out, value);
             }
-            h.update(b"}");
+            out.push(b'}');
         }
     }
 }
 
-fn string(h: &mut Sha256, s: &str) {
-    // serde_json's own escaping: one spelling per string.
-    match serde_json::to_string(s) {
-        Ok(text) => h.update(text.as_bytes()),
-        // Serializing a str cannot fail; hash the raw bytes tagged apart.
-        Err(_) => {
-            h.update(b"\x01");
-            h.update(s.as_bytes());
-        }
+fn string(out: &mut Vec<u8>, s: &str) {
+    // serde_json's own escaping: one spelling per string. Writing to a Vec
+    // cannot fail; if it did, the raw bytes are tagged apart.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.push(1);
+        out.extend_from_slice(s.as_bytes());
     }
 }
 
