@@ -601,10 +601,10 @@ impl Ticket {
                         e.expires_at_ms = at;
                     }
                 }
-                if let Some((old, at)) = moved {
-                    if let Some(v) = t.expiry.remove(&(old, self.generation)) {
-                        t.expiry.insert((at, self.generation), v);
-                    }
+                if let Some((old, at)) = moved
+                    && let Some(v) = t.expiry.remove(&(old, self.generation))
+                {
+                    t.expiry.insert((at, self.generation), v);
                 }
                 t.bytes += size;
                 t.counters.bytes = t.bytes;
