@@ -1,6 +1,8 @@
 import { ClientErrorCode, SluiceError } from "./errors.js";
 import { backoffDelay, checkUrl, closeDecision, DEFAULT_BACKOFF, type BackoffOptions } from "./policy.js";
 import { Emitter, EventStream } from "./stream.js";
+import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
+import type { KeyValueStorage } from "./storage.js";
 
 /** The subprotocol Sluice speaks. */
 export const SUBPROTOCOL = "sluice.v1";
@@ -10,10 +12,10 @@ interface Platform {
   setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(id: unknown): void;
   addEventListener?(name: string, fn: () => void): void;
-  removeEventListener?(name: string, fn: () => void): void;
   WebSocket?: WebSocketConstructor;
   location?: unknown;
   navigator?: { product?: string };
+  crypto?: { getRandomValues?(a: Uint8Array): Uint8Array };
 }
 const platform = globalThis as unknown as Platform;
 const later = (fn: () => void, ms: number): unknown => platform.setTimeout(fn, ms);
@@ -92,6 +94,24 @@ export interface ClientOptions {
   maxBufferedEvents?: number;
   /** A source of random numbers in [0, 1) for the backoff's jitter (default `Math.random`). */
   random?: () => number;
+  /**
+   * Keep requests that have no answer yet (the offline queue) here, so
+   * that a request made offline is sent after the app restarts: the
+   * browser's `localStorage`, React Native's `AsyncStorage`, or anything
+   * with `getItem`/`setItem`/`removeItem`. Default: none (memory only).
+   */
+  storage?: KeyValueStorage;
+  /** The item the queue is kept under (default `"sluice:" + url`); one per client. */
+  storageKey?: string;
+  /** A request restored from `storage` is dropped once this old (default 86400000 ms, a day). */
+  maxQueueAgeMs?: number;
+  /**
+   * The app's lifecycle: `browserLifecycle()` (the default where there is a
+   * `document`), `reactNativeLifecycle(AppState, NetInfo)`, or null for none.
+   */
+  lifecycle?: Lifecycle | null;
+  /** In the background for this long, the client closes its connection until the foreground (default 30000 ms; Infinity: never). */
+  backgroundGraceMs?: number;
 }
 
 /** The server's `welcome`. */
@@ -100,6 +120,8 @@ export interface Welcome {
   subject: string;
   /** When the token expires, Unix seconds. */
   expiresAt: number;
+  /** How long the server remembers a request's answer under its key; undefined: it takes no keys. */
+  idempotencyWindowSecs: number | undefined;
 }
 
 /** A place in a channel's stream (channels whose rule keeps history). */
@@ -121,7 +143,7 @@ export interface SluiceEvent {
 }
 
 /** The connection's state. */
-export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "suspended" | "closed";
 
 /** A dropped connection that will be retried. */
 export interface Disconnect {
@@ -184,9 +206,35 @@ export type ClientEvents = {
   closed: Closed;
   refreshed: { expiresAt: number; dropped: string[] };
   recoveryFailed: RecoveryFailed;
+  /** A request restored from `storage` (made before the app restarted) was answered or failed. */
+  settled: Settled;
   /** Problems without a caller to tell: `getToken()` threw, a refresh was refused. */
   error: Error;
 };
+
+/** How a request restored from `storage` ended. */
+export interface Settled {
+  key: string;
+  type: string;
+  channel: string | undefined;
+  data: unknown;
+  /** The ack's data, when answered. */
+  result?: unknown;
+  /** Why it failed, otherwise. */
+  error?: SluiceError;
+}
+
+/** Options of {@link SluiceClient.request}. */
+export interface RequestOptions {
+  channel?: string;
+  /** Default `requestTimeoutMs`. */
+  timeoutMs?: number;
+  /**
+   * The idempotency key (1-64 of `A-Z a-z 0-9 - _ . :`); default a random
+   * one. A request with the key of one still pending joins it.
+   */
+  key?: string;
+}
 
 /** Options of {@link SluiceClient.subscribe}. */
 export interface SubscribeOptions {
@@ -241,11 +289,36 @@ export type SubscriptionEvents = {
 
 interface Pending {
   id: string;
-  frame: string;
+  type: string;
+  channel: string | undefined;
+  data: unknown;
+  /** App requests only. */
+  key: string | undefined;
   sent: boolean;
+  /** Made (Unix ms). */
+  at: number;
+  /** Sent with its key: until when a resend is safe (Unix ms). */
+  until?: number;
+  /** Sent without a key (the server takes none): never sent again. */
+  bare?: boolean;
   timer: unknown;
   resolve(data: unknown): void;
   reject(error: SluiceError): void;
+}
+
+/** A resend must reach the server this long before its window ends. */
+const RESEND_MARGIN_MS = 5000;
+const KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/** A random key: 22 characters of base64url, 132 bits. */
+function randomKey(random: () => number): string {
+  const bytes = new Uint8Array(22);
+  const c = platform.crypto;
+  if (c?.getRandomValues) c.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(random() * 256);
+  let key = "";
+  for (const b of bytes) key += KEY_ALPHABET[b & 63];
+  return key;
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -324,10 +397,18 @@ export class Subscription extends Emitter<SubscriptionEvents> {
  * its token, resubscribes, and answers requests with promises.
  */
 export class SluiceClient extends Emitter<ClientEvents> {
-  private readonly o: Required<Omit<ClientOptions, "WebSocket" | "webSocketOptions" | "backoff" | "tokenIn">> & {
+  private readonly o: Required<Omit<ClientOptions, "WebSocket" | "webSocketOptions" | "backoff" | "tokenIn" | "storage" | "lifecycle">> & {
     backoff: BackoffOptions;
     tokenIn: "header" | "subprotocol";
   };
+  private readonly storage: KeyValueStorage | undefined;
+  private readonly lifecycle: Lifecycle | undefined;
+  private unlisten: (() => void) | undefined;
+  /** The restored queue, once loaded. */
+  private loaded: Promise<void> | undefined;
+  private saving = false;
+  /** In the background: the timer that suspends, or true once suspended. */
+  private away: unknown;
   private readonly Ws: WebSocketConstructor;
   private readonly wsOptions: Record<string, unknown> | undefined;
   private ws: Socket | undefined;
@@ -339,7 +420,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
   private last401 = false;
   private holdUntil = 0;
   private lastReceived = 0;
-  private timers: { reconnect?: unknown; refresh?: unknown; heartbeat?: unknown; hold?: unknown } = {};
+  private timers: { reconnect?: unknown; refresh?: unknown; heartbeat?: unknown; hold?: unknown; away?: unknown } = {};
   private pending = new Map<string, Pending>();
   private queue: string[] = [];
   /**
@@ -352,8 +433,27 @@ export class SluiceClient extends Emitter<ClientEvents> {
   private subs = new Map<string, Subscription>();
   private streams = new Set<EventStream<SluiceEvent>>();
   private waiters: Array<{ resolve(w: Welcome): void; reject(e: unknown): void }> = [];
-  private onOnline = (): void => {
-    // Waiting out a backoff delay: try now.
+  private onLifecycle = (event: LifecycleEvent): void => {
+    if (this.current === "closed" || this.current === "idle") return;
+    if (event === "background") {
+      if (this.timers.away === undefined && Number.isFinite(this.o.backgroundGraceMs)) {
+        this.timers.away = later(() => this.suspend(), this.o.backgroundGraceMs);
+      }
+      return;
+    }
+    if (event === "offline") return;
+    if (event === "foreground") {
+      cancel(this.timers.away);
+      this.timers.away = undefined;
+      if (this.current === "suspended") {
+        this.attempt = 0;
+        void this.open();
+        return;
+      }
+      // Back from a sleep the socket may not have survived: ask now.
+      if (this.current === "open") this.scheduleHeartbeat(0);
+    }
+    // Foreground or online while waiting out a backoff delay: try now.
     if (this.timers.reconnect !== undefined) {
       cancel(this.timers.reconnect);
       void this.open();
@@ -381,8 +481,14 @@ export class SluiceClient extends Emitter<ClientEvents> {
       heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? 10_000,
       maxBufferedEvents: options.maxBufferedEvents ?? 1000,
       random: options.random ?? Math.random,
+      storageKey: options.storageKey ?? `sluice:${options.url}`,
+      maxQueueAgeMs: options.maxQueueAgeMs ?? 86_400_000,
+      backgroundGraceMs: options.backgroundGraceMs ?? 30_000,
     };
     this.wsOptions = options.webSocketOptions;
+    this.storage = options.storage;
+    this.lifecycle =
+      options.lifecycle === null ? undefined : (options.lifecycle ?? (platform.addEventListener ? browserLifecycle() : undefined));
   }
 
   /** The connection's state. */
@@ -406,7 +512,10 @@ export class SluiceClient extends Emitter<ClientEvents> {
     // Callers that do not wait for it must not get an unhandled rejection.
     p.catch(() => undefined);
     if (this.current === "idle") {
-      platform.addEventListener?.("online", this.onOnline);
+      this.unlisten = this.lifecycle?.subscribe(this.onLifecycle);
+      this.loaded = this.restore();
+      void this.open();
+    } else if (this.current === "suspended") {
       void this.open();
     }
     return p;
@@ -421,7 +530,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
    * Send a message of `type` (a route of the tenant) and resolve with the
    * ack's data; reject with a {@link SluiceError}.
    */
-  request<T = unknown>(type: string, data?: unknown, options: { channel?: string; timeoutMs?: number } = {}): Promise<T> {
+  request<T = unknown>(type: string, data?: unknown, options: RequestOptions = {}): Promise<T> {
     return this.call<T>(type, data, options, false);
   }
 
@@ -430,7 +539,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
    * connected, ahead of the queue and the rate-limit hold, and are never
    * refused for a full queue.
    */
-  private call<T>(type: string, data: unknown, options: { channel?: string; timeoutMs?: number }, internal: boolean): Promise<T> {
+  private call<T>(type: string, data: unknown, options: RequestOptions, internal: boolean): Promise<T> {
     return new Promise<T>((resolve, reject) => this.send(type, data, options, internal, resolve as (d: unknown) => void, reject));
   }
 
@@ -438,7 +547,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
   private send(
     type: string,
     data: unknown,
-    options: { channel?: string; timeoutMs?: number },
+    options: RequestOptions,
     internal: boolean,
     resolve: (data: unknown) => void,
     reject: (error: SluiceError) => void,
@@ -447,22 +556,27 @@ export class SluiceClient extends Emitter<ClientEvents> {
       reject(new SluiceError(ClientErrorCode.closed, "the client is closed"));
       return;
     }
-    const id = this.id();
-    const entry: Pending = {
-      id,
-      frame: JSON.stringify({ type, id, channel: options.channel, data }),
-      sent: false,
-      timer: undefined,
-      resolve,
-      reject,
-    };
-    const timeoutMs = options.timeoutMs ?? this.o.requestTimeoutMs;
-    entry.timer = later(() => {
-      if (this.pending.delete(id)) {
-        this.queue = this.queue.filter((q) => q !== id);
-        reject(new SluiceError(ClientErrorCode.timeout, `no answer to ${type} within ${timeoutMs} ms`));
+    // Reserved types are idempotent already; the server takes keys on routes only.
+    const reserved = /^(subscribe|unsubscribe|presence|ping|refresh)$|^sluice\./.test(type);
+    const key = internal || reserved ? undefined : (options.key ?? randomKey(this.o.random));
+    if (key !== undefined) {
+      const same = [...this.pending.values()].find((p) => p.key === key);
+      if (same) {
+        // The same request again (a retry, or a restored one): join it.
+        if (same.type !== type || same.channel !== options.channel || JSON.stringify(same.data) !== JSON.stringify(data)) {
+          reject(new SluiceError("key_reused", "a pending request has this key with another type, channel or data", undefined, key));
+          return;
+        }
+        const [res, rej] = [same.resolve, same.reject];
+        same.resolve = (d) => (res(d), resolve(d));
+        same.reject = (e) => (rej(e), reject(e));
+        return;
       }
-    }, timeoutMs);
+    }
+    const id = this.id();
+    const entry: Pending = { id, type, channel: options.channel, data, key, sent: false, at: Date.now(), timer: undefined, resolve, reject };
+    const timeoutMs = options.timeoutMs ?? this.o.requestTimeoutMs;
+    entry.timer = later(() => this.expire(id, `no answer to ${type} within ${timeoutMs} ms`), timeoutMs);
     this.pending.set(id, entry);
     if (internal ? this.current === "open" && this.ws !== undefined : this.canSend() && this.queue.length === 0) {
       this.transmit(entry);
@@ -472,6 +586,16 @@ export class SluiceClient extends Emitter<ClientEvents> {
     } else {
       this.settle(id, new SluiceError(ClientErrorCode.queueFull, this.o.maxQueue === 0 ? "not connected" : `not connected and ${this.o.maxQueue} requests already wait`));
     }
+    if (key !== undefined) this.save();
+  }
+
+  /** A request's time is up. */
+  private expire(id: string, why: string): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.queue = this.queue.filter((q) => q !== id);
+    const hint = p.until !== undefined ? `; it may have been applied: request again with its key (${p.key}) to learn its answer` : "";
+    this.settle(id, new SluiceError(ClientErrorCode.timeout, why + hint, undefined, p.key));
   }
 
   /**
@@ -532,7 +656,10 @@ export class SluiceClient extends Emitter<ClientEvents> {
 
   private async open(): Promise<void> {
     this.timers.reconnect = undefined;
+    this.away = undefined;
+    if ((this.current as ConnectionState) === "closed" || this.ws) return;
     this.setState(this.attempt === 0 && this.info === undefined && !this.everOpen ? "connecting" : "reconnecting");
+    await this.loaded;
     let token: string;
     try {
       token = await this.o.getToken();
@@ -596,11 +723,23 @@ export class SluiceClient extends Emitter<ClientEvents> {
       cancel(this.timers[key]);
       this.timers[key] = undefined;
     }
+    // Sent with a key: resent first after the next welcome, in sending
+    // order, while the server still remembers the key. The rest may or may
+    // not have been applied: they fail.
+    const resend: string[] = [];
     for (const [id, p] of [...this.pending]) {
-      if (p.sent) this.settle(id, new SluiceError(ClientErrorCode.connectionLost, "the connection dropped before the answer; the request may or may not have been applied"));
+      if (!p.sent) continue;
+      p.sent = false;
+      if (this.resendable(p)) resend.push(id);
+      else this.lose(id);
     }
+    this.queue = [...resend, ...this.queue];
     for (const sub of this.subs.values()) sub.state = "pending";
     if (this.current === "closed") return;
+    if (this.away === true) {
+      this.setState("suspended");
+      return;
+    }
     const decision = closeDecision(code, reason, welcomed ? undefined : httpStatus, this.last401);
     this.last401 = !welcomed && httpStatus === 401;
     this.retry(code, reason, welcomed ? undefined : httpStatus, decision);
@@ -626,7 +765,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
   private stop(closed: Closed): void {
     if (this.current === "closed") return;
     this.setState("closed");
-    platform.removeEventListener?.("online", this.onOnline);
+    this.unlisten?.();
     for (const t of Object.values(this.timers)) cancel(t);
     this.timers = {};
     const ws = this.ws;
@@ -654,9 +793,28 @@ export class SluiceClient extends Emitter<ClientEvents> {
   // --- frames -------------------------------------------------------------
 
   private transmit(entry: Pending): void {
+    const window = this.info?.idempotencyWindowSecs;
+    const keyed = entry.key !== undefined && window !== undefined;
+    // Sent with its key before: only with it again, and only in time.
+    if (entry.until !== undefined && !(keyed && this.resendable(entry))) {
+      this.lose(entry.id);
+      return;
+    }
+    if (keyed && entry.until === undefined) entry.until = Date.now() + (window as number) * 1000 - RESEND_MARGIN_MS;
+    if (!keyed) entry.bare = true;
     entry.sent = true;
     this.inflight.push(entry.id);
-    this.ws?.send(entry.frame);
+    const { id, type, channel, data } = entry;
+    this.ws?.send(JSON.stringify({ type, id, key: keyed ? entry.key : undefined, channel, data }));
+    if (entry.key !== undefined) this.save();
+  }
+
+  private resendable(p: Pending): boolean {
+    return p.until !== undefined && Date.now() < p.until;
+  }
+
+  private lose(id: string): void {
+    this.settle(id, new SluiceError(ClientErrorCode.connectionLost, "the connection dropped before the answer; the request may or may not have been applied"));
   }
 
   /** The id an answer is for: its own, or for an id-less error the oldest in flight. */
@@ -675,6 +833,87 @@ export class SluiceClient extends Emitter<ClientEvents> {
     cancel(p.timer);
     if (result instanceof SluiceError) p.reject(result);
     else p.resolve(result.data);
+    if (p.key !== undefined) this.save();
+  }
+
+  // --- the offline queue in storage ----------------------------------------
+
+  /** Write the app's pending requests to storage (once per turn of the event loop). */
+  private save(): void {
+    const storage = this.storage;
+    if (!storage || this.saving || this.loaded === undefined) return;
+    this.saving = true;
+    void this.loaded
+      .then(() => {
+        this.saving = false;
+        const items = [...this.pending.values()]
+          .filter((p) => p.key !== undefined)
+          .map(({ key, type, channel, data, at, until, bare }) => ({ key, type, channel, data, at, until, bare }));
+        return items.length > 0 ? storage.setItem(this.o.storageKey, JSON.stringify(items)) : storage.removeItem(this.o.storageKey);
+      })
+      .catch((e: unknown) => this.emit("error", e instanceof Error ? e : new Error(String(e))));
+  }
+
+  /** Put the requests a previous run left in storage at the head of the queue. */
+  private async restore(): Promise<void> {
+    const storage = this.storage;
+    if (!storage) return;
+    let items: unknown;
+    try {
+      items = JSON.parse((await storage.getItem(this.o.storageKey)) ?? "[]");
+    } catch (e) {
+      this.emit("error", e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    if (!Array.isArray(items)) return;
+    const restored: string[] = [];
+    for (const item of items) {
+      if (!isObject(item) || typeof item.key !== "string" || typeof item.type !== "string" || typeof item.at !== "number") continue;
+      if ([...this.pending.values()].some((p) => p.key === item.key)) continue;
+      const { key, type, data } = item;
+      const channel = typeof item.channel === "string" ? item.channel : undefined;
+      const id = this.id();
+      const report = (end: { result?: unknown; error?: SluiceError }): void => this.emit("settled", { key, type, channel, data, ...end });
+      const left = item.at + this.o.maxQueueAgeMs - Date.now();
+      if (item.bare || left <= 0) {
+        // Sent without a key before the app stopped: it may have been applied.
+        report({
+          error: item.bare
+            ? new SluiceError(ClientErrorCode.connectionLost, "sent without a key before the app stopped; it may or may not have been applied", undefined, key)
+            : new SluiceError(ClientErrorCode.timeout, `not sent within ${this.o.maxQueueAgeMs} ms`, undefined, key),
+        });
+        continue;
+      }
+      const entry: Pending = {
+        id,
+        type,
+        channel,
+        data,
+        key,
+        sent: false,
+        at: item.at,
+        until: typeof item.until === "number" ? item.until : undefined,
+        timer: undefined,
+        resolve: (result) => report({ result }),
+        reject: (error) => report({ error }),
+      };
+      this.pending.set(id, entry);
+      entry.timer = later(() => this.expire(id, `not sent within ${this.o.maxQueueAgeMs} ms`), left);
+      restored.push(id);
+    }
+    this.queue = [...restored, ...this.queue];
+  }
+
+  // --- the app's lifecycle --------------------------------------------------
+
+  /** In the background past the grace period: close until the foreground. */
+  private suspend(): void {
+    this.timers.away = undefined;
+    this.away = true;
+    cancel(this.timers.reconnect);
+    this.timers.reconnect = undefined;
+    if (this.ws) this.drop(1000, "in the background");
+    else this.setState("suspended");
   }
 
   /** Send queued requests, in order, as far as the rate-limit hold allows. */
@@ -712,10 +951,12 @@ export class SluiceClient extends Emitter<ClientEvents> {
     switch (msg.type) {
       case "welcome": {
         const d = isObject(msg.data) ? msg.data : {};
+        const window = isObject(d.idempotency) ? Number(d.idempotency.window_secs) : NaN;
         this.info = {
           connectionId: Number(d.connection_id),
           subject: String(d.subject),
           expiresAt: Number(d.expires_at),
+          idempotencyWindowSecs: window > 0 ? window : undefined,
         };
         this.attempt = 0;
         this.last401 = false;
@@ -724,7 +965,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
         this.emit("welcome", this.info);
         for (const w of this.waiters.splice(0)) w.resolve(this.info);
         this.scheduleRefresh(undefined);
-        this.scheduleHeartbeat();
+        this.scheduleHeartbeat(this.o.heartbeatIntervalMs);
         for (const sub of this.subs.values()) this.sendSubscribe(sub);
         this.flush();
         return;
@@ -741,7 +982,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
         if (msg.code === "rate_limited" && retryAfterMs !== undefined) {
           this.holdUntil = Math.max(this.holdUntil, Date.now() + retryAfterMs);
         }
-        const error = new SluiceError(String(msg.code), String(msg.message ?? ""), retryAfterMs);
+        const error = new SluiceError(String(msg.code), String(msg.message ?? ""), retryAfterMs, id === undefined ? undefined : this.pending.get(id)?.key);
         if (id !== undefined && this.pending.has(id)) this.settle(id, error);
         else this.emit("error", error);
         return;
@@ -882,7 +1123,8 @@ export class SluiceClient extends Emitter<ClientEvents> {
     if (previousExpiry !== undefined && info.expiresAt <= previousExpiry) return;
     const remaining = info.expiresAt * 1000 - Date.now();
     const delay = Math.max(1000, remaining - Math.min(this.o.refreshMarginMs, remaining / 5));
-    this.timers.refresh = later(() => void this.refresh(), delay);
+    // Timers take at most 2^31-1 ms (24.8 days); a longer delay would fire at once.
+    this.timers.refresh = later(() => void this.refresh(), Math.min(delay, 2 ** 31 - 1));
   }
 
   private async refresh(): Promise<void> {
@@ -918,14 +1160,15 @@ export class SluiceClient extends Emitter<ClientEvents> {
     this.scheduleRefresh(info.expiresAt);
   }
 
-  private scheduleHeartbeat(): void {
+  /** Check the connection is alive after `first` ms (0: ping at once), then every `heartbeatIntervalMs` of silence. */
+  private scheduleHeartbeat(first: number): void {
     cancel(this.timers.heartbeat);
     const interval = this.o.heartbeatIntervalMs;
     if (interval <= 0) return;
-    this.lastReceived = Date.now();
-    const tick = (): void => {
+    if (first > 0) this.lastReceived = Date.now();
+    const tick = (force?: boolean): void => {
       const idle = Date.now() - this.lastReceived;
-      if (idle < interval) {
+      if (idle < interval && !force) {
         this.timers.heartbeat = later(tick, interval - idle);
         return;
       }
@@ -937,6 +1180,6 @@ export class SluiceClient extends Emitter<ClientEvents> {
         else tick();
       }, this.o.heartbeatTimeoutMs);
     };
-    this.timers.heartbeat = later(tick, interval);
+    this.timers.heartbeat = later(() => tick(first === 0), first);
   }
 }

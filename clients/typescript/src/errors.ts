@@ -8,14 +8,17 @@
 export class SluiceError extends Error {
   /** The error code. */
   readonly code: string;
-  /** For `rate_limited` and `unavailable`: when to try again, in ms. */
+  /** For `rate_limited`, `unavailable` and `too_many_keys`: when to try again, in ms. */
   readonly retryAfterMs: number | undefined;
+  /** The request's idempotency key: request again with it to learn what became of it. */
+  readonly key: string | undefined;
 
-  constructor(code: string, message: string, retryAfterMs?: number) {
+  constructor(code: string, message: string, retryAfterMs?: number, key?: string) {
     super(message);
     this.name = "SluiceError";
     this.code = code;
     this.retryAfterMs = retryAfterMs;
+    this.key = key;
   }
 }
 
@@ -23,7 +26,11 @@ export class SluiceError extends Error {
 export const ClientErrorCode = {
   /** No answer within the request's timeout (queued time included). */
   timeout: "timeout",
-  /** Sent, then the connection dropped before the answer: it may or may not have been applied. */
+  /**
+   * Sent, then the connection dropped before the answer, and it could not
+   * be resent safely (the server takes no keys, or its window passed): it
+   * may or may not have been applied.
+   */
   connectionLost: "connection_lost",
   /** Made while disconnected with a full queue (or with `maxQueue: 0`). */
   queueFull: "queue_full",

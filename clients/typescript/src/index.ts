@@ -11,6 +11,8 @@ export {
   type PresenceChange,
   type PresenceMember,
   type RecoveryFailed,
+  type RequestOptions,
+  type Settled,
   type SluiceEvent,
   type StreamPosition,
   type SubscribeOptions,
@@ -20,6 +22,8 @@ export {
   type Welcome,
 } from "./client.js";
 export { ClientErrorCode, SluiceError } from "./errors.js";
+export { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
+export type { KeyValueStorage } from "./storage.js";
 export {
   backoffDelay,
   checkUrl,

@@ -453,3 +453,30 @@ test("recovery across a server restart: the history is durable, the epoch the sa
   alice.close();
   bob.close();
 });
+
+test("a key sent to a server that takes none is refused, never run unprotected; the client sends none to it", async () => {
+  const token = await server.token("raw-keys");
+  const ws = new WebSocket(server.url(), ["sluice.v1"], { ca: server.ca, headers: { Authorization: `Bearer ${token}` } });
+  const frames = [];
+  ws.on("message", (m) => frames.push(JSON.parse(String(m))));
+  await until(() => frames.length === 1, 10_000, "welcome");
+  assert.equal(frames[0].type, "welcome");
+  assert.equal(frames[0].data.idempotency, undefined, "this server advertises no keys");
+  ws.send(JSON.stringify({ type: "echo", id: "k1", key: "order:1", data: { n: 1 } }));
+  await until(() => frames.length === 2, 10_000, "the refusal");
+  assert.equal(frames[1].type, "error");
+  assert.equal(frames[1].code, "bad_envelope");
+  assert.match(frames[1].message, /idempotency key/);
+  // The connection stays usable; the same request without a key runs.
+  ws.send(JSON.stringify({ type: "echo", id: "k2", data: { n: 1 } }));
+  await until(() => frames.length === 3, 10_000, "the echo");
+  assert.deepEqual(frames[2], { type: "ack", id: "k2", data: { n: 1 } });
+  ws.close();
+
+  // The client: its requests carry keys, but not to this server.
+  const c = connect("keys-client");
+  const welcome = await c.connect();
+  assert.equal(welcome.idempotencyWindowSecs, undefined);
+  assert.deepEqual(await c.request("echo", { n: 2 }, { key: "order:2" }), { n: 2 });
+  c.close();
+});

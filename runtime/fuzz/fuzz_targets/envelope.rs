@@ -10,6 +10,7 @@ fuzz_target!(|text: &str| {
         Ok(envelope) => {
             assert!(!envelope.kind.is_empty() && envelope.kind.len() <= 128);
             assert!(envelope.id.as_ref().is_none_or(|id| id.len() <= MAX_ID_BYTES));
+            assert!(envelope.key.is_none(), "decode never takes a key");
             assert!(!protocol::json_depth_exceeds(text, 32));
         }
         Err(Rejection::Error { code, message, .. }) => {
@@ -17,5 +18,12 @@ fuzz_target!(|text: &str| {
             assert!(message.len() < 400, "{message}");
         }
         Err(other) => panic!("decode never closes: {other:?}"),
+    }
+    // With a table: a key taken is a valid one, on a route.
+    if let Ok(envelope) = protocol::decode_keyed(text, 32) {
+        if let Some(key) = &envelope.key {
+            assert!(protocol::is_valid_key(key));
+            assert!(!protocol::is_reserved_type(&envelope.kind));
+        }
     }
 });

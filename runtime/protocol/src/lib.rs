@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! client -> {"type":"chat.send","id":"c1","channel":"room:42","data":{...}}
+//!           {"type":"chat.send","id":"c1","key":"k1","channel":"room:42","data":{...}}  (idempotency key)
 //! server -> {"type":"welcome","data":{"connection_id":7,"subject":"alice","expires_at":1795939200}}
 //!           {"type":"ack","id":"c1","data":...}
 //!           {"type":"error","id":"c1","code":"schema_invalid","message":"..."}
@@ -22,11 +23,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod error_code;
+mod frames;
+mod idempotency;
 mod position;
 mod rejection;
 mod reserved;
 mod text;
 
+pub use error_code::ErrorCode;
+pub use frames::{
+    ack, event, event_at, pong, presence_event, subscribed, unsubscribed, welcome, welcome_keyed,
+};
+pub use idempotency::{Answer, Fingerprint, MAX_KEY_BYTES, fingerprint, is_valid_key};
 pub use position::{MAX_OFFSET, Outcome, Position, Since};
 pub use rejection::{CloseReason, Code, HandlerCode, Rejection, Wire, close};
 pub use reserved::{ReservedType, is_reserved_type};
@@ -71,86 +80,17 @@ pub struct Envelope {
     /// The payload; `null` when absent.
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The idempotency key (see [`is_valid_key`]): a retry with the same
+    /// key gets the first attempt's answer. Only [`decode_keyed`] accepts
+    /// one; [`decode`] refuses it.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
-/// The error codes a client can receive. A handler's own rejection codes
-/// come on top of these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// Not JSON.
-    BadJson,
-    /// JSON nested deeper than the server allows.
-    TooDeep,
-    /// JSON, but not a valid envelope (missing `type`, unknown field, wrong
-    /// types, a channel where none is taken, an id too long).
-    BadEnvelope,
-    /// No route for this type.
-    UnknownType,
-    /// The principal lacks a scope or channel permission.
-    Forbidden,
-    /// The channel name is not valid.
-    InvalidChannel,
-    /// `data` fails the route's schema.
-    SchemaInvalid,
-    /// Over a rate limit; `retry_after_ms` says when to try again.
-    RateLimited,
-    /// Binary frames are not accepted.
-    BinaryNotSupported,
-    /// Too many channels subscribed on this connection.
-    TooManySubscriptions,
-    /// A `refresh` carried a token that does not verify.
-    InvalidToken,
-    /// The handler failed.
-    HandlerFailed,
-    /// The handler ran out of fuel or time.
-    HandlerTimeout,
-    /// The handler is quarantined or no instance could be created.
-    Unavailable,
-    /// Cluster mode: the handler's state writes lost a race with another
-    /// node twice in a row (the call ran again once); nothing was written.
-    Conflict,
-}
-
-impl ErrorCode {
-    /// Every host code (keep in step with the enum): `/metrics` always gives
-    /// these a label of their own, whatever codes handlers invent.
-    pub const ALL: [ErrorCode; 15] = [
-        ErrorCode::BadJson,
-        ErrorCode::TooDeep,
-        ErrorCode::BadEnvelope,
-        ErrorCode::UnknownType,
-        ErrorCode::Forbidden,
-        ErrorCode::InvalidChannel,
-        ErrorCode::SchemaInvalid,
-        ErrorCode::RateLimited,
-        ErrorCode::BinaryNotSupported,
-        ErrorCode::TooManySubscriptions,
-        ErrorCode::InvalidToken,
-        ErrorCode::HandlerFailed,
-        ErrorCode::HandlerTimeout,
-        ErrorCode::Unavailable,
-        ErrorCode::Conflict,
-    ];
-
-    /// The code on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::TooDeep => "too_deep",
-            ErrorCode::BadEnvelope => "bad_envelope",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::InvalidChannel => "invalid_channel",
-            ErrorCode::SchemaInvalid => "schema_invalid",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::BinaryNotSupported => "binary_not_supported",
-            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
-            ErrorCode::InvalidToken => "invalid_token",
-            ErrorCode::HandlerFailed => "handler_failed",
-            ErrorCode::HandlerTimeout => "handler_timeout",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Conflict => "conflict",
-        }
+impl Envelope {
+    /// This request's [`Fingerprint`]: what a retry with its key must match.
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint(&self.kind, self.channel.as_deref(), &self.data)
     }
 }
 
@@ -185,8 +125,26 @@ pub fn json_depth_exceeds(text: &str, max: usize) -> bool {
     false
 }
 
-/// Parse a client frame into an envelope, after the depth check.
+/// Parse a client frame into an envelope, after the depth check. An
+/// envelope with a `key` is refused (`bad_envelope`): a server that keeps
+/// no idempotency table must not run a keyed request as if it did (see
+/// [`decode_keyed`]).
 pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
+    let envelope = decode_keyed(text, max_depth)?;
+    if envelope.key.is_some() {
+        return Err(Rejection::error(
+            ErrorCode::BadEnvelope,
+            "this server takes no idempotency key (its welcome has no `idempotency`)",
+        ));
+    }
+    Ok(envelope)
+}
+
+/// [`decode`] for a server with an idempotency table: a `key` is taken, on
+/// a route (not on a reserved type, which the host answers itself and
+/// which are idempotent already), when it is 1-64 of `A-Z a-z 0-9 - _ . :`;
+/// anything else is `bad_envelope`.
+pub fn decode_keyed(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
     if json_depth_exceeds(text, max_depth) {
         return Err(Rejection::error(
             ErrorCode::TooDeep,
@@ -236,6 +194,20 @@ pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
             "type must be 1-128 bytes",
         ));
     }
+    if let Some(key) = &envelope.key {
+        if !is_valid_key(key) {
+            return Err(Rejection::error(
+                ErrorCode::BadEnvelope,
+                format!("key must be 1-{MAX_KEY_BYTES} of A-Z a-z 0-9 - _ . :"),
+            ));
+        }
+        if is_reserved_type(&envelope.kind) {
+            return Err(Rejection::error(
+                ErrorCode::BadEnvelope,
+                "key is taken on routes only, not on reserved types",
+            ));
+        }
+    }
     Ok(envelope)
 }
 
@@ -246,23 +218,24 @@ pub fn decode(text: &str, max_depth: usize) -> Result<Envelope, Rejection> {
 fn redact_serde(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let what = if text.starts_with("unknown field") {
-        "an unknown field (the fields are type, id, channel, data)"
+        "an unknown field (the fields are type, id, key, channel, data)"
     } else if text.starts_with("missing field `type`") {
         "missing field `type`"
     } else if text.starts_with("duplicate field `") {
         // serde names only known fields as duplicates.
-        match ["type", "id", "channel", "data"]
+        match ["type", "id", "key", "channel", "data"]
             .iter()
             .find(|f| text.starts_with(&format!("duplicate field `{f}`")))
         {
             Some(&"type") => "duplicate field `type`",
             Some(&"id") => "duplicate field `id`",
             Some(&"channel") => "duplicate field `channel`",
+            Some(&"key") => "duplicate field `key`",
             Some(_) => "duplicate field `data`",
             None => "a duplicate field",
         }
     } else if text.starts_with("invalid type") || text.starts_with("invalid value") {
-        "a field of the wrong type (type, id and channel are strings)"
+        "a field of the wrong type (type, id, key and channel are strings)"
     } else {
         "expected an object"
     };
@@ -326,123 +299,8 @@ pub fn is_valid_channel(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-' | b'.'))
 }
 
-/// `{"type":"welcome",...}`.
-pub fn welcome(connection_id: u64, subject: &str, expires_at: u64) -> String {
-    serde_json::json!({
-        "type": "welcome",
-        "data": { "connection_id": connection_id, "subject": subject, "expires_at": expires_at },
-    })
-    .to_string()
-}
-
-/// `{"type":"ack","id":...,"data":...}`; `data` must be valid JSON text.
-pub fn ack(id: Option<&str>, data: Option<&RawValue>) -> String {
-    #[derive(serde::Serialize)]
-    struct Ack<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        id: Option<&'a str>,
-        data: Option<&'a RawValue>,
-    }
-    serde_json::to_string(&Ack {
-        kind: "ack",
-        id,
-        data,
-    })
-    .unwrap_or_default()
-}
-
-/// `{"type":"event","channel":...,"data":...}`; `data` must be valid JSON.
-pub fn event(channel: Option<&str>, data: &RawValue) -> String {
-    #[derive(serde::Serialize)]
-    struct Event<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        channel: Option<&'a str>,
-        data: &'a RawValue,
-    }
-    serde_json::to_string(&Event {
-        kind: "event",
-        channel,
-        data,
-    })
-    .unwrap_or_default()
-}
-
-/// `{"type":"event","channel":...,"data":...,"offset":...,"epoch":...}`: an
-/// event of a channel that keeps history, at its place in the channel's
-/// stream. `data` must be valid JSON.
-pub fn event_at(channel: &str, data: &RawValue, offset: u64, epoch: &str) -> String {
-    #[derive(serde::Serialize)]
-    struct Event<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        channel: &'a str,
-        data: &'a RawValue,
-        offset: u64,
-        epoch: &'a str,
-    }
-    serde_json::to_string(&Event {
-        kind: "event",
-        channel,
-        data,
-        offset,
-        epoch,
-    })
-    .unwrap_or_default()
-}
-
-/// `{"type":"join"|"leave","channel":...,"data":{"subject":...,"claims":{...}}}`:
-/// a subject arrived in or left a presence channel. `claims` must be a
-/// JSON object's text (the tenant's exposed claims).
-pub fn presence_event(joined: bool, channel: &str, subject: &str, claims: &RawValue) -> String {
-    #[derive(serde::Serialize)]
-    struct Who<'a> {
-        subject: &'a str,
-        claims: &'a RawValue,
-    }
-    #[derive(serde::Serialize)]
-    struct Event<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        channel: &'a str,
-        data: Who<'a>,
-    }
-    serde_json::to_string(&Event {
-        kind: if joined { "join" } else { "leave" },
-        channel,
-        data: Who { subject, claims },
-    })
-    .unwrap_or_default()
-}
-
-/// `{"type":"subscribed","channel":...,"data":{"offset":...,"epoch":...}}`:
-/// a handler subscribed this connection to a channel with history (with
-/// `"recovered"` when it asked to recover); `data` must be valid JSON.
-pub fn subscribed(channel: &str, data: &RawValue) -> String {
-    #[derive(serde::Serialize)]
-    struct Subscribed<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        channel: &'a str,
-        data: &'a RawValue,
-    }
-    serde_json::to_string(&Subscribed {
-        kind: "subscribed",
-        channel,
-        data,
-    })
-    .unwrap_or_default()
-}
-
 /// Longest epoch a client may send back in `since`.
 pub const MAX_EPOCH_BYTES: usize = 64;
-
-/// `{"type":"unsubscribed","channel":...,"reason":...}`: the server ended a
-/// subscription (a reload's channel rules no longer allow it).
-pub fn unsubscribed(channel: &str, reason: &str) -> String {
-    serde_json::json!({ "type": "unsubscribed", "channel": channel, "reason": reason }).to_string()
-}
 
 /// How far into a frame [`peek_id`] looks.
 pub const PEEK_ID_BYTES: usize = 512;
@@ -505,11 +363,6 @@ pub fn peek_id(text: &str) -> Option<&str> {
     None
 }
 
-/// `{"type":"pong","id":...}`.
-pub fn pong(id: Option<&str>) -> String {
-    serde_json::json!({ "type": "pong", "id": id }).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +387,76 @@ mod tests {
         assert_eq!(code(r#"{"type":"a","extra":1}"#), "bad_envelope");
         assert_eq!(code(r#"{"type":5}"#), "bad_envelope");
         assert!(decode(r#"{"type":"a","data":{"x":1}}"#, 4).is_ok());
+    }
+
+    #[test]
+    fn a_key_is_taken_only_by_decode_keyed_and_only_when_valid() {
+        let keyed = r#"{"type":"chat.send","id":"c1","key":"k-1:a.B_2","channel":"room:1","data":{"text":"hi"}}"#;
+        let e = decode_keyed(keyed, 8).expect("a valid keyed envelope");
+        assert_eq!(e.key.as_deref(), Some("k-1:a.B_2"));
+        assert_eq!(
+            e.fingerprint(),
+            fingerprint(
+                "chat.send",
+                Some("room:1"),
+                &serde_json::json!({"text":"hi"})
+            )
+        );
+        // A server without a table refuses it rather than run it unprotected.
+        match decode(keyed, 8) {
+            Err(Rejection::Error { code, message, .. }) => {
+                assert_eq!(code, Code::Host(ErrorCode::BadEnvelope));
+                assert!(message.contains("idempotency"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(decode(r#"{"type":"chat.send","data":1}"#, 8).is_ok_and(|e| e.key.is_none()));
+        let long = format!(r#"{{"type":"a","key":"{}"}}"#, "k".repeat(65));
+        for bad in [
+            r#"{"type":"a","key":""}"#,
+            r#"{"type":"a","key":"a b"}"#,
+            r#"{"type":"a","key":"SECRET/x"}"#,
+            r#"{"type":"a","key":7}"#,
+            r#"{"type":"a","key":null,"key":"x"}"#,
+            r#"{"type":"a","key":"x","key":"x"}"#,
+            r#"{"type":"subscribe","channel":"room:1","key":"x"}"#,
+            r#"{"type":"sluice.anything","key":"x"}"#,
+            long.as_str(),
+        ] {
+            match decode_keyed(bad, 8) {
+                Err(Rejection::Error { code, message, .. }) => {
+                    assert_eq!(code, Code::Host(ErrorCode::BadEnvelope), "{bad}");
+                    assert!(!message.contains("SECRET"), "{message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // `"key":null` is no key.
+        assert!(decode(r#"{"type":"a","key":null}"#, 8).is_ok());
+    }
+
+    #[test]
+    fn host_codes_parse_back() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(ErrorCode::parse("key_reused"), Some(ErrorCode::KeyReused));
+        assert_eq!(
+            ErrorCode::parse("too_many_keys"),
+            Some(ErrorCode::TooManyKeys)
+        );
+        assert_eq!(ErrorCode::parse("empty_text"), None);
+    }
+
+    #[test]
+    fn a_keyed_welcome_advertises_the_window() {
+        let w: serde_json::Value =
+            serde_json::from_str(&welcome_keyed(7, "alice", 99, 300)).expect("json");
+        assert_eq!(w["data"]["idempotency"]["window_secs"], 300);
+        assert_eq!(w["data"]["subject"], "alice");
+        let plain: serde_json::Value =
+            serde_json::from_str(&welcome(7, "alice", 99)).expect("json");
+        assert!(plain["data"].get("idempotency").is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::ErrorCode;
+use crate::error_code::ErrorCode;
 use crate::text::truncate_utf8;
 
 /// Close codes (RFC 6455) the server uses.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::{Counts, definite};
+use super::verdict::{Counts, definite};
 use crate::history::{OpKind, Phase, Position, Record};
 
 /// How an operation ended.

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::model::{FinalRead, Model, message_text};
-use super::{End, Verdict};
+use super::model::End;
+use super::verdict::Verdict;
 use crate::history::{OpKind, Position, Record};
 
 /// Name of [`stored_once`]'s verdict.

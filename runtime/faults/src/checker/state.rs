@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::model::{Model, message_text};
 use super::publish::ms;
-use super::{End, Verdict};
+use super::model::End;
+use super::verdict::Verdict;
 use crate::history::OpKind;
 
 /// Name of [`no_lost_updates`]'s verdict.
