@@ -17,14 +17,14 @@ use sluice::control::verify::Sample;
 use sluice_tests::handlers;
 use sluice_tests::server::{TempDir, TestServer, route};
 
-const OPERATOR: &str = "operator-token-0123456789abcdef0123456789";
-const ALPHA_MANAGER: &str = "alpha-manager-0123456789abcdef0123456789";
-const BETA_MANAGER: &str = "beta-manager-0123456789abcdef01234567890";
+pub(crate) const OPERATOR: &str = "operator-token-0123456789abcdef0123456789";
+pub(crate) const ALPHA_MANAGER: &str = "alpha-manager-0123456789abcdef0123456789";
+pub(crate) const BETA_MANAGER: &str = "beta-manager-0123456789abcdef01234567890";
 
 /// A test server where alpha and beta push handlers: alpha's route `bot`
 /// (no channel) and `chat.send` (publish, schema `text`) go to its pushed
 /// handlers `bot` and `room`; `grants` are what pushed handlers may import.
-async fn server(
+pub(crate) async fn server(
     grants: &[Capability],
     customize: impl FnOnce(&mut sluice::config::Config),
 ) -> TestServer {
@@ -69,7 +69,7 @@ async fn server(
     .await
 }
 
-async fn api(
+pub(crate) async fn api(
     server: &TestServer,
     method: &str,
     path: &str,
@@ -92,7 +92,7 @@ async fn api(
     (status, value)
 }
 
-async fn push(
+pub(crate) async fn push(
     server: &TestServer,
     token: &str,
     tenant: &str,

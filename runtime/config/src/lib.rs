@@ -882,6 +882,12 @@ impl Config {
     /// Checks that need no files: references, names, numbers.
     fn problems(&self, server_ok: bool, unparsed_handlers: &[(String, String)]) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.sandbox.compile_workers == Some(0) {
+            problems.push("sandbox.compile_workers must be greater than zero (leave it out for half the cores)".into());
+        }
+        if self.sandbox.compile_timeout.is_zero() {
+            problems.push("sandbox.compile_timeout_ms must be greater than zero".into());
+        }
         let s = &self.server;
         if server_ok && (s.tls_cert.as_os_str().is_empty() || s.tls_key.as_os_str().is_empty()) {
             problems.push(
