@@ -183,11 +183,11 @@ pub async fn verify(
     match (handler, refused) {
         (Some(handler), _) => Ok((report, handler)),
         (None, Some((status, code, message))) => Err(Refusal {
-            report: Some(report),
+            report: Some(Box::new(report)),
             ..Refusal::new(status, code, message)
         }),
         (None, None) => Err(Refusal {
-            report: Some(report),
+            report: Some(Box::new(report)),
             ..Refusal::new(
                 422,
                 "verification_failed",

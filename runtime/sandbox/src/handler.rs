@@ -132,6 +132,10 @@ pub struct HandlerStats {
 }
 
 impl Handler {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what the sandbox hands a handler it loaded, spelled out"
+    )]
     pub(crate) fn new(
         engine: Engine,
         pre: bindings::HandlerPre<CallCtx>,
