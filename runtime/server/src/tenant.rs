@@ -92,7 +92,6 @@ impl Tenant {
             .map_err(|p| problems.extend(p))
             .ok();
 
-        sandbox.set_quotas(id, &tc.quotas);
         let mut handlers = BTreeMap::new();
         for (name, hc) in &tc.handlers {
             let spec = HandlerSpec::new(name.clone(), id)
