@@ -29,6 +29,7 @@ mod marketplace;
 mod messages;
 mod peers;
 mod probe;
+mod pushed_isolation;
 mod quickstart;
 mod reload;
 mod sandbox;

@@ -686,10 +686,10 @@ fn wat_core_module() -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn the_same_component_is_compiled_once() {
+async fn the_same_component_is_compiled_once_while_used_and_freed_after() {
     let sandbox = sandbox();
     let started = Instant::now();
-    load(
+    let first_handler = load(
         &sandbox,
         handlers::CHAT,
         HandlerSpec::new("a", "t1").grant(all_caps()),
@@ -708,6 +708,19 @@ async fn the_same_component_is_compiled_once() {
     // compilation entirely, which is orders of magnitude cheaper.
     assert!(second < first, "second load {second:?} vs first {first:?}");
     assert_eq!(second_handler.digest().len(), 64);
+    let usage = sandbox.usage();
+    assert_eq!(usage.compiled_components, 1, "{usage:?}");
+    // Held by each tenant that loaded it, freed with the last handler.
+    assert_eq!(usage.tenants["t1"].compiled_bytes, usage.compiled_bytes);
+    assert_eq!(usage.tenants["t2"].compiled_bytes, usage.compiled_bytes);
+    drop((first_handler, second_handler));
+    let usage = sandbox.usage();
+    assert_eq!(
+        (usage.compiled_components, usage.compiled_bytes),
+        (0, 0),
+        "{usage:?}"
+    );
+    assert_eq!(usage.tenants["t1"].compiled_bytes, 0);
 }
 
 #[tokio::test]

@@ -198,6 +198,12 @@ impl Config {
     /// it was read).
     fn problems(&self, server_parsed: bool, unparsed_handlers: &[(String, String)]) -> Vec<String> {
         let mut problems = self.server.problems(server_parsed);
+        if self.sandbox.compile_workers == Some(0) {
+            problems.push("sandbox.compile_workers must be greater than zero (leave it out for half the cores)".into());
+        }
+        if self.sandbox.compile_timeout.is_zero() {
+            problems.push("sandbox.compile_timeout_ms must be greater than zero".into());
+        }
         if self.tenants.is_empty() {
             problems.push("no tenants: add at least one [tenants.<id>]".into());
         }

@@ -106,6 +106,11 @@ pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// Bytes of a freed memory slot reset by `memset` rather than `madvise`
 /// (cheaper for the small memories of typical handlers).
 pub const DEFAULT_KEEP_RESIDENT: usize = 256 << 10;
+/// Longest a pushed component may take to compile; a push whose compile
+/// takes longer is refused (`compile_timeout`), and so is one that waited
+/// this long for a compile worker (`busy`). Cranelift compiles the 12 MB
+/// JavaScript chat component in a few seconds on one core.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How instances of a handler are shared between calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +423,14 @@ pub struct SandboxConfig {
     /// Directory of wasmtime's compilation cache; `None` compiles every
     /// distinct component once per process.
     pub cache_dir: Option<PathBuf>,
+    /// Threads that compile pushed components, and so pushes compiled at
+    /// once; `None`: half the cores, at least one. Components from the
+    /// config file and the registry's own versions compile beside them.
+    pub compile_workers: Option<usize>,
+    /// Longest a pushed component may take to compile
+    /// ([`DEFAULT_COMPILE_TIMEOUT`]).
+    #[serde(with = "duration_ms", rename = "compile_timeout_ms")]
+    pub compile_timeout: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -432,6 +445,8 @@ impl Default for SandboxConfig {
             keep_resident: DEFAULT_KEEP_RESIDENT,
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             cache_dir: None,
+            compile_workers: None,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
         }
     }
 }

@@ -3,9 +3,10 @@
 //! token must never take what another tenant needs.
 //!
 //! Each quota bounds one shared resource for one tenant; the node's totals
-//! (the sandbox's instance pool, its compiled-code budget, the history a
-//! node keeps) are bounded on their own, and under pressure a node takes
-//! back what is idle (least recently used first) before it refuses anyone.
+//! (the sandbox's instance pool, the history a node keeps) are bounded on
+//! their own, and under pressure a node takes back what is idle before it
+//! refuses anyone (instances: the least recently used idle instance of the
+//! tenant holding the most, so a tenant pays for its own growth first).
 //! The defaults leave room for many tenants at their quota at once: a
 //! tenant's default instance share is a twentieth of the default pool.
 //!
@@ -47,7 +48,8 @@ pub struct Quotas {
     /// `max_concurrency`, then `unavailable`.
     pub instances: u32,
     /// Bytes of compiled code of the tenant's handlers (every loaded
-    /// version): a push that would pass it is refused (409 `quota`).
+    /// version, and its handlers from the config file, which are never
+    /// refused): a push that would pass it is refused (409 `quota`).
     pub compiled_bytes: usize,
     /// Handlers the tenant may push (versions of each: `[managed]
     /// max_versions`).

@@ -114,6 +114,10 @@ struct RollbackBody {
 
 type Resp = Response<Full<Bytes>>;
 
+/// What a push body may carry beside the component's base64: the JSON
+/// around it and up to `verify::MAX_SAMPLES` sample messages.
+const PUSH_BODY_SLACK: usize = 256 << 10;
+
 fn json_response(status: u16, body: &Value) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -145,7 +149,14 @@ fn refusal(r: &Refusal) -> Resp {
     if let Some(report) = &r.report {
         body["report"] = serde_json::to_value(report).unwrap_or(Value::Null);
     }
-    json_response(r.status, &body)
+    let mut resp = json_response(r.status, &body);
+    if r.status == 429 || r.status == 503 {
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    resp
 }
 
 /// Who `req`'s bearer token says is asking.
@@ -374,8 +385,14 @@ pub async fn respond(
                     &format!("tenant {tenant_id} has a push in flight: one at a time"),
                 );
             };
-            let max = state.sandbox.config().max_component_bytes;
-            let body = match read_body(req, max / 3 * 4 + 1024 * 1024).await {
+            // The tenant's own component limit bounds what is read, before
+            // anything is decoded or compiled.
+            let sandbox_max = state.sandbox.config().max_component_bytes;
+            let max = managed
+                .max_component_bytes
+                .unwrap_or(sandbox_max)
+                .min(sandbox_max);
+            let body = match read_body(req, max.div_ceil(3) * 4 + PUSH_BODY_SLACK).await {
                 Ok(b) => b,
                 Err(resp) => {
                     call.audit("failed", "the push body is too large or unreadable")
@@ -667,7 +684,7 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Resp> {
                 413,
                 "too_large",
                 &format!(
-                    "the request body is over {max} bytes (the component is larger than [sandbox] max_component_bytes allows)"
+                    "the request body is over {max} bytes (for a push: the component is larger than the tenant's [managed] max_component_bytes allows)"
                 ),
             ),
             BodyError::TimedOut => {

@@ -14,7 +14,7 @@ pub struct Refusal {
     /// For people.
     pub message: String,
     /// The verification report, when a push was refused by it.
-    pub report: Option<Report>,
+    pub report: Option<Box<Report>>,
 }
 
 impl Refusal {

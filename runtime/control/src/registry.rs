@@ -1,12 +1,18 @@
 //! The registry's workflow: push (verify, keep as a new version, route),
-//! promote, rollback and remove, one change at a time per registry, each
-//! written to the registry's storage before it is answered; the slots
-//! routes read; changes another node made, applied here. What it keeps
-//! goes through [`crate::storage::Kept`] to whichever
-//! `RegistryStorage` the node was built on (memory, the durable store, the
-//! fleet).
+//! promote, rollback and remove, each written to the registry's storage
+//! before it is answered; the slots routes read; changes another node
+//! made, applied here. What it keeps goes through [`crate::storage::Kept`]
+//! to whichever `RegistryStorage` the node was built on (memory, the
+//! durable store, the fleet).
+//!
+//! The records are locked only to read and to commit: a push is verified
+//! (compile, smoke calls) with no lock held, then committed under the lock,
+//! where the digest and the tenant's handler quota are checked again and
+//! the version numbered, so two pushes never get one number and a reload
+//! or another tenant's request never waits for a compile. A tenant has one
+//! push in flight at a time (another is refused 429 `push_in_flight`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sluice_config::ManagedConfig;
@@ -26,10 +32,13 @@ use crate::verify::{self, Report, Sample, spec};
 pub struct Registry {
     sandbox: Sandbox,
     kept: Kept,
-    /// Records by (tenant, name); held across a whole change, so changes
-    /// run one at a time and each is written before the next starts.
+    /// Records by (tenant, name); held to read, and across a change's
+    /// commit (never its verification), so commits run one at a time and
+    /// each is written before the next starts.
     records: tokio::sync::Mutex<BTreeMap<(String, String), Record>>,
     slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
+    /// Tenants with a push in flight.
+    pushing: Mutex<HashSet<String>>,
     /// The audit log.
     pub audit: AuditLog,
 }
@@ -67,6 +76,7 @@ impl Registry {
             kept: Kept::new(storage),
             records: tokio::sync::Mutex::new(records),
             slots: Mutex::default(),
+            pushing: Mutex::default(),
         }
     }
 
@@ -235,24 +245,20 @@ impl Registry {
     ) -> Result<Pushed, Refusal> {
         let key = (tenant.id.clone(), name.to_owned());
         let digest = sluice_sandbox::digest(&bytes);
-        let mut records = self.records.lock().await;
-        if let Some(v) = records
-            .get(&key)
-            .and_then(|r| r.versions.iter().find(|v| v.digest == digest))
+        let _pushing = self.one_push(&tenant.id)?;
         {
-            let record = &records[&key];
-            return Ok(Pushed {
-                version: v.version,
-                already: true,
-                report: v.report.clone(),
-                routing: record.routing,
-            });
+            let records = self.records.lock().await;
+            if let Some(pushed) = already(&records, &key, &digest) {
+                return Ok(pushed);
+            }
+            within_handler_quota(&records, tenant, &key)?;
         }
         let samples = match samples {
             Some(s) => s,
             None => verify::schema_examples(tenant, name),
         };
-        let (report, handler) = verify::verify(
+        // No lock held: a compile or a slow smoke call delays this push only.
+        let (report, verified) = verify::verify(
             &self.sandbox,
             tenant,
             config,
@@ -261,17 +267,13 @@ impl Registry {
             &digest,
             &samples,
         )
-        .await;
-        let Some(verified) = handler else {
-            return Err(Refusal {
-                report: Some(report),
-                ..Refusal::new(
-                    422,
-                    "verification_failed",
-                    "the component failed verification; see the report",
-                )
-            });
-        };
+        .await?;
+        // Commit: what another change did meanwhile is seen here.
+        let mut records = self.records.lock().await;
+        if let Some(pushed) = already(&records, &key, &digest) {
+            return Ok(pushed);
+        }
+        within_handler_quota(&records, tenant, &key)?;
         let mut record = records
             .get(&key)
             .cloned()
@@ -279,13 +281,14 @@ impl Registry {
         let version = record.next_version;
         // The version serves from a handler of its own, named with its
         // number and with counters that start at its first real call (the
-        // compiled component is reused: no second compile).
-        drop(verified);
+        // compiled component is the verified one's, held by it until this
+        // load has it: no second compile).
         let handler = self
             .sandbox
             .load(bytes.clone(), spec(&tenant.id, name, version, config))
             .await
             .map_err(|e| Refusal::new(500, "load_failed", e.to_string()))?;
+        drop(verified);
         record.next_version += 1;
         record.versions.push(VersionInfo {
             version,
@@ -397,6 +400,13 @@ impl Registry {
                 self.kept.write(&key, None, None, dropped).await?;
                 records.remove(&key);
                 self.slot_for_change(tenant, name, Serving::default(), config);
+                // Its versions are unloaded (their instances and compiled
+                // code freed once no message holds them); the slot goes too
+                // unless a route of the tenant holds it.
+                let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+                if slots.get(&key).is_some_and(|s| Arc::strong_count(s) == 1) {
+                    slots.remove(&key);
+                }
                 Ok(None)
             }
         }
@@ -547,6 +557,84 @@ impl Registry {
     pub async fn record_audit(&self, entry: AuditEntry) {
         self.kept.audit(&self.audit, entry).await;
     }
+}
+
+impl Registry {
+    /// Mark `tenant` as pushing until the guard is dropped; refused when it
+    /// is pushing already.
+    fn one_push(&self, tenant: &str) -> Result<Pushing<'_>, Refusal> {
+        let mut pushing = self.pushing.lock().unwrap_or_else(PoisonError::into_inner);
+        if !pushing.insert(tenant.to_owned()) {
+            return Err(Refusal::new(
+                429,
+                "push_in_flight",
+                format!(
+                    "tenant {tenant} has a push in flight; one push at a time per tenant, try again when it is answered"
+                ),
+            ));
+        }
+        Ok(Pushing {
+            registry: self,
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+/// A tenant's push in flight.
+struct Pushing<'a> {
+    registry: &'a Registry,
+    tenant: String,
+}
+
+impl Drop for Pushing<'_> {
+    fn drop(&mut self) {
+        self.registry
+            .pushing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.tenant);
+    }
+}
+
+/// The answer to a push of bytes `key` has as a version already.
+fn already(
+    records: &BTreeMap<(String, String), Record>,
+    key: &(String, String),
+    digest: &str,
+) -> Option<Pushed> {
+    let record = records.get(key)?;
+    let v = record.versions.iter().find(|v| v.digest == digest)?;
+    Some(Pushed {
+        version: v.version,
+        already: true,
+        report: v.report.clone(),
+        routing: record.routing,
+    })
+}
+
+/// Refused when `key` is a new handler and its tenant has all the pushed
+/// handlers its quota allows.
+fn within_handler_quota(
+    records: &BTreeMap<(String, String), Record>,
+    tenant: &Tenant,
+    key: &(String, String),
+) -> Result<(), Refusal> {
+    if records.contains_key(key) {
+        return Ok(());
+    }
+    let max = tenant.config.quotas.pushed_handlers;
+    let held = records.keys().filter(|(t, _)| *t == tenant.id).count();
+    if held >= max as usize {
+        return Err(Refusal::new(
+            409,
+            "quota",
+            format!(
+                "tenant {} has {held} pushed handlers, its pushed_handlers quota is {max}: push a new version of one, or remove one first",
+                tenant.id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn not_found(tenant: &str, name: &str) -> Refusal {

@@ -4,6 +4,12 @@
 //! grants, then smoke calls (on-connect, each sample message, on-disconnect)
 //! rehearsed under the handler's limits: state read, never written. Every
 //! check is reported; the first failure skips the checks after it.
+//!
+//! Verification holds no lock another tenant or a reload waits on: the
+//! component compiles on the sandbox's bounded compile workers under a time
+//! limit ([`Sandbox::load_pushed`]), its compiled code counted against the
+//! tenant's `compiled_bytes` quota, and the smoke calls are ordinary calls
+//! under the handler's limits, at most [`MAX_SAMPLES`] messages of them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,6 +20,12 @@ use sluice_sandbox::{
 };
 
 use sluice_server::tenant::Tenant;
+
+use crate::refusal::Refusal;
+
+/// Sample messages a push may carry (each is one smoke call, run under the
+/// handler's deadline).
+pub const MAX_SAMPLES: usize = 32;
 
 /// How a check ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,8 +155,10 @@ impl Checks {
     }
 }
 
-/// Verify `bytes` as version of `name`: the report, and the loaded handler
-/// when every check passed.
+/// Verify `bytes` as version of `name`: the report and the loaded handler
+/// when every check passed; else why not, with the report when the
+/// component was looked at (422 `verification_failed`, 422
+/// `compile_timeout`, 409 `quota`, 503 `busy`).
 pub async fn verify(
     sandbox: &Sandbox,
     tenant: &Tenant,
@@ -153,6 +167,53 @@ pub async fn verify(
     bytes: &[u8],
     digest: &str,
     samples: &[Sample],
+) -> Result<(Report, Handler), Refusal> {
+    let mut refused = None;
+    let (report, handler) = run(
+        sandbox,
+        tenant,
+        config,
+        name,
+        bytes,
+        digest,
+        samples,
+        &mut refused,
+    )
+    .await;
+    match (handler, refused) {
+        (Some(handler), _) => Ok((report, handler)),
+        (None, Some((status, code, message))) => Err(Refusal {
+            report: Some(Box::new(report)),
+            ..Refusal::new(status, code, message)
+        }),
+        (None, None) => Err(Refusal {
+            report: Some(Box::new(report)),
+            ..Refusal::new(
+                422,
+                "verification_failed",
+                "the component failed verification; see the report",
+            )
+        }),
+    }
+}
+
+/// A refusal that is not the component failing a check: its status, code
+/// and message.
+type Refused = Option<(u16, &'static str, String)>;
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "verify's arguments and where a refusal goes"
+)]
+async fn run(
+    sandbox: &Sandbox,
+    tenant: &Tenant,
+    config: &ManagedConfig,
+    name: &str,
+    bytes: &[u8],
+    digest: &str,
+    samples: &[Sample],
+    refused: &mut Refused,
 ) -> (Report, Option<Handler>) {
     let started = std::time::Instant::now();
     let mut checks = Checks::new();
@@ -183,7 +244,7 @@ pub async fn verify(
         );
         // The version number is not known yet: the spec's name says so.
         let spec = spec(&tenant.id, name, 0, config);
-        match sandbox.load(bytes.to_vec(), spec).await {
+        match sandbox.load_pushed(bytes.to_vec(), spec).await {
             Ok(h) => {
                 let limits = &h.spec().limits;
                 checks.set("component", Status::Pass, "a WebAssembly component");
@@ -219,6 +280,12 @@ pub async fn verify(
                 Some(h)
             }
             Err(e) => {
+                *refused = match &e {
+                    LoadError::Quota { .. } => Some((409, "quota", e.to_string())),
+                    LoadError::Busy(m) => Some((503, "busy", m.clone())),
+                    LoadError::CompileTimeout(_) => Some((422, "compile_timeout", e.to_string())),
+                    _ => None,
+                };
                 record_load_error(&mut checks, e);
                 None
             }
@@ -319,9 +386,13 @@ fn record_load_error(checks: &mut Checks, e: LoadError) {
                 );
             }
         }
-        LoadError::Compile(m) => {
+        LoadError::Compile(m) | LoadError::Busy(m) => {
             checks.passed_before("compile");
             checks.set("compile", Status::Fail, m);
+        }
+        LoadError::CompileTimeout(_) | LoadError::Quota { .. } => {
+            checks.passed_before("compile");
+            checks.set("compile", Status::Fail, detail);
         }
         LoadError::World(problems) => {
             checks.passed_before("world");
@@ -356,6 +427,12 @@ fn sample_messages(
     name: &str,
     samples: &[Sample],
 ) -> Result<Vec<Message>, Vec<String>> {
+    if samples.len() > MAX_SAMPLES {
+        return Err(vec![format!(
+            "{} sample messages; at most {MAX_SAMPLES} are run",
+            samples.len()
+        )]);
+    }
     let mut problems = Vec::new();
     let mut messages = Vec::new();
     for (i, s) in samples.iter().enumerate() {
@@ -396,7 +473,7 @@ fn sample_messages(
 }
 
 /// Samples from the `examples` of the JSON Schemas of the routes that go
-/// to `name` (a push without samples).
+/// to `name` (a push without samples): the first [`MAX_SAMPLES`].
 pub fn schema_examples(tenant: &Tenant, name: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     for (route, rc) in &tenant.config.routes {
@@ -420,6 +497,7 @@ pub fn schema_examples(tenant: &Tenant, name: &str) -> Vec<Sample> {
             });
         }
     }
+    samples.truncate(MAX_SAMPLES);
     samples
 }
 

@@ -10,15 +10,17 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use super::background::Background;
 use super::bindings;
 use super::bindings::sluice::handler::types::{Connection, Message};
+use super::budget::{Account, Budget, Holding, IdlePool, Ticket};
 use super::call::{
     CallClock, CallCtx, CallError, CallErrorKind, CallOutcome, CallReport, DeadlineExceeded,
     HandlerShared, Metered, Overloaded, Stopped, check_output, classify, from_handler_error,
 };
+use super::compiled::Compiled;
 use super::export::Export;
 use super::histogram::{Histogram, HistogramSnapshot};
 use super::log::{GuestLog, LogBudget};
@@ -52,12 +54,31 @@ struct Inner {
     permits: Semaphore,
     breaker: Mutex<Breaker>,
     stats: Stats,
+    held: Held,
+}
+
+/// What a loaded handler holds of what the sandbox shares: its compiled
+/// component (kept in memory while the handler lives), its tenant's
+/// account (instances and compiled bytes counted there).
+pub(crate) struct Held {
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) account: Arc<Account>,
+    /// Kept for as long as the handler lives: the cache only has a weak
+    /// reference.
+    pub(crate) _compiled: Arc<Compiled>,
+    /// Its compiled bytes counted to its tenant until it is dropped.
+    pub(crate) _holding: Holding,
 }
 
 /// A live instance with its store.
 struct Instance {
     store: Store<CallCtx>,
     guest: bindings::Handler,
+    /// Its place in the tenant's quota and the node's pool.
+    _ticket: Ticket,
+    /// When it last went idle ([`Budget::stamp`]): the least recently used
+    /// idle instance is evicted first.
+    idle_since: u64,
 }
 
 /// Whether a successful call's state writes are committed.
@@ -111,6 +132,10 @@ pub struct HandlerStats {
 }
 
 impl Handler {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what the sandbox hands a handler it loaded, spelled out"
+    )]
     pub(crate) fn new(
         engine: Engine,
         pre: bindings::HandlerPre<CallCtx>,
@@ -119,6 +144,7 @@ impl Handler {
         state: Arc<dyn StateStore>,
         fuel: bool,
         background: Option<Arc<Background>>,
+        held: Held,
     ) -> Self {
         let shared = Arc::new(HandlerShared {
             tenant: Arc::from(spec.tenant.as_str()),
@@ -130,7 +156,7 @@ impl Handler {
         });
         let breaker = Breaker::new(spec.limits.quarantine_after, spec.limits.quarantine_for);
         let permits = Semaphore::new(spec.limits.max_concurrency);
-        Self {
+        let handler = Self {
             inner: Arc::new(Inner {
                 engine,
                 pre,
@@ -153,8 +179,12 @@ impl Handler {
                     quarantines: AtomicU64::new(0),
                     errors: Mutex::new(BTreeMap::new()),
                 },
+                held,
             }),
-        }
+        };
+        let pool: std::sync::Weak<dyn IdlePool> = Arc::downgrade(&handler.inner) as _;
+        handler.inner.held.account.register(pool);
+        handler
     }
 
     /// The spec it was loaded with.
@@ -303,11 +333,28 @@ impl Handler {
             }
             None => {
                 report.instantiated = true;
+                // A place in the tenant's quota and the node's pool: made
+                // by evicting an idle instance, or waited for (not the
+                // handler's time) like a permit.
+                let held = &inner.held;
+                let ticket = match held
+                    .budget
+                    .ticket(&held.account, inner.spec.limits.deadline)
+                    .await
+                {
+                    Ok(ticket) => ticket,
+                    Err(full) => {
+                        let kind = CallErrorKind::Unavailable {
+                            detail: full.to_string(),
+                        };
+                        return Err(self.failed(kind, report));
+                    }
+                };
                 inner
                     .stats
                     .instances_created
                     .fetch_add(1, Ordering::Relaxed);
-                match self.instantiate(clock.clone()).await {
+                match self.instantiate(clock.clone(), ticket).await {
                     Ok(instance) => instance,
                     Err((kind, store)) => {
                         let mut store = match store {
@@ -376,6 +423,7 @@ impl Handler {
         };
         match inner.spec.isolation {
             Isolation::Reuse if keep => {
+                instance.idle_since = inner.held.budget.stamp();
                 let mut idle = inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 if idle.len() < inner.spec.limits.max_idle_instances {
                     idle.push(instance);
@@ -427,10 +475,16 @@ impl Handler {
             };
             let handler = Handler { inner };
             let inner = &*handler.inner;
+            // Made ahead only where the quota and the pool have room now.
+            let Ok(ticket) = inner.held.budget.try_ticket(&inner.held.account) else {
+                inner.making.fetch_sub(1, Ordering::AcqRel);
+                return;
+            };
             let made = handler
-                .instantiate(CallClock::new(inner.spec.limits.deadline))
+                .instantiate(CallClock::new(inner.spec.limits.deadline), ticket)
                 .await;
-            if let Ok(instance) = made {
+            if let Ok(mut instance) = made {
+                instance.idle_since = inner.held.budget.stamp();
                 inner
                     .stats
                     .instances_created
@@ -494,12 +548,29 @@ impl Handler {
     async fn instantiate(
         &self,
         clock: Arc<CallClock>,
+        ticket: Ticket,
     ) -> Result<Instance, (CallErrorKind, Option<Store<CallCtx>>)> {
         let mut store = self.new_store();
         self.begin(&mut store, clock.clone());
-        let instantiated = Metered::new(self.inner.pre.instantiate_async(&mut store), clock).await;
+        let mut instantiated =
+            Metered::new(self.inner.pre.instantiate_async(&mut store), clock.clone()).await;
+        if matches!(&instantiated, Ok(Err(e)) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some())
+            && self.inner.held.budget.evict_for_node()
+        {
+            // The pool ran out of something the budget does not count
+            // (core instances, memories, tables of a large component):
+            // an idle instance made room, try once more.
+            store = self.new_store();
+            self.begin(&mut store, clock.clone());
+            instantiated = Metered::new(self.inner.pre.instantiate_async(&mut store), clock).await;
+        }
         match instantiated {
-            Ok(Ok(guest)) => Ok(Instance { store, guest }),
+            Ok(Ok(guest)) => Ok(Instance {
+                store,
+                guest,
+                _ticket: ticket,
+                idle_since: 0,
+            }),
             Ok(Err(error)) => {
                 let denied = store.data().limiter.denied;
                 let is_trap = error.downcast_ref::<Trap>().is_some()
@@ -622,5 +693,31 @@ fn over_host_copy_budget(
             }
         }
         other => other,
+    }
+}
+
+impl IdlePool for Inner {
+    fn oldest_idle(&self) -> Option<u64> {
+        let pool = match self.spec.isolation {
+            Isolation::Reuse => &self.idle,
+            Isolation::Fresh => &self.ready,
+        };
+        pool.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+            .map(|i| i.idle_since)
+    }
+
+    fn drop_oldest_idle(&self) -> bool {
+        let pool = match self.spec.isolation {
+            Isolation::Reuse => &self.idle,
+            Isolation::Fresh => &self.ready,
+        };
+        let oldest = {
+            let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        // Dropped outside the lock: resetting its slot is not a caller's wait.
+        oldest.is_some()
     }
 }

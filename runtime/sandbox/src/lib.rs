@@ -21,9 +21,11 @@
 
 mod background;
 mod bindings;
+mod budget;
 mod call;
 mod capabilities;
 mod clock;
+mod compiled;
 mod export;
 mod handler;
 mod histogram;
@@ -34,7 +36,6 @@ mod spec;
 mod state;
 mod stdio;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,6 +44,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use background::Background;
+use budget::Budget;
+use compiled::{Compiled, CompiledCache, PushCompiler};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
@@ -54,6 +57,7 @@ pub use self::bindings::sluice::handler::types::{
     Action, CloseRequest, Connection, Message, Position, Principal, Publish, Resubscribe,
     SendToSubject,
 };
+pub use self::budget::{SandboxUsage, TenantUsage};
 pub use self::call::{
     CallError, CallErrorKind, CallOutcome, CallReport, HARD_DEADLINE_FACTOR,
     MAX_REJECTION_MESSAGE_BYTES,
@@ -79,7 +83,7 @@ pub use sluice_config::{
     DEFAULT_MAX_STDIO_BYTES, DEFAULT_MAX_TABLES, DEFAULT_MAX_WASM_STACK, DEFAULT_MEMORY_BYTES,
     DEFAULT_POOL_INSTANCES, DEFAULT_POOL_MAX_MEMORY, DEFAULT_QUARANTINE_AFTER,
     DEFAULT_QUARANTINE_FOR, DEFAULT_TABLE_ELEMENTS, ExplicitLimits, HandlerLimits,
-    INTERPRETER_INITIAL_MEMORY, Isolation, SandboxConfig,
+    INTERPRETER_INITIAL_MEMORY, Isolation, Quotas, SandboxConfig,
 };
 pub use sluice_protocol::{HandlerCode, truncate_utf8};
 
@@ -96,9 +100,14 @@ struct SandboxInner {
     linker: Linker<CallCtx>,
     config: SandboxConfig,
     state: Arc<dyn StateStore>,
-    /// Compiled components by SHA-256 of their bytes: a component loaded
-    /// twice (several tenants, a reload) is compiled once.
-    compiled: Mutex<HashMap<String, Component>>,
+    /// Compiled components by SHA-256 of their bytes, while a handler uses
+    /// them: a component loaded twice (several tenants, a reload) is
+    /// compiled once, and freed when nothing uses it.
+    compiled: CompiledCache,
+    /// Where pushed components compile: bounded, under a time limit.
+    pushes: PushCompiler,
+    /// Instances and compiled code per tenant and for the node.
+    budget: Arc<Budget>,
     /// Where `fresh` instances are made ahead and torn down: started by the
     /// first handler loaded with `ready_instances`.
     background: Mutex<Option<Arc<Background>>>,
@@ -150,11 +159,13 @@ impl Sandbox {
             .map_err(SandboxError::EpochThread)?;
         Ok(Self {
             inner: Arc::new(SandboxInner {
+                pushes: PushCompiler::new(config.compile_workers, config.compile_timeout),
+                budget: Budget::new(config.pool_instances),
                 engine,
                 linker,
                 config,
                 state,
-                compiled: Mutex::new(HashMap::new()),
+                compiled: CompiledCache::default(),
                 background: Mutex::new(None),
                 _ticker: ticker,
             }),
@@ -182,10 +193,61 @@ impl Sandbox {
         self.load(bytes, spec).await
     }
 
-    /// Load a component (binary or WAT text): check its size and header,
-    /// compile it off the async runtime (once per distinct component), check
-    /// it against the world and the spec's grants, and prepare instances.
-    pub async fn load(&self, bytes: Vec<u8>, mut spec: HandlerSpec) -> Result<Handler, LoadError> {
+    /// `tenant`'s quotas (`[tenants.<id>.quotas]`): the instances its
+    /// handlers may hold and their compiled code. Set when the tenant is
+    /// loaded or reloaded; a tenant never set gets the defaults.
+    pub fn set_quotas(&self, tenant: &str, quotas: &Quotas) {
+        self.inner.budget.set_quotas(tenant, quotas);
+    }
+
+    /// What the sandbox holds now: instances per tenant and for the node,
+    /// compiled components and their bytes.
+    pub fn usage(&self) -> SandboxUsage {
+        let (instances, pool_instances, evicted, tenants) = self.inner.budget.usage();
+        let (compiled_components, compiled_bytes) = self.inner.compiled.usage();
+        let pool_in_use = self
+            .inner
+            .engine
+            .pooling_allocator_metrics()
+            .map_or(0, |m| m.component_instances());
+        SandboxUsage {
+            instances,
+            pool_instances,
+            pool_in_use,
+            evicted,
+            compiled_components,
+            compiled_bytes,
+            tenants,
+        }
+    }
+
+    /// Load a component (binary or WAT text) the operator provided, or one
+    /// verified before: check its size and header, compile it off the async
+    /// runtime (once per distinct component in use), check it against the
+    /// world and the spec's grants, and prepare instances.
+    pub async fn load(&self, bytes: Vec<u8>, spec: HandlerSpec) -> Result<Handler, LoadError> {
+        self.load_as(bytes, spec, Origin::Trusted).await
+    }
+
+    /// Load a component a tenant pushed, as [`Sandbox::load`] does, but
+    /// compiled by the bounded compile workers under `compile_timeout`
+    /// ([`LoadError::Busy`], [`LoadError::CompileTimeout`]) and refused when
+    /// its compiled code would take the tenant past its `compiled_bytes`
+    /// quota ([`LoadError::Quota`]). Nothing of a refused push stays cached.
+    pub async fn load_pushed(
+        &self,
+        bytes: Vec<u8>,
+        spec: HandlerSpec,
+    ) -> Result<Handler, LoadError> {
+        self.load_as(bytes, spec, Origin::Pushed).await
+    }
+
+    async fn load_as(
+        &self,
+        bytes: Vec<u8>,
+        mut spec: HandlerSpec,
+        origin: Origin,
+    ) -> Result<Handler, LoadError> {
         let config = &self.inner.config;
         if bytes.len() > config.max_component_bytes {
             return Err(LoadError::TooLarge {
@@ -199,12 +261,23 @@ impl Sandbox {
             return Err(LoadError::InvalidLimits(problems));
         }
         let digest = digest(&bytes);
-        let component = self.compile(&digest, bytes).await?;
+        let account = self.inner.budget.account(&spec.tenant);
+        if origin == Origin::Pushed
+            && self.inner.compiled.get(&digest).is_none()
+            && let Some(over) = account.compiled_full()
+        {
+            return Err(quota_error(over));
+        }
+        let compiled = self.compile(&digest, bytes, origin).await?;
+        let holding = account
+            .hold(&digest, compiled.bytes, origin == Origin::Pushed)
+            .map_err(quota_error)?;
+        let component = &compiled.component;
 
         // Size the limits the configuration left unset for what the
         // component is (an interpreter starts with a heap of several MiB),
         // and refuse limits it cannot start under.
-        let initial_memory = load::initial_memory(&component);
+        let initial_memory = load::initial_memory(component);
         let kind = ComponentKind::from_initial_memory(initial_memory);
         spec.limits = spec.limits.sized_for(kind);
         let mut problems = spec.limits.problems(config);
@@ -225,7 +298,7 @@ impl Sandbox {
         }
 
         let engine = &self.inner.engine;
-        let mut problems = load::check_world(engine, &component, &spec.grants);
+        let mut problems = load::check_world(engine, component, &spec.grants);
         if !problems.is_empty() {
             return Err(LoadError::World(problems));
         }
@@ -235,7 +308,7 @@ impl Sandbox {
         let pre = self
             .inner
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .and_then(bindings::HandlerPre::new);
         match pre {
             Ok(pre) => Ok(Handler::new(
@@ -246,6 +319,12 @@ impl Sandbox {
                 self.inner.state.clone(),
                 config.fuel,
                 background,
+                handler::Held {
+                    budget: self.inner.budget.clone(),
+                    account,
+                    _compiled: compiled,
+                    _holding: holding,
+                },
             )),
             Err(e) => {
                 problems.push(format!("{e:#}"));
@@ -254,28 +333,42 @@ impl Sandbox {
         }
     }
 
-    async fn compile(&self, digest: &str, bytes: Vec<u8>) -> Result<Component, LoadError> {
-        let cached = self
-            .inner
-            .compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(digest)
-            .cloned();
-        if let Some(component) = cached {
-            return Ok(component);
+    async fn compile(
+        &self,
+        digest: &str,
+        bytes: Vec<u8>,
+        origin: Origin,
+    ) -> Result<Arc<Compiled>, LoadError> {
+        if let Some(compiled) = self.inner.compiled.get(digest) {
+            return Ok(compiled);
         }
         let engine = self.inner.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| LoadError::Compile(format!("the compiler task failed: {e}")))?
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        self.inner
-            .compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(digest.to_owned(), component.clone());
-        Ok(component)
+        let component = match origin {
+            Origin::Trusted => tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+                .await
+                .map_err(|e| LoadError::Compile(format!("the compiler task failed: {e}")))?
+                .map_err(|e| LoadError::Compile(format!("{e:#}")))?,
+            Origin::Pushed => self.inner.pushes.compile(engine, bytes).await?,
+        };
+        Ok(self.inner.compiled.insert(digest, component))
+    }
+}
+
+/// Where a component comes from: what bounds its compile and whether its
+/// compiled code is held to the tenant's quota.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The config file, or a version verified before.
+    Trusted,
+    /// A tenant's push, being verified.
+    Pushed,
+}
+
+fn quota_error(over: budget::OverQuota) -> LoadError {
+    LoadError::Quota {
+        held: over.held,
+        size: over.size,
+        max: over.max,
     }
 }
 

@@ -46,6 +46,26 @@ pub enum LoadError {
     /// wasmtime could not compile it.
     #[error("the component does not compile: {0}")]
     Compile(String),
+    /// A pushed component took longer to compile than `[sandbox]
+    /// compile_timeout_ms`.
+    #[error("compiling took longer than {} ms (the limit, [sandbox] compile_timeout_ms)", .0.as_millis())]
+    CompileTimeout(std::time::Duration),
+    /// Every compile worker stayed busy: the push may be tried again.
+    #[error("{0}")]
+    Busy(String),
+    /// A pushed component's compiled code would take its tenant past
+    /// `[tenants.<id>.quotas] compiled_bytes`.
+    #[error(
+        "its compiled code ({size} bytes) would take the tenant past its compiled_bytes quota: {held} of {max} bytes are held by its loaded handlers (remove versions or handlers it no longer needs)"
+    )]
+    Quota {
+        /// Bytes of compiled code the tenant holds.
+        held: usize,
+        /// This component's (0 when refused before compiling).
+        size: usize,
+        /// The quota.
+        max: usize,
+    },
     /// It does not implement the world, or imports what it may not.
     #[error("the component does not fit world sluice:handler/handler@{WORLD_VERSION}: {}", .0.join("; "))]
     World(Vec<String>),

@@ -87,6 +87,7 @@ impl ServerState {
             .ok()
             .flatten();
         let (tls, tenants) = load_parts(&config, &sandbox, pushed.as_ref(), None, problems).await?;
+        set_quotas(&sandbox, &tenants);
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(s.max_message_bytes))
             .max_frame_size(Some(s.max_frame_bytes))
@@ -235,6 +236,7 @@ impl ServerState {
             .admin_token
             .write()
             .unwrap_or_else(PoisonError::into_inner) = admin_token.map(Arc::from);
+        set_quotas(&self.sandbox, &tenants);
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
         self.reloads.send_modify(|n| *n += 1);
         Ok(summary)
@@ -336,6 +338,14 @@ pub fn sandbox_config(config: &Config, keeps_files: bool) -> sluice_config::Sand
 
 /// The default compilation cache's folder under `data_dir`.
 pub const COMPILED_DIR: &str = "compiled";
+
+/// Hand each tenant's quotas to the sandbox (when its configuration takes
+/// effect: a refused reload changes nothing).
+fn set_quotas(sandbox: &Sandbox, tenants: &HashMap<String, Arc<Tenant>>) {
+    for (id, tenant) in tenants {
+        sandbox.set_quotas(id, &tenant.config.quotas);
+    }
+}
 
 /// The TLS configuration and the tenants `config` describes, or every
 /// problem (added to `problems`). `current` hands live counters over to the

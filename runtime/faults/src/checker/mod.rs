@@ -26,7 +26,6 @@ pub mod state;
 mod tests;
 mod verdict;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 pub use model::{End, Model, Op};

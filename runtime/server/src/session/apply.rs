@@ -19,19 +19,20 @@ use crate::stages::effects::{self, Effect};
 use crate::tenant::RouteHandler;
 
 impl Session {
-    /// Call `on-connect` / `on-disconnect` on every handler of the tenant.
+    /// Call `on-connect` / `on-disconnect` on every configured handler of
+    /// the tenant and every pushed one a route names (once each): a pushed
+    /// handler no route reaches never runs for a connection, so pushing
+    /// many cannot make each connection hold an instance of each.
     pub(super) async fn lifecycle(&mut self, export: Export) -> Flow {
         let mut handlers: Vec<Handler> = self.tenant.handlers.values().cloned().collect();
-        if self.tenant.config.managed.is_some() {
-            handlers.extend(
-                self.state
-                    .pushed
-                    .slots_of(&self.tenant.id)
-                    .into_iter()
-                    .filter_map(|slot| {
-                        call::lifecycle_handler(&RouteHandler::Pushed(slot), self.id)
-                    }),
-            );
+        let mut pushed: Vec<&str> = Vec::new();
+        for route in self.tenant.routes.values() {
+            if let RouteHandler::Pushed(slot) = &route.handler
+                && !pushed.contains(&slot.name())
+            {
+                pushed.push(slot.name());
+                handlers.extend(call::lifecycle_handler(&route.handler, self.id));
+            }
         }
         let mut flow = Flow::Continue;
         for handler in handlers {
