@@ -45,14 +45,27 @@ pub(crate) struct Nats {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    config: Option<PathBuf>,
 }
 
 impl Nats {
     pub(crate) fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Started with `config` (nats-server's configuration file format).
+    pub(crate) fn start_with_config(config: &str) -> Self {
+        let dir = TempDir::new();
+        let file = (!config.is_empty()).then(|| {
+            let file = dir.0.join("nats.conf");
+            std::fs::write(&file, config).expect("nats config");
+            file
+        });
         let mut nats = Self {
             child: None,
             port: free_port(),
-            dir: TempDir::new(),
+            dir,
+            config: file,
         };
         // Another test may take the free port first: try a few.
         for _ in 0..5 {
@@ -64,7 +77,7 @@ impl Nats {
         panic!("nats-server did not start");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -74,7 +87,11 @@ impl Nats {
     }
 
     fn try_start(&mut self) -> bool {
-        let mut child = Command::new(nats_server_bin())
+        let mut command = Command::new(nats_server_bin());
+        if let Some(file) = &self.config {
+            command.arg("-c").arg(file);
+        }
+        let mut child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.dir.0.join("js"))
@@ -96,7 +113,7 @@ impl Nats {
         true
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -194,6 +194,10 @@ fn well_formed(frame: &str, channel: Option<&str>) -> bool {
         #[expect(dead_code, reason = "only checked to be a string")]
         subject: Cow<'a, str>,
     }
+    // serde would take an array for the struct (its fields in order).
+    if !frame.starts_with('{') {
+        return false;
+    }
     let Ok(f) = serde_json::from_str::<Published<'_>>(frame) else {
         return false;
     };

@@ -105,6 +105,9 @@ fn is_node_name(s: &str) -> bool {
 impl Report {
     /// Whether this part is well formed.
     fn valid(&self) -> bool {
+        if self.gone {
+            return is_node_name(&self.node);
+        }
         is_node_name(&self.node)
             && (1..=MAX_PARTS).contains(&self.parts)
             && self.part < self.parts
