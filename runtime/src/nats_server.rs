@@ -58,6 +58,9 @@ pub struct NatsOptions {
     pub log: Option<PathBuf>,
     /// A member of a NATS cluster: its routes.
     pub routes: Option<NatsRoutes>,
+    /// A configuration file (`-c`), for settings without a flag
+    /// (`max_payload`, say); the flags win over it.
+    pub config_file: Option<PathBuf>,
 }
 
 impl NatsOptions {
@@ -69,6 +72,7 @@ impl NatsOptions {
             name: None,
             log: None,
             routes: None,
+            config_file: None,
         }
     }
 }
@@ -119,7 +123,11 @@ impl NatsServer {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let o = &self.options;
-        let mut args = vec![
+        let mut args = Vec::new();
+        if let Some(file) = &o.config_file {
+            args.extend(["-c".to_owned(), file.display().to_string()]);
+        }
+        args.extend([
             "-js".to_owned(),
             "-a".to_owned(),
             o.ip.to_string(),
@@ -127,7 +135,7 @@ impl NatsServer {
             self.port.to_string(),
             "-sd".to_owned(),
             o.store_dir.display().to_string(),
-        ];
+        ]);
         if let Some(name) = &o.name {
             args.extend(["-n".to_owned(), name.clone()]);
         }

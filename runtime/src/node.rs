@@ -128,7 +128,8 @@ async fn backends(config: &Config) -> Result<(Backends, Option<Arc<Cluster>>), C
         StoreKind::Memory => Backends::memory(),
         StoreKind::Durable => {
             let dir = config.path(&config.store.data_dir);
-            Backends::durable(&dir)
+            let quotas = sluice_server::backends::history::HistoryQuotas::from_config(config);
+            Backends::durable(&dir, &quotas)
                 .map_err(|e| ConfigErrors(vec![format!("store.data_dir: {e}")]))?
         }
     };

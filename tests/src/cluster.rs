@@ -42,8 +42,19 @@ pub struct Nats {
 impl Nats {
     /// Start one (on another port if one is taken first).
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Started with `config` (nats-server's configuration file format) as
+    /// well as the test's flags.
+    pub fn start_with_config(config: &str) -> Self {
         let dir = TempDir::new();
-        let options = NatsOptions::new(LOOPBACK, dir.0.join("js"));
+        let mut options = NatsOptions::new(LOOPBACK, dir.0.join("js"));
+        if !config.is_empty() {
+            let file = dir.0.join("nats.conf");
+            std::fs::write(&file, config).expect("nats config");
+            options.config_file = Some(file);
+        }
         let server = NatsServer::start(&nats_server_bin(), options).expect("nats-server started");
         Self { server, _dir: dir }
     }

@@ -59,7 +59,10 @@ pub use server::{
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_OUTBOUND_BYTES, DEFAULT_PING_INTERVAL,
     DEFAULT_READ_BUFFER_BYTES, DEFAULT_WRITE_BUFFER_BYTES, ServerConfig,
 };
-pub use store::{DEFAULT_DATA_DIR, StoreConfig, StoreKind};
+pub use store::{
+    DEFAULT_DATA_DIR, DEFAULT_NODE_HISTORY_BYTES, DEFAULT_NODE_HISTORY_CHANNELS, HISTORY_CHANNEL_COST,
+    StoreConfig, StoreKind,
+};
 pub use tenant::{
     DEFAULT_ABUSE_CLOSE_AFTER, DEFAULT_MAX_CONNECTIONS_PER_SUBJECT,
     DEFAULT_MAX_CONNECTIONS_PER_TENANT, DEFAULT_MAX_PRESENCE_MEMBERS, DEFAULT_MESSAGE_BURST,
@@ -126,6 +129,7 @@ impl Config {
             read::section::<SandboxConfig>(&mut root, "sandbox", &mut problems).unwrap_or_default();
         let store =
             read::section::<StoreConfig>(&mut root, "store", &mut problems).unwrap_or_default();
+        problems.extend(store.problems());
         let cluster = read::section::<ClusterConfig>(&mut root, "cluster", &mut problems);
         if let Some(c) = &cluster {
             problems.extend(c.problems());

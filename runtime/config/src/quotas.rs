@@ -54,16 +54,28 @@ pub struct Quotas {
     /// Handlers the tenant may push (versions of each: `[managed]
     /// max_versions`).
     pub pushed_handlers: u32,
-    /// Channels keeping history at once: a publish that would open one
-    /// more is answered `quota_exceeded`.
+    /// Channels keeping history at once: a publish that opens one more
+    /// first drops the history of the tenant's least recently used channel
+    /// (a client resuming there is told `recovered: false`), never another
+    /// tenant's. Refusing the publish instead would stop a tenant whose
+    /// rooms come and go once it reached the quota, until its oldest rooms
+    /// expired; dropping the coldest history costs one recovery. In a
+    /// fleet: the channel holding the tenant's oldest event is dropped.
     pub history_channels: u32,
-    /// Bytes of history kept over all the tenant's channels: past it the
-    /// tenant's oldest events are trimmed first.
+    /// Bytes of history kept over all the tenant's channels (the events,
+    /// and `HISTORY_CHANNEL_COST` per channel on one node): past it the
+    /// least recently used channel's history is dropped first, and a
+    /// channel over it on its own loses its oldest events. In a fleet it is
+    /// the `max_bytes` of the tenant's JetStream stream: the tenant's
+    /// oldest events go first, whatever their channel.
     pub history_bytes: usize,
     /// Presence channels at once: past it a subscribe is served without
-    /// presence tracking for the channel (its `presence` says `truncated`).
+    /// presence tracking for the channel (its `presence` says `truncated`,
+    /// and no `join` or `leave` is sent for it).
     pub presence_channels: u32,
-    /// Members present over all presence channels.
+    /// Members present over all presence channels (a subject in two
+    /// channels counts twice): past it a new member is not tracked, as
+    /// past a channel's `max_presence_members`.
     pub presence_members: u32,
     /// Management API requests per second with the tenant's token (429
     /// past it).
@@ -133,12 +145,12 @@ impl Quotas {
             ),
             format!("pushed handlers {}", self.pushed_handlers),
             format!(
-                "history: {} channels, {}",
+                "history: {} channels, {} (the least recently used channel's history dropped past either)",
                 self.history_channels,
                 mib(self.history_bytes)
             ),
             format!(
-                "presence: {} channels, {} members",
+                "presence: {} channels, {} members (past either, joins are not tracked: `truncated`)",
                 self.presence_channels, self.presence_members
             ),
             format!(

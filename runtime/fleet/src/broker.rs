@@ -13,9 +13,17 @@
 //! from the stored data, its stream sequence (the offset) and the epoch,
 //! and remembers the last offset it delivered so that a recovery can take
 //! over exactly where live delivery starts (`cluster::history`).
+//!
+//! Nothing from NATS is trusted as it comes: a frame reaches local queues
+//! only if it is what a Sluice node publishes on that subject (an `event`
+//! of that channel or a `join`/`leave` of it on a channel's subject, an
+//! `event` without channel on a subject's), and a history event only if
+//! its headers say the tenant's stream stored it under that channel's
+//! subject. Anything else is dropped and counted in the log.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -62,12 +70,16 @@ struct Entry {
     pins: usize,
 }
 
+/// Each tenant's history epoch (of its stream), by tenant id: set by
+/// the history when it opens a tenant's stream, read by the relays.
+pub type Epochs = Arc<RwLock<HashMap<Arc<str>, Arc<str>>>>;
+
 /// The broker of a node in a fleet.
 pub struct NatsBroker {
     local: Arc<LocalBroker>,
     client: async_nats::Client,
     subjects: Subjects,
-    epoch: Arc<str>,
+    epochs: Epochs,
     channels: Mutex<HashMap<ChannelKey, Entry>>,
     connections: Mutex<HashMap<SubjectKey, Arc<Relay>>>,
 }
@@ -78,13 +90,14 @@ enum Target {
 }
 
 impl NatsBroker {
-    /// A broker on `client`; history frames carry `epoch`.
-    pub fn new(client: async_nats::Client, subjects: Subjects, epoch: Arc<str>) -> Self {
+    /// A broker on `client`; history frames carry their tenant's epoch
+    /// from `epochs`.
+    pub fn new(client: async_nats::Client, subjects: Subjects, epochs: Epochs) -> Self {
         Self {
             local: Arc::new(LocalBroker::default()),
             client,
             subjects,
-            epoch,
+            epochs,
             channels: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
         }
@@ -105,10 +118,10 @@ impl NatsBroker {
         let task = tokio::spawn(run(
             self.client.clone(),
             subject,
-            self.subjects.barrier(),
+            self.subjects.clone(),
             target,
             self.local.clone(),
-            self.epoch.clone(),
+            self.epochs.clone(),
             relay_slot.clone(),
             tx,
         ));
@@ -159,8 +172,68 @@ impl NatsBroker {
     }
 }
 
+/// A frame as a Sluice node publishes it on a channel's or a subject's
+/// NATS subject: what the relay checks before handing it on.
+#[derive(serde::Deserialize)]
+struct Published<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Whether `frame` is what a node publishes: on a channel (`Some`), an
+/// `event` of it or a `join`/`leave` of it with a subject; on a
+/// subject's connections (`None`), an `event` without a channel.
+fn well_formed(frame: &str, channel: Option<&str>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Who<'a> {
+        #[serde(borrow)]
+        #[expect(dead_code, reason = "only checked to be a string")]
+        subject: Cow<'a, str>,
+    }
+    // serde would take an array for the struct (its fields in order).
+    if !frame.starts_with('{') {
+        return false;
+    }
+    let Ok(f) = serde_json::from_str::<Published<'_>>(frame) else {
+        return false;
+    };
+    match (channel, f.kind.as_ref()) {
+        (None, "event") => f.channel.is_none(),
+        (Some(c), "event") => f.channel.as_deref() == Some(c),
+        (Some(c), "join" | "leave") => {
+            f.channel.as_deref() == Some(c) && serde_json::from_str::<Who<'_>>(f.data.get()).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// A history event republished by the tenant's stream: its offset and
+/// data, if its headers say the stream stored it under `stored_as`.
+fn stored_event<'m>(
+    msg: &'m async_nats::Message,
+    stream: &str,
+    stored_as: &str,
+) -> Option<(u64, &'m RawValue)> {
+    use async_nats::header::{NATS_SEQUENCE, NATS_STREAM, NATS_SUBJECT};
+    let headers = msg.headers.as_ref()?;
+    if headers.get(NATS_STREAM).map(|v| v.as_str()) != Some(stream)
+        || headers.get(NATS_SUBJECT).map(|v| v.as_str()) != Some(stored_as)
+    {
+        return None;
+    }
+    let offset = headers.get(NATS_SEQUENCE)?.as_str().parse::<u64>().ok()?;
+    let data = std::str::from_utf8(&msg.payload)
+        .ok()
+        .and_then(|t| serde_json::from_str::<&RawValue>(t).ok())?;
+    Some((offset, data))
+}
+
 /// One relay: subscribe, wait until the server has registered the
-/// interest, then hand every frame to the local queues.
+/// interest, then hand every well-formed frame to the local queues.
 #[expect(
     clippy::too_many_arguments,
     reason = "one relay task, spelled out: everything it owns is moved in"
@@ -168,10 +241,10 @@ impl NatsBroker {
 async fn run(
     client: async_nats::Client,
     subject: String,
-    barrier: String,
+    subjects: Subjects,
     target: Target,
     local: Arc<LocalBroker>,
-    epoch: Arc<str>,
+    epochs: Epochs,
     relay: Arc<std::sync::OnceLock<std::sync::Weak<Relay>>>,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
@@ -186,41 +259,41 @@ async fn run(
     };
     // A request nobody answers: NATS processes this client's commands in
     // order, so once "no responders" comes back the subscription is live.
-    let _ = client.request(barrier, Bytes::new()).await;
+    let _ = client.request(subjects.barrier(), Bytes::new()).await;
     let _ = ready.send(true);
+    let (stream, stored_as) = match &target {
+        Target::Channel(key) => (subjects.stream_of(&key.tenant), subjects.history(key)),
+        Target::Subject(_) => (String::new(), String::new()),
+    };
     while let Some(msg) = sub.next().await {
         match &target {
             Target::Subject(key) => match Utf8Bytes::try_from(msg.payload) {
-                Ok(frame) => {
+                Ok(frame) if well_formed(frame.as_str(), None) => {
                     local.send_now(key, &frame);
                 }
-                Err(_) => tracing::warn!("a frame from NATS is not UTF-8; dropped"),
+                _ => tracing::warn!("a malformed frame from NATS was dropped"),
             },
             Target::Channel(key) if msg.subject.ends_with(".e") => {
                 match Utf8Bytes::try_from(msg.payload) {
-                    Ok(frame) => {
+                    Ok(frame) if well_formed(frame.as_str(), Some(&key.channel)) => {
                         local.publish_now(key, &frame);
                     }
-                    Err(_) => tracing::warn!("a frame from NATS is not UTF-8; dropped"),
+                    _ => tracing::warn!("a malformed frame from NATS was dropped"),
                 }
             }
             Target::Channel(key) => {
-                let Some(offset) = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
-                    .and_then(|v| v.as_str().parse::<u64>().ok())
-                else {
+                let Some((offset, data)) = stored_event(&msg, &stream, &stored_as) else {
+                    tracing::warn!("a history event not stored by the tenant's stream was dropped");
                     continue;
                 };
-                let Some(data) = std::str::from_utf8(&msg.payload)
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<&RawValue>(t).ok())
+                let epoch = epochs
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&key.tenant)
+                    .cloned();
+                let (Some(epoch), Some(relay)) =
+                    (epoch, relay.get().and_then(std::sync::Weak::upgrade))
                 else {
-                    tracing::warn!("a history event from NATS is not JSON; dropped");
-                    continue;
-                };
-                let Some(relay) = relay.get().and_then(std::sync::Weak::upgrade) else {
                     continue;
                 };
                 let mut delivered = relay.delivered.lock().await;
@@ -337,5 +410,50 @@ impl Broker for NatsBroker {
                 r.ready().await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::well_formed;
+
+    #[test]
+    fn only_frames_a_node_publishes_are_relayed() {
+        let ok = [
+            (
+                r#"{"type":"event","channel":"room:1","data":{"a":1}}"#,
+                Some("room:1"),
+            ),
+            (
+                r#"{"type":"join","channel":"room:1","data":{"subject":"al","claims":{}}}"#,
+                Some("room:1"),
+            ),
+            (
+                r#"{"type":"event","channel":null,"data":{"dm":true}}"#,
+                None,
+            ),
+        ];
+        for (f, c) in ok {
+            assert!(well_formed(f, c), "{f}");
+        }
+        let bad = [
+            ("not json", Some("room:1")),
+            (
+                r#"{"type":"event","channel":"room:2","data":{}}"#,
+                Some("room:1"),
+            ),
+            (r#"{"type":"ack","id":"x","data":{}}"#, Some("room:1")),
+            (r#"{"type":"welcome","data":{}}"#, None),
+            (r#"{"type":"event","channel":"room:1","data":{}}"#, None),
+            (
+                r#"{"type":"leave","channel":"room:1","data":{"subject":7}}"#,
+                Some("room:1"),
+            ),
+            (r#"["event","room:1",{}]"#, Some("room:1")),
+            (r#"{"type":"event","channel":"room:1"}"#, Some("room:1")),
+        ];
+        for (f, c) in bad {
+            assert!(!well_formed(f, c), "{f}");
+        }
     }
 }

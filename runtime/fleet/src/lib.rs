@@ -7,15 +7,17 @@
 //! - Fan-out over core NATS ([`NatsBroker`]): one subject per tenant and
 //!   channel ([`subject`]), subscribed to only by nodes with local
 //!   subscribers; `send` to a subject reaches its connections on every node.
-//! - Channel history on one JetStream stream ([`history`]): offsets are the
-//!   stream's sequence numbers, the same on every node, so a client that
-//!   reconnects to another node recovers there.
+//! - Channel history on one JetStream stream per tenant ([`history`]):
+//!   offsets are the stream's sequence numbers, the same on every node, so
+//!   a client that reconnects to another node recovers there; the stream's
+//!   limits are the tenant's history quotas.
 //! - Handler state on JetStream KV ([`state`]), with optimistic
 //!   concurrency at commit: a call whose keys another node changed first
 //!   runs once more, then fails with `conflict`.
 //! - Presence across the fleet on JetStream KV ([`presence`]): a dead
 //!   node's members vanish within [`presence::VANISH_BOUND`].
-//! - Connection caps across the fleet, approximately ([`caps`]).
+//! - Connection caps across the fleet, approximately, failing closed
+//!   ([`caps`]).
 //! - Readiness: a node cut off from NATS answers 503 on `/readyz` and
 //!   refuses new connections with HTTP 503 until NATS is back (the client
 //!   reconnects and resubscribes by itself).
@@ -137,34 +139,17 @@ impl Cluster {
         let subjects = Subjects::new(&cluster.prefix);
         let mut js = jetstream::new(client.clone());
         js.set_timeout(JETSTREAM_TIMEOUT);
-        let (source, destination) = subjects.republish();
-        let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: subjects.stream(),
-                description: Some("Sluice channel history".into()),
-                subjects: vec![subjects.history_all()],
-                max_messages_per_subject: sluice_config::MAX_HISTORY_SIZE as i64,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: cluster.replicas,
-                discard: jetstream::stream::DiscardPolicy::Old,
-                allow_direct: true,
-                allow_message_ttl: true,
-                subject_delete_marker_ttl: Some(DELETE_MARKER_TTL),
-                republish: Some(jetstream::stream::Republish {
-                    source,
-                    destination,
-                    headers_only: false,
-                }),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| FleetError::nats("cannot create the JetStream history stream (is JetStream enabled on the NATS server? nats-server -js)", e))?;
-        let created = stream.cached_info().created.unix_timestamp_nanos();
-        let epoch = epoch_of(created, &subjects.stream());
+        let shared = subjects.shared_stream();
+        if js.get_stream(&shared).await.is_ok() {
+            return Err(FleetError::Setting(format!(
+                "cluster: the JetStream stream {shared} (channel history of every tenant, kept by an earlier version of Sluice) holds the subjects each tenant's history stream needs now: delete it (`nats stream rm {shared}`; clients resuming from it are told they missed events) and start again"
+            )));
+        }
+        let epochs: broker::Epochs = Arc::default();
         let broker = Arc::new(NatsBroker::new(
             client.clone(),
             subjects.clone(),
-            epoch.clone(),
+            epochs.clone(),
         ));
         let state = KvState::open(
             &js,
@@ -173,19 +158,15 @@ impl Cluster {
             cluster.replicas,
         )
         .await?;
-        let presence = FleetPresence::open(
-            &js,
-            format!("{}_presence", cluster.prefix),
-            cluster.node.clone(),
-            cluster.replicas,
-        )
-        .await?;
+        let presence =
+            FleetPresence::open(&js, &cluster.prefix, cluster.node.clone(), cluster.replicas)
+                .await?;
         let registry = FleetRegistry::open(&js, &cluster.prefix, cluster.replicas).await?;
         let history = Arc::new(ClusterHistory::new(
             js,
-            stream,
             subjects,
-            epoch,
+            cluster.replicas,
+            epochs,
             broker.clone(),
         ));
         tracing::info!(node = %cluster.node, nats = %urls, "cluster mode: connected to NATS");
@@ -250,9 +231,11 @@ impl Cluster {
             .extend(tasks);
     }
 
-    /// Whether NATS is reachable now.
+    /// Whether NATS is reachable now, and this node's connection reports
+    /// reach the fleet.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+            && !self.counts.cut_off()
     }
 
     /// Withdraw this node's presence entries, send what is buffered and
@@ -267,20 +250,9 @@ impl Cluster {
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.presence.withdraw()).await;
+        FleetCounts::leave(&self.client, format!("{}.conns", self.prefix), &self.node).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await;
     }
-}
-
-/// The epoch of every channel of a fleet: derived from when the history
-/// stream was created, so every node agrees, and it changes when the
-/// stream (the history) is wiped and created again.
-fn epoch_of(created_nanos: i128, name: &str) -> Arc<str> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in created_nanos.to_le_bytes().iter().chain(name.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Arc::from(format!("{h:016x}"))
 }
 
 impl FleetLink for Cluster {
@@ -290,6 +262,10 @@ impl FleetLink for Cluster {
 
     fn connections_elsewhere(&self, tenant: &str, subject: &str) -> (u32, u32) {
         self.counts.elsewhere(tenant, subject)
+    }
+
+    fn shed_connections(&self) -> bool {
+        self.counts.cut_off()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -6,6 +6,13 @@
 //! `sluice_store::MAX_AUDIT_ENTRIES` entries). Every node watches the
 //! records and the audit stream, so a push, promote or rollback made on one
 //! node serves on all of them within moments.
+//!
+//! Nothing read from NATS is trusted as it comes: a component's bytes must
+//! hash to the digest they are stored under (anyone who can write to the
+//! object store could otherwise swap the code every node runs), and a
+//! record must be a JSON object under a `<tenant>.<name>` key of valid
+//! names; anything else is refused and logged, and the versions a node
+//! serves stay as they were.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,6 +45,46 @@ pub struct FleetRegistry {
 /// A change to a record seen on the bucket: (tenant, name), the record
 /// (`None`: removed).
 pub type RecordChange = ((String, String), Option<Vec<u8>>);
+
+/// `bytes`, if they hash to `digest`.
+fn verified(digest: &str, bytes: Vec<u8>) -> Result<Vec<u8>, RegistryError> {
+    let actual = sluice_sandbox::digest(&bytes);
+    if actual == digest {
+        Ok(bytes)
+    } else {
+        tracing::error!(%digest, %actual, "a component in the fleet's object store does not match its digest: refused");
+        Err(RegistryError::Failed(format!(
+            "component {digest}: its bytes in the object store hash to {actual}"
+        )))
+    }
+}
+
+/// A name in a record's key: what the config and the API accept.
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+/// A record key's (tenant, name), and the record if it is one: a JSON
+/// object. `None`: malformed (logged), to be ignored.
+fn checked(key: &str, value: Option<&[u8]>) -> Option<(String, String)> {
+    let well_formed = key
+        .split_once('.')
+        .filter(|(t, n)| is_name(t) && is_name(n))
+        .filter(|_| {
+            value.is_none_or(|v| {
+                serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|j| j.is_object())
+            })
+        });
+    if well_formed.is_none() {
+        tracing::error!(
+            key,
+            "a malformed pushed handler record in the fleet's bucket: ignored"
+        );
+    }
+    well_formed.map(|(t, n)| (t.to_owned(), n.to_owned()))
+}
 
 impl FleetRegistry {
     /// Open (or create) the buckets and the audit stream, and read the
@@ -96,14 +143,12 @@ impl FleetRegistry {
             .map_err(|e| FleetError::nats("cannot list pushed handlers", e))?;
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| FleetError::nats("cannot list pushed handlers", e))?;
-            let Some((tenant, name)) = key.split_once('.') else {
-                continue;
-            };
             if let Ok(Some(entry)) = records.entry(key.clone()).await
                 && entry.operation == jetstream::kv::Operation::Put
+                && let Some((tenant, name)) = checked(&key, Some(&entry.value))
             {
-                revisions.insert((tenant.to_owned(), name.to_owned()), entry.revision);
-                now.push((tenant.to_owned(), name.to_owned(), entry.value.to_vec()));
+                revisions.insert((tenant.clone(), name.clone()), entry.revision);
+                now.push((tenant, name, entry.value.to_vec()));
             }
         }
         Ok(Arc::new(Self {
@@ -117,7 +162,7 @@ impl FleetRegistry {
         }))
     }
 
-    /// A component's bytes.
+    /// A component's bytes, only if they are the bytes of `digest`.
     async fn read_component(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
         let failed =
             |e: &dyn std::fmt::Display| RegistryError::Failed(format!("component {digest}: {e}"));
@@ -127,7 +172,7 @@ impl FleetRegistry {
             .read_to_end(&mut bytes)
             .await
             .map_err(|e| failed(&e))?;
-        Ok(bytes)
+        verified(digest, bytes)
     }
 
     /// Write a change: the component first (so a record never names one
@@ -220,10 +265,10 @@ impl FleetRegistry {
         Ok(tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { continue };
-                let Some((tenant, name)) = entry.key.split_once('.') else {
+                let put = entry.operation == jetstream::kv::Operation::Put;
+                let Some(key) = checked(&entry.key, put.then_some(&entry.value[..])) else {
                     continue;
                 };
-                let key = (tenant.to_owned(), name.to_owned());
                 let Some(this) = this.upgrade() else { return };
                 let value = match entry.operation {
                     jetstream::kv::Operation::Put => {
@@ -322,5 +367,33 @@ impl RegistryStorage for FleetRegistry {
 
     fn append_audit(&self, entry: Vec<u8>) -> BoxFuture<'_, Result<u64, RegistryError>> {
         Box::pin(self.append_audit_entry(entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_that_do_not_hash_to_their_digest_are_refused() {
+        let good = b"component".to_vec();
+        let digest = sluice_sandbox::digest(&good);
+        assert_eq!(verified(&digest, good.clone()).ok(), Some(good));
+        assert!(verified(&digest, b"swapped".to_vec()).is_err());
+    }
+
+    #[test]
+    fn malformed_records_are_ignored() {
+        assert!(checked("t.h", Some(br#"{"versions":[]}"#)).is_some());
+        assert!(checked("t.h", None).is_some());
+        for (k, v) in [
+            ("th", Some(&b"{}"[..])),
+            ("t.h", Some(&b"not json"[..])),
+            ("t.h", Some(&b"[1]"[..])),
+            ("t.h.x", Some(&b"{}"[..])),
+            (".h", None),
+        ] {
+            assert!(checked(k, v).is_none(), "{k}");
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! ```text
 //! {prefix}.d.{tenant}.{channel}.e   events without history, join/leave  (core NATS)
 //! {prefix}.d.{tenant}.{channel}.r   history events, republished by the stream once stored
-//! {prefix}.h.{tenant}.{channel}     history events as published (captured by the stream)
+//! {prefix}.h.{tenant}.{channel}     history events as published (captured by the tenant's stream)
 //! {prefix}.s.{tenant}.{subject}     frames sent to a subject's connections
 //! ```
 //!
@@ -87,19 +87,16 @@ impl Subjects {
         )
     }
 
-    /// Every history subject (the stream's subjects).
-    pub fn history_all(&self) -> String {
-        format!("{}.h.*.*", self.prefix)
+    /// Every history subject of a tenant (its stream's subjects).
+    pub fn history_of(&self, tenant: &str) -> String {
+        format!("{}.h.{}.*", self.prefix, token(tenant))
     }
 
-    /// The stream's republish source and destination.
-    pub fn republish(&self) -> (String, String) {
+    /// A tenant's stream's republish source and destination.
+    pub fn republish_of(&self, tenant: &str) -> (String, String) {
         (
-            self.history_all(),
-            format!(
-                "{}.d.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.r",
-                self.prefix
-            ),
+            self.history_of(tenant),
+            format!("{}.d.{}.{{{{wildcard(1)}}}}.r", self.prefix, token(tenant)),
         )
     }
 
@@ -119,8 +116,18 @@ impl Subjects {
         format!("{}.barrier", self.prefix)
     }
 
-    /// The history stream's name.
-    pub fn stream(&self) -> String {
+    /// A tenant's history stream's name.
+    pub fn stream_of(&self, tenant: &str) -> String {
+        format!(
+            "{}_HISTORY_{}",
+            self.prefix.to_ascii_uppercase(),
+            crate::bucket::kv_token(tenant)
+        )
+    }
+
+    /// The one history stream of every tenant that earlier versions made
+    /// (its subjects overlap the per-tenant streams').
+    pub fn shared_stream(&self) -> String {
         format!("{}_HISTORY", self.prefix.to_ascii_uppercase())
     }
 }

@@ -72,6 +72,11 @@ impl History {
         subscribed.position
     }
 
+    /// The bounds to keep history within (at start and after a reload).
+    pub fn set_quotas(&self, quotas: crate::backends::history::HistoryQuotas) {
+        self.store.set_quotas(quotas);
+    }
+
     /// Drop expired events and forget idle logs (the sweeper).
     pub async fn sweep(&self, idle: Duration, rule: RuleOf<'_>) {
         self.store.trim(idle, rule).await;

@@ -15,10 +15,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::authz;
+use crate::backends::history::HistoryQuotas;
 use crate::backends::{Backends, Broker, ChannelKey, FleetLink};
 use crate::history::History;
 use crate::metrics::{AcceptMetrics, AcceptRefusal};
-use crate::presence::Presence;
+use crate::presence::{Presence, PresenceQuotas};
 use crate::ratelimit::{self, ConnectionCounter, ConnectionSlot, KeyedLimiter, quota};
 use crate::slot::PushedHandlers;
 use crate::tenant::Tenant;
@@ -104,6 +105,10 @@ impl ServerState {
             fleet,
             ..
         } = backends;
+        let history = History::new(history);
+        history.set_quotas(HistoryQuotas::from_config(&config));
+        let presence = Presence::new(presence);
+        presence.set_quotas(PresenceQuotas::from_config(&config));
         Ok(Arc::new(Self {
             tls: RwLock::new(TlsAcceptor::from(tls)),
             ws_config,
@@ -117,8 +122,8 @@ impl ServerState {
             shutdown: tokio::sync::watch::channel(false).0,
             reloads: tokio::sync::watch::channel(0).0,
             broker,
-            history: History::new(history),
-            presence: Presence::new(presence),
+            history,
+            presence,
             fleet,
             pushed,
             tenants: RwLock::new(Arc::new(tenants)),
@@ -238,6 +243,9 @@ impl ServerState {
             .unwrap_or_else(PoisonError::into_inner) = admin_token.map(Arc::from);
         set_quotas(&self.sandbox, &tenants);
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
+        self.history.set_quotas(HistoryQuotas::from_config(&config));
+        self.presence
+            .set_quotas(PresenceQuotas::from_config(&config));
         self.reloads.send_modify(|n| *n += 1);
         Ok(summary)
     }

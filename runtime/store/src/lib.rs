@@ -304,6 +304,15 @@ impl Store {
     /// Open (or create) the store in `dir`, read everything back, and start
     /// the writer. Fails if another process holds the database.
     pub fn open(dir: &Path) -> Result<Opened, StoreError> {
+        Self::open_bounded(dir, &HistoryBound::everything())
+    }
+
+    /// Open (or create) the store in `dir` and start the writer, reading
+    /// back at most what `bound` allows of the channel history: the most
+    /// recently published channels first, each from its newest event back.
+    /// What is not read back is removed from the disk before the writer
+    /// starts (channels), or by the channel's next write (older events).
+    pub fn open_bounded(dir: &Path, bound: &HistoryBound<'_>) -> Result<Opened, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("sluice.redb");
@@ -318,7 +327,7 @@ impl Store {
             Database::create(&again)
                 .map_err(|e| StoreError(format!("cannot open {} again: {e}", again.display())))
         });
-        Self::start(db, path, reopen)
+        Self::start(db, path, reopen, bound)
     }
 
     /// Open (or create) the store on another of redb's storage backends
@@ -337,11 +346,16 @@ impl Store {
                 .create_with_backend(backend.clone())
                 .map_err(|e| StoreError(format!("cannot open {} again: {e}", again.display())))
         });
-        Self::start(db, name.to_owned(), reopen)
+        Self::start(db, name.to_owned(), reopen, &HistoryBound::everything())
     }
 
-    fn start(db: Database, path: PathBuf, reopen: Reopen) -> Result<Opened, StoreError> {
-        let (state, channels, unclean) = read_back(&db)?;
+    fn start(
+        db: Database,
+        path: PathBuf,
+        reopen: Reopen,
+        bound: &HistoryBound<'_>,
+    ) -> Result<Opened, StoreError> {
+        let (state, channels, unclean, dropped) = read_back(&db, bound)?;
         let (handlers, audit) = read_registry(&db)?;
         // Running: not clean until a clean shutdown says so.
         let mut txn = db.begin_write().map_err(err)?;
@@ -350,8 +364,15 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(err)?;
             meta.insert("clean", 0).map_err(err)?;
             txn.open_table(STATE).map_err(err)?;
-            txn.open_table(CHANNELS).map_err(err)?;
-            txn.open_table(HISTORY).map_err(err)?;
+            let mut kept = txn.open_table(CHANNELS).map_err(err)?;
+            let mut history = txn.open_table(HISTORY).map_err(err)?;
+            for (t, c) in &dropped {
+                let (t, c) = (t.as_str(), c.as_str());
+                kept.remove((t, c)).map_err(err)?;
+                history
+                    .retain_in((t, c, 0)..=(t, c, u64::MAX), |_, _| false)
+                    .map_err(err)?;
+            }
             txn.open_table(COMPONENTS).map_err(err)?;
             txn.open_table(HANDLERS).map_err(err)?;
             let audit_table = txn.open_table(AUDIT).map_err(err)?;
@@ -456,9 +477,53 @@ impl Drop for Store {
     }
 }
 
-type ReadBack = (Vec<(String, String, Vec<u8>)>, Vec<ChannelHistory>, bool);
+/// How much channel history [`Store::open_bounded`] reads back: the bounds
+/// the server keeps history within, so that a start never holds more than
+/// a running node may (after quotas were lowered, say).
+pub struct HistoryBound<'a> {
+    /// A tenant's bound: (channels, bytes).
+    pub tenant: &'a dyn Fn(&str) -> (usize, usize),
+    /// The node's bound over every tenant: (channels, bytes).
+    pub node: (usize, usize),
+    /// Events read back per channel at most.
+    pub events_per_channel: usize,
+    /// What one channel costs besides its events, in bytes.
+    pub channel_cost: usize,
+}
 
-fn read_back(db: &Database) -> Result<ReadBack, StoreError> {
+impl HistoryBound<'static> {
+    /// No bound: everything is read back.
+    pub fn everything() -> Self {
+        Self {
+            tenant: &|_| (usize::MAX, usize::MAX),
+            node: (usize::MAX, usize::MAX),
+            events_per_channel: usize::MAX,
+            channel_cost: 0,
+        }
+    }
+}
+
+/// What an event read back costs in memory beyond its data: the frame
+/// around it (type, channel, offset, epoch).
+const EVENT_FRAME_COST: usize = 96;
+
+type ReadBack = (
+    Vec<(String, String, Vec<u8>)>,
+    Vec<ChannelHistory>,
+    bool,
+    Vec<(String, String)>,
+);
+
+/// One channel's record, read before its events.
+struct ChannelMeta {
+    tenant: String,
+    channel: String,
+    epoch: String,
+    last_offset: u64,
+    newest_ms: u64,
+}
+
+fn read_back(db: &Database, bound: &HistoryBound<'_>) -> Result<ReadBack, StoreError> {
     let txn = db.begin_read().map_err(err)?;
     let clean = match existing(&txn, META)? {
         Some(meta) => meta.get("clean").map_err(err)?.map(|v| v.value()),
@@ -468,36 +533,88 @@ fn read_back(db: &Database) -> Result<ReadBack, StoreError> {
         (tenant.to_owned(), key.to_owned(), value.to_vec())
     })?;
     let mut channels = Vec::new();
+    let mut dropped = Vec::new();
     if let (Some(table), Some(history)) = (existing(&txn, CHANNELS)?, existing(&txn, HISTORY)?) {
+        // First the channels alone (no events), with when each was last
+        // published to; then the events, most recent channel first, newest
+        // event first, until a bound is reached.
+        let mut metas = Vec::new();
         for row in table.iter().map_err(err)? {
             let (k, v) = row.map_err(err)?;
             let (tenant, channel) = k.value();
             let (epoch, last_offset) = v.value();
-            let mut entries = Vec::new();
-            for e in history
+            let newest_ms = history
                 .range((tenant, channel, 0)..=(tenant, channel, u64::MAX))
                 .map_err(err)?
+                .next_back()
+                .transpose()
+                .map_err(err)?
+                .map_or(0, |(_, v)| v.value().0);
+            metas.push(ChannelMeta {
+                tenant: tenant.to_owned(),
+                channel: channel.to_owned(),
+                epoch: epoch.to_owned(),
+                last_offset,
+                newest_ms,
+            });
+        }
+        metas.sort_by(|a, b| b.newest_ms.cmp(&a.newest_ms));
+        let mut used: std::collections::HashMap<String, (usize, usize)> =
+            std::collections::HashMap::new();
+        let mut node = (0usize, 0usize);
+        for m in metas {
+            let quota = (bound.tenant)(&m.tenant);
+            let u = used.entry(m.tenant.clone()).or_default();
+            let cost = bound.channel_cost;
+            if u.0 >= quota.0
+                || node.0 >= bound.node.0
+                || u.1.saturating_add(cost) > quota.1
+                || node.1.saturating_add(cost) > bound.node.1
+            {
+                dropped.push((m.tenant, m.channel));
+                continue;
+            }
+            u.0 += 1;
+            u.1 += cost;
+            node.0 += 1;
+            node.1 += cost;
+            let (t, c) = (m.tenant.as_str(), m.channel.as_str());
+            let mut entries = Vec::new();
+            for e in history
+                .range((t, c, 0)..=(t, c, u64::MAX))
+                .map_err(err)?
+                .rev()
             {
                 let (k, v) = e.map_err(err)?;
                 let (unix_ms, data) = v.value();
+                let size = data.len() + c.len() + EVENT_FRAME_COST;
+                if entries.len() >= bound.events_per_channel
+                    || u.1.saturating_add(size) > quota.1
+                    || node.1.saturating_add(size) > bound.node.1
+                {
+                    break;
+                }
+                u.1 += size;
+                node.1 += size;
                 entries.push(Entry {
                     offset: k.value().2,
                     unix_ms,
                     data: data.to_vec(),
                 });
             }
+            entries.reverse();
             channels.push(ChannelHistory {
-                tenant: tenant.to_owned(),
-                channel: channel.to_owned(),
-                epoch: epoch.to_owned(),
-                last_offset,
+                tenant: m.tenant,
+                channel: m.channel,
+                epoch: m.epoch,
+                last_offset: m.last_offset,
                 entries,
             });
         }
     }
     // A new database (no META yet) is clean; one that says 0 was running.
     let unclean = clean == Some(0);
-    Ok((state, channels, unclean))
+    Ok((state, channels, unclean, dropped))
 }
 
 type RegistryReadBack = (Vec<(String, String, Vec<u8>)>, Vec<(u64, Vec<u8>)>);

@@ -12,6 +12,14 @@ pub trait FleetLink: Send + Sync + 'static {
     /// Connections other nodes hold for `tenant` and for its `subject`
     /// (approximate: the caps across the fleet).
     fn connections_elsewhere(&self, tenant: &str, subject: &str) -> (u32, u32);
+    /// Whether this node has been cut off from the fleet's connection
+    /// counts for so long that the others will soon stop counting its
+    /// connections: each session then closes (1001) at its next ping, so
+    /// that no tenant exceeds its cap while this node's connections are
+    /// not counted.
+    fn shed_connections(&self) -> bool {
+        false
+    }
     /// Withdraw this node from the fleet (its presence entries), send what
     /// is buffered and disconnect.
     fn close(&self) -> BoxFuture<'_, ()>;

@@ -53,6 +53,67 @@ pub struct Subscribed {
     pub outcome: Option<Outcome>,
 }
 
+/// A bound on history: channels, and bytes (events, plus
+/// [`sluice_config::HISTORY_CHANNEL_COST`] per channel on one node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuota {
+    /// Channels with history.
+    pub channels: usize,
+    /// Bytes of history.
+    pub bytes: usize,
+}
+
+impl HistoryQuota {
+    fn of(q: &sluice_config::Quotas) -> Self {
+        Self {
+            channels: q.history_channels as usize,
+            bytes: q.history_bytes,
+        }
+    }
+}
+
+/// Every bound history is kept within: each tenant's quota
+/// (`[tenants.<id>.quotas] history_channels`, `history_bytes`), and the
+/// node's (`[store] history_channels`, `history_bytes`).
+#[derive(Debug, Clone)]
+pub struct HistoryQuotas {
+    /// The node's bound, over every tenant.
+    pub node: HistoryQuota,
+    /// Tenants by id.
+    pub tenants: std::collections::HashMap<Arc<str>, HistoryQuota>,
+    /// A tenant not listed (the default quotas).
+    pub default: HistoryQuota,
+}
+
+impl HistoryQuotas {
+    /// The bounds `config` sets.
+    pub fn from_config(config: &sluice_config::Config) -> Self {
+        Self {
+            node: HistoryQuota {
+                channels: config.store.history_channels as usize,
+                bytes: config.store.history_bytes,
+            },
+            tenants: config
+                .tenants
+                .iter()
+                .map(|(id, t)| (Arc::from(id.as_str()), HistoryQuota::of(&t.quotas)))
+                .collect(),
+            default: HistoryQuota::of(&sluice_config::Quotas::default()),
+        }
+    }
+
+    /// A tenant's quota.
+    pub fn tenant(&self, id: &str) -> HistoryQuota {
+        self.tenants.get(id).copied().unwrap_or(self.default)
+    }
+}
+
+impl Default for HistoryQuotas {
+    fn default() -> Self {
+        Self::from_config(&sluice_config::Config::default())
+    }
+}
+
 /// History held for one tenant, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HistorySize {
@@ -97,6 +158,10 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// History held in this process, per tenant.
     fn sizes(&self) -> BTreeMap<Arc<str>, HistorySize>;
+
+    /// The bounds to keep history within from now on (at start and after
+    /// every reload).
+    fn set_quotas(&self, quotas: HistoryQuotas);
 
     /// Let pending writes finish and record a clean shutdown.
     fn close(&self);

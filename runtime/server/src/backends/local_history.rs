@@ -19,7 +19,18 @@
 //! channel's offsets jump by [`sluice_store::UNCLEAN_OFFSET_JUMP`].
 //!
 //! The epoch changes whenever the history was lost: the store was wiped,
-//! or the channel sat empty past its TTL and was forgotten.
+//! the channel sat empty past its TTL and was forgotten, or its history
+//! was dropped to keep a bound.
+//!
+//! Bounded across channels: each tenant's history (`[tenants.<id>.quotas]
+//! history_channels`, `history_bytes`) and the node's (`[store]
+//! history_channels`, `history_bytes`), bytes counting every channel's
+//! fixed cost ([`HISTORY_CHANNEL_COST`]) besides its events. Channels are
+//! kept in least-recently-used order per tenant; past its quota a tenant
+//! loses its least recently used channel's history (a channel alone over
+//! it loses its oldest events), and past the node's bound the tenant
+//! holding the most loses first. So a tenant publishing to a fresh
+//! channel per message only ever evicts its own history.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use sluice_config::HistoryConfig;
+use sluice_config::{HISTORY_CHANNEL_COST, HistoryConfig};
 use sluice_protocol::{Outcome, Position, Since};
 use sluice_sandbox::BoxFuture;
 use sluice_store::{ChannelHistory, Entry, Store};
@@ -35,7 +46,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::broker::Broker;
 use super::history::{
-    AckFrame, HistoryError, HistorySize, HistoryStore, RuleOf, Subscribed, event_frame,
+    AckFrame, HistoryError, HistoryQuota, HistoryQuotas, HistorySize, HistoryStore, RuleOf,
+    Subscribed, event_frame,
 };
 use super::keys::{ChannelKey, Member};
 
@@ -60,10 +72,15 @@ struct Log {
     used: Instant,
     /// Whether the store has a record of this channel.
     stored: bool,
+    /// Its place in its tenant's least-recently-used order.
+    tick: u64,
+    /// Dropped to keep a bound: whoever holds it looks the channel up
+    /// again (and gets a new log).
+    evicted: bool,
 }
 
 impl Log {
-    fn new() -> Self {
+    fn new(tick: u64) -> Self {
         Self {
             epoch: new_epoch(),
             last_offset: 0,
@@ -72,6 +89,19 @@ impl Log {
             bytes: 0,
             used: Instant::now(),
             stored: false,
+            tick,
+            evicted: false,
+        }
+    }
+
+    /// Drop the oldest events until at most `bytes` are kept.
+    fn trim_bytes(&mut self, bytes: usize) {
+        while self.bytes > bytes {
+            let Some(e) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= e.frame.len();
+            self.gone_through = e.offset;
         }
     }
 
@@ -93,12 +123,131 @@ impl Log {
     }
 }
 
+/// One tenant's history on this node.
+#[derive(Default)]
+struct Usage {
+    channels: usize,
+    /// Events' bytes, and [`HISTORY_CHANNEL_COST`] per channel.
+    bytes: usize,
+    /// Its channels, least recently used first, by tick.
+    lru: BTreeMap<u64, Arc<str>>,
+}
+
+/// What every tenant holds, and the bounds.
+#[derive(Default)]
+struct Accounts {
+    next_tick: u64,
+    tenants: HashMap<Arc<str>, Usage>,
+    node: Usage,
+    quotas: HistoryQuotas,
+}
+
+/// What to do to get back within the bounds.
+enum Over {
+    /// Drop this channel's history.
+    Drop(ChannelKey),
+    /// The tenant has this one channel and it is over on its own: keep at
+    /// most this many bytes of its events.
+    Trim(ChannelKey, usize),
+}
+
+impl Accounts {
+    fn tick(&mut self) -> u64 {
+        self.next_tick += 1;
+        self.next_tick
+    }
+
+    fn created(&mut self, key: &ChannelKey) -> u64 {
+        let tick = self.tick();
+        let u = self.tenants.entry(key.tenant.clone()).or_default();
+        u.channels += 1;
+        u.bytes += HISTORY_CHANNEL_COST;
+        u.lru.insert(tick, Arc::from(key.channel.as_ref()));
+        self.node.channels += 1;
+        self.node.bytes += HISTORY_CHANNEL_COST;
+        tick
+    }
+
+    fn touched(&mut self, key: &ChannelKey, old: u64) -> u64 {
+        let tick = self.tick();
+        if let Some(u) = self.tenants.get_mut(&key.tenant)
+            && let Some(name) = u.lru.remove(&old)
+        {
+            u.lru.insert(tick, name);
+        }
+        tick
+    }
+
+    fn resized(&mut self, tenant: &Arc<str>, before: usize, after: usize) {
+        let u = self.tenants.entry(tenant.clone()).or_default();
+        u.bytes = (u.bytes + after).saturating_sub(before);
+        self.node.bytes = (self.node.bytes + after).saturating_sub(before);
+    }
+
+    fn removed(&mut self, key: &ChannelKey, tick: u64, bytes: usize) {
+        let cost = bytes + HISTORY_CHANNEL_COST;
+        if let Some(u) = self.tenants.get_mut(&key.tenant) {
+            u.lru.remove(&tick);
+            u.channels = u.channels.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(cost);
+            if u.channels == 0 {
+                self.tenants.remove(&key.tenant);
+            }
+        }
+        self.node.channels = self.node.channels.saturating_sub(1);
+        self.node.bytes = self.node.bytes.saturating_sub(cost);
+    }
+
+    /// The first step back within the bounds after `tenant` grew, if any
+    /// bound is passed: the tenant's own quota first, then the node's,
+    /// taken from the tenant holding the most.
+    fn over(&self, tenant: &Arc<str>) -> Option<Over> {
+        let over = |u: &Usage, q: HistoryQuota| u.channels > q.channels || u.bytes > q.bytes;
+        let quota = self.quotas.tenant(tenant);
+        let (victim, bound) = match self.tenants.get(tenant) {
+            Some(u) if over(u, quota) => (tenant.clone(), quota),
+            _ if over(&self.node, self.quotas.node) => {
+                let by_channels = self.node.channels > self.quotas.node.channels;
+                let (id, _) = self
+                    .tenants
+                    .iter()
+                    .max_by_key(|(_, u)| if by_channels { u.channels } else { u.bytes })?;
+                let u = &self.tenants[id];
+                // What the tenant may keep so that the node is back within.
+                let excess = self.node.bytes.saturating_sub(self.quotas.node.bytes);
+                let bound = HistoryQuota {
+                    channels: u.channels.saturating_sub(1),
+                    bytes: u.bytes.saturating_sub(excess),
+                };
+                (id.clone(), bound)
+            }
+            _ => return None,
+        };
+        let u = self.tenants.get(&victim)?;
+        let (_, channel) = u.lru.first_key_value()?;
+        let key = ChannelKey::new(&victim, channel);
+        if u.channels > 1 {
+            Some(Over::Drop(key))
+        } else {
+            Some(Over::Trim(
+                key,
+                bound.bytes.saturating_sub(HISTORY_CHANNEL_COST),
+            ))
+        }
+    }
+}
+
+/// Steps taken to get back within the bounds after one append, at most: a
+/// bound passed by more is caught up by the next appends.
+const MAX_EVICTIONS_PER_APPEND: usize = 16;
+
 /// Every channel's history on this node.
 pub struct LocalHistory {
     /// Who delivers a published event to its subscribers.
     broker: Arc<dyn Broker>,
     store: Option<Arc<Store>>,
     logs: Mutex<HashMap<ChannelKey, Arc<tokio::sync::Mutex<Log>>>>,
+    accounts: Mutex<Accounts>,
 }
 
 static EPOCHS: AtomicU64 = AtomicU64::new(0);
@@ -127,11 +276,14 @@ impl LocalHistory {
             broker,
             store: None,
             logs: Mutex::new(HashMap::new()),
+            accounts: Mutex::default(),
         }
     }
 
     /// History backed by `store`, starting from what it read back, delivered
     /// by `broker`. `unclean`: the last run crashed, so offsets jump.
+    /// `channels` come most recently published first (as
+    /// [`Store::open_bounded`] reads them back).
     pub fn durable(
         broker: Arc<dyn Broker>,
         store: Arc<Store>,
@@ -144,8 +296,11 @@ impl LocalHistory {
             0
         };
         let mut logs = HashMap::new();
-        for ch in channels {
+        let mut accounts = Accounts::default();
+        // The oldest first, so that they are the first to go.
+        for ch in channels.into_iter().rev() {
             let tenant: Arc<str> = Arc::from(ch.tenant.as_str());
+            let key = ChannelKey::new(&tenant, &ch.channel);
             let mut log = Log {
                 epoch: Arc::from(ch.epoch.as_str()),
                 last_offset: ch.last_offset,
@@ -154,6 +309,8 @@ impl LocalHistory {
                 bytes: 0,
                 used: Instant::now(),
                 stored: true,
+                tick: accounts.created(&key),
+                evicted: false,
             };
             for e in ch.entries {
                 let Ok(data) = std::str::from_utf8(&e.data)
@@ -175,16 +332,19 @@ impl LocalHistory {
             // live before the crash: never hand them out again. Resuming
             // from any of them is fine (nothing after them was kept).
             log.last_offset += jump;
-            logs.insert(
-                ChannelKey::new(&tenant, &ch.channel),
-                Arc::new(tokio::sync::Mutex::new(log)),
-            );
+            accounts.resized(&tenant, 0, log.bytes);
+            logs.insert(key, Arc::new(tokio::sync::Mutex::new(log)));
         }
         Self {
             broker,
             store: Some(store),
             logs: Mutex::new(logs),
+            accounts: Mutex::new(accounts),
         }
+    }
+
+    fn accounts(&self) -> std::sync::MutexGuard<'_, Accounts> {
+        self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Every log, taken out of the map's lock (each log has its own).
@@ -198,12 +358,125 @@ impl LocalHistory {
     }
 
     fn log(&self, key: &ChannelKey) -> Arc<tokio::sync::Mutex<Log>> {
-        self.logs
+        if let Some(log) = self
+            .logs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Log::new())))
-            .clone()
+            .get(key)
+        {
+            return log.clone();
+        }
+        let tick = self.accounts().created(key);
+        let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        match logs.get(key) {
+            Some(log) => {
+                // Another task made it meanwhile: this one was never used.
+                let log = log.clone();
+                drop(logs);
+                self.accounts().removed(key, tick, 0);
+                log
+            }
+            None => {
+                let log = Arc::new(tokio::sync::Mutex::new(Log::new(tick)));
+                logs.insert(key.clone(), log.clone());
+                log
+            }
+        }
+    }
+
+    /// The channel's log, locked, never one dropped meanwhile; marked as
+    /// used now.
+    async fn locked(&self, key: &ChannelKey) -> tokio::sync::OwnedMutexGuard<Log> {
+        loop {
+            let log = self.log(key).lock_owned().await;
+            if !log.evicted {
+                let mut log = log;
+                log.used = Instant::now();
+                log.tick = self.accounts().touched(key, log.tick);
+                return log;
+            }
+        }
+    }
+
+    /// Get back within the bounds after `tenant`'s history grew: drop
+    /// least recently used channels (their records on disk too), or trim
+    /// a channel over a bound on its own.
+    async fn keep_within(&self, tenant: &Arc<str>) {
+        for _ in 0..MAX_EVICTIONS_PER_APPEND {
+            let Some(over) = self.accounts().over(tenant) else {
+                return;
+            };
+            let key = match &over {
+                Over::Drop(k) | Over::Trim(k, _) => k.clone(),
+            };
+            let found = self
+                .logs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .cloned();
+            let Some(log) = found else {
+                // Gone meanwhile, without telling the accounts: forget it.
+                let mut a = self.accounts();
+                let tick = a
+                    .tenants
+                    .get(&key.tenant)
+                    .and_then(|u| {
+                        u.lru
+                            .iter()
+                            .find(|(_, c)| c.as_ref() == key.channel.as_ref())
+                    })
+                    .map(|(t, _)| *t);
+                if let Some(t) = tick {
+                    a.removed(&key, t, 0);
+                }
+                continue;
+            };
+            let mut l = log.clone().lock_owned().await;
+            if l.evicted {
+                continue;
+            }
+            let write = match over {
+                Over::Trim(_, keep) => {
+                    let before = l.bytes;
+                    l.trim_bytes(keep);
+                    self.accounts().resized(&key.tenant, before, l.bytes);
+                    match &self.store {
+                        Some(store) if l.stored && l.bytes < before => store
+                            .reserve()
+                            .await
+                            .ok()
+                            .map(|p| p.trim(&key.tenant, &key.channel, l.gone_through)),
+                        _ => None,
+                    }
+                }
+                Over::Drop(_) => {
+                    let write = match &self.store {
+                        Some(store) if l.stored => store
+                            .reserve()
+                            .await
+                            .ok()
+                            .map(|p| p.forget(&key.tenant, &key.channel)),
+                        _ => None,
+                    };
+                    l.evicted = true;
+                    let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+                    if logs.get(&key).is_some_and(|v| Arc::ptr_eq(v, &log)) {
+                        logs.remove(&key);
+                    }
+                    drop(logs);
+                    self.accounts().removed(&key, l.tick, l.bytes);
+                    tracing::debug!(tenant = %key.tenant, "channel history dropped to keep a bound");
+                    write
+                }
+            };
+            drop(l);
+            if let Some(w) = write
+                && let Err(e) = w.wait().await
+            {
+                tracing::warn!(error = %e, "history bound write failed");
+            }
+        }
     }
 
     /// Publish `data` on a channel that keeps history: the next offset,
@@ -215,13 +488,12 @@ impl LocalHistory {
         rule: HistoryConfig,
         data: &RawValue,
     ) -> Result<usize, HistoryError> {
-        let log = self.log(key);
-        let mut log = log.lock().await;
+        let mut log = self.locked(key).await;
         let permit = match &self.store {
             Some(store) => Some(store.reserve().await?),
             None => None,
         };
-        log.used = Instant::now();
+        let before = log.bytes;
         log.last_offset += 1;
         let offset = log.last_offset;
         let now = unix_ms();
@@ -234,6 +506,7 @@ impl LocalHistory {
         });
         let oldest = now.saturating_sub(rule.ttl_secs.saturating_mul(1000));
         log.trim(rule.size, oldest);
+        self.accounts().resized(&key.tenant, before, log.bytes);
         let durable = permit.map(|p| {
             p.append(
                 &key.tenant,
@@ -253,6 +526,7 @@ impl LocalHistory {
             0
         });
         drop(log);
+        self.keep_within(&key.tenant).await;
         if let Some(d) = durable {
             d.wait().await?;
         }
@@ -271,9 +545,7 @@ impl LocalHistory {
         member: Member,
         ack: AckFrame<'_>,
     ) -> Subscribed {
-        let log = self.log(key);
-        let mut log = log.lock().await;
-        log.used = Instant::now();
+        let log = self.locked(key).await;
         let outcome = since.map(|s| {
             if *s.epoch != *log.epoch {
                 Outcome::EpochChanged
@@ -299,6 +571,7 @@ impl LocalHistory {
         }
         self.broker.subscribe(key, member);
         drop(log);
+        self.keep_within(&key.tenant).await;
         Subscribed { position, outcome }
     }
 
@@ -310,6 +583,10 @@ impl LocalHistory {
         let now = unix_ms();
         for (key, log) in logs {
             let mut l = log.lock().await;
+            if l.evicted {
+                continue;
+            }
+            let before = l.bytes;
             let (trimmed, ttl) = match rule(&key) {
                 Some(r) => (
                     l.trim(r.size, now.saturating_sub(r.ttl_secs.saturating_mul(1000))),
@@ -342,11 +619,15 @@ impl LocalHistory {
                 }
                 _ => None,
             };
+            self.accounts().resized(&key.tenant, before, l.bytes);
             if forget {
+                l.evicted = true;
                 let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
                 if logs.get(&key).is_some_and(|v| Arc::ptr_eq(v, &log)) {
                     logs.remove(&key);
                 }
+                drop(logs);
+                self.accounts().removed(&key, l.tick, l.bytes);
             }
             drop(l);
             if let Some(w) = write
@@ -396,6 +677,10 @@ impl HistoryStore for LocalHistory {
             }
         }
         out
+    }
+
+    fn set_quotas(&self, quotas: HistoryQuotas) {
+        self.accounts().quotas = quotas;
     }
 
     fn close(&self) {

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | who receives a publish or a send | [`Broker`] | [`LocalBroker`] | NATS subjects |
 //! | handler state | `sluice_sandbox::StateStore` | memory, or [`DurableState`] | JetStream KV |
-//! | channel history | [`HistoryStore`] | [`LocalHistory`] (memory or durable) | a JetStream stream |
+//! | channel history | [`HistoryStore`] | [`LocalHistory`] (memory or durable) | a JetStream stream per tenant |
 //! | presence on other nodes | [`PresenceShare`] | [`NodeOnly`] | JetStream KV |
 //! | pushed handlers | [`RegistryStorage`] | [`MemoryRegistry`], [`DurableRegistry`] | Object Store + KV + a stream |
 //! | the fleet itself | [`FleetLink`] | none | NATS |
@@ -79,10 +79,24 @@ impl Backends {
     }
 
     /// Everything in the durable store at `dir` (`[store] kind =
-    /// "durable"`): state, history and pushed handlers read back, writes
-    /// fsynced before they are acknowledged.
-    pub fn durable(dir: &std::path::Path) -> Result<Self, sluice_store::StoreError> {
-        let opened = sluice_store::Store::open(dir)?;
+    /// "durable"`): state, history (within `quotas`: never more than a
+    /// running node keeps) and pushed handlers read back, writes fsynced
+    /// before they are acknowledged.
+    pub fn durable(
+        dir: &std::path::Path,
+        quotas: &history::HistoryQuotas,
+    ) -> Result<Self, sluice_store::StoreError> {
+        let tenant = |id: &str| {
+            let q = quotas.tenant(id);
+            (q.channels, q.bytes)
+        };
+        let bound = sluice_store::HistoryBound {
+            tenant: &tenant,
+            node: (quotas.node.channels, quotas.node.bytes),
+            events_per_channel: sluice_config::MAX_HISTORY_SIZE,
+            channel_cost: sluice_config::HISTORY_CHANNEL_COST,
+        };
+        let opened = sluice_store::Store::open_bounded(dir, &bound)?;
         if opened.unclean {
             tracing::warn!(data_dir = %dir.display(),
                 "the last run did not shut down cleanly: channel offsets jump past any that may have been lost");

@@ -28,13 +28,25 @@ pub struct PresenceEntry {
     pub truncated: bool,
 }
 
+/// Where a share reads this node's members from: the node's presence.
+pub trait PresenceSource: Send + Sync + 'static {
+    /// This node's members of a channel now (`None`: it has none).
+    fn entry(&self, key: &ChannelKey) -> Option<PresenceEntry>;
+}
+
 /// Presence shared with other nodes.
 pub trait PresenceShare: Send + Sync + 'static {
     /// Whether other nodes exist to share with (when false, nothing is
     /// reported and nothing is ever present elsewhere).
     fn shared(&self) -> bool;
-    /// This node's members of a channel changed (`None`: it has none).
-    fn report(&self, key: &ChannelKey, entry: Option<PresenceEntry>);
+    /// Where this node's members come from (called once, when the node's
+    /// presence is made).
+    fn attach(&self, source: std::sync::Weak<dyn PresenceSource>);
+    /// This node's members of a channel changed. The share reads the
+    /// channel's entry from its source when it writes next, so any number
+    /// of changes in between cost one read and one write, and nothing is
+    /// copied or serialized on the joining connection's path.
+    fn changed(&self, key: &ChannelKey);
     /// Other nodes' entries for a channel.
     fn elsewhere(&self, key: &ChannelKey) -> Vec<PresenceEntry>;
     /// Whether `subject` is present in a channel on another node.
@@ -49,7 +61,8 @@ impl PresenceShare for NodeOnly {
     fn shared(&self) -> bool {
         false
     }
-    fn report(&self, _key: &ChannelKey, _entry: Option<PresenceEntry>) {}
+    fn attach(&self, _source: std::sync::Weak<dyn PresenceSource>) {}
+    fn changed(&self, _key: &ChannelKey) {}
     fn elsewhere(&self, _key: &ChannelKey) -> Vec<PresenceEntry> {
         Vec::new()
     }

@@ -202,6 +202,12 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
                 continue;
             }
             Woke::Tick => {
+                if state.fleet.as_ref().is_some_and(|f| f.shed_connections()) {
+                    tracing::info!(tenant = %tenant.id, connection = id,
+                        "cut off from the fleet's connection counts: closing");
+                    flow = Flow::Close(Limit::Draining.reason());
+                    break;
+                }
                 if last_heard.elapsed() >= idle_timeout {
                     Limit::Idle.log(&tenant.id, id);
                     flow = Flow::Close(Limit::Idle.reason());
