@@ -21,6 +21,7 @@ fn target(server: &TestServer, dir: &TempDir, token: String) -> TargetArgs {
         token: Some(token),
         via: "header".into(),
         sources: 2,
+        protocol: sluice::loadgen::Protocol::Sluice,
         server_pid: Some(std::process::id()),
         json: true,
         quiet: true,

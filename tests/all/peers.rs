@@ -1,8 +1,11 @@
 //! The benchmark peers (`peers/`), run as real processes: the bare echo
 //! baseline echoes byte for byte; the Node peer refuses what Sluice refuses
 //! at the handshake and answers the same transcript with the same frames as
-//! Sluice running `peers/sluice-bench.toml`. Needs `peers/build` (which
-//! `tests/run` runs).
+//! Sluice running `peers/sluice-bench.toml`; the Centrifuge peer
+//! ([`centrifuge`]) does the same work in Centrifuge's own protocol. Needs
+//! `peers/build` (which `tests/run` runs).
+
+mod centrifuge;
 
 use std::io::BufRead as _;
 use std::net::SocketAddr;
@@ -137,6 +140,33 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// The Centrifuge peer (`peers/centrifuge`, built by peers/build).
+    pub(crate) fn centrifuge(files: &Files) -> Self {
+        let bin = target_dir().join("release").join("centrifuge-peer");
+        assert!(
+            bin.exists(),
+            "{} is missing: run peers/build (tests/run does)",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--cert"])
+            .arg(files.path("cert.pem"))
+            .arg("--key")
+            .arg(files.path("key.pem"))
+            .arg("--secret-file")
+            .arg(files.path("secret.key"))
+            .arg("--schemas")
+            .arg(repo_root().join("peers/schemas"));
+        Self::start(cmd, "the Centrifuge peer")
+    }
+
+    /// The peer's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -197,7 +227,7 @@ impl Drop for BenchSluice {
     }
 }
 
-fn token_with(sub: &str, scope: &str, change: impl FnOnce(&mut Value)) -> String {
+pub(crate) fn token_with(sub: &str, scope: &str, change: impl FnOnce(&mut Value)) -> String {
     let mut claims = json!({
         "sub": sub, "iss": ISSUER, "aud": AUDIENCE, "scope": scope, "exp": now() + 3600,
     });

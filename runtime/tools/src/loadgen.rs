@@ -2,12 +2,14 @@
 //! deployment (and for the comparison peers, which speak the same client
 //! protocol).
 //!
-//! What it shares between modes lives here: the target (URL, CA, tokens
+//! What it shares between modes lives here: the target (URL, CA, the
+//! client protocol: Sluice's, or Centrifuge's for `peers/centrifuge`, tokens
 //! minted per connection from a tenant's key, several source addresses so
 //! that connection counts beyond one address's ephemeral ports work), a
 //! sharded HDR latency histogram, the server probe (CPU time and RSS of the
 //! server process, read from `/proc`), the progress line and the summary.
 
+pub mod centrifuge;
 pub mod fanout;
 pub mod idle;
 pub mod messages;
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::client::{ClientOptions, ClientSocket, ConnectError, Connector, TokenVia};
 use sluice_token::Minter;
@@ -58,6 +61,12 @@ pub struct TargetArgs {
     /// has about 28,000 ephemeral ports here).
     #[arg(long, default_value_t = 1)]
     pub sources: u8,
+    /// The client protocol: `sluice` (Sluice's envelope, which the Node peer
+    /// and the bare echo answer too) or `centrifuge` (Centrifuge's JSON
+    /// protocol: the token in a connect command, routes as RPCs, channels
+    /// as subscribe and publish commands, several replies per frame).
+    #[arg(long, value_enum, default_value_t = Protocol::Sluice)]
+    pub protocol: Protocol,
     /// The server's process id: report its CPU time per message and RSS.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -67,6 +76,58 @@ pub struct TargetArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The client protocol a server speaks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Sluice's envelope (`{"type":...,"data":...}`), one reply per frame.
+    #[default]
+    Sluice,
+    /// Centrifuge's JSON protocol ([`centrifuge`]).
+    Centrifuge,
+}
+
+impl Protocol {
+    /// The text of one message of `route` (to `channel`, if any); `id`
+    /// numbers Centrifuge's commands (Sluice's messages carry none).
+    pub fn request(self, id: u32, route: &str, channel: Option<&str>, data: &Value) -> String {
+        match self {
+            Self::Sluice => {
+                let mut env = serde_json::Map::new();
+                env.insert("type".into(), Value::String(route.to_owned()));
+                if let Some(c) = channel {
+                    env.insert("channel".into(), Value::String(c.to_owned()));
+                }
+                env.insert("data".into(), data.clone());
+                Value::Object(env).to_string()
+            }
+            Self::Centrifuge => centrifuge::request(id, route, channel, data),
+        }
+    }
+
+    /// The text that joins `channel`: Sluice's `route` (`subscribe`, or a
+    /// handler's route such as `chat.join`), Centrifuge's subscribe command.
+    pub fn join(self, id: u32, route: &str, channel: Option<&str>) -> String {
+        match self {
+            Self::Sluice => self.request(id, route, channel, &Value::Object(Default::default())),
+            Self::Centrifuge => centrifuge::subscribe(id, channel.unwrap_or_default()),
+        }
+    }
+
+    /// Each reply in a text frame, with what it is: a Sluice frame is one
+    /// reply; a Centrifuge frame holds one per line.
+    pub fn replies(self, text: &str) -> impl Iterator<Item = (FrameKind, &str)> {
+        let (whole, lines) = match self {
+            Self::Sluice => (Some((classify(text), text)), None),
+            Self::Centrifuge => (
+                None,
+                Some(centrifuge::replies(text).map(|l| (centrifuge::classify(l), l))),
+            ),
+        };
+        whole.into_iter().chain(lines.into_iter().flatten())
+    }
 }
 
 /// Tokens for connections: none, one fixed, or minted per connection.
@@ -85,6 +146,8 @@ pub struct Target {
     url: String,
     connectors: Vec<Connector>,
     tokens: Tokens,
+    /// `--protocol`.
+    pub protocol: Protocol,
     /// Set by `--server-pid`.
     pub server_pid: Option<u32>,
     /// `--json`.
@@ -153,6 +216,7 @@ impl Target {
             url: args.url.clone(),
             connectors,
             tokens,
+            protocol: args.protocol,
             server_pid: args.server_pid,
             json: args.json,
             quiet: args.quiet,
@@ -177,10 +241,18 @@ impl Target {
         })
     }
 
-    /// Open connection `n` with `token` (from its source address).
+    /// Open connection `n` with `token` (from its source address), and
+    /// with Centrifuge send its connect command and wait for the reply.
     pub async fn connect(&self, n: u64, token: Option<&str>) -> Result<ClientSocket, ConnectError> {
         let connector = &self.connectors[(n % self.connectors.len() as u64) as usize];
-        connector.connect(&self.url, token).await
+        match self.protocol {
+            Protocol::Sluice => connector.connect(&self.url, token).await,
+            Protocol::Centrifuge => {
+                let mut socket = connector.connect(&self.url, None).await?;
+                centrifuge::authenticate(&mut socket, token).await?;
+                Ok(socket)
+            }
+        }
     }
 
     /// Open `count` connections, `parallel` at a time; each is handed to
@@ -286,13 +358,14 @@ pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a latency histogram")
 }
 
-/// What a frame read from the server is; a close frame ends the run.
-pub fn kind_of(frame: &tokio_tungstenite::tungstenite::Message) -> anyhow::Result<FrameKind> {
+/// The text of a frame read from the server (none for a ping or pong); a
+/// close frame ends the run.
+pub fn text_of(frame: &tokio_tungstenite::tungstenite::Message) -> anyhow::Result<Option<&str>> {
     use tokio_tungstenite::tungstenite::Message;
     match frame {
-        Message::Text(t) => Ok(classify(t)),
+        Message::Text(t) => Ok(Some(t.as_str())),
         Message::Close(_) => bail!("closed by the server"),
-        _ => Ok(FrameKind::Other),
+        _ => Ok(None),
     }
 }
 

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::probe::Probe;
 use super::{
-    FrameKind, LatencySummary, Target, TargetArgs, classify, new_histogram, parse_duration,
+    FrameKind, LatencySummary, Target, TargetArgs, centrifuge, new_histogram, parse_duration,
     thousands,
 };
 
@@ -40,9 +40,11 @@ pub struct FanoutArgs {
     /// What subscribers send to join the channel: the reserved `subscribe`
     /// (no handler call), or a route such as `chat.join` (whose handler may
     /// publish to everyone already there: n joins cost n^2/2 deliveries).
+    /// With `--protocol centrifuge`, a subscribe command whatever this says.
     #[arg(long, default_value = "subscribe")]
     pub join: String,
-    /// The route the publisher sends (its `data` is `{"text":"b<k>"}`).
+    /// The route the publisher sends (its `data` is `{"text":"b<k>"}`);
+    /// with `--protocol centrifuge`, a publish command to the channel.
     #[arg(long, default_value = "chat.send")]
     pub publish: String,
     /// Broadcasts to send.
@@ -110,8 +112,9 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let subscribers = target
         .open_many(args.subscribers, args.connect_parallel, 1)
         .await?;
+    let protocol = target.protocol;
     let join =
-        Message::text(json!({"type": args.join, "channel": args.channel, "data": {}}).to_string());
+        Message::text(protocol.join(centrifuge::CONNECT_ID + 1, &args.join, Some(&args.channel)));
     let broadcasts = args.broadcasts as usize;
     // Per broadcast: when it was published.
     let published: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
@@ -126,18 +129,23 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             let mut is_joined = false;
             while let Some(frame) = socket.next().await {
                 let Message::Text(t) = frame? else { continue };
-                match classify(&t) {
-                    FrameKind::Answer if !is_joined => {
-                        is_joined = true;
-                        joined.add_permits(1);
-                    }
-                    FrameKind::Refused if !is_joined => bail!("the join was refused: {t}"),
-                    FrameKind::Other => {
-                        if let Some(k) = broadcast_number(&t) {
-                            let _ = tx.send((k, Instant::now()));
+                // Centrifuge may put several publications in one frame.
+                for (kind, reply) in protocol.replies(&t) {
+                    match kind {
+                        FrameKind::Answer if !is_joined => {
+                            is_joined = true;
+                            joined.add_permits(1);
                         }
+                        FrameKind::Refused if !is_joined => {
+                            bail!("the join was refused: {reply}")
+                        }
+                        FrameKind::Other => {
+                            if let Some(k) = broadcast_number(reply) {
+                                let _ = tx.send((k, Instant::now()));
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
             anyhow::Ok(())
@@ -206,11 +214,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let ack_reader = tokio::spawn(async move {
         let mut refused = 0u64;
         while let Some(Ok(frame)) = acks.next().await {
-            if let Message::Text(t) = frame
-                && classify(&t) == FrameKind::Refused
-            {
-                refused += 1;
-                eprintln!("publish refused: {t}");
+            let Message::Text(t) = frame else { continue };
+            for (kind, reply) in protocol.replies(&t) {
+                if kind == FrameKind::Refused {
+                    refused += 1;
+                    eprintln!("publish refused: {reply}");
+                }
             }
         }
         refused
@@ -220,11 +229,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             tokio::time::sleep_until(due.into()).await;
             due += every;
         }
-        let frame = json!({"type": args.publish, "channel": args.channel, "data": {"text": format!("b{k}")}});
+        let frame = protocol.request(
+            centrifuge::CONNECT_ID + 1 + (k as u32 % 1_000_000),
+            &args.publish,
+            Some(&args.channel),
+            &json!({"text": format!("b{k}")}),
+        );
         if let Ok(mut p) = published.lock() {
             p[k] = Some(Instant::now());
         }
-        sink.send(Message::text(frame.to_string())).await?;
+        sink.send(Message::text(frame)).await?;
         if every.is_none()
             && tokio::time::timeout(args.timeout, done_rx.wait_for(|d| *d > k))
                 .await

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 
 use super::probe::Probe;
-use super::{Target, TargetArgs, parse_duration, thousands};
+use super::{Protocol, Target, TargetArgs, parse_duration, thousands};
 
 /// Arguments of `sluice bench idle`.
 #[derive(clap::Args, Clone, Debug)]
@@ -227,6 +227,12 @@ fn child_args(args: &IdleArgs, first: u64, count: u64) -> Vec<String> {
         t.via.clone(),
         "--sources".into(),
         t.sources.to_string(),
+        "--protocol".into(),
+        match t.protocol {
+            Protocol::Sluice => "sluice",
+            Protocol::Centrifuge => "centrifuge",
+        }
+        .into(),
         "--connections".into(),
         count.to_string(),
         "--connect-parallel".into(),

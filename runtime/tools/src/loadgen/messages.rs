@@ -21,8 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::probe::Probe;
 use super::{
-    Counters, FrameKind, Latencies, LatencySummary, Target, TargetArgs, classify, kind_of,
-    parse_duration, spawn_progress, thousands,
+    Counters, FrameKind, Latencies, LatencySummary, Protocol, Target, TargetArgs, centrifuge,
+    parse_duration, spawn_progress, text_of, thousands,
 };
 use crate::client::ClientSocket;
 
@@ -94,21 +94,19 @@ fn parse_route(s: &str) -> anyhow::Result<RouteSpec> {
 }
 
 /// The frames one connection sends, repeated by weight, cycled in order.
-fn frames_for(routes: &[RouteSpec], data: &Value, n: u64) -> Vec<Message> {
+/// Centrifuge's commands are numbered from 2 (1 was the connect command).
+fn frames_for(protocol: Protocol, routes: &[RouteSpec], data: &Value, n: u64) -> Vec<Message> {
     let mut out = Vec::new();
     for r in routes {
-        let mut env = serde_json::Map::new();
-        env.insert("type".into(), Value::String(r.route.clone()));
-        if let Some(c) = &r.channel {
-            env.insert(
-                "channel".into(),
-                Value::String(c.replace("{n}", &n.to_string())),
-            );
-        }
-        env.insert("data".into(), data.clone());
-        let text = Value::Object(env).to_string();
+        let channel = r.channel.as_ref().map(|c| c.replace("{n}", &n.to_string()));
         for _ in 0..r.weight {
-            out.push(Message::text(text.clone()));
+            let id = centrifuge::CONNECT_ID + 1 + out.len() as u32;
+            out.push(Message::text(protocol.request(
+                id,
+                &r.route,
+                channel.as_deref(),
+                data,
+            )));
         }
     }
     out
@@ -195,23 +193,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     let join_channel = routes.iter().find_map(|r| r.channel.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let start = Instant::now() + Duration::from_millis(50);
+    let protocol = target.protocol;
     for (n, socket) in sockets {
-        let frames = frames_for(&routes, &data, n);
-        let join = match &args.join {
-            Some(route) => {
-                let mut env = serde_json::Map::new();
-                env.insert("type".into(), Value::String(route.clone()));
-                if let Some(c) = &join_channel {
-                    env.insert(
-                        "channel".into(),
-                        Value::String(c.replace("{n}", &n.to_string())),
-                    );
-                }
-                env.insert("data".into(), Value::Object(serde_json::Map::new()));
-                Some(Message::text(Value::Object(env).to_string()))
-            }
-            None => None,
-        };
+        let frames = frames_for(protocol, &routes, &data, n);
+        let join = args.join.as_ref().map(|route| {
+            let channel = join_channel
+                .as_ref()
+                .map(|c| c.replace("{n}", &n.to_string()));
+            Message::text(protocol.join(u32::MAX, route, channel.as_deref()))
+        });
         let counters = Arc::clone(&counters);
         let latencies = Arc::clone(&latencies);
         let skipped = Arc::clone(&skipped);
@@ -225,13 +215,16 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
                 let mut socket = socket;
                 if let Some(join) = join {
                     socket.send(join).await?;
-                    wait_answer(&mut socket).await?;
+                    wait_answer(protocol, &mut socket).await?;
                 }
                 match interval {
-                    None => closed_loop(socket, frames, depth, n, &counters, &latencies).await,
+                    None => {
+                        closed_loop(protocol, socket, frames, depth, n, &counters, &latencies).await
+                    }
                     Some(every) => {
                         let offset = first_send_offset(n, connections, every);
                         open_loop(
+                            protocol,
                             socket,
                             frames,
                             start + offset,
@@ -302,13 +295,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
 }
 
 /// Read until one answer (or refusal) arrives; fail on a refusal.
-async fn wait_answer(socket: &mut ClientSocket) -> anyhow::Result<()> {
+async fn wait_answer(protocol: Protocol, socket: &mut ClientSocket) -> anyhow::Result<()> {
     while let Some(frame) = socket.next().await {
         if let Message::Text(t) = frame? {
-            match classify(&t) {
-                FrameKind::Answer => return Ok(()),
-                FrameKind::Refused => bail!("the join was refused: {t}"),
-                FrameKind::Other => {}
+            for (kind, reply) in protocol.replies(&t) {
+                match kind {
+                    FrameKind::Answer => return Ok(()),
+                    FrameKind::Refused => bail!("the join was refused: {reply}"),
+                    FrameKind::Other => {}
+                }
             }
         }
     }
@@ -335,6 +330,7 @@ fn count(kind: FrameKind, sent: Instant, n: u64, counters: &Counters, latencies:
 /// already received are all handled before one flush, so a burst of answers
 /// costs one write.
 async fn closed_loop(
+    protocol: Protocol,
     mut socket: ClientSocket,
     frames: Vec<Message>,
     depth: usize,
@@ -359,8 +355,12 @@ async fn closed_loop(
                 None => bail!("closed by the server"),
             },
         };
-        let kind = kind_of(&frame)?;
-        if kind != FrameKind::Other {
+        // One frame may hold several answers (Centrifuge's writer).
+        let text = text_of(&frame)?.unwrap_or_default();
+        for (kind, _) in protocol.replies(text) {
+            if kind == FrameKind::Other {
+                continue;
+            }
             let Some(at) = sent.pop_front() else {
                 bail!("an answer nobody asked for")
             };
@@ -369,11 +369,12 @@ async fn closed_loop(
                 socket.feed(frames[next].clone()).await?;
                 next = (next + 1) % frames.len();
                 sent.push_back(Instant::now());
-            } else if sent.is_empty() {
-                socket.flush().await?;
-                let _ = socket.close(None).await;
-                return Ok(());
             }
+        }
+        if counters.stopped() && sent.is_empty() {
+            socket.flush().await?;
+            let _ = socket.close(None).await;
+            return Ok(());
         }
         // Another frame already buffered? Handle it before flushing.
         match socket.next().now_or_never() {
@@ -409,6 +410,7 @@ fn latency_origin(due: Instant, now: Instant) -> Instant {
     reason = "the open loop's parameters are its configuration, passed once"
 )]
 async fn open_loop(
+    protocol: Protocol,
     socket: ClientSocket,
     frames: Vec<Message>,
     first: Instant,
@@ -446,8 +448,11 @@ async fn open_loop(
                     Some(f) => f?,
                     None => bail!("closed by the server"),
                 };
-                let kind = kind_of(&frame)?;
-                if kind != FrameKind::Other {
+                let text = text_of(&frame)?.unwrap_or_default();
+                for (kind, _) in protocol.replies(text) {
+                    if kind == FrameKind::Other {
+                        continue;
+                    }
                     let Some(at) = sent.pop_front() else {
                         bail!("an answer nobody asked for")
                     };
@@ -564,7 +569,12 @@ mod tests {
                 channel: Some("room:{n}".into()),
             },
         ];
-        let frames = frames_for(&routes, &serde_json::json!({"text": "x"}), 7);
+        let frames = frames_for(
+            Protocol::Sluice,
+            &routes,
+            &serde_json::json!({"text": "x"}),
+            7,
+        );
         let texts: Vec<String> = frames
             .iter()
             .map(|m| m.to_text().unwrap_or_default().to_owned())
