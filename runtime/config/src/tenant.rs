@@ -262,7 +262,8 @@ mod tests {
             problems(&long),
             ["tenants.t.limits.idempotency_window_secs must be 1 to 86400 (a day), not 86401"]
         );
-        let ok = tenant("[limits]\nidempotency_window_secs = 86400\n[quotas]\nidempotency_keys = 10");
+        let ok =
+            tenant("[limits]\nidempotency_window_secs = 86400\n[quotas]\nidempotency_keys = 10");
         assert!(problems(&ok).is_empty());
         assert_eq!(ok.quotas.idempotency_keys, 10);
     }

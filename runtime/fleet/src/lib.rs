@@ -189,6 +189,8 @@ impl Cluster {
             presence: self.presence.clone(),
             registry: self.registry.clone(),
             fleet: Some(self.clone()),
+            // Answers under keys need a store the fleet shares.
+            outcomes: None,
             keeps_files: true,
         }
     }

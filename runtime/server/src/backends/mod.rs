@@ -8,6 +8,7 @@
 //! | channel history | [`HistoryStore`] | [`LocalHistory`] (memory or durable) | a JetStream stream per tenant |
 //! | presence on other nodes | [`PresenceShare`] | [`NodeOnly`] | JetStream KV |
 //! | pushed handlers | [`RegistryStorage`] | [`MemoryRegistry`], [`DurableRegistry`] | Object Store + KV + a stream |
+//! | answers under idempotency keys | [`OutcomeStore`] | memory, or the durable store | JetStream KV |
 //! | the fleet itself | [`FleetLink`] | none | NATS |
 //!
 //! [`Backends`] holds one of each. The memory and durable sets are built
@@ -27,6 +28,8 @@ pub mod registry;
 use std::sync::Arc;
 
 use sluice_sandbox::StateStore;
+
+use crate::idempotency::{MemoryOutcomeStore, OutcomeStore};
 
 pub use broker::{Broker, BrokerError, LocalBroker};
 pub use durable_state::DurableState;
@@ -50,6 +53,10 @@ pub struct Backends {
     pub presence: Arc<dyn PresenceShare>,
     /// Pushed handlers (the control plane's).
     pub registry: Arc<dyn RegistryStorage>,
+    /// Where answers under idempotency keys are kept beyond the table's
+    /// memory (`None`: the node takes no keys: its `welcome` has no
+    /// `idempotency` and a keyed request is `bad_envelope`).
+    pub outcomes: Option<Arc<dyn OutcomeStore>>,
     /// The fleet, when this node is part of one.
     pub fleet: Option<Arc<dyn FleetLink>>,
     /// Whether the node keeps files (a durable store or a fleet node): the
@@ -73,6 +80,7 @@ impl Backends {
             state,
             presence: Arc::new(NodeOnly),
             registry: Arc::new(MemoryRegistry::default()),
+            outcomes: Some(Arc::new(MemoryOutcomeStore::new())),
             fleet: None,
             keeps_files: false,
         }
@@ -120,6 +128,7 @@ impl Backends {
             )),
             broker,
             presence: Arc::new(NodeOnly),
+            outcomes: Some(Arc::new(MemoryOutcomeStore::new())),
             fleet: None,
             keeps_files: true,
         })
