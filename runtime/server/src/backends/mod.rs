@@ -8,7 +8,7 @@
 //! | channel history | [`HistoryStore`] | [`LocalHistory`] (memory or durable) | a JetStream stream per tenant |
 //! | presence on other nodes | [`PresenceShare`] | [`NodeOnly`] | JetStream KV |
 //! | pushed handlers | [`RegistryStorage`] | [`MemoryRegistry`], [`DurableRegistry`] | Object Store + KV + a stream |
-//! | answers under idempotency keys | [`OutcomeStore`] | memory, or the durable store | JetStream KV |
+//! | answers under idempotency keys | [`OutcomeStore`] | memory, or [`DurableOutcomes`] | JetStream KV |
 //! | the fleet itself | [`FleetLink`] | none | NATS |
 //!
 //! [`Backends`] holds one of each. The memory and durable sets are built
@@ -17,6 +17,7 @@
 //! crate that knows them all.
 
 pub mod broker;
+pub mod durable_outcomes;
 pub mod durable_state;
 pub mod fleet;
 pub mod history;
@@ -32,6 +33,7 @@ use sluice_sandbox::StateStore;
 use crate::idempotency::{MemoryOutcomeStore, OutcomeStore};
 
 pub use broker::{Broker, BrokerError, LocalBroker};
+pub use durable_outcomes::DurableOutcomes;
 pub use durable_state::DurableState;
 pub use fleet::FleetLink;
 pub use history::{HistoryError, HistoryStore};
@@ -113,6 +115,8 @@ impl Backends {
             channels = opened.channels.len(), pushed_handlers = opened.handlers.len(),
             "durable store opened");
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::default());
+        let outcomes: Arc<dyn OutcomeStore> =
+            DurableOutcomes::new(opened.store.clone(), opened.outcomes);
         Ok(Self {
             history: Arc::new(LocalHistory::durable(
                 broker.clone(),
@@ -128,7 +132,7 @@ impl Backends {
             )),
             broker,
             presence: Arc::new(NodeOnly),
-            outcomes: Some(Arc::new(MemoryOutcomeStore::new())),
+            outcomes: Some(outcomes),
             fleet: None,
             keeps_files: true,
         })
