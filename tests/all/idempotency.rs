@@ -324,3 +324,90 @@ async fn ten_thousand_keys_stay_within_the_quota_while_another_tenant_is_served(
     // A request without a key is served for alpha, over its quota of keys.
     server.assert_honest_client_served().await;
 }
+
+#[tokio::test]
+async fn a_retry_on_another_node_of_the_fleet_gets_the_first_answer() {
+    let nats = sluice_tests::cluster::Nats::start();
+    let node = |name: &'static str| {
+        let cluster = sluice_tests::cluster::cluster(&nats, name);
+        TestServer::start_with(move |c| c.cluster = Some(cluster))
+    };
+    let (one, two) = (node("n1").await, node("n2").await);
+    let mut bob = two
+        .connect("alpha", &two.token("alpha", "bob", "chat:write"))
+        .await
+        .expect("bob");
+    bob.request(json!({"type": "subscribe", "id": "b1", "channel": "room:7"}))
+        .await;
+    // The first attempt on node one; its ack is lost; the retry reaches
+    // node two.
+    let mut first = alice(&one).await;
+    assert_eq!(
+        first.request(send("1", "fleet-1", "hi")).await["data"],
+        json!({"seq": 1})
+    );
+    drop(first);
+    let mut retry = alice(&two).await;
+    assert_eq!(
+        retry.request(send("9", "fleet-1", "hi")).await,
+        json!({"type": "ack", "id": "9", "data": {"seq": 1}}),
+        "node two answers with node one's answer"
+    );
+    let refused = retry.request(send("10", "fleet-1", "other")).await;
+    assert_eq!(refused["code"], "key_reused", "{refused}");
+    assert_eq!(
+        retry.request(send("11", "fleet-2", "next")).await["data"],
+        json!({"seq": 2})
+    );
+    let event = bob.next_event().await;
+    assert_eq!(event["data"]["text"], "hi");
+    let event = bob.next_event().await;
+    assert_eq!(
+        event["data"]["text"], "next",
+        "the retry posted nothing on node two"
+    );
+    assert_eq!(
+        metric(&two, "sluice_idempotency_hits_total", "alpha").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_retry_on_another_node_waits_while_the_first_attempt_runs_there() {
+    let nats = sluice_tests::cluster::Nats::start();
+    let node = |name: &'static str| {
+        let cluster = sluice_tests::cluster::cluster(&nats, name);
+        TestServer::start_with(move |c| c.cluster = Some(cluster))
+    };
+    let (one, two) = (node("w1").await, node("w2").await);
+    // A call that runs until its 2 s deadline stops it (handler_timeout:
+    // no effect, so its key is released, not answered).
+    let slow = |id: &str| json!({"type": "misbehave", "id": id, "key": "slow-1", "data": {"mode": "sleep"}});
+    let mut first = alice(&one).await;
+    first.send(slow("1")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut retry = alice(&two).await;
+    let started = std::time::Instant::now();
+    retry.send(slow("2")).await;
+    let answer = first.recv().await;
+    assert_eq!(answer["code"], "handler_timeout", "{answer}");
+    let waited = started.elapsed();
+    // The retry waited for node one's attempt, then (nothing was left
+    // behind) ran itself, until its own deadline.
+    let answer = retry.recv().await;
+    assert_eq!(answer["code"], "handler_timeout", "{answer}");
+    assert!(
+        started.elapsed() >= waited + Duration::from_millis(1_500),
+        "the retry ran after the first attempt ended: {:?} then {:?}",
+        waited,
+        started.elapsed()
+    );
+    assert_eq!(
+        metric(&two, "sluice_idempotency_waits_total", "alpha").await,
+        1
+    );
+    assert_eq!(
+        metric(&two, "sluice_idempotency_hits_total", "alpha").await,
+        0
+    );
+}

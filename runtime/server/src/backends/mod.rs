@@ -56,8 +56,9 @@ pub struct Backends {
     /// Pushed handlers (the control plane's).
     pub registry: Arc<dyn RegistryStorage>,
     /// Where answers under idempotency keys are kept beyond the table's
-    /// memory (`None`: the node takes no keys: its `welcome` has no
-    /// `idempotency` and a keyed request is `bad_envelope`).
+    /// memory (memory, the durable store, the fleet's KV bucket). `None`:
+    /// the node takes no keys (its `welcome` has no `idempotency` and a
+    /// keyed request is `bad_envelope`).
     pub outcomes: Option<Arc<dyn OutcomeStore>>,
     /// The fleet, when this node is part of one.
     pub fleet: Option<Arc<dyn FleetLink>>,
