@@ -21,17 +21,6 @@ use sluice_tests::cluster::nats_server_bin;
 /// `ignore` of the test that demonstrates it).
 const KNOWN: &[(Mode, &str, &str)] = &[
     (
-        Mode::Single,
-        "state-no-lost-update",
-        "the durable store commits state unchecked (runtime/server/src/durable_state.rs); \
-         see concurrent_read_modify_writes_on_the_durable_store_lose_nothing",
-    ),
-    (
-        Mode::Single,
-        "state-reads-not-stale",
-        "a lost update rolls a room's number back, and a later read sees the older one",
-    ),
-    (
         Mode::Fleet,
         "subscriber-gapless",
         "a node cut off from NATS drops the events republished meanwhile for its open \
@@ -207,11 +196,10 @@ async fn concurrent_read_modify_writes_on_the_memory_store_lose_nothing() {
     concurrent_read_modify_writes_lose_nothing(sluice::config::StoreKind::Memory).await;
 }
 
-/// Fails until the durable store checks revisions like the memory store
-/// does (the fix is in runtime/server/src/durable_state.rs, described in
-/// docs/faults.md, "Found"): remove the `ignore` then.
+/// The durable store checks revisions like the memory store, and a write
+/// in flight (queued, not yet on disk) holds its keys until it lands
+/// (docs/faults.md, "Found" 2).
 #[tokio::test]
-#[ignore = "lost updates on the durable store: runtime/server/src/durable_state.rs commits unchecked (docs/faults.md, Found)"]
 async fn concurrent_read_modify_writes_on_the_durable_store_lose_nothing() {
     concurrent_read_modify_writes_lose_nothing(sluice::config::StoreKind::Durable).await;
 }
