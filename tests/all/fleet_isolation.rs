@@ -224,7 +224,13 @@ async fn thousands_of_presence_channels_neither_stall_changes_nor_outlast_the_tt
     // Node B sees every one of them.
     for h in [0, HOLDERS - 1] {
         let channel = format!("room:p{h}-{}", EACH - 1);
-        until_listed(&mut on_b, &channel, &format!("holder{h}"), Duration::from_secs(60)).await;
+        until_listed(
+            &mut on_b,
+            &channel,
+            &format!("holder{h}"),
+            Duration::from_secs(60),
+        )
+        .await;
     }
     let _ = drain(&mut on_b, Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -249,7 +255,13 @@ async fn thousands_of_presence_channels_neither_stall_changes_nor_outlast_the_tt
     // A's old entries are all still there on B.
     for h in [0, HOLDERS / 2, HOLDERS - 1] {
         let channel = format!("room:p{h}-0");
-        until_listed(&mut on_b, &channel, &format!("holder{h}"), Duration::from_secs(1)).await;
+        until_listed(
+            &mut on_b,
+            &channel,
+            &format!("holder{h}"),
+            Duration::from_secs(1),
+        )
+        .await;
     }
     // Alice leaves B but is still on A: no `leave` for her on B.
     let _ = drain(&mut on_b, Duration::from_millis(200)).await;
@@ -321,7 +333,11 @@ async fn a_tenant_at_its_cap_stays_there_with_a_report_over_max_payload_or_a_sil
     assert!(e.to_string().contains("429"), "{e}");
     // Past the hold the silent node no longer counts.
     tokio::time::sleep(Duration::from_secs(13).saturating_sub(heard.elapsed())).await;
-    betas.push(b.connect("beta", &token).await.expect("served after the hold"));
+    betas.push(
+        b.connect("beta", &token)
+            .await
+            .expect("served after the hold"),
+    );
     drop(held);
 }
 
@@ -343,7 +359,10 @@ async fn a_node_cut_off_from_the_counts_sheds_its_connections_before_the_others_
         "closed after {after:?}"
     );
     // Within the hold it announced: by the time others forget it, it holds nothing.
-    assert!(after < sluice::fleet::caps::SHED_AFTER + Duration::from_secs(4), "{after:?}");
+    assert!(
+        after < sluice::fleet::caps::SHED_AFTER + Duration::from_secs(4),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
@@ -388,8 +407,10 @@ async fn a_large_recovery_does_not_stall_live_delivery_and_stays_exactly_once_in
     let epoch2 = epoch.clone();
     let reader = tokio::spawn(async move {
         recovering
-            .send(json!({"type": "subscribe", "id": "r", "channel": "room:big",
-                "data": {"since": {"offset": 0, "epoch": epoch2}}}))
+            .send(
+                json!({"type": "subscribe", "id": "r", "channel": "room:big",
+                "data": {"since": {"offset": 0, "epoch": epoch2}}}),
+            )
             .await;
         let mut frames = Vec::new();
         loop {
@@ -420,7 +441,9 @@ async fn a_large_recovery_does_not_stall_live_delivery_and_stays_exactly_once_in
     for _ in 0..5 {
         publish(&mut writer, "room:big", false).await;
     }
-    seen.extend(offsets(&drain(&mut other, Duration::from_millis(1000)).await));
+    seen.extend(offsets(
+        &drain(&mut other, Duration::from_millis(1000)).await,
+    ));
     let frames = reader.await.expect("reader");
     assert_eq!(frames[0]["type"], "ack", "{:?}", frames.first());
     assert_eq!(frames[0]["data"]["recovered"], true, "{}", frames[0]);
@@ -451,7 +474,10 @@ async fn frames_forged_on_nats_never_reach_a_client() {
             "sluice.d.alpha.room:x.e",
             json!({"type": "event", "channel": "room:other", "data": {}}).to_string(),
         ),
-        ("sluice.d.alpha.room:x.r", json!({"forged": true}).to_string()),
+        (
+            "sluice.d.alpha.room:x.r",
+            json!({"forged": true}).to_string(),
+        ),
         (
             "sluice.s.alpha.reader",
             json!({"type": "ack", "id": "1", "data": {}}).to_string(),
@@ -472,6 +498,9 @@ async fn frames_forged_on_nats_never_reach_a_client() {
     publish(&mut writer, "room:plain", false).await;
     let got = drain(&mut reader, Duration::from_millis(1000)).await;
     assert_eq!(got.len(), 2, "only the two real events: {got:?}");
-    assert!(got.iter().all(|f| f["type"] == "event" && f["data"] == json!({"hi": true})));
+    assert!(
+        got.iter()
+            .all(|f| f["type"] == "event" && f["data"] == json!({"hi": true}))
+    );
     assert_eq!(got[0]["offset"], 1, "{got:?}");
 }

@@ -126,7 +126,11 @@ async fn a_fresh_channel_per_message_stays_within_the_tenants_quota_and_spares_o
     let epoch = ack["data"]["epoch"].as_str().expect("epoch").to_owned();
     assert_eq!(ack["data"]["offset"], 1, "{ack}");
     let (ack, events) = recover(&mut reader, last, (0, &epoch)).await;
-    assert_eq!((ack["recovered"].clone(), events), (json!(true), 1), "{ack}");
+    assert_eq!(
+        (ack["recovered"].clone(), events),
+        (json!(true), 1),
+        "{ack}"
+    );
     let (ack, _) = recover(&mut reader, &rooms[0], (1, &first_epoch)).await;
     assert_eq!(ack["recovered"], false, "{ack}");
     server.assert_honest_client_served().await;
@@ -163,7 +167,10 @@ async fn past_the_nodes_history_bound_the_tenant_holding_the_most_loses_first() 
         alpha_bytes + beta_bytes <= 160 << 10,
         "the node keeps {alpha_bytes} + {beta_bytes} bytes of history"
     );
-    assert!(alpha_bytes >= 64 << 10, "alpha keeps its newest: {alpha_bytes}");
+    assert!(
+        alpha_bytes >= 64 << 10,
+        "alpha keeps its newest: {alpha_bytes}"
+    );
     assert_beta_untouched(&server, &beta_epoch, 10).await;
     server.assert_honest_client_served().await;
 }
@@ -197,7 +204,10 @@ async fn a_restart_reads_back_no_more_history_than_the_quotas_allow() {
         epochs.push(ack["data"]["epoch"].as_str().expect("epoch").to_owned());
     }
     drop(alpha);
-    assert_eq!(metric(&server, "sluice_history_channels", "alpha").await, 30);
+    assert_eq!(
+        metric(&server, "sluice_history_channels", "alpha").await,
+        30
+    );
     server.shutdown().await;
 
     // The quota is lowered: the five most recently published rooms are read
@@ -206,7 +216,11 @@ async fn a_restart_reads_back_no_more_history_than_the_quotas_allow() {
     assert_eq!(metric(&server, "sluice_history_channels", "alpha").await, 5);
     let mut reader = client(&server, "alpha").await;
     let (ack, events) = recover(&mut reader, "room:r29", (0, &epochs[0])).await;
-    assert_eq!((ack["recovered"].clone(), events), (json!(true), 1), "{ack}");
+    assert_eq!(
+        (ack["recovered"].clone(), events),
+        (json!(true), 1),
+        "{ack}"
+    );
     let (ack, _) = recover(&mut reader, "room:r00", (0, &epochs[1])).await;
     assert_eq!(ack["recovered"], false, "{ack}");
     server.shutdown().await;

@@ -349,7 +349,7 @@ pub fn dex(strings: &[&str], class: &str, fields: &[(&str, &str)]) -> Vec<u8> {
         data.push(0x17 | (((len - 1) as u8) << 5));
         data.extend_from_slice(&bytes[..len]);
     }
-    while (data_off + data.len()) % 4 != 0 {
+    while !(data_off + data.len()).is_multiple_of(4) {
         data.push(0);
     }
     let map_off = data_off + data.len();

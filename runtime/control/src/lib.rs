@@ -18,6 +18,7 @@ pub mod client;
 pub mod record;
 pub mod refusal;
 pub mod registry;
+pub mod report;
 pub mod shadow;
 pub mod slot;
 pub mod storage;

@@ -2,7 +2,7 @@
 //! programs, a message for people, and the verification report when a push
 //! failed it.
 
-use crate::verify::Report;
+use crate::report::Report;
 
 /// A change the API asked for could not be made: its HTTP status and why.
 #[derive(Debug)]

@@ -65,6 +65,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::broker::{Backfill, Delivered, Epochs, GAP_REPAIR_MAX, NatsBroker};
 use crate::subject::Subjects;
 
+/// How long a subject delete marker stays in the history stream after a
+/// channel's last event expired: within it, a client resuming from before
+/// the expiry is told it missed events (`recovered: false`).
+pub const DELETE_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// The header with the offset of the channel's previous event.
 pub const PREV: &str = "Sluice-Prev";
 
@@ -242,7 +247,7 @@ impl ClusterHistory {
             discard: jetstream::stream::DiscardPolicy::Old,
             allow_direct: true,
             allow_message_ttl: true,
-            subject_delete_marker_ttl: Some(crate::DELETE_MARKER_TTL),
+            subject_delete_marker_ttl: Some(DELETE_MARKER_TTL),
             republish: Some(jetstream::stream::Republish {
                 source,
                 destination,

@@ -27,6 +27,7 @@ pub mod bucket;
 pub mod caps;
 pub mod error;
 pub mod history;
+pub use history::DELETE_MARKER_TTL;
 pub mod presence;
 pub mod registry;
 pub mod state;
@@ -57,11 +58,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// before it counts as failed: a message is answered `unavailable` within
 /// a few of these even while NATS elects new leaders.
 pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a subject delete marker stays in the history stream after a
-/// channel's last event expired: within it, a client resuming from before
-/// the expiry is told it missed events (`recovered: false`).
-pub const DELETE_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// This node's part of the fleet.
 pub struct Cluster {

@@ -40,8 +40,9 @@ mod tests;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use limits::{
-    DEFAULT_IN_FLIGHT_LEASE, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_ENTRIES_PER_SUBJECT,
-    DEFAULT_POLL_INTERVAL, DEFAULT_WINDOW, ENTRY_OVERHEAD_BYTES, Limits,
+    DEFAULT_IN_FLIGHT_LEASE, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_ENTRIES_PER_SUBJECT, DEFAULT_POLL_INTERVAL, DEFAULT_WINDOW, ENTRY_OVERHEAD_BYTES,
+    Limits,
 };
 pub use store::{
     BoxFuture, Claim, EntryId, MemoryOutcomeStore, OutcomeStore, Record, StoreError, Stored,

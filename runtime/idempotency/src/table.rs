@@ -11,8 +11,8 @@ use sluice_protocol::{Answer, ErrorCode, Fingerprint, Rejection};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::store::{Claim, EntryId, OutcomeStore, Record, StoreError, Stored};
 use crate::limits::{ENTRY_OVERHEAD_BYTES, Limits};
+use crate::store::{Claim, EntryId, OutcomeStore, Record, StoreError, Stored};
 
 /// What [`IdempotencyTable::begin`] says to do with a keyed request.
 #[derive(Debug)]

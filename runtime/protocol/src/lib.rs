@@ -42,7 +42,6 @@ pub use reserved::{ReservedType, is_reserved_type};
 pub use text::truncate_utf8;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 /// The WebSocket subprotocol Sluice speaks.
 pub const SUBPROTOCOL: &str = "sluice.v1";
@@ -366,6 +365,7 @@ pub fn peek_id(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     #[test]
     fn depth_ignores_brackets_in_strings() {

@@ -558,7 +558,7 @@ fn read_back(db: &Database, bound: &HistoryBound<'_>) -> Result<ReadBack, StoreE
                 newest_ms,
             });
         }
-        metas.sort_by(|a, b| b.newest_ms.cmp(&a.newest_ms));
+        metas.sort_by_key(|m| std::cmp::Reverse(m.newest_ms));
         let mut used: std::collections::HashMap<String, (usize, usize)> =
             std::collections::HashMap::new();
         let mut node = (0usize, 0usize);
@@ -658,7 +658,6 @@ fn every_row<K: Key + 'static, V: Value + 'static, T>(
     Ok(out)
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<Queued>, failed: &Failed) {
 fn current(slot: &Slot) -> Result<Arc<Database>, StoreError> {
     slot.lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -704,12 +703,7 @@ fn reopen(slot: &Slot, open: &Reopen) -> Result<(), StoreError> {
     ))
 }
 
-fn write_loop(
-    slot: &Slot,
-    open: &Reopen,
-    mut rx: mpsc::Receiver<Queued>,
-    failed: &Failed,
-) {
+fn write_loop(slot: &Slot, open: &Reopen, mut rx: mpsc::Receiver<Queued>, failed: &Failed) {
     let mut batch = Vec::with_capacity(64);
     // The database needs opening again before the next batch.
     let mut broken = false;

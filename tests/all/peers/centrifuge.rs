@@ -119,19 +119,15 @@ impl Centrifuge {
 
     /// The close frame the peer ends the connection with.
     async fn closed_with(&mut self) -> (u16, String) {
-        loop {
-            match tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .expect("closed in time")
-            {
-                Some(Ok(Message::Close(Some(c)))) => {
-                    return (u16::from(c.code), c.reason.to_string());
-                }
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
-                    panic!("closed without a close frame")
-                }
-                Some(Ok(other)) => panic!("expected a close frame, got {other:?}"),
+        match tokio::time::timeout(WAIT, self.socket.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(Some(c)))) => (u16::from(c.code), c.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                panic!("closed without a close frame")
             }
+            Some(Ok(other)) => panic!("expected a close frame, got {other:?}"),
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::model::{FinalRead, Model, message_text};
 use super::model::End;
+use super::model::{FinalRead, Model, message_text};
 use super::verdict::Verdict;
 use crate::history::{OpKind, Position, Record};
 

@@ -7,9 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::model::End;
 use super::model::{Model, message_text};
 use super::publish::ms;
-use super::model::End;
 use super::verdict::Verdict;
 use crate::history::OpKind;
 

@@ -19,7 +19,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::FrameKind;
+use super::frame_kind::FrameKind;
 use crate::client::{ClientSocket, ConnectError};
 
 /// Method numbers of Centrifuge's protocol.
