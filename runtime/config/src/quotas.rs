@@ -175,7 +175,7 @@ impl Quotas {
                 self.management_requests_per_sec
             ),
             format!(
-                "quotas.idempotency_keys = {}: idempotency keys remembered at once (checked; the server does not remember keys yet)",
+                "quotas.idempotency_keys = {}: idempotency keys remembered at once; nothing happens past it yet (the server does not remember keys yet)",
                 self.idempotency_keys
             ),
         ]

@@ -165,7 +165,8 @@ impl Cluster {
             epochs,
             broker.clone(),
         ));
-        let backfill: std::sync::Weak<dyn broker::Backfill> = Arc::downgrade(&history);
+        let backfill: std::sync::Weak<dyn broker::Backfill> =
+            Arc::<ClusterHistory>::downgrade(&history);
         broker.set_backfill(backfill);
         tracing::info!(node = %cluster.node, nats = %urls, "cluster mode: connected to NATS");
         Ok(Self {
