@@ -19,20 +19,11 @@ use sluice_tests::cluster::nats_server_bin;
 /// change (docs/faults.md, "Found"): reported, not failed, until fixed;
 /// every other verdict must hold. Remove an entry with its fix (and the
 /// `ignore` of the test that demonstrates it).
-const KNOWN: &[(Mode, &str, &str)] = &[
-    (
-        Mode::Fleet,
-        "subscriber-gapless",
-        "a node cut off from NATS drops the events republished meanwhile for its open \
-         connections (runtime/server/src/cluster/broker.rs: no gap repair); see \
-         a_node_cut_off_from_nats_loses_no_event_for_its_subscribers",
-    ),
-    (
-        Mode::Fleet,
-        "state-reads-not-stale",
-        "not promised: state is read with direct gets, which a lagging replica answers",
-    ),
-];
+const KNOWN: &[(Mode, &str, &str)] = &[(
+    Mode::Fleet,
+    "state-reads-not-stale",
+    "not promised: state is read with direct gets, which a lagging replica answers",
+)];
 
 fn binaries() -> Binaries {
     assert!(
@@ -124,10 +115,9 @@ async fn a_fleet_keeps_every_guarantee_under_every_fault_family() {
 /// while clients on all three nodes chat: its open connections must not
 /// silently miss the events published meanwhile (the long run of
 /// docs/faults.md found ~70 per room missed on every connection of the
-/// node). Fails until the relay repairs gaps (runtime/server, described in
-/// docs/faults.md, "Found"); remove the `ignore` then.
+/// node, Found 3; the relay now reads them back from the stream). About
+/// 85 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "live gaps after a node is cut off from NATS: runtime/server/src/cluster/broker.rs has no gap repair (docs/faults.md, Found)"]
 async fn a_node_cut_off_from_nats_loses_no_event_for_its_subscribers() {
     let timing = Timing {
         fault_secs: (12, 15),

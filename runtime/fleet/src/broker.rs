@@ -52,6 +52,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::subject::Subjects;
 
+/// The header of a stored event with the offset of its channel's previous
+/// event (written by the history when it publishes, kept by the
+/// republish, read by the relay and by a recovery).
+pub const PREV: &str = "Sluice-Prev";
+
 /// Events a relay reads back to repair one gap at most; past it the local
 /// subscribers resume with `since` instead.
 pub const GAP_REPAIR_MAX: u64 = 1024;
@@ -291,7 +296,7 @@ fn stored_event<'m>(
     }
     let offset = headers.get(NATS_SEQUENCE)?.as_str().parse::<u64>().ok()?;
     let prev = headers
-        .get(crate::history::PREV)
+        .get(PREV)
         .and_then(|v| v.as_str().parse::<u64>().ok());
     let data = std::str::from_utf8(&msg.payload)
         .ok()

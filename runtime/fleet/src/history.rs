@@ -65,13 +65,13 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::broker::{Backfill, Delivered, Epochs, GAP_REPAIR_MAX, NatsBroker};
 use crate::subject::Subjects;
 
+/// The header with the offset of the channel's previous event.
+pub use crate::broker::PREV;
+
 /// How long a subject delete marker stays in the history stream after a
 /// channel's last event expired: within it, a client resuming from before
 /// the expiry is told it missed events (`recovered: false`).
 pub const DELETE_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// The header with the offset of the channel's previous event.
-pub const PREV: &str = "Sluice-Prev";
 
 /// How many times a publish that lost a race to another node retries.
 const PUBLISH_ATTEMPTS: usize = 32;
