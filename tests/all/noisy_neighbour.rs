@@ -116,7 +116,7 @@ async fn beta_load(server: Arc<TestServer>, stop: Arc<AtomicBool>) -> BetaLoad {
         } else {
             load.failures.push(format!("echo: {answer}"));
         }
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let id = format!("c{n}");
             let sent = Instant::now();
             let answer = chatter

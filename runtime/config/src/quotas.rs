@@ -135,7 +135,7 @@ impl Quotas {
     /// what happens to the tenant past it.
     pub fn explain(&self) -> Vec<String> {
         let mib = |b: usize| {
-            if b % (1 << 20) == 0 {
+            if b.is_multiple_of(1 << 20) {
                 format!("{b} ({} MiB)", b >> 20)
             } else {
                 b.to_string()
