@@ -12,8 +12,11 @@
 //! subscriber gets every event and its history and presence are whole;
 //! alpha is refused at each step by the quota the documentation names
 //! (docs/configuration.md, "Tenant quotas") and holds no more than its
-//! quotas. Latency is not asserted here: `bench/noisy-neighbour` measures
-//! it. About 15 s of wall time (the admin listener's header timeout).
+//! quotas. Once on one node, once on a fleet of two nodes on NATS (alpha
+//! on one node, beta's load through the other; history on JetStream,
+//! connection caps over both). Latency is not asserted here:
+//! `bench/noisy-neighbour` measures it. About 15 s of wall time each (the
+//! admin listener's header timeout).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice::config::{Config, HistoryConfig, Quotas};
+use sluice_tests::cluster::{Nats, cluster};
 use sluice_tests::handlers;
 use sluice_tests::server::{Client, TestServer};
 use tokio::io::AsyncWriteExt;
@@ -265,13 +269,18 @@ async fn alpha_slowloris(server: &TestServer) -> usize {
 
 /// Connections up to the cap (one more refused), each burning its whole
 /// fuel (or deadline) on every call; fresh channels and presence on one.
-async fn alpha_clients(server: &TestServer, refusals: &mut AlphaRefusals) {
+async fn alpha_clients(server: &TestServer, other: &TestServer, refusals: &mut AlphaRefusals) {
     let mut clients = Vec::new();
     for i in 0..ALPHA_CONNECTIONS {
         clients.push(connect(server, "alpha", &format!("hog{i}")).await);
     }
-    let token = server.token("alpha", "one-more", "chat:write");
-    match server.connect("alpha", &token).await {
+    // One more, on the other node of a fleet once the counts have spread
+    // (gossip every 500 ms): the cap is the fleet's.
+    if !std::ptr::eq(server, other) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let token = other.token("alpha", "one-more", "chat:write");
+    match other.connect("alpha", &token).await {
         Ok(_) => panic!("alpha connected past max_connections"),
         Err(e) => {
             assert!(e.to_string().contains("429"), "{e}");
@@ -340,9 +349,11 @@ async fn metric(server: &TestServer, name: &str, tenant: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().expect("a number"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_at_every_quota_at_once_leaves_another_tenant_fully_served() {
-    let server = Arc::new(server(&[], configure).await);
+/// Alpha's storm on `server` (its one connection too many on `other`);
+/// beta's load on `other`, its subscriber, management calls and final
+/// checks on `server`. `nats`: the fleet's, whose history is on
+/// JetStream.
+async fn storm(server: Arc<TestServer>, other: Arc<TestServer>, nats: Option<&Nats>) {
     // Beta's subscriber, with presence, before the storm.
     let mut reader = connect(&server, "beta", "reader").await;
     let ack = reader
@@ -366,7 +377,7 @@ async fn a_tenant_at_every_quota_at_once_leaves_another_tenant_fully_served() {
     });
 
     let stop = Arc::new(AtomicBool::new(false));
-    let beta = tokio::spawn(beta_load(server.clone(), stop.clone()));
+    let beta = tokio::spawn(beta_load(other.clone(), stop.clone()));
     // Beta's management calls during the storm: its own rate, its pushes.
     let beta_manager = {
         let server = server.clone();
@@ -397,7 +408,7 @@ async fn a_tenant_at_every_quota_at_once_leaves_another_tenant_fully_served() {
         alpha_management_flood(&server),
         alpha_unauthenticated_flood(&server),
         alpha_slowloris(&server),
-        alpha_clients(&server, &mut refusals),
+        alpha_clients(&server, &other, &mut refusals),
     );
     refusals.pushes_refused_quota = pushed;
     refusals.management_rate_limited = limited;
@@ -454,7 +465,10 @@ async fn a_tenant_at_every_quota_at_once_leaves_another_tenant_fully_served() {
     let alpha_instances = u.tenants.get("alpha").map_or(0, |t| t.instances);
     assert!(alpha_instances <= ALPHA.instances, "{u:?}");
     assert!(u.pool_in_use <= u64::from(POOL), "{u:?}");
-    let channels = metric(&server, "sluice_history_channels", "alpha").await;
+    let channels = match nats {
+        None => metric(&server, "sluice_history_channels", "alpha").await,
+        Some(nats) => alpha_channels_in_jetstream(nats).await,
+    };
     assert!(
         channels <= u64::from(ALPHA.history_channels),
         "alpha keeps history on {channels} channels"
@@ -491,4 +505,48 @@ async fn a_tenant_at_every_quota_at_once_leaves_another_tenant_fully_served() {
             .all(|e| e["actor"] == "tenant:beta"),
         "{mine}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_every_quota_at_once_leaves_another_tenant_fully_served() {
+    let server = Arc::new(server(&[], configure).await);
+    storm(server.clone(), server, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_a_tenant_at_every_quota_leaves_another_served_on_every_node() {
+    // Two nodes on one nats-server: alpha storms node a (one connection
+    // too many on node b), beta's load runs through node b, its subscriber
+    // and management calls on node a; history is on JetStream, connection
+    // caps count both nodes.
+    let nats = Nats::start();
+    let on = |node: &str| {
+        let cluster = cluster(&nats, node);
+        move |c: &mut Config| {
+            configure(c);
+            c.cluster = Some(cluster);
+        }
+    };
+    let a = Arc::new(server(&[], on("a")).await);
+    let b = Arc::new(server(&[], on("b")).await);
+    storm(a, b, Some(&nats)).await;
+}
+
+/// Alpha's channels with history in JetStream, over every stream.
+async fn alpha_channels_in_jetstream(nats: &Nats) -> u64 {
+    use futures_util::StreamExt as _;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
+    let mut names = js.stream_names();
+    let mut channels = 0;
+    while let Some(Ok(name)) = names.next().await {
+        let stream = js.get_stream(&name).await.expect("stream");
+        let mut info = stream
+            .info_with_subjects("sluice.h.alpha.*")
+            .await
+            .expect("stream info");
+        while let Some(Ok(_)) = info.next().await {
+            channels += 1;
+        }
+    }
+    channels
 }
