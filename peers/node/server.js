@@ -313,10 +313,10 @@ function main() {
   /// The envelope, or a Rejection worded as Sluice words it.
   function envelope(msg) {
     const bad = (what) => new Rejection('bad_envelope', `not a valid envelope {type, id, channel, data}: ${what}`);
-    const wrong = 'a field of the wrong type (type, id and channel are strings)';
+    const wrong = 'a field of the wrong type (type, id, key and channel are strings)';
     if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) throw bad('expected an object');
     for (const k of Object.keys(msg)) {
-      if (!ENVELOPE_FIELDS.has(k)) throw bad('an unknown field (the fields are type, id, channel, data)');
+      if (!ENVELOPE_FIELDS.has(k)) throw bad('an unknown field (the fields are type, id, key, channel, data)');
     }
     if (!('type' in msg)) throw bad('missing field `type`');
     if (typeof msg.type !== 'string') throw bad(wrong);

@@ -41,7 +41,7 @@ async fn closed_by(tcp: &mut TcpStream, deadline: tokio::time::Instant) -> bool 
 
 /// One request on its own connection: status, headers (lower-case names)
 /// and body.
-async fn raw(
+pub(crate) async fn raw(
     server: &TestServer,
     method: &str,
     path: &str,

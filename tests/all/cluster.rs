@@ -14,8 +14,18 @@ use sluice_tests::server::{Client, TempDir, TestServer};
 /// A node of the fleet on `nats`; rooms keep `history` if given.
 async fn node(nats: &Nats, name: &str, history: Option<usize>) -> TestServer {
     let cluster = cluster(nats, name);
+    let base = node_config(history);
     TestServer::start_with(move |c: &mut Config| {
+        base(c);
         c.cluster = Some(cluster);
+    })
+    .await
+}
+
+/// A node's configuration but its `[cluster]`: rooms keep `history` if
+/// given; rate limits out of the way.
+fn node_config(history: Option<usize>) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
         for t in ["alpha", "beta"] {
             let t = c.tenants.get_mut(t).expect("tenant");
             t.channels[0].history = history.map(|size| HistoryConfig {
@@ -28,8 +38,7 @@ async fn node(nats: &Nats, name: &str, history: Option<usize>) -> TestServer {
             l.subject_messages_per_sec = 100_000;
             l.tenant_messages_per_sec = 100_000;
         }
-    })
-    .await
+    }
 }
 
 async fn client(server: &TestServer, tenant: &str, sub: &str) -> Client {
@@ -792,4 +801,172 @@ fn sluice_check_accepts_a_cluster_config_without_contacting_nats() {
     }
     let stderr = refused("nats_urls = [\"nats://127.0.0.1:4222\"]\nnode = \"n\"\nsurprise = 1\n");
     assert!(stderr.contains("surprise"), "{stderr}");
+}
+
+/// A TCP proxy in front of a nats-server that the test can cut: while cut,
+/// every connection through it is dropped and new ones are closed at once
+/// (the node's path to NATS is gone; the others' is not).
+struct CutProxy {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start(nats: &Nats) -> Self {
+        use std::sync::atomic::Ordering;
+        let to: SocketAddr = nats
+            .url()
+            .trim_start_matches("nats://")
+            .parse()
+            .expect("a NATS address");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy");
+        let url = format!("nats://{}", listener.local_addr().expect("addr"));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, l) = (cut.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().expect("links").push(link.abort_handle());
+            }
+        });
+        Self {
+            url,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().expect("links").drain(..) {
+            link.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Read from `c` until an event with `text` arrived (or `within` passed):
+/// every frame on the way.
+async fn until_text(c: &mut Client, text: &str, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        let Ok(f) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await else {
+            continue;
+        };
+        let done = f["type"] == "event" && f["data"]["text"] == text;
+        out.push(f);
+        if done {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_delivers_what_was_stored_meanwhile_on_open_connections() {
+    // docs/faults.md, Found 3: node b's path to NATS is cut while node a's
+    // writer goes on; the events stored meanwhile must reach b's open
+    // subscriber once b is back, before the next one and in order (the
+    // relay reads them back from the stream). Then the channel's history is
+    // purged behind b's back: b cannot know what it missed, so its
+    // subscriber is closed (1013) and, resuming with `since`, told
+    // `recovered: false`.
+    let nats = Nats::start();
+    let proxy = CutProxy::start(&nats).await;
+    let a = node(&nats, "a", Some(1000)).await;
+    let mut via_proxy = cluster(&nats, "b");
+    via_proxy.nats_urls = vec![proxy.url.clone()];
+    let b = {
+        let base = node_config(Some(1000));
+        TestServer::start_with(move |c: &mut Config| {
+            base(c);
+            c.cluster = Some(via_proxy);
+        })
+        .await
+    };
+    let b_admin = b.admin.expect("admin listener");
+    let mut reader = client(&b, "alpha", "reader").await;
+    let ack = subscribe(&mut reader, "room:cut", None).await;
+    let epoch = ack["epoch"].as_str().expect("an epoch").to_owned();
+    let mut writer = client(&a, "alpha", "writer").await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let text = format!("before-{i}");
+        send_chat(&mut writer, "room:cut", &text).await;
+        sent.push(text);
+    }
+    let mut got = until_text(&mut reader, "before-4", Duration::from_secs(10)).await;
+
+    proxy.cut();
+    wait_ready(b_admin, false).await;
+    for i in 0..20 {
+        let text = format!("during-{i}");
+        send_chat(&mut writer, "room:cut", &text).await;
+        sent.push(text);
+    }
+    proxy.heal();
+    wait_ready(b_admin, true).await;
+    for i in 0..5 {
+        let text = format!("after-{i}");
+        send_chat(&mut writer, "room:cut", &text).await;
+        sent.push(text);
+    }
+    got.extend(until_text(&mut reader, "after-4", Duration::from_secs(15)).await);
+    assert_eq!(texts(&got), sent, "b's open connection, across the cut");
+    let offsets: Vec<u64> = got
+        .iter()
+        .filter(|f| f["type"] == "event")
+        .filter_map(|f| f["offset"].as_u64())
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets in order: {offsets:?}"
+    );
+    let last = *offsets.last().expect("events");
+    reader.assert_usable().await;
+
+    // Now the history is dropped while b is cut off: nothing can be read
+    // back, and b's subscriber must not go on as if nothing happened.
+    proxy.cut();
+    wait_ready(b_admin, false).await;
+    send_chat(&mut writer, "room:cut", "lost-0").await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
+    js.get_stream("SLUICE_HISTORY_alpha")
+        .await
+        .expect("alpha's history stream")
+        .purge()
+        .await
+        .expect("purged");
+    proxy.heal();
+    wait_ready(b_admin, true).await;
+    send_chat(&mut writer, "room:cut", "after-purge").await;
+    assert_eq!(reader.closed().await, Some(1013), "told to resume");
+    let mut back = client(&b, "alpha", "reader").await;
+    let ack = subscribe(&mut back, "room:cut", Some((last, &epoch))).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    b.assert_honest_client_served().await;
 }

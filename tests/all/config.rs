@@ -162,3 +162,81 @@ async fn sluice_dev_serves_a_chat_handler_of_another_language() {
         .expect("the C chat handler answers");
     assert_eq!(out.actions.len(), 2, "{:?}", out.actions);
 }
+
+#[test]
+fn sluice_check_explains_each_tenants_quotas_with_its_value_and_what_happens_past_it() {
+    let dir = TempDir::new();
+    let (cert, key) = sluice::server::tls::self_signed(&["localhost"]).expect("cert");
+    std::fs::write(dir.0.join("cert.pem"), cert).expect("cert");
+    std::fs::write(dir.0.join("key.pem"), key).expect("key");
+    std::fs::write(dir.0.join("secret.key"), "k".repeat(48)).expect("secret");
+    let tenant = |id: &str| {
+        format!(
+            "[tenants.{id}.auth]\nissuer = \"i\"\naudience = \"a\"\n[[tenants.{id}.auth.keys]]\nalgorithm = \"HS256\"\nsecret_file = \"secret.key\"\n"
+        )
+    };
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n[store]\nkind = \"memory\"\n{}{}[tenants.small.quotas]\ninstances = 7\nhistory_bytes = 2097152\n[tenants.small.limits]\nmax_connections = 40\n",
+            tenant("plain"),
+            tenant("small")
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(sluice_tests::sluice_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("sluice check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each tenant's block: its own values, and what happens past each.
+    let block = |id: &str| -> String {
+        stdout
+            .split("tenant ")
+            .find(|b| b.starts_with(&format!("{id}:")))
+            .unwrap_or_else(|| panic!("tenant {id} listed: {stdout}"))
+            .to_owned()
+    };
+    let (plain, small) = (block("plain"), block("small"));
+    for (block, want) in [
+        (&small, "quotas.instances = 7: "),
+        (&small, "quotas.history_bytes = 2097152 (2 MiB): "),
+        (&small, "limits.max_connections = 40, "),
+        (&plain, "quotas.instances = 50: "),
+        (&plain, "quotas.history_bytes = 67108864 (64 MiB): "),
+        (&plain, "limits.max_connections = 10000, "),
+    ] {
+        assert!(block.contains(want), "{want}: {block}");
+    }
+    for key in [
+        "instances",
+        "compiled_bytes",
+        "pushed_handlers",
+        "history_channels",
+        "history_bytes",
+        "presence_channels",
+        "presence_members",
+        "management_requests_per_sec",
+        "idempotency_keys",
+    ] {
+        let line = small
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("quotas.{key} = ")))
+            .unwrap_or_else(|| panic!("{key} explained: {small}"));
+        assert!(
+            line.contains("past it") || line.contains("one more"),
+            "{line}"
+        );
+    }
+    assert!(
+        small.contains("409 `quota`") && small.contains("429 `rate_limited`"),
+        "the refusals are named: {small}"
+    );
+}

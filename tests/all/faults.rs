@@ -19,31 +19,11 @@ use sluice_tests::cluster::nats_server_bin;
 /// change (docs/faults.md, "Found"): reported, not failed, until fixed;
 /// every other verdict must hold. Remove an entry with its fix (and the
 /// `ignore` of the test that demonstrates it).
-const KNOWN: &[(Mode, &str, &str)] = &[
-    (
-        Mode::Single,
-        "state-no-lost-update",
-        "the durable store commits state unchecked (runtime/server/src/durable_state.rs); \
-         see concurrent_read_modify_writes_on_the_durable_store_lose_nothing",
-    ),
-    (
-        Mode::Single,
-        "state-reads-not-stale",
-        "a lost update rolls a room's number back, and a later read sees the older one",
-    ),
-    (
-        Mode::Fleet,
-        "subscriber-gapless",
-        "a node cut off from NATS drops the events republished meanwhile for its open \
-         connections (runtime/server/src/cluster/broker.rs: no gap repair); see \
-         a_node_cut_off_from_nats_loses_no_event_for_its_subscribers",
-    ),
-    (
-        Mode::Fleet,
-        "state-reads-not-stale",
-        "not promised: state is read with direct gets, which a lagging replica answers",
-    ),
-];
+const KNOWN: &[(Mode, &str, &str)] = &[(
+    Mode::Fleet,
+    "state-reads-not-stale",
+    "not promised: state is read with direct gets, which a lagging replica answers",
+)];
 
 fn binaries() -> Binaries {
     assert!(
@@ -135,10 +115,9 @@ async fn a_fleet_keeps_every_guarantee_under_every_fault_family() {
 /// while clients on all three nodes chat: its open connections must not
 /// silently miss the events published meanwhile (the long run of
 /// docs/faults.md found ~70 per room missed on every connection of the
-/// node). Fails until the relay repairs gaps (runtime/server, described in
-/// docs/faults.md, "Found"); remove the `ignore` then.
+/// node, Found 3; the relay now reads them back from the stream). About
+/// 85 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "live gaps after a node is cut off from NATS: runtime/server/src/cluster/broker.rs has no gap repair (docs/faults.md, Found)"]
 async fn a_node_cut_off_from_nats_loses_no_event_for_its_subscribers() {
     let timing = Timing {
         fault_secs: (12, 15),
@@ -207,11 +186,10 @@ async fn concurrent_read_modify_writes_on_the_memory_store_lose_nothing() {
     concurrent_read_modify_writes_lose_nothing(sluice::config::StoreKind::Memory).await;
 }
 
-/// Fails until the durable store checks revisions like the memory store
-/// does (the fix is in runtime/server/src/durable_state.rs, described in
-/// docs/faults.md, "Found"): remove the `ignore` then.
+/// The durable store checks revisions like the memory store, and a write
+/// in flight (queued, not yet on disk) holds its keys until it lands
+/// (docs/faults.md, "Found" 2).
 #[tokio::test]
-#[ignore = "lost updates on the durable store: runtime/server/src/durable_state.rs commits unchecked (docs/faults.md, Found)"]
 async fn concurrent_read_modify_writes_on_the_durable_store_lose_nothing() {
     concurrent_read_modify_writes_lose_nothing(sluice::config::StoreKind::Durable).await;
 }

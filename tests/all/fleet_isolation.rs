@@ -414,7 +414,10 @@ async fn a_large_recovery_does_not_stall_live_delivery_and_stays_exactly_once_in
             .await;
         let mut frames = Vec::new();
         loop {
-            let Ok(f) = tokio::time::timeout(Duration::from_secs(3), recovering.recv()).await
+            // The answer may take a while (it comes after the replay is
+            // read); then frames follow each other closely.
+            let wait = if frames.is_empty() { 30 } else { 3 };
+            let Ok(f) = tokio::time::timeout(Duration::from_secs(wait), recovering.recv()).await
             else {
                 break;
             };
@@ -496,7 +499,15 @@ async fn frames_forged_on_nats_never_reach_a_client() {
     let mut writer = client(&a, "alpha", "writer").await;
     publish(&mut writer, "room:x", false).await;
     publish(&mut writer, "room:plain", false).await;
-    let got = drain(&mut reader, Duration::from_millis(1000)).await;
+    let mut got = drain(&mut reader, Duration::from_millis(1000)).await;
+    // The real subjects' presence (room:plain has presence events) may
+    // arrive now too; nothing else may.
+    got.retain(|f| {
+        let presence = f["type"] == "join" || f["type"] == "leave";
+        !(presence
+            && f["channel"] == "room:plain"
+            && ["reader", "writer"].contains(&f["data"]["subject"].as_str().unwrap_or("")))
+    });
     assert_eq!(got.len(), 2, "only the two real events: {got:?}");
     assert!(
         got.iter()

@@ -30,6 +30,7 @@ mod loadgen;
 mod logs;
 mod marketplace;
 mod messages;
+mod noisy_neighbour;
 mod peers;
 mod probe;
 mod pushed_isolation;

@@ -69,7 +69,7 @@ fn slow_component(functions: u32, steps: u32) -> Vec<u8> {
 
 /// `bytes` with a custom section appended: the same component, another
 /// digest.
-fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
+pub(crate) fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
     let name = b"sluice-test";
     let payload = n.to_le_bytes();
     let mut out = bytes.to_vec();
@@ -83,7 +83,7 @@ fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
 
 /// Routes `h0`..`h{n-1}` of `tenant`, each to the pushed handler of the
 /// same name.
-fn route_pushed(c: &mut Config, tenant: &str, n: u32) {
+pub(crate) fn route_pushed(c: &mut Config, tenant: &str, n: u32) {
     let t = c.tenants.get_mut(tenant).expect("tenant");
     for i in 0..n {
         let name = format!("h{i}");

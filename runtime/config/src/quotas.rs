@@ -80,7 +80,10 @@ pub struct Quotas {
     /// Management API requests per second with the tenant's token (429
     /// past it).
     pub management_requests_per_sec: u32,
-    /// Idempotency keys remembered at once.
+    /// Requests with idempotency keys remembered at once (each for
+    /// `[tenants.<id>.limits] idempotency_window_secs`; one subject at
+    /// most 1000 of them): past it a keyed request is refused with
+    /// `too_many_keys` and `retry_after_ms`, and nothing runs.
     pub idempotency_keys: u32,
 }
 
@@ -131,33 +134,53 @@ impl Quotas {
         }
     }
 
-    /// One line per quota, for `sluice check`.
+    /// One line per quota, for `sluice check`: its key, its value, and
+    /// what happens to the tenant past it.
     pub fn explain(&self) -> Vec<String> {
-        let mib = |b: usize| format!("{:.0} MiB", b as f64 / f64::from(1 << 20));
+        let mib = |b: usize| {
+            if b.is_multiple_of(1 << 20) {
+                format!("{b} ({} MiB)", b >> 20)
+            } else {
+                b.to_string()
+            }
+        };
         vec![
             format!(
-                "instances {} (idle and busy, all handlers; LRU idle ones dropped past it)",
+                "quotas.instances = {}: instances of its handlers, idle and busy; past it its least recently used idle instance is dropped, or (all busy) a call waits one deadline, then `unavailable`",
                 self.instances
             ),
             format!(
-                "compiled code {} (a push past it is refused)",
+                "quotas.compiled_bytes = {}: compiled code of its handlers; a push past it is refused (409 `quota`)",
                 mib(self.compiled_bytes)
             ),
-            format!("pushed handlers {}", self.pushed_handlers),
             format!(
-                "history: {} channels, {} (the least recently used channel's history dropped past either)",
-                self.history_channels,
+                "quotas.pushed_handlers = {}: handlers pushed through the management API; one more is refused (409 `quota`)",
+                self.pushed_handlers
+            ),
+            format!(
+                "quotas.history_channels = {}: channels keeping history; one more drops the history of its least recently used channel (a client resuming there: `recovered: false`)",
+                self.history_channels
+            ),
+            format!(
+                "quotas.history_bytes = {}: history over all its channels; past it its least recently used channel's history goes first (in a fleet: its oldest events)",
                 mib(self.history_bytes)
             ),
             format!(
-                "presence: {} channels, {} members (past either, joins are not tracked: `truncated`)",
-                self.presence_channels, self.presence_members
+                "quotas.presence_channels = {}: channels with presence tracked; past it a subscribe is served without presence (`truncated`, no join/leave)",
+                self.presence_channels
             ),
             format!(
-                "management API: {} requests/s, one push at a time",
+                "quotas.presence_members = {}: members present over all channels; past it a new member is not tracked (`truncated`)",
+                self.presence_members
+            ),
+            format!(
+                "quotas.management_requests_per_sec = {}: management API requests a second with its token; past it 429 `rate_limited`; one push in flight (429 `push_in_flight`)",
                 self.management_requests_per_sec
             ),
-            format!("idempotency keys {}", self.idempotency_keys),
+            format!(
+                "quotas.idempotency_keys = {}: requests with idempotency keys remembered at once (one subject at most 1000); past it a keyed request is refused `too_many_keys` with `retry_after_ms`, nothing run",
+                self.idempotency_keys
+            ),
         ]
     }
 }
@@ -165,6 +188,29 @@ impl Quotas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explain_names_every_key_with_its_value() {
+        let q = Quotas {
+            history_bytes: 3 << 20,
+            ..Quotas::default()
+        };
+        let lines = q.explain();
+        let keys = toml::Value::try_from(&q).expect("serializes");
+        let keys = keys.as_table().expect("a table");
+        assert_eq!(lines.len(), keys.len(), "{lines:?}");
+        for (key, value) in keys {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("quotas.{key} = ")))
+                .unwrap_or_else(|| panic!("{key} explained: {lines:?}"));
+            assert!(line.contains(&value.to_string()), "{line}");
+        }
+        assert!(
+            lines.iter().any(|l| l.contains("3145728 (3 MiB)")),
+            "{lines:?}"
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_a_twentieth_of_the_pool() {

@@ -20,14 +20,30 @@
 //! `event` without channel on a subject's), and a history event only if
 //! its headers say the tenant's stream stored it under that channel's
 //! subject. Anything else is dropped and counted in the log.
+//!
+//! Gap repair: every stored event carries the offset of the channel's
+//! previous one (`Sluice-Prev`, kept by the republish). When a node's path
+//! from the stream was cut (the node cut off from NATS, or its NATS server
+//! from the stream's leader), the events republished meanwhile never reach
+//! it; the next one that does names a previous offset the relay has not
+//! delivered. The relay then reads the missing events back from the stream
+//! ([`Backfill`], the direct gets a recovery uses) and delivers them first,
+//! under the same `delivered` lock, so every local subscriber still gets
+//! each event once, in order. When it cannot (the events are gone, too
+//! many, or the stream does not answer in time), it closes its local
+//! subscribers' connections (1013, `missed events`): they resume with
+//! `since`, recovering the events or being told `recovered: false`, never
+//! silently skipping them.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
+use sluice_protocol::CloseReason;
 use sluice_sandbox::BoxFuture;
 use sluice_server::backends::history::event_frame;
 use sluice_server::backends::keys::{ChannelKey, Member, SubjectKey};
@@ -35,6 +51,38 @@ use sluice_server::backends::{Broker, BrokerError, LocalBroker};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::subject::Subjects;
+
+/// The header of a stored event with the offset of its channel's previous
+/// event (written by the history when it publishes, kept by the
+/// republish, read by the relay and by a recovery).
+pub const PREV: &str = "Sluice-Prev";
+
+/// Events a relay reads back to repair one gap at most; past it the local
+/// subscribers resume with `since` instead.
+pub const GAP_REPAIR_MAX: u64 = 1024;
+
+/// How long a relay's gap repair may take before it gives up (and closes
+/// its local subscribers' connections).
+const GAP_REPAIR_WITHIN: Duration = Duration::from_secs(5);
+
+/// Reads a channel's stored events back, for a relay that found a gap
+/// (implemented by the history on JetStream).
+pub trait Backfill: Send + Sync + 'static {
+    /// The frames of the channel's stored events after offset `after` up
+    /// to `through`, in order; `None` when one of them is gone (expired,
+    /// purged), they are more than [`GAP_REPAIR_MAX`], or the stream could
+    /// not be read.
+    fn between<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        after: u64,
+        through: u64,
+    ) -> BoxFuture<'a, Option<Vec<Utf8Bytes>>>;
+}
+
+/// Where relays read gaps back from (set once the history exists; weak,
+/// since the history holds the broker).
+type BackfillSlot = Arc<OnceLock<Weak<dyn Backfill>>>;
 
 /// What a channel's relay delivered last (history channels).
 #[derive(Debug, Default)]
@@ -82,6 +130,7 @@ pub struct NatsBroker {
     epochs: Epochs,
     channels: Mutex<HashMap<ChannelKey, Entry>>,
     connections: Mutex<HashMap<SubjectKey, Arc<Relay>>>,
+    backfill: BackfillSlot,
 }
 
 enum Target {
@@ -100,7 +149,22 @@ impl NatsBroker {
             epochs,
             channels: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
+            backfill: Arc::default(),
         }
+    }
+
+    /// Where relays read back the events of a gap (the history, once made).
+    pub fn set_backfill(&self, backfill: Weak<dyn Backfill>) {
+        let _ = self.backfill.set(backfill);
+    }
+
+    /// Bring a channel's relay up to `through`, under its `delivered`
+    /// lock (held by the caller): the events after what it delivered are
+    /// read back and delivered to the local subscribers, or, when they
+    /// cannot be, those subscribers' connections are closed. Either way
+    /// the relay then stands at `through`.
+    pub async fn catch_up(&self, key: &ChannelKey, delivered: &mut Delivered, through: u64) {
+        repair(&self.backfill, &self.local, key, delivered, through).await;
     }
 
     /// Whether NATS is connected now.
@@ -116,12 +180,15 @@ impl NatsBroker {
             Target::Subject(k) => self.subjects.send(k),
         };
         let task = tokio::spawn(run(
-            self.client.clone(),
+            RelayContext {
+                client: self.client.clone(),
+                subjects: self.subjects.clone(),
+                local: self.local.clone(),
+                epochs: self.epochs.clone(),
+                backfill: self.backfill.clone(),
+            },
             subject,
-            self.subjects.clone(),
             target,
-            self.local.clone(),
-            self.epochs.clone(),
             relay_slot.clone(),
             tx,
         ));
@@ -211,13 +278,15 @@ fn well_formed(frame: &str, channel: Option<&str>) -> bool {
     }
 }
 
-/// A history event republished by the tenant's stream: its offset and
-/// data, if its headers say the stream stored it under `stored_as`.
+/// A message republished by the tenant's stream, if its headers say the
+/// stream stored it under `stored_as`: its offset, the channel's previous
+/// offset (`None`: no `Sluice-Prev`, not an event, e.g. a delete marker),
+/// and its data if it is an event's.
 fn stored_event<'m>(
     msg: &'m async_nats::Message,
     stream: &str,
     stored_as: &str,
-) -> Option<(u64, &'m RawValue)> {
+) -> Option<(u64, Option<u64>, Option<&'m RawValue>)> {
     use async_nats::header::{NATS_SEQUENCE, NATS_STREAM, NATS_SUBJECT};
     let headers = msg.headers.as_ref()?;
     if headers.get(NATS_STREAM).map(|v| v.as_str()) != Some(stream)
@@ -226,28 +295,92 @@ fn stored_event<'m>(
         return None;
     }
     let offset = headers.get(NATS_SEQUENCE)?.as_str().parse::<u64>().ok()?;
+    let prev = headers
+        .get(PREV)
+        .and_then(|v| v.as_str().parse::<u64>().ok());
     let data = std::str::from_utf8(&msg.payload)
         .ok()
-        .and_then(|t| serde_json::from_str::<&RawValue>(t).ok())?;
-    Some((offset, data))
+        .and_then(|t| serde_json::from_str::<&RawValue>(t).ok())
+        .filter(|_| prev.is_some());
+    Some((offset, prev, data))
+}
+
+/// Read back what a relay missed, after `delivered` up to `through`, and
+/// deliver it; or close the local subscribers' connections when it cannot
+/// be read. The relay stands at `through` after.
+async fn repair(
+    backfill: &BackfillSlot,
+    local: &LocalBroker,
+    key: &ChannelKey,
+    delivered: &mut Delivered,
+    through: u64,
+) {
+    let after = delivered.offset;
+    let source = backfill.get().and_then(Weak::upgrade);
+    let frames = match source {
+        Some(source) if through - after <= GAP_REPAIR_MAX => {
+            tokio::time::timeout(GAP_REPAIR_WITHIN, source.between(key, after, through))
+                .await
+                .ok()
+                .flatten()
+        }
+        _ => None,
+    };
+    match frames {
+        Some(frames) => {
+            tracing::info!(
+                tenant = %key.tenant,
+                events = frames.len(),
+                after,
+                through,
+                "relay gap repaired from the stream"
+            );
+            for frame in &frames {
+                local.publish_now(key, frame);
+            }
+        }
+        None => {
+            let closed = local.close_subscribers(key, &CloseReason::MissedEvents);
+            tracing::warn!(
+                tenant = %key.tenant,
+                after,
+                through,
+                closed,
+                "relay gap could not be read back: local subscribers told to resume"
+            );
+        }
+    }
+    *delivered = Delivered {
+        known: true,
+        offset: through,
+    };
+}
+
+/// What every relay task shares with the broker.
+struct RelayContext {
+    client: async_nats::Client,
+    subjects: Subjects,
+    local: Arc<LocalBroker>,
+    epochs: Epochs,
+    backfill: BackfillSlot,
 }
 
 /// One relay: subscribe, wait until the server has registered the
 /// interest, then hand every well-formed frame to the local queues.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one relay task, spelled out: everything it owns is moved in"
-)]
 async fn run(
-    client: async_nats::Client,
+    cx: RelayContext,
     subject: String,
-    subjects: Subjects,
     target: Target,
-    local: Arc<LocalBroker>,
-    epochs: Epochs,
-    relay: Arc<std::sync::OnceLock<std::sync::Weak<Relay>>>,
+    relay: Arc<OnceLock<Weak<Relay>>>,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
+    let RelayContext {
+        client,
+        subjects,
+        local,
+        epochs,
+        backfill,
+    } = cx;
     let mut sub = loop {
         match client.subscribe(subject.clone()).await {
             Ok(s) => break s,
@@ -282,7 +415,7 @@ async fn run(
                 }
             }
             Target::Channel(key) => {
-                let Some((offset, data)) = stored_event(&msg, &stream, &stored_as) else {
+                let Some((offset, prev, data)) = stored_event(&msg, &stream, &stored_as) else {
                     tracing::warn!("a history event not stored by the tenant's stream was dropped");
                     continue;
                 };
@@ -291,8 +424,7 @@ async fn run(
                     .unwrap_or_else(PoisonError::into_inner)
                     .get(&key.tenant)
                     .cloned();
-                let (Some(epoch), Some(relay)) =
-                    (epoch, relay.get().and_then(std::sync::Weak::upgrade))
+                let (Some(epoch), Some(relay)) = (epoch, relay.get().and_then(Weak::upgrade))
                 else {
                     continue;
                 };
@@ -300,8 +432,37 @@ async fn run(
                 if delivered.known && offset <= delivered.offset {
                     continue;
                 }
-                let frame = event_frame(key, data, offset, &epoch);
-                local.publish_now(key, &frame);
+                match prev {
+                    // Something stored after what was delivered last, and
+                    // before this one, never came: read it back first.
+                    Some(prev) if delivered.known && prev > delivered.offset => {
+                        repair(&backfill, &local, key, &mut delivered, prev).await;
+                    }
+                    // The chain starts before what was delivered: the
+                    // channel's history was dropped (purged) meanwhile,
+                    // perhaps with events this node never saw.
+                    Some(prev) if delivered.known && prev < delivered.offset => {
+                        let closed = local.close_subscribers(key, &CloseReason::MissedEvents);
+                        tracing::warn!(
+                            tenant = %key.tenant,
+                            prev,
+                            delivered = delivered.offset,
+                            closed,
+                            "a channel's history was dropped under its relay: local subscribers told to resume"
+                        );
+                    }
+                    _ => {}
+                }
+                match data {
+                    Some(data) => {
+                        let frame = event_frame(key, data, offset, &epoch);
+                        local.publish_now(key, &frame);
+                    }
+                    // Stored in the channel's order but no event (a delete
+                    // marker): nothing to deliver, but the chain goes on
+                    // from it.
+                    None => tracing::debug!("a stored message that is not an event was skipped"),
+                }
                 *delivered = Delivered {
                     known: true,
                     offset,

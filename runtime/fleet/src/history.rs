@@ -30,7 +30,12 @@
 //! rounds, each up to the last offset the relay had delivered when it
 //! began; once a round's gap is small it holds the relay, reads the rest,
 //! queues everything and joins the channel before letting the relay go on:
-//! every event exactly once, in order.
+//! every event exactly once, in order. A recovery from an offset this
+//! node's relay has not delivered yet (its path from the stream was cut,
+//! or the republish is still on its way) first brings the relay up to the
+//! stream's last offset ([`NatsBroker::catch_up`]) rather than answer
+//! `recovered: false` from a stale position. The relay repairs its own
+//! gaps with the same reads ([`crate::broker::Backfill`]).
 //!
 //! Size: the stream keeps at most `MAX_HISTORY_SIZE` events per channel, the
 //! publishing node purges down to the channel's `size` every `size / 2`
@@ -57,16 +62,16 @@ use sluice_server::backends::history::{
 use sluice_server::backends::keys::{ChannelKey, Member};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::broker::{Delivered, Epochs, NatsBroker};
+use crate::broker::{Backfill, Delivered, Epochs, GAP_REPAIR_MAX, NatsBroker};
 use crate::subject::Subjects;
+
+/// The header with the offset of the channel's previous event.
+pub use crate::broker::PREV;
 
 /// How long a subject delete marker stays in the history stream after a
 /// channel's last event expired: within it, a client resuming from before
 /// the expiry is told it missed events (`recovered: false`).
 pub const DELETE_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// The header with the offset of the channel's previous event.
-pub const PREV: &str = "Sluice-Prev";
 
 /// How many times a publish that lost a race to another node retries.
 const PUBLISH_ATTEMPTS: usize = 32;
@@ -460,6 +465,20 @@ impl ClusterHistory {
                     Err(e) => tracing::warn!(error = %e, "history lookup failed"),
                 }
             }
+            // A position this node's relay has not reached: look the
+            // channel's last offset up and bring the relay there first.
+            if let (Some(r), Some(ts)) = (replay.as_ref(), &ts)
+                && delivered.known
+                && r.since > delivered.offset
+            {
+                match self.last(ts, key).await {
+                    Ok(last) if last > delivered.offset => {
+                        self.broker.catch_up(key, &mut delivered, last).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "history lookup failed"),
+                }
+            }
             let last = delivered.offset;
             let left = replay
                 .as_ref()
@@ -592,6 +611,37 @@ impl ClusterHistory {
                 Err(e) => return Err(err(e)),
             }
         }
+    }
+}
+
+impl Backfill for ClusterHistory {
+    fn between<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        after: u64,
+        through: u64,
+    ) -> BoxFuture<'a, Option<Vec<Utf8Bytes>>> {
+        Box::pin(async move {
+            let ts = self.stream_of(&key.tenant).await.ok()?;
+            let mut r = Replay {
+                since: after,
+                next: after + 1,
+                frames: Vec::new(),
+                lost: false,
+            };
+            let subject = self.subjects.history(key);
+            let size = usize::try_from(GAP_REPAIR_MAX).unwrap_or(usize::MAX);
+            match self.read(&ts, key, &subject, &mut r, through, size).await {
+                // Nothing found where the next event says one was stored:
+                // gone too.
+                Ok(()) if !r.lost && !r.frames.is_empty() => Some(r.frames),
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay gap read failed");
+                    None
+                }
+            }
+        })
     }
 }
 

@@ -188,6 +188,9 @@ impl Cluster {
             epochs,
             broker.clone(),
         ));
+        let backfill: std::sync::Weak<dyn broker::Backfill> =
+            Arc::<ClusterHistory>::downgrade(&history);
+        broker.set_backfill(backfill);
         tracing::info!(node = %cluster.node, nats = %urls, "cluster mode: connected to NATS");
         Ok(Self {
             node: cluster.node.clone(),

@@ -125,6 +125,11 @@ pub enum CloseReason {
     Internal,
     /// The outbound queue overflowed: the client does not read.
     SlowConsumer,
+    /// Live events of a channel the connection subscribes could not be
+    /// delivered (in a fleet, the node's path from the history stream was
+    /// cut and the missed events could not be read back): resume with
+    /// `since`, which recovers them or says `recovered: false`.
+    MissedEvents,
 }
 
 impl CloseReason {
@@ -155,7 +160,7 @@ impl CloseReason {
             }
             CloseReason::TooBig => close::TOO_BIG,
             CloseReason::Internal => close::INTERNAL,
-            CloseReason::SlowConsumer => close::TRY_AGAIN_LATER,
+            CloseReason::SlowConsumer | CloseReason::MissedEvents => close::TRY_AGAIN_LATER,
         }
     }
 
@@ -174,6 +179,7 @@ impl CloseReason {
             CloseReason::TooBig => "message too big",
             CloseReason::Internal => "",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::MissedEvents => "missed events: resume with since",
         }
     }
 }

@@ -38,6 +38,11 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     t.handlers.len(),
                     t.channels.len()
                 );
+                if let Some(config) = state.config.tenants.get(id) {
+                    for line in quota_lines(config) {
+                        println!("  {line}");
+                    }
+                }
             }
             let store = &state.config.store;
             match (&state.config.cluster, store.kind) {
@@ -62,4 +67,22 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// What the tenant may make the host hold, each with its value and what
+/// happens past it: its `[tenants.<id>.quotas]`, then the quotas that live
+/// elsewhere (connections, handler state).
+fn quota_lines(t: &sluice::config::TenantConfig) -> Vec<String> {
+    let mut lines = t.quotas.explain();
+    lines.push(format!(
+        "limits.max_connections = {}, max_connections_per_subject = {}: one more connection is refused (429; in a fleet, counted over every node)",
+        t.limits.max_connections, t.limits.max_connections_per_subject
+    ));
+    for (name, h) in &t.handlers {
+        lines.push(format!(
+            "handlers.{name}.limits.max_state_keys = {}, max_state_bytes = {}: the tenant's handler state; a write past either fails in the handler (`quota-exceeded`)",
+            h.limits.max_state_keys, h.limits.max_state_bytes
+        ));
+    }
+    lines
 }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
+use sluice_protocol::CloseReason;
 use sluice_sandbox::BoxFuture;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -124,6 +125,18 @@ impl LocalBroker {
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
             .map_or(0, HashMap::len)
+    }
+
+    /// Close the connection of every local subscriber of a channel with
+    /// `reason` (they resume elsewhere or later); how many.
+    pub fn close_subscribers(&self, key: &ChannelKey, reason: &CloseReason) -> usize {
+        let map = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).map_or(0, |members| {
+            for o in members.values() {
+                o.close(reason.clone());
+            }
+            members.len()
+        })
     }
 
     /// Deliver at once to a subject's connections.
