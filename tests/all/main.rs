@@ -22,6 +22,7 @@ mod fleet_isolation;
 mod handshake;
 mod history;
 mod history_quotas;
+mod idempotency;
 mod jwks;
 mod lifecycle;
 mod limits;

@@ -1,7 +1,8 @@
 // The hooks under React's test renderer against a real `sluice serve`
 // (the TypeScript client's test server: tenant `t`, `feed:{id}` keeps
-// history and presence). Today's server takes no idempotency keys, so the
-// client sends none; useRequest's retry with a key is in fake.test.mjs.
+// history and presence). The server takes idempotency keys, so every
+// request the hooks make carries one; useRequest's retry after a cut is in
+// fake.test.mjs (and the client's own tunnel.test.mjs).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createElement } from "react";
@@ -74,7 +75,7 @@ test("a room: useChannel, usePresence, useRequest and useSluice against a real s
     renderer = TestRenderer.create(createElement(SluiceProvider, { client: alice }, createElement(Room)));
   });
   await settled(() => view.state === "open" && view.active, "alice in the room");
-  assert.equal(view.welcome.idempotencyWindowSecs, undefined, "today's server takes no keys, and the client sends none");
+  assert.equal(view.welcome.idempotencyWindowSecs, 300, "the server takes keys");
 
   await bob.connect();
   const bobRoom = bob.subscribe("feed:react");
@@ -89,6 +90,7 @@ test("a room: useChannel, usePresence, useRequest and useSluice against a real s
   });
   await settled(() => view.send.status === "ack", "alice's ack");
   assert.equal(typeof view.send.data.seq, "number");
+  assert.equal(typeof view.send.key, "string", "the request went with a key");
   assert.deepEqual(await sent, view.send.data);
   await bob.request("chat.send", { text: "hi alice" }, { channel: "feed:react" });
   await settled(() => view.texts.length === 2, "both messages");

@@ -454,29 +454,37 @@ test("recovery across a server restart: the history is durable, the epoch the sa
   bob.close();
 });
 
-test("a key sent to a server that takes none is refused, never run unprotected; the client sends none to it", async () => {
+test("the server takes keys: a keyed request is answered once, a retry gets the answer, a reuse is refused; the client sends keys", async () => {
   const token = await server.token("raw-keys");
   const ws = new WebSocket(server.url(), ["sluice.v1"], { ca: server.ca, headers: { Authorization: `Bearer ${token}` } });
   const frames = [];
   ws.on("message", (m) => frames.push(JSON.parse(String(m))));
   await until(() => frames.length === 1, 10_000, "welcome");
   assert.equal(frames[0].type, "welcome");
-  assert.equal(frames[0].data.idempotency, undefined, "this server advertises no keys");
+  assert.deepEqual(frames[0].data.idempotency, { window_secs: 300 }, "this server advertises keys");
   ws.send(JSON.stringify({ type: "echo", id: "k1", key: "order:1", data: { n: 1 } }));
-  await until(() => frames.length === 2, 10_000, "the refusal");
-  assert.equal(frames[1].type, "error");
-  assert.equal(frames[1].code, "bad_envelope");
-  assert.match(frames[1].message, /idempotency key/);
-  // The connection stays usable; the same request without a key runs.
-  ws.send(JSON.stringify({ type: "echo", id: "k2", data: { n: 1 } }));
-  await until(() => frames.length === 3, 10_000, "the echo");
+  await until(() => frames.length === 2, 10_000, "the answer");
+  assert.deepEqual(frames[1], { type: "ack", id: "k1", data: { n: 1 } });
+  // The retry: the first answer under its own id.
+  ws.send(JSON.stringify({ type: "echo", id: "k2", key: "order:1", data: { n: 1 } }));
+  await until(() => frames.length === 3, 10_000, "the replay");
   assert.deepEqual(frames[2], { type: "ack", id: "k2", data: { n: 1 } });
+  // The key with other data: refused, nothing run.
+  ws.send(JSON.stringify({ type: "echo", id: "k3", key: "order:1", data: { n: 2 } }));
+  await until(() => frames.length === 4, 10_000, "the refusal");
+  assert.equal(frames[3].type, "error");
+  assert.equal(frames[3].code, "key_reused");
+  assert.equal(frames[3].id, "k3");
+  // The connection stays usable.
+  ws.send(JSON.stringify({ type: "echo", id: "k4", data: { n: 3 } }));
+  await until(() => frames.length === 5, 10_000, "the echo");
+  assert.deepEqual(frames[4], { type: "ack", id: "k4", data: { n: 3 } });
   ws.close();
 
-  // The client: its requests carry keys, but not to this server.
+  // The client: its requests carry keys to this server.
   const c = connect("keys-client");
   const welcome = await c.connect();
-  assert.equal(welcome.idempotencyWindowSecs, undefined);
+  assert.equal(welcome.idempotencyWindowSecs, 300);
   assert.deepEqual(await c.request("echo", { n: 2 }, { key: "order:2" }), { n: 2 });
   c.close();
 });

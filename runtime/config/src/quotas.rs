@@ -80,7 +80,10 @@ pub struct Quotas {
     /// Management API requests per second with the tenant's token (429
     /// past it).
     pub management_requests_per_sec: u32,
-    /// Idempotency keys remembered at once.
+    /// Requests with idempotency keys remembered at once (each for
+    /// `[tenants.<id>.limits] idempotency_window_secs`; one subject at
+    /// most 1000 of them): past it a keyed request is refused with
+    /// `too_many_keys` and `retry_after_ms`, and nothing runs.
     pub idempotency_keys: u32,
 }
 
@@ -175,7 +178,7 @@ impl Quotas {
                 self.management_requests_per_sec
             ),
             format!(
-                "quotas.idempotency_keys = {}: idempotency keys remembered at once; nothing happens past it yet (the server does not remember keys yet)",
+                "quotas.idempotency_keys = {}: requests with idempotency keys remembered at once (one subject at most 1000); past it a keyed request is refused `too_many_keys` with `retry_after_ms`, nothing run",
                 self.idempotency_keys
             ),
         ]

@@ -36,6 +36,12 @@ pub const DEFAULT_MAX_PRESENCE_MEMBERS: u32 = 1000;
 /// no `leave` is sent) for this long: a reconnect inside it is neither a
 /// leave nor a join.
 pub const DEFAULT_PRESENCE_DEBOUNCE: Duration = Duration::from_secs(5);
+/// How long a request's answer is remembered under its idempotency key
+/// (`idempotency_window_secs`), from its first attempt.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_SECS: u64 = 300;
+/// The longest window a tenant may configure: a day (answers are held in
+/// memory, on disk and in the fleet's KV bucket for the whole window).
+pub const MAX_IDEMPOTENCY_WINDOW_SECS: u64 = 86_400;
 /// The claim that carries scopes (a space-separated string or an array).
 pub const DEFAULT_SCOPES_CLAIM: &str = "scope";
 
@@ -109,6 +115,11 @@ pub struct TenantLimits {
     pub max_presence_members: u32,
     /// [`DEFAULT_PRESENCE_DEBOUNCE`], ms.
     pub presence_debounce_ms: u64,
+    /// [`DEFAULT_IDEMPOTENCY_WINDOW_SECS`]: how long an answer is
+    /// remembered under its key (1 to [`MAX_IDEMPOTENCY_WINDOW_SECS`]); the
+    /// `welcome` says it (`idempotency.window_secs`). How many keys are
+    /// remembered at once is `[tenants.<id>.quotas] idempotency_keys`.
+    pub idempotency_window_secs: u64,
 }
 
 impl Default for TenantLimits {
@@ -123,6 +134,7 @@ impl Default for TenantLimits {
             abuse_close_after: DEFAULT_ABUSE_CLOSE_AFTER,
             max_presence_members: DEFAULT_MAX_PRESENCE_MEMBERS,
             presence_debounce_ms: DEFAULT_PRESENCE_DEBOUNCE.as_millis() as u64,
+            idempotency_window_secs: DEFAULT_IDEMPOTENCY_WINDOW_SECS,
         }
     }
 }
@@ -157,6 +169,12 @@ impl TenantConfig {
                     "{at}.origins: {o:?} is not an exact origin like https://app.example.com (no wildcards, no path, not \"null\")"
                 ));
             }
+        }
+        let window = self.limits.idempotency_window_secs;
+        if !(1..=MAX_IDEMPOTENCY_WINDOW_SECS).contains(&window) {
+            problems.push(format!(
+                "{at}.limits.idempotency_window_secs must be 1 to {MAX_IDEMPOTENCY_WINDOW_SECS} (a day), not {window}"
+            ));
         }
         for (route, r) in &self.routes {
             let unparsed = unparsed_handlers
@@ -222,7 +240,32 @@ mod tests {
         assert_eq!(l.abuse_close_after, 50);
         assert_eq!(l.max_presence_members, 1000);
         assert_eq!(l.presence_debounce_ms, 5_000);
+        assert_eq!(l.idempotency_window_secs, 300);
         assert!(problems(&t).is_empty());
+    }
+
+    #[test]
+    fn the_idempotency_window_and_key_quota_are_checked_with_everything_else() {
+        let t = tenant(
+            "origins = [\"null\"]\n[limits]\nidempotency_window_secs = 0\n[quotas]\nidempotency_keys = 0",
+        );
+        assert_eq!(
+            problems(&t),
+            [
+                "tenants.t.origins: \"null\" is not an exact origin like https://app.example.com (no wildcards, no path, not \"null\")",
+                "tenants.t.limits.idempotency_window_secs must be 1 to 86400 (a day), not 0",
+                "tenants.t.quotas.idempotency_keys must be greater than zero",
+            ]
+        );
+        let long = tenant("[limits]\nidempotency_window_secs = 86401");
+        assert_eq!(
+            problems(&long),
+            ["tenants.t.limits.idempotency_window_secs must be 1 to 86400 (a day), not 86401"]
+        );
+        let ok =
+            tenant("[limits]\nidempotency_window_secs = 86400\n[quotas]\nidempotency_keys = 10");
+        assert!(problems(&ok).is_empty());
+        assert_eq!(ok.quotas.idempotency_keys, 10);
     }
 
     #[test]

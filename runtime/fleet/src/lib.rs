@@ -16,6 +16,9 @@
 //!   runs once more, then fails with `conflict`.
 //! - Presence across the fleet on JetStream KV ([`presence`]): a dead
 //!   node's members vanish within [`presence::VANISH_BOUND`].
+//! - Answers under idempotency keys on JetStream KV ([`outcomes`]): a
+//!   retry on another node finds the first attempt's answer, or waits for
+//!   it while it runs.
 //! - Connection caps across the fleet, approximately, failing closed
 //!   ([`caps`]).
 //! - Readiness: a node cut off from NATS answers 503 on `/readyz` and
@@ -27,6 +30,7 @@ pub mod bucket;
 pub mod caps;
 pub mod error;
 pub mod history;
+pub mod outcomes;
 pub use history::DELETE_MARKER_TTL;
 pub mod presence;
 pub mod registry;
@@ -46,6 +50,7 @@ use self::broker::NatsBroker;
 use self::caps::FleetCounts;
 pub use self::error::FleetError;
 use self::history::ClusterHistory;
+use self::outcomes::KvOutcomes;
 use self::presence::FleetPresence;
 use self::registry::{FleetRegistry, RecordChange};
 use self::state::KvState;
@@ -75,6 +80,8 @@ pub struct Cluster {
     pub counts: Arc<FleetCounts>,
     /// Pushed handlers across the fleet.
     pub registry: Arc<FleetRegistry>,
+    /// Answers under idempotency keys across the fleet.
+    pub outcomes: Arc<KvOutcomes>,
     prefix: String,
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     client: async_nats::Client,
@@ -158,6 +165,22 @@ impl Cluster {
             FleetPresence::open(&js, &cluster.prefix, cluster.node.clone(), cluster.replicas)
                 .await?;
         let registry = FleetRegistry::open(&js, &cluster.prefix, cluster.replicas).await?;
+        // The bucket keeps answers for the longest window configured now.
+        let window = config
+            .tenants
+            .values()
+            .map(|t| t.limits.idempotency_window_secs)
+            .max()
+            .unwrap_or(sluice_config::DEFAULT_IDEMPOTENCY_WINDOW_SECS);
+        let outcomes = Arc::new(
+            KvOutcomes::open(
+                &js,
+                &cluster.prefix,
+                cluster.replicas,
+                Duration::from_secs(window),
+            )
+            .await?,
+        );
         let history = Arc::new(ClusterHistory::new(
             js,
             subjects,
@@ -177,6 +200,7 @@ impl Cluster {
             presence,
             counts: Arc::default(),
             registry,
+            outcomes,
             prefix: cluster.prefix.clone(),
             tasks: std::sync::Mutex::default(),
             client,
@@ -192,6 +216,7 @@ impl Cluster {
             presence: self.presence.clone(),
             registry: self.registry.clone(),
             fleet: Some(self.clone()),
+            outcomes: Some(self.outcomes.clone()),
             keeps_files: true,
         }
     }

@@ -13,6 +13,8 @@
 //! limit      connection, subject, tenant quotas                       (ratelimit.rs)
 //! authorize  route scopes, channel rules -> Authorized                (stages/authorize.rs, authz.rs)
 //! validate   the route's JSON Schema -> Validated                     (stages/validate.rs, schema.rs)
+//! key        a keyed request begun in the idempotency table: run,
+//!            replay the first answer, or refuse                        (idempotency.rs)
 //! call       the tenant's handler under limits -> Proposed            (stages/call.rs, sluice-sandbox)
 //! effects    every returned action authorized again -> Vec<Effect>    (stages/effects.rs)
 //! apply      replies, publishes (history), sends, subscriptions      (session/apply.rs)
@@ -39,6 +41,7 @@ pub mod authz;
 pub mod backends;
 pub mod handshake;
 pub mod history;
+pub mod idempotency;
 pub mod metrics;
 pub mod outbox;
 pub mod presence;

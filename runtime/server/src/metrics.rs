@@ -68,6 +68,9 @@ pub struct TenantMetrics {
     pub(crate) closes: Mutex<BTreeMap<u16, u64>>,
     pub(crate) latency: Histogram,
     pub(crate) refused_actions: AtomicU64,
+    /// Requests with an idempotency key that ran (no answer was
+    /// remembered under the key).
+    pub(crate) idempotency_misses: AtomicU64,
 }
 
 impl TenantMetrics {
@@ -121,6 +124,11 @@ impl TenantMetrics {
             .or_default() += 1;
     }
 
+    /// A request with an idempotency key ran (no answer was remembered).
+    pub fn idempotency_miss(&self) {
+        self.idempotency_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A handler's action was refused by the host.
     pub fn action_refused(&self) {
         self.refused_actions.fetch_add(1, Ordering::Relaxed);
@@ -139,6 +147,7 @@ impl Default for TenantMetrics {
             closes: Mutex::new(BTreeMap::new()),
             latency: Histogram::new(&LATENCY_BUCKETS),
             refused_actions: AtomicU64::new(0),
+            idempotency_misses: AtomicU64::new(0),
         }
     }
 }

@@ -18,12 +18,14 @@ use crate::authz;
 use crate::backends::history::HistoryQuotas;
 use crate::backends::{Backends, Broker, ChannelKey, FleetLink};
 use crate::history::History;
+use crate::idempotency::SystemClock;
 use crate::metrics::{AcceptMetrics, AcceptRefusal};
 use crate::presence::{Presence, PresenceQuotas};
 use crate::ratelimit::{self, ConnectionCounter, ConnectionSlot, KeyedLimiter, quota};
 use crate::slot::PushedHandlers;
 use crate::tenant::Tenant;
 use sluice_config::{Config, ConfigErrors};
+use sluice_idempotency::{IdempotencyTable, Limits};
 use sluice_sandbox::Sandbox;
 
 /// How often idle keys are swept from the keyed rate limiters.
@@ -45,6 +47,9 @@ pub struct ServerState {
     pub presence: Presence,
     /// The fleet this node is part of, if any.
     pub fleet: Option<Arc<dyn FleetLink>>,
+    /// Answers remembered under idempotency keys (`None`: this node takes
+    /// no keys; see [`crate::backends::Backends::outcomes`]).
+    pub idempotency: Option<IdempotencyTable>,
     /// Handlers tenants push through the management API (the control
     /// plane's, seen through the data path's seam).
     pub pushed: Arc<dyn PushedHandlers>,
@@ -88,7 +93,10 @@ impl ServerState {
             .ok()
             .flatten();
         let (tls, tenants) = load_parts(&config, &sandbox, pushed.as_ref(), None, problems).await?;
-        set_quotas(&sandbox, &tenants);
+        let idempotency = backends.outcomes.clone().map(|store| {
+            IdempotencyTable::new(Limits::default(), store, Arc::new(SystemClock), node_id())
+        });
+        set_quotas(&sandbox, idempotency.as_ref(), &tenants);
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(s.max_message_bytes))
             .max_frame_size(Some(s.max_frame_bytes))
@@ -125,6 +133,7 @@ impl ServerState {
             history,
             presence,
             fleet,
+            idempotency,
             pushed,
             tenants: RwLock::new(Arc::new(tenants)),
             sandbox,
@@ -241,7 +250,7 @@ impl ServerState {
             .admin_token
             .write()
             .unwrap_or_else(PoisonError::into_inner) = admin_token.map(Arc::from);
-        set_quotas(&self.sandbox, &tenants);
+        set_quotas(&self.sandbox, self.idempotency.as_ref(), &tenants);
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
         self.history.set_quotas(HistoryQuotas::from_config(&config));
         self.presence
@@ -305,6 +314,17 @@ impl ServerState {
                 .and_then(|t| authz::channel_features(&t.channels, &key.channel).history)
         };
         self.history.sweep(SWEEP_INTERVAL * 6, &rule).await;
+        if let Some(table) = &self.idempotency {
+            table.sweep();
+        }
+    }
+
+    /// The window (seconds) this node remembers `tenant`'s answers under
+    /// keys for, when it takes keys (what its `welcome` says).
+    pub fn idempotency_window(&self, tenant: &Tenant) -> Option<u64> {
+        self.idempotency
+            .as_ref()
+            .map(|_| tenant.config.limits.idempotency_window_secs)
     }
 }
 
@@ -347,12 +367,35 @@ pub fn sandbox_config(config: &Config, keeps_files: bool) -> sluice_config::Sand
 /// The default compilation cache's folder under `data_dir`.
 pub const COMPILED_DIR: &str = "compiled";
 
-/// Hand each tenant's quotas to the sandbox (when its configuration takes
-/// effect: a refused reload changes nothing).
-fn set_quotas(sandbox: &Sandbox, tenants: &HashMap<String, Arc<Tenant>>) {
+/// Hand each tenant's quotas to the sandbox and its limits on keys to the
+/// idempotency table (when its configuration takes effect: a refused
+/// reload changes nothing).
+fn set_quotas(
+    sandbox: &Sandbox,
+    idempotency: Option<&IdempotencyTable>,
+    tenants: &HashMap<String, Arc<Tenant>>,
+) {
     for (id, tenant) in tenants {
         sandbox.set_quotas(id, &tenant.config.quotas);
+        if let Some(table) = idempotency {
+            table.set_limits(id, crate::idempotency::limits(&tenant.config));
+        }
     }
+}
+
+/// This node's id in a shared store of answers: the claims of a running
+/// request are told apart by it. Unique enough: the time, the process id
+/// and a hash seed the operating system randomizes.
+fn node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// The TLS configuration and the tenants `config` describes, or every

@@ -65,6 +65,11 @@ pub const MAX_AUDIT_ENTRIES: u64 = 10_000;
 /// Bytes of audit entries kept on disk at most (the entries themselves,
 /// as handed to the store); the oldest are removed first.
 pub const MAX_AUDIT_BYTES: u64 = 16 << 20;
+/// Answers remembered under idempotency keys: (tenant, subject, key) ->
+/// (when the entry is forgotten, unix ms; the record, as the idempotency
+/// table encodes it). Opaque to the store but for the expiry.
+const OUTCOMES: TableDefinition<(&str, &str, &str), (u64, &[u8])> =
+    TableDefinition::new("outcomes");
 /// Store metadata: `clean` (1 after a clean shutdown, 0 while running),
 /// `audit_bytes` (the bytes of the audit entries kept).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -126,6 +131,24 @@ pub struct Opened {
     pub handlers: Vec<(String, String, Vec<u8>)>,
     /// The audit log, oldest first: (sequence number, entry).
     pub audit: Vec<(u64, Vec<u8>)>,
+    /// Answers remembered under idempotency keys (expired ones included:
+    /// the reader drops them, and the next [`Permit::expire_outcomes`]).
+    pub outcomes: Vec<Outcome>,
+}
+
+/// An answer remembered under an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The tenant.
+    pub tenant: String,
+    /// The subject whose key it is.
+    pub subject: String,
+    /// The key.
+    pub key: String,
+    /// When it is forgotten (unix ms).
+    pub expires_at_ms: u64,
+    /// The record (its fingerprint and answer), as the table encodes it.
+    pub record: Vec<u8>,
 }
 
 /// A pushed handler's record by (tenant, name); `None` removes it.
@@ -171,6 +194,10 @@ enum Op {
     Forget { tenant: String, channel: String },
     /// A change to the handler registry.
     Registry(RegistryWrite),
+    /// An answer under an idempotency key.
+    Outcome(Outcome),
+    /// Answers whose window ended by `now_ms` removed.
+    ExpireOutcomes { now_ms: u64 },
 }
 
 /// What runs on the writer's thread once a write's transaction committed
@@ -298,6 +325,17 @@ impl Permit {
     pub fn registry(self, write: RegistryWrite) -> Durable {
         self.queue(Op::Registry(write))
     }
+
+    /// Keep an answer under an idempotency key (replacing one under the
+    /// same key).
+    pub fn outcome(self, outcome: Outcome) -> Durable {
+        self.queue(Op::Outcome(outcome))
+    }
+
+    /// Remove the answers whose window ended by `now_ms`.
+    pub fn expire_outcomes(self, now_ms: u64) -> Durable {
+        self.queue(Op::ExpireOutcomes { now_ms })
+    }
 }
 
 impl Store {
@@ -357,6 +395,20 @@ impl Store {
     ) -> Result<Opened, StoreError> {
         let (state, channels, unclean, dropped) = read_back(&db, bound)?;
         let (handlers, audit) = read_registry(&db)?;
+        let outcomes = {
+            let txn = db.begin_read().map_err(err)?;
+            every_row(
+                &txn,
+                OUTCOMES,
+                |(tenant, subject, key), (expires_at_ms, record)| Outcome {
+                    tenant: tenant.to_owned(),
+                    subject: subject.to_owned(),
+                    key: key.to_owned(),
+                    expires_at_ms,
+                    record: record.to_vec(),
+                },
+            )?
+        };
         // Running: not clean until a clean shutdown says so.
         let mut txn = db.begin_write().map_err(err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
@@ -375,6 +427,7 @@ impl Store {
             }
             txn.open_table(COMPONENTS).map_err(err)?;
             txn.open_table(HANDLERS).map_err(err)?;
+            txn.open_table(OUTCOMES).map_err(err)?;
             let audit_table = txn.open_table(AUDIT).map_err(err)?;
             // Stores written before the byte bound: count the bytes once.
             if meta.get("audit_bytes").map_err(err)?.is_none() {
@@ -399,6 +452,7 @@ impl Store {
         Ok(Opened {
             handlers,
             audit,
+            outcomes,
             store: Arc::new(Self {
                 db,
                 tx: Mutex::new(Some(tx)),
@@ -775,6 +829,7 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
         let mut handlers = txn.open_table(HANDLERS).map_err(err)?;
         let mut audit = txn.open_table(AUDIT).map_err(err)?;
         let mut meta = txn.open_table(META).map_err(err)?;
+        let mut outcomes = txn.open_table(OUTCOMES).map_err(err)?;
         for q in batch {
             match &q.op {
                 Op::State { tenant, writes } => {
@@ -852,6 +907,19 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
                     if let Some((seq, entry)) = &w.audit {
                         keep_audit(&mut audit, &mut meta, *seq, entry)?;
                     }
+                }
+                Op::Outcome(o) => {
+                    outcomes
+                        .insert(
+                            (o.tenant.as_str(), o.subject.as_str(), o.key.as_str()),
+                            (o.expires_at_ms, o.record.as_slice()),
+                        )
+                        .map_err(err)?;
+                }
+                Op::ExpireOutcomes { now_ms } => {
+                    outcomes
+                        .retain(|_, (expires_at_ms, _)| expires_at_ms > *now_ms)
+                        .map_err(err)?;
                 }
             }
         }
@@ -961,6 +1029,54 @@ mod tests {
         drop(store);
         let opened = Store::open(&d).unwrap();
         assert_eq!(opened.channels.len(), 1);
+        drop(opened);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn answers_under_keys_are_read_back_until_they_expire() {
+        let d = dir("outcomes");
+        let outcome = |key: &str, expires_at_ms: u64| Outcome {
+            tenant: "t".into(),
+            subject: "alice".into(),
+            key: key.into(),
+            expires_at_ms,
+            record: vec![1, 2, 3],
+        };
+        {
+            let opened = Store::open(&d).unwrap();
+            assert!(opened.outcomes.is_empty());
+            for o in [outcome("k1", 1_000), outcome("k2", 2_000)] {
+                opened
+                    .store
+                    .reserve()
+                    .await
+                    .unwrap()
+                    .outcome(o)
+                    .wait()
+                    .await
+                    .unwrap();
+            }
+            opened.store.close();
+        }
+        let opened = Store::open(&d).unwrap();
+        assert_eq!(
+            opened.outcomes,
+            [outcome("k1", 1_000), outcome("k2", 2_000)]
+        );
+        opened
+            .store
+            .reserve()
+            .await
+            .unwrap()
+            .expire_outcomes(1_000)
+            .wait()
+            .await
+            .unwrap();
+        opened.store.close();
+        drop(opened);
+        let opened = Store::open(&d).unwrap();
+        assert_eq!(opened.outcomes, [outcome("k2", 2_000)], "k1's window ended");
         drop(opened);
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -374,6 +374,14 @@ fn subscribers(m: &Model<'_>) -> Verdict {
                     ));
                     continue;
                 };
+                // A subscribe acknowledged while the channel's history was
+                // unreachable (a node cut off from NATS) says no epoch: it
+                // promised live events from then on, no position. Its first
+                // event sets the span's epoch and place; gaps after it count.
+                if span.epoch.is_empty() && span.pending.is_none() {
+                    span.epoch.clone_from(epoch);
+                    span.last = offset.saturating_sub(1);
+                }
                 if span.epoch != *epoch {
                     v.violation(format!(
                         "client {client} {room} conn {conn}: event of epoch {epoch} in a subscription of epoch {}",

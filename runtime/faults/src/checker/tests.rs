@@ -683,3 +683,30 @@ fn error_codes_are_classified() {
         assert!(!definite(code), "{code}");
     }
 }
+
+#[test]
+fn a_subscribe_without_a_known_position_owes_what_follows_its_first_event() {
+    let mut h = valid();
+    // Client 1 subscribed while the channel's history was unreachable: the
+    // acknowledgement named no epoch.
+    for r in &mut h.recs {
+        if let Record::Subscribed {
+            client: 1, epoch, ..
+        } = r
+        {
+            epoch.clear();
+        }
+    }
+    // Its first event came after offset 1: nothing before it is owed.
+    edit(&mut h, |r| is_event(r, 1, 1), None);
+    assert_only(&h.check(), &[]);
+    // A gap after its first event is still caught.
+    edit(&mut h, |r| is_event(r, 1, 5), None);
+    let report = h.check();
+    assert_only(&report, &[SUBSCRIBERS]);
+    let e = &report.verdict(SUBSCRIBERS).unwrap().examples[0];
+    assert!(
+        e.contains("missed offsets [5]") && e.contains("live"),
+        "{report}"
+    );
+}

@@ -119,6 +119,14 @@ pub fn render(state: &ServerState) -> String {
     render_jwks(&tenants, &mut out);
     state.history.render(&mut out);
     state.presence.render(&mut out);
+    if let Some(table) = &state.idempotency {
+        let mut ids: Vec<(&str, &crate::tenant::Tenant)> = tenants
+            .iter()
+            .map(|(id, t)| (id.as_str(), t.as_ref()))
+            .collect();
+        ids.sort_unstable_by_key(|(id, _)| *id);
+        crate::idempotency::render(table, &ids, &mut out);
+    }
     help(
         &mut out,
         "sluice_refused_actions_total",

@@ -8,6 +8,7 @@
 //! | channel history | [`HistoryStore`] | [`LocalHistory`] (memory or durable) | a JetStream stream per tenant |
 //! | presence on other nodes | [`PresenceShare`] | [`NodeOnly`] | JetStream KV |
 //! | pushed handlers | [`RegistryStorage`] | [`MemoryRegistry`], [`DurableRegistry`] | Object Store + KV + a stream |
+//! | answers under idempotency keys | [`OutcomeStore`] | memory, or [`DurableOutcomes`] | JetStream KV |
 //! | the fleet itself | [`FleetLink`] | none | NATS |
 //!
 //! [`Backends`] holds one of each. The memory and durable sets are built
@@ -16,6 +17,7 @@
 //! crate that knows them all.
 
 pub mod broker;
+pub mod durable_outcomes;
 pub mod durable_state;
 pub mod fleet;
 pub mod history;
@@ -28,7 +30,10 @@ use std::sync::Arc;
 
 use sluice_sandbox::StateStore;
 
+use crate::idempotency::{MemoryOutcomeStore, OutcomeStore};
+
 pub use broker::{Broker, BrokerError, LocalBroker};
+pub use durable_outcomes::DurableOutcomes;
 pub use durable_state::DurableState;
 pub use fleet::FleetLink;
 pub use history::{HistoryError, HistoryStore};
@@ -50,6 +55,11 @@ pub struct Backends {
     pub presence: Arc<dyn PresenceShare>,
     /// Pushed handlers (the control plane's).
     pub registry: Arc<dyn RegistryStorage>,
+    /// Where answers under idempotency keys are kept beyond the table's
+    /// memory (memory, the durable store, the fleet's KV bucket). `None`:
+    /// the node takes no keys (its `welcome` has no `idempotency` and a
+    /// keyed request is `bad_envelope`).
+    pub outcomes: Option<Arc<dyn OutcomeStore>>,
     /// The fleet, when this node is part of one.
     pub fleet: Option<Arc<dyn FleetLink>>,
     /// Whether the node keeps files (a durable store or a fleet node): the
@@ -73,6 +83,7 @@ impl Backends {
             state,
             presence: Arc::new(NodeOnly),
             registry: Arc::new(MemoryRegistry::default()),
+            outcomes: Some(Arc::new(MemoryOutcomeStore::new())),
             fleet: None,
             keeps_files: false,
         }
@@ -105,6 +116,8 @@ impl Backends {
             channels = opened.channels.len(), pushed_handlers = opened.handlers.len(),
             "durable store opened");
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::default());
+        let outcomes: Arc<dyn OutcomeStore> =
+            DurableOutcomes::new(opened.store.clone(), opened.outcomes);
         Ok(Self {
             history: Arc::new(LocalHistory::durable(
                 broker.clone(),
@@ -120,6 +133,7 @@ impl Backends {
             )),
             broker,
             presence: Arc::new(NodeOnly),
+            outcomes: Some(outcomes),
             fleet: None,
             keeps_files: true,
         })

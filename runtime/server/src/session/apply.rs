@@ -14,6 +14,7 @@ use super::connection::{Flow, Session};
 use super::subscriptions::Requester;
 use crate::authz::ChannelFeatures;
 use crate::backends::keys::ChannelKey;
+use crate::idempotency::{self, Ticket};
 use crate::stages::call;
 use crate::stages::effects::{self, Effect};
 use crate::tenant::RouteHandler;
@@ -41,7 +42,7 @@ impl Session {
             };
             let tenant = self.tenant.clone();
             let effects = effects::authorize(&tenant, &self.principal, proposed);
-            if let Flow::Close(reason) = self.apply(effects, export, None).await {
+            if let Flow::Close(reason) = self.apply(effects, export, None, None).await {
                 flow = Flow::Close(reason);
             }
         }
@@ -54,11 +55,16 @@ impl Session {
     /// succeeded (a publish to a channel with history is on disk by then),
     /// else `unavailable`. A handler that replies first and publishes
     /// second never acknowledges a publish that failed.
+    ///
+    /// A message with an idempotency key (`ticket`) has its answer kept
+    /// under the key before the answer is sent: a retry finds it from the
+    /// moment the client could have read it.
     pub(super) async fn apply(
         &mut self,
         effects: Vec<Effect>,
         export: Export,
         reply_to: Option<&str>,
+        ticket: Option<Ticket>,
     ) -> Flow {
         let mut reply = None;
         // A publish or send that failed (history on a store or JetStream
@@ -96,13 +102,17 @@ impl Session {
             }
         }
         if export == Export::Message {
+            if let Some(ticket) = ticket {
+                let answer = idempotency::answer_after_effects(reply.as_deref(), lost);
+                if let Err(e) = ticket.complete(answer).await {
+                    tracing::warn!(tenant = %self.tenant.id, error = %e,
+                        "an answer under a key could not be stored");
+                }
+            }
             if lost {
                 let _ = self.reject(
                     reply_to,
-                    &Rejection::error(
-                        ErrorCode::Unavailable,
-                        "an event could not be stored or delivered; it may not have reached every subscriber, try again",
-                    ),
+                    &Rejection::error(ErrorCode::Unavailable, idempotency::LOST_MESSAGE),
                 );
             } else {
                 self.tenant.metrics.message_ok(self.started.elapsed());

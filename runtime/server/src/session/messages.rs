@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use sluice_protocol::{self as protocol, CloseReason, ErrorCode, Rejection};
+use sluice_protocol::{self as protocol, Answer, CloseReason, ErrorCode, Rejection};
 use sluice_sandbox::Export;
 
 use super::connection::{Flow, Session, expiry};
 use super::subscriptions::Requester;
+use crate::idempotency::{self, Begin, EntryId, Ticket};
 use crate::stages::decode::{self, Request};
 use crate::stages::{authorize, call, effects, validate};
 
@@ -118,8 +119,11 @@ impl Session {
         if let Err(flow) = self.count_frame(Some(text), true) {
             return flow;
         }
-        let decode::Decoded { id, request } =
-            decode::decode(text, self.state.config.server.max_json_depth);
+        let decode::Decoded { id, request } = decode::decode(
+            text,
+            self.state.config.server.max_json_depth,
+            self.state.idempotency.is_some(),
+        );
         let result = match request {
             Ok(request) => self.dispatch(request, id.as_deref()).await,
             Err(rejection) => Err(rejection),
@@ -165,11 +169,57 @@ impl Session {
             Request::Route(envelope) => envelope,
         };
         let tenant = self.tenant.clone();
+        // The key's entry and the request's fingerprint, taken before
+        // authorize takes the envelope (a message without a key costs
+        // nothing here).
+        let keyed = match (&self.state.idempotency, envelope.key.as_deref()) {
+            (Some(table), Some(key)) => Some((
+                table.clone(),
+                EntryId::new(tenant.id.as_str(), self.principal.subject.as_str(), key),
+                envelope.fingerprint(),
+            )),
+            _ => None,
+        };
         let authorized = authorize::authorize(&tenant, &self.principal, envelope)?;
         let validated = validate::validate(authorized)?;
-        let proposed = call::call(validated, &self.conn).await?;
+        // A retry passed the same checks as its first attempt; a refusal
+        // before this point took no entry.
+        let ticket = match keyed {
+            None => None,
+            Some((table, entry, fingerprint)) => match table.begin(&entry, fingerprint).await {
+                Ok(Begin::Run(ticket)) => {
+                    tenant.metrics.idempotency_miss();
+                    Some(ticket)
+                }
+                Ok(Begin::Replay(answer)) => {
+                    self.replay(&answer, id);
+                    return Ok(Flow::Continue);
+                }
+                Err(refusal) => return Err(refusal.rejection()),
+            },
+        };
+        let proposed = match call::call(validated, &self.conn).await {
+            Ok(proposed) => proposed,
+            Err(rejection) => {
+                if let Some(ticket) = ticket {
+                    settle_failed_call(ticket, &rejection).await;
+                }
+                return Err(rejection);
+            }
+        };
         let effects = effects::authorize(&tenant, &self.principal, proposed);
-        Ok(self.apply(effects, Export::Message, id).await)
+        Ok(self.apply(effects, Export::Message, id, ticket).await)
+    }
+
+    /// Answer a retry with its first attempt's answer, under the retry's
+    /// own `id`; counted like the answer it is.
+    fn replay(&self, answer: &Answer, id: Option<&str>) {
+        let took = self.started.elapsed();
+        match answer {
+            Answer::Ack(_) => self.tenant.metrics.message_ok(took),
+            Answer::Error { code, .. } => self.tenant.metrics.message_error(code.as_str(), took),
+        }
+        self.send(answer.frame(id));
     }
 
     /// `{"type":"refresh","data":{"token":"..."}}`: a new token for the same
@@ -196,5 +246,19 @@ impl Session {
         let raw = RawValue::from_string(data.to_string()).ok();
         self.send(protocol::ack(id, raw.as_deref()));
         Ok(())
+    }
+}
+
+/// A keyed call that failed before its effects: a handler's rejection is
+/// its answer (kept); anything else left nothing behind (released: a
+/// retry runs it).
+async fn settle_failed_call(ticket: Ticket, rejection: &Rejection) {
+    match idempotency::answer_of_failed_call(rejection) {
+        Some(answer) => {
+            if let Err(e) = ticket.complete(answer).await {
+                tracing::warn!(error = %e, "an answer under a key could not be stored");
+            }
+        }
+        None => ticket.abandon().await,
     }
 }

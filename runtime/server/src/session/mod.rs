@@ -155,11 +155,15 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
     );
     // In a fleet: `send` from any node reaches this connection once welcomed.
     state.broker.subject_ready(&session.subject_key()).await;
-    session.send(protocol::welcome(
-        id,
-        &session.principal.subject,
-        session.principal.expires_at,
-    ));
+    session.send(match state.idempotency_window(&session.tenant) {
+        Some(window_secs) => protocol::welcome_keyed(
+            id,
+            &session.principal.subject,
+            session.principal.expires_at,
+            window_secs,
+        ),
+        None => protocol::welcome(id, &session.principal.subject, session.principal.expires_at),
+    });
 
     // Message handling is boxed (one allocation per message): its state,
     // with the handler call inside, is kilobytes that an idle connection

@@ -588,7 +588,9 @@ async fn a_reply_before_a_failed_publish_is_never_acknowledged() {
     .enumerate()
     {
         let id = format!("m{n}");
-        session.apply(effects, Export::Message, Some(&id)).await;
+        session
+            .apply(effects, Export::Message, Some(&id), None)
+            .await;
         let got = answer(&mut frames);
         assert_eq!(got["type"], "error", "{n}: {got}");
         assert_eq!(got["code"], "unavailable", "{n}: {got}");
@@ -602,6 +604,7 @@ async fn a_reply_before_a_failed_publish_is_never_acknowledged() {
             vec![reply(), publish("room:1"), send("bob")],
             Export::Message,
             Some("ok"),
+            None,
         )
         .await;
     assert_eq!(

@@ -89,9 +89,16 @@ pub struct Decoded {
     pub request: Result<Request, Rejection>,
 }
 
-/// Decode one text frame.
-pub fn decode(text: &str, max_depth: usize) -> Decoded {
-    match protocol::decode(text, max_depth) {
+/// Decode one text frame. `keyed`: the node keeps an idempotency table,
+/// so a route message may carry a `key` (otherwise a `key` is
+/// `bad_envelope`: a keyed request is never run as if it were protected).
+pub fn decode(text: &str, max_depth: usize, keyed: bool) -> Decoded {
+    let parsed = if keyed {
+        protocol::decode_keyed(text, max_depth)
+    } else {
+        protocol::decode(text, max_depth)
+    };
+    match parsed {
         Ok(envelope) => Decoded {
             id: envelope.id.clone(),
             request: classify(envelope),
@@ -165,29 +172,50 @@ mod tests {
     #[test]
     fn reserved_types_are_typed_and_server_frames_refused() {
         assert!(matches!(
-            decode(r#"{"type":"ping","id":"p"}"#, 8).request,
+            decode(r#"{"type":"ping","id":"p"}"#, 8, false).request,
             Ok(Request::Ping)
         ));
-        let d = decode(r#"{"type":"subscribe","id":"s"}"#, 8);
+        let d = decode(r#"{"type":"subscribe","id":"s"}"#, 8, false);
         assert_eq!(d.id.as_deref(), Some("s"));
         assert_eq!(code(&d), "bad_envelope");
         assert!(matches!(
-            decode(r#"{"type":"subscribe","channel":"room:1"}"#, 8).request,
+            decode(r#"{"type":"subscribe","channel":"room:1"}"#, 8, false).request,
             Ok(Request::Subscribe { channel, since: None }) if channel == "room:1"
         ));
-        assert_eq!(code(&decode(r#"{"type":"ack"}"#, 8)), "unknown_type");
-        assert_eq!(code(&decode(r#"{"type":"sluice.x"}"#, 8)), "unknown_type");
+        assert_eq!(code(&decode(r#"{"type":"ack"}"#, 8, false)), "unknown_type");
         assert_eq!(
-            code(&decode(r#"{"type":"refresh","data":{}}"#, 8)),
+            code(&decode(r#"{"type":"sluice.x"}"#, 8, false)),
+            "unknown_type"
+        );
+        assert_eq!(
+            code(&decode(r#"{"type":"refresh","data":{}}"#, 8, false)),
             "bad_envelope"
         );
         assert!(matches!(
-            decode(r#"{"type":"chat.send","data":{"t":1}}"#, 8).request,
+            decode(r#"{"type":"chat.send","data":{"t":1}}"#, 8, false).request,
             Ok(Request::Route(e)) if e.kind == "chat.send"
         ));
-        let bad = decode("{", 8);
+        let bad = decode("{", 8, false);
         assert_eq!(bad.id, None);
         assert_eq!(code(&bad), "bad_json");
+    }
+
+    #[test]
+    fn a_key_is_taken_only_by_a_node_with_a_table_and_only_on_routes() {
+        let text = r#"{"type":"chat.send","id":"c","key":"k1","data":{}}"#;
+        assert_eq!(code(&decode(text, 8, false)), "bad_envelope");
+        assert!(matches!(
+            decode(text, 8, true).request,
+            Ok(Request::Route(e)) if e.key.as_deref() == Some("k1")
+        ));
+        assert_eq!(
+            code(&decode(r#"{"type":"ping","key":"k1"}"#, 8, true)),
+            "bad_envelope"
+        );
+        assert_eq!(
+            code(&decode(r#"{"type":"chat.send","key":"a b"}"#, 8, true)),
+            "bad_envelope"
+        );
     }
 
     #[test]
@@ -196,6 +224,7 @@ mod tests {
             decode(
                 &format!(r#"{{"type":"subscribe","id":"s","channel":"room:1","data":{data}}}"#),
                 8,
+                false,
             )
         };
         assert!(matches!(
@@ -231,9 +260,12 @@ mod tests {
             assert_eq!(d.id.as_deref(), Some("s"));
         }
         assert!(matches!(
-            decode(r#"{"type":"presence","channel":"room:1"}"#, 8).request,
+            decode(r#"{"type":"presence","channel":"room:1"}"#, 8, false).request,
             Ok(Request::Presence { channel }) if channel == "room:1"
         ));
-        assert_eq!(code(&decode(r#"{"type":"join"}"#, 8)), "unknown_type");
+        assert_eq!(
+            code(&decode(r#"{"type":"join"}"#, 8, false)),
+            "unknown_type"
+        );
     }
 }
