@@ -704,7 +704,10 @@ export class SluiceClient extends Emitter<ClientEvents> {
   private drop(code: number, reason: string): void {
     const ws = this.ws;
     if (!ws) return;
-    ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onmessage = ws.onclose = null;
+    // A socket closed while still connecting reports an error later (Node's
+    // `ws` throws it when nobody listens): it is of no interest any more.
+    ws.onerror = ignore;
     try {
       ws.close(1000);
     } catch {
@@ -772,7 +775,8 @@ export class SluiceClient extends Emitter<ClientEvents> {
     this.ws = undefined;
     this.info = undefined;
     if (ws) {
-      ws.onmessage = ws.onclose = ws.onerror = null;
+      ws.onmessage = ws.onclose = null;
+      ws.onerror = ignore;
       try {
         ws.close(1000);
       } catch {
@@ -1183,3 +1187,6 @@ export class SluiceClient extends Emitter<ClientEvents> {
     this.timers.heartbeat = later(() => tick(first === 0), first);
   }
 }
+
+/** An error handler for a socket the client has let go of. */
+function ignore(): void {}
