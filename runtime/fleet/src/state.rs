@@ -312,7 +312,9 @@ impl StateStore for KvState {
             match self.stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(m) => Ok((value_of(&m), m.sequence)),
                 Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((None, 0)),
-                Err(e) => Err(failed(format!("reading {key:?} from the stream leader: {e}"))),
+                Err(e) => Err(failed(format!(
+                    "reading {key:?} from the stream leader: {e}"
+                ))),
             }
         })
     }
