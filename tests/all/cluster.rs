@@ -815,12 +815,17 @@ struct CutProxy {
 
 impl CutProxy {
     async fn start(nats: &Nats) -> Self {
-        use std::sync::atomic::Ordering;
         let to: SocketAddr = nats
             .url()
             .trim_start_matches("nats://")
             .parse()
             .expect("a NATS address");
+        Self::to(to).await
+    }
+
+    /// A proxy to any TCP address (a NATS route port, say).
+    async fn to(to: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("proxy");
@@ -969,4 +974,206 @@ async fn a_node_cut_off_from_nats_delivers_what_was_stored_meanwhile_on_open_con
     let ack = subscribe(&mut back, "room:cut", Some((last, &epoch))).await;
     assert_eq!(ack["recovered"], false, "{ack}");
     b.assert_honest_client_served().await;
+}
+
+/// Three nats-servers `s0`, `s1`, `s2` in one JetStream cluster, every
+/// route of `s2` through a [`CutProxy`] (each server advertises a proxy in
+/// front of its route port, so no route learnt by gossip bypasses one):
+/// cutting them partitions `s2` from the other two while clients still
+/// reach it, as the fault suite's `partition-nats` does.
+struct PartitionableNats {
+    servers: Vec<sluice::nats_server::NatsServer>,
+    proxies: Vec<CutProxy>,
+    _dir: TempDir,
+}
+
+impl PartitionableNats {
+    async fn start() -> Self {
+        use sluice::nats_server::{NatsOptions, NatsRoutes, NatsServer};
+        let dir = TempDir::new();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut proxies = Vec::new();
+        for port in &routes {
+            proxies.push(CutProxy::to(SocketAddr::from(([127, 0, 0, 1], *port))).await);
+        }
+        let route = |i: usize| format!("nats://127.0.0.1:{}", routes[i]);
+        // s0 and s1 route to each other directly; s2 reaches s0 through
+        // its proxy, and s1 learns of s2 (at s2's proxy) from s0.
+        let peers = [vec![route(1)], vec![route(0)], vec![proxies[0].url.clone()]];
+        let mut servers = Vec::new();
+        for (i, peers) in peers.into_iter().enumerate() {
+            let conf = dir.0.join(format!("s{i}.conf"));
+            let advertise = proxies[i].url.trim_start_matches("nats://");
+            std::fs::write(&conf, format!("cluster {{ advertise: \"{advertise}\" }}\n"))
+                .expect("nats config");
+            let options = NatsOptions {
+                name: Some(format!("s{i}")),
+                routes: Some(NatsRoutes {
+                    cluster: "sluice-partition".into(),
+                    port: routes[i],
+                    peers,
+                }),
+                config_file: Some(conf),
+                ..NatsOptions::new(
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    dir.0.join(format!("s{i}")),
+                )
+            };
+            let bin = sluice_tests::cluster::nats_server_bin();
+            servers.push(NatsServer::start(&bin, options).expect("nats-server started"));
+        }
+        Self {
+            servers,
+            proxies,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.servers[i].url()
+    }
+
+    /// Cut `s2` off from `s0` and `s1` (and back with [`Self::heal`]).
+    fn partition(&self) {
+        self.proxies.iter().for_each(CutProxy::cut);
+    }
+
+    fn heal(&self) {
+        self.proxies.iter().for_each(CutProxy::heal);
+    }
+}
+
+/// A fleet node with three replicas on `urls`, started once JetStream has
+/// a meta leader (the first start creates the streams).
+async fn r3_node(name: &str, urls: Vec<String>) -> TestServer {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (name, urls) = (name.to_owned(), urls.clone());
+        let attempt = tokio::spawn(TestServer::start_with(move |c: &mut Config| {
+            node_config(None)(c);
+            c.cluster = Some(ClusterConfig {
+                nats_urls: urls,
+                node: name,
+                user: None,
+                password: None,
+                token: None,
+                credentials_file: None,
+                replicas: 3,
+                prefix: "sluice".into(),
+            });
+        }))
+        .await;
+        match attempt {
+            Ok(s) => return s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("no node could start on the NATS cluster: {e}"),
+        }
+    }
+}
+
+/// The `seq` of the last line a `chat.join` of `room` answered with, or
+/// the error frame.
+async fn joined_seq(c: &mut Client, room: &str) -> Result<Option<u64>, Value> {
+    let answer = c
+        .request(json!({"type": "chat.join", "id": "j", "channel": room}))
+        .await;
+    if answer["type"] != "ack" {
+        return Err(answer);
+    }
+    Ok(answer["data"]["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|l| l["seq"].as_u64()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_read_through_a_partitioned_nats_server_is_current_or_refused() {
+    // docs/faults.md, Found 4: node c's only NATS server, s2, is cut off
+    // from s0 and s1 while node a goes on writing through them (a
+    // majority: acknowledged). s2 still holds a replica of the state
+    // bucket, as it was; a KV direct get, which any replica answers, read
+    // the room from it: the past. A read must now see the acknowledged
+    // writes or fail (s2 cannot reach the stream's leader), never answer
+    // from before them.
+    const STATE: &str = "KV_sluice_state";
+    let nats = PartitionableNats::start().await;
+    let a = r3_node("a", vec![nats.url(0), nats.url(1)]).await;
+    let c = r3_node("c", vec![nats.url(2)]).await;
+    let admin = async_nats::connect(nats.url(0)).await.expect("NATS");
+    let js = async_nats::jetstream::new(admin.clone());
+    // The state stream's leader must be on the majority side: step it down
+    // while s2 leads (a stepdown elects another peer).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut stream = js.get_stream(STATE).await.expect("the state stream");
+        let info = stream.info().await.expect("stream info");
+        let cluster = info.cluster.as_ref().expect("a clustered stream");
+        let leader = cluster.leader.clone().unwrap_or_default();
+        let current = cluster.replicas.len() == 2 && cluster.replicas.iter().all(|p| p.current);
+        if !leader.is_empty() && leader != "s2" && current {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader off s2 with current replicas: {cluster:?}"
+        );
+        if leader == "s2" {
+            let _ = admin
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{STATE}"),
+                    bytes::Bytes::new(),
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut writer = client(&a, "alpha", "writer").await;
+    let mut reader = client(&c, "alpha", "reader").await;
+    for i in 0..3 {
+        send_chat(&mut writer, "room:lag", &format!("before-{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while joined_seq(&mut reader, "room:lag").await != Ok(Some(3)) {
+        assert!(Instant::now() < deadline, "c never read the room's 3 lines");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    nats.partition();
+    for i in 0..5 {
+        send_chat(&mut writer, "room:lag", &format!("during-{i}")).await;
+    }
+    // Acknowledged: the room is at 8. Read it on c, twice (the second
+    // after s2 noticed it lost its routes).
+    for _ in 0..2 {
+        let read = joined_seq(&mut reader, "room:lag").await;
+        eprintln!("c's read while s2 is cut off: {read:?}");
+        match read {
+            Ok(seq) => assert_eq!(
+                seq,
+                Some(8),
+                "a read begun after the 8th line was acknowledged answered from the past"
+            ),
+            Err(e) => assert_eq!(e["code"], "unavailable", "{e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    nats.heal();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match joined_seq(&mut reader, "room:lag").await {
+            Ok(seq) => {
+                assert_eq!(seq, Some(8), "after the heal");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "c never read again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    send_chat(&mut reader, "room:lag", "after").await;
+    assert_eq!(joined_seq(&mut writer, "room:lag").await, Ok(Some(9)));
+    c.assert_honest_client_served().await;
 }

@@ -19,10 +19,16 @@ use sluice_tests::cluster::nats_server_bin;
 /// change (docs/faults.md, "Found"): reported, not failed, until fixed;
 /// every other verdict must hold. Remove an entry with its fix (and the
 /// `ignore` of the test that demonstrates it).
+///
+/// Found 4 (reads answered by a lagging replica) is fixed, and
+/// `cluster::a_state_read_through_a_partitioned_nats_server_is_current_or_refused`
+/// guards it; what is left of stale reads is NATS's (Found 6), rare in a
+/// short schedule (a partitioned state stream leader past the 4 s election
+/// timeout), but possible.
 const KNOWN: &[(Mode, &str, &str)] = &[(
     Mode::Fleet,
     "state-reads-not-stale",
-    "not promised: state is read with direct gets, which a lagging replica answers",
+    "Found 6: a NATS stream leader cut off from the others answers reads until it steps down",
 )];
 
 fn binaries() -> Binaries {

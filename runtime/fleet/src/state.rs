@@ -1,6 +1,13 @@
 //! Handler state on JetStream KV (cluster mode): every node reads and
 //! commits the same state, with optimistic concurrency.
 //!
+//! Reads go to the bucket stream's leader (`STREAM.MSG.GET`, last message
+//! of the key's subject), not to KV's direct gets, which any replica
+//! answers: a replica cut off from the leader keeps answering direct gets
+//! from what it had, so a read could be seconds behind an acknowledged
+//! write (docs/faults.md, Found 4). The leader has every acknowledged
+//! write; the cost is the hop from this node's NATS server to it.
+//!
 //! One bucket (`{prefix}_state`) holds every tenant's keys as
 //! `{tenant}.{key}` (each part encoded into KV's key alphabet, so no key
 //! can name another tenant's). A call reads each key it touches with its
@@ -23,12 +30,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::bucket::{kv_token, kv_untoken, open_bucket};
 use crate::error::FleetError;
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sluice_sandbox::{
     BoxFuture, CommitError, Revisions, StateStore, StoreError, Usage, Versioned, Writes,
 };
+
+/// The header a KV delete or purge marker carries (`DEL`, `PURGE`).
+const KV_OPERATION: &str = "KV-Operation";
+/// The header of a marker the server writes (a TTL's or a purge's).
+const MARKER_REASON: &str = "Nats-Marker-Reason";
 
 /// Error code JetStream answers when an expected last sequence is not the
 /// subject's last.
@@ -65,7 +78,8 @@ impl Mirror {
 /// [`StateStore`] on a JetStream KV bucket.
 pub struct KvState {
     client: async_nats::Client,
-    store: kv::Store,
+    /// The bucket's stream: reads ask its leader.
+    stream: jetstream::stream::Stream,
     bucket: String,
     mirror: Arc<Mutex<Mirror>>,
     watcher: tokio::task::AbortHandle,
@@ -148,11 +162,18 @@ impl KvState {
         .abort_handle();
         Ok(Arc::new(Self {
             client,
-            store,
+            stream,
             bucket,
             mirror,
             watcher,
         }))
+    }
+
+    /// The NATS server leading the bucket's stream (which answers every
+    /// read), if one does.
+    pub async fn leader(&self) -> Option<String> {
+        let info = self.stream.get_info().await.ok()?;
+        info.cluster?.leader
     }
 
     fn key(tenant: &str, key: &str) -> String {
@@ -219,6 +240,15 @@ impl KvState {
     }
 }
 
+/// A key's value as its last message says: none for a delete or purge
+/// marker (KV's own, or one the server wrote), else the payload.
+fn value_of(m: &jetstream::message::StreamMessage) -> Option<Vec<u8>> {
+    let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
+    let deleted = matches!(header(KV_OPERATION).as_deref(), Some("DEL" | "PURGE"))
+        || header(MARKER_REASON).is_some();
+    (!deleted).then(|| m.payload.to_vec())
+}
+
 impl StateStore for KvState {
     fn get<'a>(
         &'a self,
@@ -278,13 +308,13 @@ impl StateStore for KvState {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Versioned, StoreError>> {
         Box::pin(async move {
-            match self.store.entry(Self::key(tenant, key)).await {
-                Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                    Ok((Some(e.value.to_vec()), e.revision))
-                }
-                Ok(Some(e)) => Ok((None, e.revision)),
-                Ok(None) => Ok((None, 0)),
-                Err(e) => Err(failed(e)),
+            let subject = self.subject(tenant, key);
+            match self.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => Ok((value_of(&m), m.sequence)),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((None, 0)),
+                Err(e) => Err(failed(format!(
+                    "reading {key:?} from the stream leader: {e}"
+                ))),
             }
         })
     }

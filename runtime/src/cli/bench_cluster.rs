@@ -5,7 +5,10 @@
 //! - deliveries per second with 1, 2 and 3 nodes (subscribers spread over
 //!   the nodes, one pipelining publisher per node);
 //! - handler state read-modify-write commits per second on JetStream KV
-//!   against the embedded stores.
+//!   against the embedded stores;
+//! - state reads and commits on three NATS servers (R3), from a node whose
+//!   server leads the state stream and from one whose server follows
+//!   (reads go to the leader: the follower's pay a hop).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,7 +20,7 @@ use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
 use sluice::config::Config;
 use sluice::dev_files::{DEMO_TENANT, DemoConfig};
-use sluice::nats_server::{NatsOptions, NatsServer};
+use sluice::nats_server::{NatsOptions, NatsRoutes, NatsServer};
 use sluice::sandbox::{StateStore, Writes};
 use sluice::server::ServerState;
 use sluice::token::Minter;
@@ -335,6 +338,139 @@ async fn state_writes(store: Arc<dyn StateStore>, seconds: f64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Reads per second (16 tasks, each on its own keys) and the latency of
+/// one read at a time (`samples`).
+async fn state_reads(
+    store: Arc<dyn StateStore>,
+    seconds: f64,
+    samples: usize,
+) -> (f64, Vec<Duration>) {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (store, done) = (store.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                if store
+                    .get_versioned("bench", &format!("k{t}-{}", i % 64))
+                    .await
+                    .is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let mut one = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let t = Instant::now();
+        if store
+            .get_versioned("bench", &format!("k0-{}", i % 64))
+            .await
+            .is_ok()
+        {
+            one.push(t.elapsed());
+        }
+    }
+    one.sort_unstable();
+    (rate, one)
+}
+
+/// Three nats-servers (`s0`..`s2`) in one JetStream cluster.
+fn start_nats_cluster(repo: &Path, dir: &Path) -> anyhow::Result<Vec<NatsServer>> {
+    let bin = sluice::nats_server::binary(repo)?;
+    let loopback: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    let routes = (0..3)
+        .map(|_| sluice::listening_child::free_port(loopback))
+        .collect::<anyhow::Result<Vec<u16>>>()?;
+    (0..3)
+        .map(|i| {
+            let peers = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://{loopback}:{}", routes[j]))
+                .collect();
+            let options = NatsOptions {
+                name: Some(format!("s{i}")),
+                routes: Some(NatsRoutes {
+                    cluster: "bench".into(),
+                    port: routes[i],
+                    peers,
+                }),
+                ..NatsOptions::new(loopback, dir.join(format!("nats-s{i}")))
+            };
+            NatsServer::start(&bin, options)
+        })
+        .collect()
+}
+
+/// State reads and commits on three NATS servers (R3): from a fleet's
+/// state on the server leading the state stream, and on a follower.
+async fn state_on_three_servers(
+    repo: &Path,
+    dir: &Path,
+    base: &str,
+    opts: &ClusterBenchArgs,
+) -> anyhow::Result<()> {
+    let servers = tokio::task::block_in_place(|| start_nats_cluster(repo, dir))?;
+    let connect = |i: usize| {
+        let text = format!(
+            "{base}\n[cluster]\nnats_urls = [\"{}\"]\nnode = \"r{i}\"\nprefix = \"r3\"\nreplicas = 3\n",
+            servers[i].url()
+        );
+        async move {
+            let config = Config::parse(&text, dir)?;
+            let cluster = config.cluster.clone().context("a [cluster] section")?;
+            // JetStream needs a meta leader first: try for a while.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match sluice::fleet::Cluster::connect(&config, &cluster).await {
+                    Ok(c) => return anyhow::Ok(c),
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        }
+    };
+    let first = connect(0).await?;
+    let leader = first
+        .state
+        .leader()
+        .await
+        .context("the state stream has no leader")?;
+    let at = (0..3)
+        .find(|i| format!("s{i}") == leader)
+        .context("the state stream's leader is none of the three servers")?;
+    first.close().await;
+    println!(
+        "\nState on three NATS servers (R3, file; reads and commits of 16 tasks, {:.0} s; {} reads one at a time):",
+        opts.seconds, opts.samples
+    );
+    println!(
+        "| node's NATS server | commits/s | reads/s | read p50 | read p99 |\n|---|---|---|---|---|"
+    );
+    for (what, i) in [("the stream leader", at), ("a follower", (at + 1) % 3)] {
+        let fleet = connect(i).await?;
+        let store: Arc<dyn StateStore> = fleet.state.clone();
+        let commits = state_writes(store.clone(), opts.seconds).await;
+        let (reads, one) = state_reads(store, opts.seconds, opts.samples).await;
+        println!(
+            "| {what} (s{i}) | {commits:.0} | {reads:.0} | {:.0} us | {:.0} us |",
+            pct(&one, 0.5).as_secs_f64() * 1e6,
+            pct(&one, 0.99).as_secs_f64() * 1e6
+        );
+        fleet.close().await;
+    }
+    Ok(())
+}
+
 fn start_nats(repo: &Path, dir: &Path) -> anyhow::Result<Fleet> {
     let bin = sluice::nats_server::binary(repo)?;
     let loopback = std::net::Ipv4Addr::LOCALHOST.into();
@@ -479,5 +615,6 @@ async fn measure(
         "| JetStream KV (R1, file) | {:.0} |",
         state_writes(kv, opts.seconds).await
     );
-    Ok(())
+    drop(node);
+    state_on_three_servers(repo, &fleet.dir, &base, opts).await
 }
