@@ -191,3 +191,82 @@ async fn shutdown_drains_connections_with_1001_and_loses_nothing_acknowledged() 
             .is_err()
     );
 }
+
+/// Reads `client` until it has seen `pings` WebSocket pings, or `within`
+/// passed: how many it saw.
+async fn pings_seen(
+    client: &mut sluice_tests::server::Client,
+    pings: usize,
+    within: Duration,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = 0;
+    while seen < pings {
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut client.socket))
+            .await
+        {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_)))) => seen += 1,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c)))) => {
+                panic!("closed by the server: {c:?}")
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("read failed: {e}"),
+            Ok(None) => panic!("the connection ended"),
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_tenants_connections_are_pinged_at_its_own_interval() {
+    // The server pings every 30 s; tenant alpha asks for 150 ms.
+    let server = TestServer::start_with(|c| {
+        c.server.ping_interval_ms = 30_000;
+        c.tenants
+            .get_mut("alpha")
+            .expect("alpha")
+            .limits
+            .ping_interval_ms = Some(150);
+    })
+    .await;
+    let started = Instant::now();
+    let mut alpha = server
+        .connect("alpha", &server.token("alpha", "pinged", ""))
+        .await
+        .expect("connect");
+    let mut beta = server
+        .connect("beta", &server.token("beta", "quiet", ""))
+        .await
+        .expect("connect");
+    // Four pings at 150 ms: never sooner than 600 ms after the connection
+    // began (a tick is never early), and well within 10 s however loaded
+    // the machine is.
+    assert_eq!(pings_seen(&mut alpha, 4, Duration::from_secs(10)).await, 4);
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "4 pings at 150 ms came after {:?}",
+        started.elapsed()
+    );
+    // Meanwhile beta's connection (the server's 30 s) got none.
+    assert_eq!(
+        pings_seen(&mut beta, 1, Duration::from_millis(300)).await,
+        0,
+        "beta is pinged at the server's interval"
+    );
+    // Both still serve.
+    alpha.assert_usable().await;
+    beta.assert_usable().await;
+
+    // A reload that gives beta 150 ms applies to its open connection.
+    let mut config = server.state.config.clone();
+    config
+        .tenants
+        .get_mut("beta")
+        .expect("beta")
+        .limits
+        .ping_interval_ms = Some(150);
+    server.state.reload(config).await.expect("reload");
+    assert_eq!(pings_seen(&mut beta, 2, Duration::from_secs(10)).await, 2);
+    beta.assert_usable().await;
+}

@@ -40,6 +40,7 @@ fn load_args(target: TargetArgs, rate: f64) -> LoadArgs {
         data: r#"{"n":1}"#.into(),
         join: None,
         connect_parallel: 2,
+        keys: false,
     }
 }
 
@@ -68,6 +69,34 @@ async fn open_loop_counts_answers_and_refusals() {
         .expect("load run");
     assert!(flood.refused > flood.answered, "{flood:?}");
     assert!(flood.answered > 0, "{flood:?}");
+    server.assert_honest_client_served().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keys_every_message_runs_under_a_fresh_key() {
+    let server = TestServer::start().await;
+    let dir = TempDir::new();
+    let token = server.token("alpha", "bench", "");
+    let mut args = load_args(target(&server, &dir, token), 40.0);
+    args.keys = true;
+    let report = load(args).await.expect("load run");
+    assert_eq!(report.refused, 0, "{report:?}");
+    assert_eq!(report.failed_connections, 0, "{report:?}");
+    assert!(report.answered > 0, "{report:?}");
+    // Every message took a new entry; none was answered from the table
+    // (no key came twice) and none was refused.
+    let table = server
+        .state
+        .idempotency
+        .as_ref()
+        .expect("the server takes keys");
+    let c = table.counters("alpha");
+    assert!(c.entries as u64 >= report.answered, "{c:?} {report:?}");
+    assert_eq!(
+        (c.hits, c.waits, c.conflicts, c.refusals),
+        (0, 0, 0, 0),
+        "{c:?}"
+    );
     server.assert_honest_client_served().await;
 }
 

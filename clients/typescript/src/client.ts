@@ -321,6 +321,10 @@ function randomKey(random: () => number): string {
   return key;
 }
 
+/** A string, else undefined. */
+const str = (v: unknown): string | undefined => (typeof v === "string" ? v : undefined);
+/** A number, else undefined. */
+const num = (v: unknown): number | undefined => (typeof v === "number" ? v : undefined);
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** A channel the client keeps subscribed across reconnects. */
@@ -639,6 +643,11 @@ export class SluiceClient extends Emitter<ClientEvents> {
 
   // --- connection ---------------------------------------------------------
 
+  /** Report what was thrown as an `error` event. */
+  private fail(e: unknown): void {
+    this.emit("error", e instanceof Error ? e : new Error(String(e)));
+  }
+
   private id(): string {
     this.nextId += 1;
     return String(this.nextId);
@@ -665,7 +674,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
       token = await this.o.getToken();
     } catch (e) {
       if (this.current === "closed") return;
-      this.emit("error", e instanceof Error ? e : new Error(String(e)));
+      this.fail(e);
       this.retry(1006, "getToken() failed", undefined, { retry: true, freshToken: true, immediate: false });
       return;
     }
@@ -702,17 +711,8 @@ export class SluiceClient extends Emitter<ClientEvents> {
   }
   /** Drop the current socket without waiting for a closing handshake. */
   private drop(code: number, reason: string): void {
-    const ws = this.ws;
-    if (!ws) return;
-    ws.onmessage = ws.onclose = null;
-    // A socket closed while still connecting reports an error later (Node's
-    // `ws` throws it when nobody listens): it is of no interest any more.
-    ws.onerror = ignore;
-    try {
-      ws.close(1000);
-    } catch {
-      // Already closed.
-    }
+    if (!this.ws) return;
+    release(this.ws);
     this.lost(code, reason, undefined);
   }
 
@@ -774,15 +774,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     const ws = this.ws;
     this.ws = undefined;
     this.info = undefined;
-    if (ws) {
-      ws.onmessage = ws.onclose = null;
-      ws.onerror = ignore;
-      try {
-        ws.close(1000);
-      } catch {
-        // Already closed.
-      }
-    }
+    if (ws) release(ws);
     const error = new SluiceError(ClientErrorCode.closed, `the client stopped: ${closed.why}`);
     for (const id of [...this.pending.keys()]) this.settle(id, error);
     this.queue = [];
@@ -855,7 +847,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
           .map(({ key, type, channel, data, at, until, bare }) => ({ key, type, channel, data, at, until, bare }));
         return items.length > 0 ? storage.setItem(this.o.storageKey, JSON.stringify(items)) : storage.removeItem(this.o.storageKey);
       })
-      .catch((e: unknown) => this.emit("error", e instanceof Error ? e : new Error(String(e))));
+      .catch((e: unknown) => this.fail(e));
   }
 
   /** Put the requests a previous run left in storage at the head of the queue. */
@@ -866,7 +858,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     try {
       items = JSON.parse((await storage.getItem(this.o.storageKey)) ?? "[]");
     } catch (e) {
-      this.emit("error", e instanceof Error ? e : new Error(String(e)));
+      this.fail(e);
       return;
     }
     if (!Array.isArray(items)) return;
@@ -875,7 +867,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
       if (!isObject(item) || typeof item.key !== "string" || typeof item.type !== "string" || typeof item.at !== "number") continue;
       if ([...this.pending.values()].some((p) => p.key === item.key)) continue;
       const { key, type, data } = item;
-      const channel = typeof item.channel === "string" ? item.channel : undefined;
+      const channel = str(item.channel);
       const id = this.id();
       const report = (end: { result?: unknown; error?: SluiceError }): void => this.emit("settled", { key, type, channel, data, ...end });
       const left = item.at + this.o.maxQueueAgeMs - Date.now();
@@ -896,7 +888,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
         key,
         sent: false,
         at: item.at,
-        until: typeof item.until === "number" ? item.until : undefined,
+        until: num(item.until),
         timer: undefined,
         resolve: (result) => report({ result }),
         reject: (error) => report({ error }),
@@ -951,7 +943,9 @@ export class SluiceClient extends Emitter<ClientEvents> {
     } catch {
       return;
     }
-    let id = typeof msg.id === "string" ? msg.id : undefined;
+    let id = str(msg.id);
+    // The subscription a frame about a channel is for.
+    const sub = this.subs.get(msg.channel as string);
     switch (msg.type) {
       case "welcome": {
         const d = isObject(msg.data) ? msg.data : {};
@@ -968,7 +962,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
         this.setState("open");
         this.emit("welcome", this.info);
         for (const w of this.waiters.splice(0)) w.resolve(this.info);
-        this.scheduleRefresh(undefined);
+        this.scheduleRefresh();
         this.scheduleHeartbeat(this.o.heartbeatIntervalMs);
         for (const sub of this.subs.values()) this.sendSubscribe(sub);
         this.flush();
@@ -982,7 +976,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
         return;
       case "error": {
         id = this.answered(id);
-        const retryAfterMs = typeof msg.retry_after_ms === "number" ? msg.retry_after_ms : undefined;
+        const retryAfterMs = num(msg.retry_after_ms);
         if (msg.code === "rate_limited" && retryAfterMs !== undefined) {
           this.holdUntil = Math.max(this.holdUntil, Date.now() + retryAfterMs);
         }
@@ -992,26 +986,23 @@ export class SluiceClient extends Emitter<ClientEvents> {
         return;
       }
       case "event":
-        this.onEvent(msg);
+        this.onEvent(msg, sub);
         return;
       case "subscribed": {
         // A handler subscribed this connection (e.g. `chat.join`): the
         // position part of a subscribe ack, before any replayed event.
-        const sub = typeof msg.channel === "string" ? this.subs.get(msg.channel) : undefined;
         if (sub && sub.state !== "gone") this.position(sub, msg.data);
         return;
       }
       case "unsubscribed": {
         // The server ended a subscription (a reload's channel rules no
         // longer allow it): gone for good, like a refused subscribe.
-        const sub = typeof msg.channel === "string" ? this.subs.get(msg.channel) : undefined;
-        const reason = typeof msg.reason === "string" ? msg.reason : "the server ended this subscription";
+        const reason = str(msg.reason) ?? "the server ended this subscription";
         if (sub) this.forget(sub, new SluiceError("forbidden", reason));
         return;
       }
       case "join":
       case "leave": {
-        const sub = typeof msg.channel === "string" ? this.subs.get(msg.channel) : undefined;
         const d = isObject(msg.data) ? msg.data : {};
         if (sub && sub.state !== "gone") {
           sub.fire(msg.type, { channel: sub.channel, subject: String(d.subject), claims: isObject(d.claims) ? d.claims : {} });
@@ -1023,10 +1014,8 @@ export class SluiceClient extends Emitter<ClientEvents> {
     }
   }
 
-  private onEvent(msg: Record<string, unknown>): void {
-    const channel = typeof msg.channel === "string" ? msg.channel : undefined;
-    const event: SluiceEvent = { channel, data: msg.data };
-    const sub = channel === undefined ? undefined : this.subs.get(channel);
+  private onEvent(msg: Record<string, unknown>, sub: Subscription | undefined): void {
+    const event: SluiceEvent = { channel: str(msg.channel), data: msg.data };
     if (typeof msg.offset === "number" && typeof msg.epoch === "string") {
       event.offset = msg.offset;
       event.epoch = msg.epoch;
@@ -1056,7 +1045,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     if (since) data = { ...(isObject(data) ? data : {}), since };
     const ws = this.ws;
     this.send(
-      reserved ? "subscribe" : (sub.options.type as string),
+      sub.options.type ?? "subscribe",
       data,
       { channel: sub.channel },
       true,
@@ -1117,7 +1106,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
 
   // --- token refresh and heartbeat ---------------------------------------
 
-  private scheduleRefresh(previousExpiry: number | undefined): void {
+  private scheduleRefresh(previousExpiry?: number): void {
     cancel(this.timers.refresh);
     this.timers.refresh = undefined;
     const info = this.info;
@@ -1140,8 +1129,8 @@ export class SluiceClient extends Emitter<ClientEvents> {
     try {
       token = await this.o.getToken();
     } catch (e) {
-      this.emit("error", e instanceof Error ? e : new Error(String(e)));
-      this.scheduleRefresh(undefined);
+      this.fail(e);
+      this.scheduleRefresh();
       return;
     }
     if (this.ws !== ws) return;
@@ -1149,7 +1138,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     if (this.ws !== ws || !this.info) return;
     if (ack instanceof SluiceError) {
       this.emit("error", ack);
-      this.scheduleRefresh(undefined);
+      this.scheduleRefresh();
       return;
     }
     const d = isObject(ack) ? ack : {};
@@ -1190,3 +1179,17 @@ export class SluiceClient extends Emitter<ClientEvents> {
 
 /** An error handler for a socket the client has let go of. */
 function ignore(): void {}
+
+/** Let a socket go without waiting for its closing handshake: its
+ * handlers are detached first. A socket closed while still connecting
+ * reports an error later (Node's `ws` throws it when nobody listens): it
+ * is of no interest any more. */
+function release(ws: Socket): void {
+  ws.onmessage = ws.onclose = null;
+  ws.onerror = ignore;
+  try {
+    ws.close(1000);
+  } catch {
+    // Already closed.
+  }
+}

@@ -213,7 +213,7 @@ impl Config {
             problems.push("no tenants: add at least one [tenants.<id>]".into());
         }
         for (id, t) in &self.tenants {
-            problems.extend(t.problems(id, &self.sandbox, unparsed_handlers));
+            problems.extend(t.problems(id, &self.sandbox, &self.server, unparsed_handlers));
         }
         problems
     }

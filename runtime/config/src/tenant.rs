@@ -120,6 +120,13 @@ pub struct TenantLimits {
     /// `welcome` says it (`idempotency.window_secs`). How many keys are
     /// remembered at once is `[tenants.<id>.quotas] idempotency_keys`.
     pub idempotency_window_secs: u64,
+    /// How often the server pings each of the tenant's connections, ms;
+    /// unset: `[server] ping_interval_ms`. Greater than zero and less than
+    /// `[server] idle_timeout_ms` (a quiet connection is kept open by its
+    /// pongs). Goes with the client's heartbeat (`docs/exactly-once.md`,
+    /// *Heartbeats and liveness*): e.g. shorter for a mobile app that must
+    /// find a dead network sooner.
+    pub ping_interval_ms: Option<u64>,
 }
 
 impl Default for TenantLimits {
@@ -135,7 +142,16 @@ impl Default for TenantLimits {
             max_presence_members: DEFAULT_MAX_PRESENCE_MEMBERS,
             presence_debounce_ms: DEFAULT_PRESENCE_DEBOUNCE.as_millis() as u64,
             idempotency_window_secs: DEFAULT_IDEMPOTENCY_WINDOW_SECS,
+            ping_interval_ms: None,
         }
+    }
+}
+
+impl TenantLimits {
+    /// How often the tenant's connections are pinged: its own
+    /// `ping_interval_ms`, else the server's.
+    pub fn ping_interval(&self, server: &crate::server::ServerConfig) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.unwrap_or(server.ping_interval_ms))
     }
 }
 
@@ -155,6 +171,7 @@ impl TenantConfig {
         &self,
         id: &str,
         sandbox: &SandboxConfig,
+        server: &crate::server::ServerConfig,
         unparsed_handlers: &[(String, String)],
     ) -> Vec<String> {
         let mut problems = Vec::new();
@@ -175,6 +192,14 @@ impl TenantConfig {
             problems.push(format!(
                 "{at}.limits.idempotency_window_secs must be 1 to {MAX_IDEMPOTENCY_WINDOW_SECS} (a day), not {window}"
             ));
+        }
+        if let Some(ping) = self.limits.ping_interval_ms {
+            let idle = server.idle_timeout_ms;
+            if ping == 0 || ping >= idle {
+                problems.push(format!(
+                    "{at}.limits.ping_interval_ms must be greater than zero and less than server.idle_timeout_ms ({idle}), not {ping}: a quiet connection is kept open by its pongs, so a longer interval closes it as idle"
+                ));
+            }
         }
         for (route, r) in &self.routes {
             let unparsed = unparsed_handlers
@@ -220,7 +245,12 @@ mod tests {
     }
 
     fn problems(t: &TenantConfig) -> Vec<String> {
-        t.problems("t", &SandboxConfig::default(), &[])
+        t.problems(
+            "t",
+            &SandboxConfig::default(),
+            &crate::server::ServerConfig::default(),
+            &[],
+        )
     }
 
     #[test]
@@ -269,10 +299,49 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_ping_interval_defaults_to_the_servers_and_stays_under_the_idle_timeout() {
+        let server = crate::server::ServerConfig::default();
+        let t = tenant("");
+        assert_eq!(t.limits.ping_interval_ms, None);
+        assert_eq!(
+            t.limits.ping_interval(&server),
+            Duration::from_millis(server.ping_interval_ms)
+        );
+        let quick = tenant("[limits]\nping_interval_ms = 5000");
+        assert!(problems(&quick).is_empty());
+        assert_eq!(
+            quick.limits.ping_interval(&server),
+            Duration::from_millis(5000)
+        );
+        for (ping, idle) in [(0, 60000), (60000, 60000), (90000, 60000)] {
+            let t = tenant(&format!(
+                "origins = [\"null\"]\n[limits]\nping_interval_ms = {ping}"
+            ));
+            let server = crate::server::ServerConfig {
+                idle_timeout_ms: idle,
+                ..crate::server::ServerConfig::default()
+            };
+            assert_eq!(
+                t.problems("t", &SandboxConfig::default(), &server, &[]),
+                [
+                    "tenants.t.origins: \"null\" is not an exact origin like https://app.example.com (no wildcards, no path, not \"null\")".to_owned(),
+                    format!("tenants.t.limits.ping_interval_ms must be greater than zero and less than server.idle_timeout_ms ({idle}), not {ping}: a quiet connection is kept open by its pongs, so a longer interval closes it as idle"),
+                ],
+                "reported with the tenant's other problems"
+            );
+        }
+    }
+
+    #[test]
     fn a_tenant_id_is_a_name() {
         let t = tenant("");
         assert_eq!(
-            t.problems("Bad Tenant", &SandboxConfig::default(), &[]),
+            t.problems(
+                "Bad Tenant",
+                &SandboxConfig::default(),
+                &crate::server::ServerConfig::default(),
+                &[]
+            ),
             ["tenant id \"Bad Tenant\" must be 1-64 of a-z 0-9 _ -"]
         );
     }
@@ -303,7 +372,12 @@ mod tests {
         let unparsed = [("t".to_owned(), "bot".to_owned())];
         assert!(
             unmanaged
-                .problems("t", &SandboxConfig::default(), &unparsed)
+                .problems(
+                    "t",
+                    &SandboxConfig::default(),
+                    &crate::server::ServerConfig::default(),
+                    &unparsed
+                )
                 .is_empty()
         );
         let managed = tenant(
@@ -331,7 +405,7 @@ mod tests {
         let mut t = t;
         t.auth.keys[0].algorithm = "HS1".into();
         assert_eq!(
-            t.problems("t", &SandboxConfig::default(), &[]),
+            problems(&t),
             [
                 "tenants.t.auth.keys[0]: unknown algorithm \"HS1\"",
                 "tenants.t.origins: \"null\" is not an exact origin like https://app.example.com (no wildcards, no path, not \"null\")",

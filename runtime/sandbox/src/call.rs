@@ -413,6 +413,9 @@ pub struct CallOutcome {
     pub actions: Vec<Action>,
     /// What happened during the call.
     pub report: CallReport,
+    /// Whether the call's attachment (`Handler::on_message_attached`) was
+    /// committed with its writes, atomically.
+    pub attached: bool,
 }
 
 /// A call that produced no actions, and why.

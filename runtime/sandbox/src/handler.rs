@@ -82,9 +82,12 @@ struct Instance {
 }
 
 /// Whether a successful call's state writes are committed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Commit {
+#[derive(Clone, Copy)]
+enum Commit<'a> {
     Yes,
+    /// Commit, and keep the attachment made from the actions with the
+    /// writes when the store can (`CallOutcome::attached`).
+    Attached(crate::state::Attach<'a>),
     No,
 }
 
@@ -241,6 +244,21 @@ impl Handler {
         self.call(Event::Message(conn, msg), Commit::Yes).await
     }
 
+    /// Call `on-message`; once the handler returned `ok`, `attach` makes a
+    /// record from its actions that a store which
+    /// [`attaches`](crate::StateStore::attaches) commits with the call's
+    /// writes, in the same atomic step (`CallOutcome::attached` says
+    /// whether it did; with another store the caller keeps it itself).
+    pub async fn on_message_attached(
+        &self,
+        conn: &Connection,
+        msg: &Message,
+        attach: crate::state::Attach<'_>,
+    ) -> Result<CallOutcome, CallError> {
+        self.call(Event::Message(conn, msg), Commit::Attached(attach))
+            .await
+    }
+
     /// Call `on-disconnect`.
     pub async fn on_disconnect(&self, conn: &Connection) -> Result<CallOutcome, CallError> {
         self.call(Event::Disconnect(conn), Commit::Yes).await
@@ -278,7 +296,7 @@ impl Handler {
         }
     }
 
-    async fn call(&self, event: Event<'_>, commit: Commit) -> Result<CallOutcome, CallError> {
+    async fn call(&self, event: Event<'_>, commit: Commit<'_>) -> Result<CallOutcome, CallError> {
         let inner = &*self.inner;
         let started = Instant::now();
         inner.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -399,14 +417,24 @@ impl Handler {
             (Err(stopped), None) => Err(stopped_kind(stopped)),
             (Ok(Ok(Ok(actions))), None) => match check_output(&actions, &inner.spec.limits) {
                 // A rehearsal's writes are forgotten by the next `begin`.
-                Ok(()) if commit == Commit::No => Ok(actions),
-                Ok(()) => match store.data_mut().state.commit().await {
-                    Ok(()) => Ok(actions),
-                    Err(crate::state::CommitError::Conflict) => Err(CallErrorKind::Conflict),
-                    Err(crate::state::CommitError::Store(e)) => Err(CallErrorKind::Unavailable {
-                        detail: e.to_string(),
-                    }),
-                },
+                Ok(()) if matches!(commit, Commit::No) => Ok((actions, false)),
+                Ok(()) => {
+                    let state = &mut store.data_mut().state;
+                    let attachment = match commit {
+                        Commit::Attached(attach) if state.attaches() => Some(attach(&actions)),
+                        _ => None,
+                    };
+                    let attached = attachment.is_some();
+                    match state.commit(attachment).await {
+                        Ok(()) => Ok((actions, attached)),
+                        Err(crate::state::CommitError::Conflict) => Err(CallErrorKind::Conflict),
+                        Err(crate::state::CommitError::Store(e)) => {
+                            Err(CallErrorKind::Unavailable {
+                                detail: e.to_string(),
+                            })
+                        }
+                    }
+                }
                 Err(kind) => Err(kind),
             },
             (Ok(Ok(Err(handler_error))), None) => Err(from_handler_error(handler_error)),
@@ -437,10 +465,14 @@ impl Handler {
             },
         }
         match outcome {
-            Ok(actions) => {
+            Ok((actions, attached)) => {
                 self.record(false);
                 inner.stats.ok.fetch_add(1, Ordering::Relaxed);
-                Ok(CallOutcome { actions, report })
+                Ok(CallOutcome {
+                    actions,
+                    report,
+                    attached,
+                })
             }
             Err(kind) => Err(self.finish_err(kind, report)),
         }

@@ -69,8 +69,8 @@ pub use self::load::{EVENTS_EXPORT, LoadError, WORLD_VERSION};
 pub use self::log::{GUEST_LOG_QUEUE, GuestLog, LogLevel, LogLine, escape_control};
 pub use self::spec::HandlerSpec;
 pub use self::state::{
-    BoxFuture, CommitError, MemoryStateStore, Revisions, StateStore, StoreError, Usage, Versioned,
-    Writes,
+    Attach, Attachment, BoxFuture, CommitError, MemoryStateStore, Revisions, StateStore,
+    StoreError, Usage, Versioned, Writes,
 };
 pub use sluice_config::{
     Capability, ComponentKind, DEFAULT_ASYNC_STACK, DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK,

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use sluice_config::HandlerLimits;
 
 use super::bindings::sluice::handler::state::{self as wit, StateError};
+use super::bindings::sluice::handler::types::Action;
 
 /// A boxed, sendable future (what the store's methods return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -66,6 +67,26 @@ pub type Revisions = BTreeMap<String, u64>;
 
 /// A value (if any) and its revision (0: absent).
 pub type Versioned = (Option<Vec<u8>>, u64);
+
+/// A record a host keeps with a call's state writes, in the same atomic
+/// step: an answer under an idempotency key (`docs/exactly-once.md`), so
+/// that a crash leaves both or neither. The sandbox only carries it; its
+/// bytes are the host's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Whose key it is (the token's subject).
+    pub subject: String,
+    /// The key.
+    pub key: String,
+    /// When the record is forgotten (Unix ms).
+    pub expires_at_ms: u64,
+    /// The record, as the host encodes it.
+    pub record: Vec<u8>,
+}
+
+/// Makes a call's [`Attachment`] from its actions, once the handler
+/// returned `ok` and before its writes are committed.
+pub type Attach<'a> = &'a (dyn Fn(&[Action]) -> Attachment + Send + Sync);
 
 /// What a tenant holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,6 +150,28 @@ pub trait StateStore: Send + Sync + 'static {
                 .await
                 .map_err(CommitError::Store)
         })
+    }
+    /// Whether [`StateStore::commit_attached`] keeps an [`Attachment`] in
+    /// the same atomic step as the writes (a store on one disk). A store
+    /// that cannot says `false`, and its caller keeps the record itself.
+    fn attaches(&self) -> bool {
+        false
+    }
+    /// [`StateStore::commit_checked`] (the revisions are checked when the
+    /// store is versioned) and `attachment`, in one atomic step: both are
+    /// durable when this resolves, or neither was written. Called with no
+    /// writes, it keeps the attachment alone.
+    fn commit_attached<'a>(
+        &'a self,
+        tenant: &'a str,
+        expected: Revisions,
+        writes: Writes,
+        attachment: Attachment,
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        let _ = (tenant, expected, writes, attachment);
+        Box::pin(std::future::ready(Err(CommitError::Store(StoreError(
+            "this state store cannot keep a record with a call's writes".into(),
+        )))))
     }
 }
 
@@ -372,10 +415,28 @@ impl StateHost {
         self.waiting = false;
     }
 
+    /// Whether the store keeps an [`Attachment`] with the writes.
+    pub(crate) fn attaches(&self) -> bool {
+        self.store.attaches()
+    }
+
     /// Commit the call's buffered writes (with a versioned store, only if
-    /// none of the keys it writes changed since it read them).
-    pub(crate) async fn commit(&mut self) -> Result<(), CommitError> {
+    /// none of the keys it writes changed since it read them), with
+    /// `attachment` in the same atomic step (only when
+    /// [`StateHost::attaches`]).
+    pub(crate) async fn commit(
+        &mut self,
+        attachment: Option<Attachment>,
+    ) -> Result<(), CommitError> {
         let writes = std::mem::take(&mut self.writes);
+        if let Some(attachment) = attachment {
+            let mut revisions = std::mem::take(&mut self.revisions);
+            revisions.retain(|k, _| writes.contains_key(k));
+            return self
+                .store
+                .commit_attached(&self.tenant, revisions, writes, attachment)
+                .await;
+        }
         if writes.is_empty() {
             return Ok(());
         }

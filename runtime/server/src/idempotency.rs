@@ -20,9 +20,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use sluice_config::TenantConfig;
 use sluice_idempotency::{DEFAULT_MAX_ENTRIES_PER_SUBJECT, IdempotencyTable, Limits};
 use sluice_protocol::{Answer, Code, ErrorCode, Rejection};
+use sluice_sandbox::Action;
 
 use crate::metrics::label;
 use crate::tenant::Tenant;
@@ -75,6 +77,53 @@ pub fn answer_after_effects(reply: Option<&serde_json::value::RawValue>, lost: b
         }
     } else {
         Answer::Ack(reply.map(ToOwned::to_owned))
+    }
+}
+
+/// The answer written with a keyed call's state, in the same transaction
+/// (a store that [`attaches`](sluice_sandbox::StateStore::attaches)),
+/// before any effect is applied: the `ack` with its reply when the call
+/// publishes and sends nothing (nothing after the commit can change that
+/// answer); else the `unavailable` a lost publish gets, which the `ack`
+/// replaces once every publish and send went through. So a crash after the
+/// commit leaves an answer that is true: the state was written, its events
+/// may not have gone out; a retry gets that, and never writes the state a
+/// second time. The reply is the first one that is JSON, as
+/// [`crate::stages::effects`] takes it.
+pub fn answer_before_effects(actions: &[Action]) -> Answer {
+    if actions
+        .iter()
+        .any(|a| matches!(a, Action::Publish(_) | Action::Send(_)))
+    {
+        return answer_after_effects(None, true);
+    }
+    let reply = actions.iter().find_map(|a| match a {
+        Action::Reply(data) => RawValue::from_string(data.clone()).ok(),
+        _ => None,
+    });
+    answer_after_effects(reply.as_deref(), false)
+}
+
+/// A keyed message that ran: its ticket, and the answer written with its
+/// state ([`answer_before_effects`]) when the state store keeps one.
+pub struct Running {
+    /// The key's entry.
+    pub ticket: Ticket,
+    /// What is on disk with the call's state, if anything.
+    pub written: Option<Answer>,
+}
+
+impl Running {
+    /// Keep `answer` for the key before it is sent: on disk already when it
+    /// is the one written with the state, else written now (replacing it).
+    pub async fn settle(self, answer: Answer) -> Result<(), StoreError> {
+        match self.written {
+            Some(written) if written == answer => {
+                self.ticket.completed(answer);
+                Ok(())
+            }
+            _ => self.ticket.complete(answer).await,
+        }
     }
 }
 
@@ -168,6 +217,33 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_answer_written_with_the_state_is_the_ack_only_when_nothing_is_published() {
+        let reply = |data: &str| Action::Reply(data.into());
+        let ack = |data: Option<&str>| {
+            Answer::Ack(data.map(|d| RawValue::from_string(d.into()).expect("json")))
+        };
+        assert_eq!(answer_before_effects(&[]), ack(None));
+        assert_eq!(
+            answer_before_effects(&[reply(r#"{"seq":12}"#)]),
+            ack(Some(r#"{"seq":12}"#))
+        );
+        // As the effects stage takes it: the first reply that is JSON.
+        assert_eq!(
+            answer_before_effects(&[reply("not json"), reply("1"), reply("2")]),
+            ack(Some("1"))
+        );
+        let publish = Action::Publish(sluice_sandbox::Publish {
+            channel: "room:1".into(),
+            data: "{}".into(),
+        });
+        assert_eq!(
+            answer_before_effects(&[reply("1"), publish]),
+            answer_after_effects(None, true),
+            "replaced by the ack once the publish went through"
+        );
     }
 
     #[test]

@@ -170,10 +170,12 @@ pub struct RegistryWrite {
 
 /// One write.
 enum Op {
-    /// A call's state writes (`None` deletes).
+    /// A call's state writes (`None` deletes), and the answer under its
+    /// idempotency key, if any (same tenant), in the same transaction.
     State {
         tenant: String,
         writes: Vec<(String, Option<Vec<u8>>)>,
+        outcome: Option<Outcome>,
     },
     /// An entry appended to a channel's history; entries up to
     /// `trim_through` removed.
@@ -260,6 +262,7 @@ impl Permit {
         self.queue(Op::State {
             tenant: tenant.to_owned(),
             writes,
+            outcome: None,
         })
     }
 
@@ -279,6 +282,28 @@ impl Permit {
             Op::State {
                 tenant: tenant.to_owned(),
                 writes,
+                outcome: None,
+            },
+            Some(then),
+        )
+    }
+
+    /// [`Permit::commit_state_then`] with `outcome` (an answer under an
+    /// idempotency key of the same tenant) in the same write transaction:
+    /// once the [`Durable`] resolves `Ok` both are on disk; a failed write
+    /// (or a crash before its fsync) leaves neither. `writes` may be empty
+    /// (a call that answered without writing state).
+    pub fn commit_state_and_outcome_then(
+        self,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+        outcome: Outcome,
+        then: OnDurable,
+    ) -> Durable {
+        self.queue_then(
+            Op::State {
+                tenant: outcome.tenant.clone(),
+                writes,
+                outcome: Some(outcome),
             },
             Some(then),
         )
@@ -832,7 +857,11 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
         let mut outcomes = txn.open_table(OUTCOMES).map_err(err)?;
         for q in batch {
             match &q.op {
-                Op::State { tenant, writes } => {
+                Op::State {
+                    tenant,
+                    writes,
+                    outcome,
+                } => {
                     for (key, value) in writes {
                         match value {
                             Some(v) => {
@@ -844,6 +873,9 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
                                 state.remove((tenant.as_str(), key.as_str())).map_err(err)?;
                             }
                         }
+                    }
+                    if let Some(o) = outcome {
+                        keep_outcome(&mut outcomes, o)?;
                     }
                 }
                 Op::Append {
@@ -908,14 +940,7 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
                         keep_audit(&mut audit, &mut meta, *seq, entry)?;
                     }
                 }
-                Op::Outcome(o) => {
-                    outcomes
-                        .insert(
-                            (o.tenant.as_str(), o.subject.as_str(), o.key.as_str()),
-                            (o.expires_at_ms, o.record.as_slice()),
-                        )
-                        .map_err(err)?;
-                }
+                Op::Outcome(o) => keep_outcome(&mut outcomes, o)?,
                 Op::ExpireOutcomes { now_ms } => {
                     outcomes
                         .retain(|_, (expires_at_ms, _)| expires_at_ms > *now_ms)
@@ -925,6 +950,21 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
         }
     }
     txn.commit().map_err(err)
+}
+
+/// Keep an answer under an idempotency key (replacing one under the same
+/// key).
+fn keep_outcome(
+    outcomes: &mut redb::Table<(&str, &str, &str), (u64, &[u8])>,
+    o: &Outcome,
+) -> Result<(), StoreError> {
+    outcomes
+        .insert(
+            (o.tenant.as_str(), o.subject.as_str(), o.key.as_str()),
+            (o.expires_at_ms, o.record.as_slice()),
+        )
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Keep an audit entry, then drop the oldest until the log is within
@@ -1079,6 +1119,70 @@ mod tests {
         assert_eq!(opened.outcomes, [outcome("k2", 2_000)], "k1's window ended");
         drop(opened);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A call's state and the answer under its key are one write: the disk
+    /// stopped at every point of it (a crash there) leaves both or
+    /// neither, never the effects without the answer.
+    #[tokio::test]
+    async fn a_calls_state_and_its_answer_land_together_wherever_the_disk_stops() {
+        let name = Path::new("memory");
+        let answer = Outcome {
+            tenant: "t".into(),
+            subject: "alice".into(),
+            key: "k1".into(),
+            expires_at_ms: u64::MAX,
+            record: vec![7; 300],
+        };
+        let (mut neither, mut both) = (0, 0);
+        for n in 1..500 {
+            let disk = MemoryDisk::new();
+            let store = Store::open_on(disk.clone(), name).unwrap().store;
+            disk.fail_after(n);
+            let written = store
+                .reserve()
+                .await
+                .unwrap()
+                .commit_state_and_outcome_then(
+                    vec![
+                        ("balance".into(), Some(vec![1; 2000])),
+                        ("orders".into(), Some(vec![2; 2000])),
+                    ],
+                    answer.clone(),
+                    Box::new(|_| {}),
+                )
+                .wait()
+                .await;
+            store.close();
+            drop(store);
+            disk.fail(false);
+            let opened = Store::open_on(disk.clone(), name).unwrap();
+            let has_state = opened.state.len();
+            let has_answer = opened.outcomes.len();
+            match (has_state, has_answer) {
+                (0, 0) => {
+                    assert!(written.is_err(), "a write that said ok is on disk");
+                    neither += 1;
+                }
+                (2, 1) => {
+                    assert_eq!(opened.outcomes, [answer.clone()]);
+                    both += 1;
+                }
+                other => panic!(
+                    "the disk stopped after {n} operations: (state keys, answers) = {other:?}"
+                ),
+            }
+            opened.store.close();
+            if written.is_ok() {
+                assert!(
+                    neither > 0,
+                    "the disk stopped before the write at least once"
+                );
+                assert!(both > 0);
+                return;
+            }
+        }
+        panic!("the write never went through with 500 disk operations");
     }
 
     #[tokio::test]

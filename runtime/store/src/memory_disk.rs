@@ -4,7 +4,7 @@
 //! again on what a failed one left behind.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::StorageBackend;
@@ -15,6 +15,9 @@ use redb::StorageBackend;
 pub struct MemoryDisk {
     bytes: Arc<RwLock<Vec<u8>>>,
     failing: Arc<AtomicBool>,
+    /// Writes, resizes and syncs left before the disk stops
+    /// ([`MemoryDisk::fail_after`]); 0: no such count.
+    left: Arc<AtomicU64>,
 }
 
 impl MemoryDisk {
@@ -25,10 +28,27 @@ impl MemoryDisk {
 
     /// From now on every write, resize and sync fails (`true`), or works.
     pub fn fail(&self, failing: bool) {
+        self.left.store(0, Ordering::SeqCst);
         self.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// The next `n` writes, resizes and syncs work, then the disk fails
+    /// as [`MemoryDisk::fail`] makes it (a crash at that point: what was
+    /// written stays, nothing after it reaches the disk).
+    pub fn fail_after(&self, n: u64) {
+        self.failing.store(n == 0, Ordering::SeqCst);
+        self.left.store(n, Ordering::SeqCst);
+    }
+
     fn check(&self) -> io::Result<()> {
+        let counted = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if counted == Ok(1) {
+            // That was the last one: from now on the disk fails.
+            self.failing.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(io::Error::other("the disk failed (MemoryDisk::fail)"));
         }

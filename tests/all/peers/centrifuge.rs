@@ -424,6 +424,7 @@ async fn sluice_bench_drives_the_centrifuge_peer() {
         data: r#"{"text":"hello"}"#.into(),
         join: None,
         connect_parallel: 4,
+        keys: false,
     })
     .await
     .expect("load run");
@@ -444,6 +445,7 @@ async fn sluice_bench_drives_the_centrifuge_peer() {
         data: "5".into(),
         join: None,
         connect_parallel: 2,
+        keys: false,
     })
     .await
     .expect("load run");

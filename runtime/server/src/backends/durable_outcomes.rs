@@ -8,11 +8,13 @@
 //! after a restart nothing runs. So [`OutcomeStore::claim`] only reports a
 //! finished record, and `release` has nothing to undo.
 //!
-//! The record is written after the call's effects (its state commit and
-//! history appends, each fsync'd) and before the ack, in a transaction of
-//! its own: a crash in the moment between the last effect's fsync and the
-//! record's leaves the effects without the answer, and the retry runs again
-//! (see docs/exactly-once.md, "What is not promised yet").
+//! A keyed call that ran writes its answer in the same transaction as its
+//! state ([`super::DurableState`]'s `commit_attached`, which hands the
+//! record here with [`DurableOutcomes::kept`] once it is on disk): a crash
+//! leaves both or neither. [`OutcomeStore::complete`] writes a record in a
+//! transaction of its own: for an answer that involves no state write (a
+//! handler's refusal) and to replace the answer written with the state
+//! once the call's publishes are done (see `docs/exactly-once.md`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -56,6 +58,24 @@ impl DurableOutcomes {
             records: Mutex::new(records),
             store,
         })
+    }
+
+    /// `outcome` was written to disk with a call's state: serve it from
+    /// now on (an unreadable record is left out, as at start).
+    pub fn kept(&self, outcome: &Outcome) {
+        let Some(record) = Record::decode(&outcome.record) else {
+            tracing::warn!("an answer written with a call's state could not be read back");
+            return;
+        };
+        let id = EntryId::new(
+            outcome.tenant.as_str(),
+            outcome.subject.as_str(),
+            outcome.key.as_str(),
+        );
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, record);
     }
 
     fn live(&self, id: &EntryId, now_ms: u64) -> Option<Record> {

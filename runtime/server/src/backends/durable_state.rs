@@ -20,15 +20,22 @@
 //! (or failed), then checks against memory. So a check and the write it
 //! allows are one step in the disk's order, and no two checked writes of a
 //! key are ever queued at once.
+//!
+//! A keyed call's answer goes into the same write transaction as its state
+//! ([`StateStore::commit_attached`]): a crash leaves both or neither.
+//! Once on disk, the answer is also handed to the node's
+//! [`DurableOutcomes`] (which serves it from memory).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sluice_sandbox::{
-    BoxFuture, CommitError, MemoryStateStore, Revisions, StateStore, StoreError, Usage, Versioned,
-    Writes,
+    Attachment, BoxFuture, CommitError, MemoryStateStore, Revisions, StateStore, StoreError, Usage,
+    Versioned, Writes,
 };
-use sluice_store::{Durable, Permit, Store};
+use sluice_store::{Durable, Outcome, Permit, Store};
+
+use super::durable_outcomes::DurableOutcomes;
 
 /// Keys with a checked write queued and not yet on disk, by tenant.
 type InFlight = HashMap<String, HashSet<String>>;
@@ -40,6 +47,8 @@ pub struct DurableState {
     in_flight: Arc<Mutex<InFlight>>,
     /// Woken whenever an in-flight write landed or failed.
     landed: Arc<tokio::sync::Notify>,
+    /// Told of every answer written with a call's state, once on disk.
+    outcomes: Option<Arc<DurableOutcomes>>,
 }
 
 /// Marks a checked write's keys in flight; they are released when it is
@@ -74,6 +83,25 @@ impl Drop for Landing {
 impl DurableState {
     /// State in `store`, starting from what it read back.
     pub fn new(store: Arc<Store>, state: Vec<(String, String, Vec<u8>)>) -> Arc<Self> {
+        Self::build(store, state, None)
+    }
+
+    /// [`DurableState::new`], handing the answers written with a call's
+    /// state ([`StateStore::commit_attached`]) to `outcomes` once they are
+    /// on disk.
+    pub fn with_outcomes(
+        store: Arc<Store>,
+        state: Vec<(String, String, Vec<u8>)>,
+        outcomes: Arc<DurableOutcomes>,
+    ) -> Arc<Self> {
+        Self::build(store, state, Some(outcomes))
+    }
+
+    fn build(
+        store: Arc<Store>,
+        state: Vec<(String, String, Vec<u8>)>,
+        outcomes: Option<Arc<DurableOutcomes>>,
+    ) -> Arc<Self> {
         let memory = MemoryStateStore::new();
         let mut by_tenant: std::collections::BTreeMap<String, Writes> = Default::default();
         for (tenant, key, value) in state {
@@ -90,6 +118,7 @@ impl DurableState {
             store,
             in_flight: Arc::default(),
             landed: Arc::default(),
+            outcomes,
         })
     }
 
@@ -102,6 +131,7 @@ impl DurableState {
         tenant: &str,
         expected: &Revisions,
         writes: &Writes,
+        outcome: &Option<Outcome>,
         permit: Permit,
     ) -> Result<Result<Durable, CommitError>, Permit> {
         let mut in_flight = self
@@ -131,27 +161,52 @@ impl DurableState {
             in_flight: self.in_flight.clone(),
             landed: self.landed.clone(),
         };
-        Ok(Ok(self.queue(permit, tenant, writes.clone(), landing)))
+        Ok(Ok(self.queue(
+            permit,
+            tenant,
+            writes.clone(),
+            outcome.clone(),
+            landing,
+        )))
     }
 
-    /// Queue `writes`; memory takes them once they are on disk, then
-    /// `landing` (if any) is dropped.
+    /// Queue `writes` (with `outcome` in the same transaction); memory
+    /// takes them once they are on disk, then `landing` (if any) is
+    /// dropped.
     fn queue(
         &self,
         permit: Permit,
         tenant: &str,
         writes: Writes,
+        outcome: Option<Outcome>,
         landing: impl Send + 'static,
     ) -> Durable {
         let list = writes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let memory = self.memory.clone();
         let owner = tenant.to_owned();
-        permit.commit_state_then(
-            tenant,
+        let Some(outcome) = outcome else {
+            return permit.commit_state_then(
+                tenant,
+                list,
+                Box::new(move |written| {
+                    if written.is_ok() {
+                        memory.commit_now(&owner, writes);
+                    }
+                    drop(landing);
+                }),
+            );
+        };
+        let outcomes = self.outcomes.clone();
+        let kept = outcome.clone();
+        permit.commit_state_and_outcome_then(
             list,
+            outcome,
             Box::new(move |written| {
                 if written.is_ok() {
                     memory.commit_now(&owner, writes);
+                    if let Some(outcomes) = outcomes {
+                        outcomes.kept(&kept);
+                    }
                 }
                 drop(landing);
             }),
@@ -202,7 +257,7 @@ impl StateStore for DurableState {
                 .reserve()
                 .await
                 .map_err(|e| StoreError(e.to_string()))?;
-            durable(tenant, self.queue(permit, tenant, writes, ())).await
+            durable(tenant, self.queue(permit, tenant, writes, None, ())).await
         })
     }
 
@@ -226,10 +281,45 @@ impl StateStore for DurableState {
         expected: Revisions,
         writes: Writes,
     ) -> BoxFuture<'a, Result<(), CommitError>> {
+        if writes.is_empty() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        self.commit_with(tenant, expected, writes, None)
+    }
+
+    fn attaches(&self) -> bool {
+        true
+    }
+
+    fn commit_attached<'a>(
+        &'a self,
+        tenant: &'a str,
+        expected: Revisions,
+        writes: Writes,
+        attachment: Attachment,
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
+        let outcome = Outcome {
+            tenant: tenant.to_owned(),
+            subject: attachment.subject,
+            key: attachment.key,
+            expires_at_ms: attachment.expires_at_ms,
+            record: attachment.record,
+        };
+        self.commit_with(tenant, expected, writes, Some(outcome))
+    }
+}
+
+impl DurableState {
+    /// A checked commit of `writes` (possibly none), with `outcome` in the
+    /// same transaction.
+    fn commit_with<'a>(
+        &'a self,
+        tenant: &'a str,
+        expected: Revisions,
+        writes: Writes,
+        outcome: Option<Outcome>,
+    ) -> BoxFuture<'a, Result<(), CommitError>> {
         Box::pin(async move {
-            if writes.is_empty() {
-                return Ok(());
-            }
             let mut permit = self
                 .store
                 .reserve()
@@ -240,7 +330,7 @@ impl StateStore for DurableState {
                 let landed = self.landed.notified();
                 tokio::pin!(landed);
                 landed.as_mut().enable();
-                match self.check_and_queue(tenant, &expected, &writes, permit) {
+                match self.check_and_queue(tenant, &expected, &writes, &outcome, permit) {
                     Ok(Ok(written)) => break written,
                     Ok(Err(conflict)) => return Err(conflict),
                     Err(unused) => permit = unused,
@@ -337,6 +427,73 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(state.get("t", "k").await.unwrap(), Some(b"16".to_vec()));
+    }
+
+    /// A keyed call's answer rides in its state transaction: on disk
+    /// together (read back after a restart, served by the outcome store at
+    /// once), or, when the disk refuses the write, neither in memory nor on
+    /// disk, and the outcome store does not serve it.
+    #[tokio::test]
+    async fn a_keyed_calls_answer_is_committed_with_its_state_or_not_at_all() {
+        use crate::idempotency::{EntryId, OutcomeStore as _, Record, Stored};
+        use sluice_protocol::{Answer, Fingerprint};
+
+        let disk = MemoryDisk::new();
+        let name = std::path::Path::new("memory");
+        let now = 1_000;
+        let record = |seq: u32| Record {
+            fingerprint: Fingerprint([seq as u8; 32]),
+            expires_at_ms: u64::MAX,
+            answer: Answer::ack_json(&format!(r#"{{"seq":{seq}}}"#)).expect("json"),
+        };
+        let attachment = |key: &str, seq: u32| Attachment {
+            subject: "alice".into(),
+            key: key.into(),
+            expires_at_ms: u64::MAX,
+            record: record(seq).encode(),
+        };
+        {
+            let opened = Store::open_on(disk.clone(), name).unwrap();
+            let outcomes = DurableOutcomes::new(opened.store.clone(), opened.outcomes);
+            let state =
+                DurableState::with_outcomes(opened.store.clone(), opened.state, outcomes.clone());
+            assert!(state.attaches());
+            state
+                .commit_attached("t", Revisions::new(), write("v1"), attachment("k1", 1))
+                .await
+                .unwrap();
+            let id = EntryId::new("t", "alice", "k1");
+            assert_eq!(
+                outcomes.get(&id, now).await,
+                Ok(Some(Stored::Done(record(1)))),
+                "served as soon as it is on disk"
+            );
+            disk.fail(true);
+            assert!(matches!(
+                state
+                    .commit_attached("t", Revisions::new(), write("v2"), attachment("k2", 2))
+                    .await,
+                Err(CommitError::Store(_))
+            ));
+            assert_eq!(state.get("t", "k").await.unwrap(), Some(b"v1".to_vec()));
+            let id2 = EntryId::new("t", "alice", "k2");
+            assert_eq!(outcomes.get(&id2, now).await, Ok(None));
+            disk.fail(false);
+            // An answer without state writes (the call wrote nothing).
+            state
+                .commit_attached("t", Revisions::new(), Writes::new(), attachment("k3", 3))
+                .await
+                .unwrap();
+            opened.store.close();
+        }
+        let opened = Store::open_on(disk.clone(), name).unwrap();
+        assert_eq!(
+            opened.state,
+            vec![("t".to_owned(), "k".to_owned(), b"v1".to_vec())]
+        );
+        let keys: Vec<&str> = opened.outcomes.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["k1", "k3"], "the refused write left no answer");
+        assert_eq!(Record::decode(&opened.outcomes[0].record), Some(record(1)));
     }
 
     #[tokio::test]

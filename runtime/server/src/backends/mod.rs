@@ -116,8 +116,7 @@ impl Backends {
             channels = opened.channels.len(), pushed_handlers = opened.handlers.len(),
             "durable store opened");
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::default());
-        let outcomes: Arc<dyn OutcomeStore> =
-            DurableOutcomes::new(opened.store.clone(), opened.outcomes);
+        let outcomes = DurableOutcomes::new(opened.store.clone(), opened.outcomes);
         Ok(Self {
             history: Arc::new(LocalHistory::durable(
                 broker.clone(),
@@ -125,7 +124,13 @@ impl Backends {
                 opened.channels,
                 opened.unclean,
             )),
-            state: DurableState::new(opened.store.clone(), opened.state),
+            // A keyed call's answer is written with its state (one
+            // transaction), and served by `outcomes` once on disk.
+            state: DurableState::with_outcomes(
+                opened.store.clone(),
+                opened.state,
+                outcomes.clone(),
+            ),
             registry: Arc::new(DurableRegistry::new(
                 opened.store,
                 opened.handlers,
@@ -133,7 +138,7 @@ impl Backends {
             )),
             broker,
             presence: Arc::new(NodeOnly),
-            outcomes: Some(outcomes),
+            outcomes: Some(outcomes as Arc<dyn OutcomeStore>),
             fleet: None,
             keeps_files: true,
         })

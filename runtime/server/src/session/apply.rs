@@ -14,7 +14,7 @@ use super::connection::{Flow, Session};
 use super::subscriptions::Requester;
 use crate::authz::ChannelFeatures;
 use crate::backends::keys::ChannelKey;
-use crate::idempotency::{self, Ticket};
+use crate::idempotency::{self, Running};
 use crate::stages::call;
 use crate::stages::effects::{self, Effect};
 use crate::tenant::RouteHandler;
@@ -56,15 +56,17 @@ impl Session {
     /// else `unavailable`. A handler that replies first and publishes
     /// second never acknowledges a publish that failed.
     ///
-    /// A message with an idempotency key (`ticket`) has its answer kept
+    /// A message with an idempotency key (`keyed`) has its answer kept
     /// under the key before the answer is sent: a retry finds it from the
-    /// moment the client could have read it.
+    /// moment the client could have read it. (On a durable store a record
+    /// went to disk with the call's state already; it is replaced only if
+    /// the answer turned out otherwise.)
     pub(super) async fn apply(
         &mut self,
         effects: Vec<Effect>,
         export: Export,
         reply_to: Option<&str>,
-        ticket: Option<Ticket>,
+        keyed: Option<Running>,
     ) -> Flow {
         let mut reply = None;
         // A publish or send that failed (history on a store or JetStream
@@ -102,9 +104,9 @@ impl Session {
             }
         }
         if export == Export::Message {
-            if let Some(ticket) = ticket {
+            if let Some(keyed) = keyed {
                 let answer = idempotency::answer_after_effects(reply.as_deref(), lost);
-                if let Err(e) = ticket.complete(answer).await {
+                if let Err(e) = keyed.settle(answer).await {
                     tracing::warn!(tenant = %self.tenant.id, error = %e,
                         "an answer under a key could not be stored");
                 }

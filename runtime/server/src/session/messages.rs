@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sluice_protocol::{self as protocol, Answer, CloseReason, ErrorCode, Rejection};
-use sluice_sandbox::Export;
+use sluice_sandbox::{Action, Attach, Attachment, Export};
 
 use super::connection::{Flow, Session, expiry};
 use super::subscriptions::Requester;
-use crate::idempotency::{self, Begin, EntryId, Ticket};
+use crate::idempotency::{self, Begin, EntryId, Record, Running, Ticket};
 use crate::stages::decode::{self, Request};
 use crate::stages::{authorize, call, effects, validate};
 
@@ -198,7 +198,25 @@ impl Session {
                 Err(refusal) => return Err(refusal.rejection()),
             },
         };
-        let proposed = match call::call(validated, &self.conn).await {
+        // On a durable store the answer is written in the call's own state
+        // transaction, before any effect (`answer_before_effects`): a crash
+        // leaves both or neither.
+        let attach = ticket.as_ref().map(|ticket| {
+            let id = ticket.id().clone();
+            let blank = ticket.record(&Answer::Ack(None));
+            move |actions: &[Action]| Attachment {
+                subject: id.subject.clone(),
+                key: id.key.clone(),
+                expires_at_ms: blank.expires_at_ms,
+                record: Record {
+                    answer: idempotency::answer_before_effects(actions),
+                    ..blank.clone()
+                }
+                .encode(),
+            }
+        });
+        let attach = attach.as_ref().map(|a| a as Attach<'_>);
+        let proposed = match call::call(validated, &self.conn, attach).await {
             Ok(proposed) => proposed,
             Err(rejection) => {
                 if let Some(ticket) = ticket {
@@ -207,8 +225,14 @@ impl Session {
                 return Err(rejection);
             }
         };
+        let running = ticket.map(|ticket| Running {
+            ticket,
+            written: proposed
+                .attached
+                .then(|| idempotency::answer_before_effects(&proposed.actions)),
+        });
         let effects = effects::authorize(&tenant, &self.principal, proposed);
-        Ok(self.apply(effects, Export::Message, id, ticket).await)
+        Ok(self.apply(effects, Export::Message, id, running).await)
     }
 
     /// Answer a retry with its first attempt's answer, under the retry's

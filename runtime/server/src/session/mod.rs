@@ -117,7 +117,9 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
     } = admitted;
     let principal_expires_at = principal.expires_at;
     let server = &state.config.server;
-    let ping_every = Duration::from_millis(server.ping_interval_ms);
+    // The tenant's own interval (`[tenants.<id>.limits] ping_interval_ms`)
+    // or the server's; a reload that changes it applies at once.
+    let mut ping_every = tenant.config.limits.ping_interval(server);
     let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
     let mut shutdown = state.shutdown.subscribe();
     let mut reloads = state.reloads.subscribe();
@@ -203,6 +205,12 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
             }
             Woke::Reloaded => {
                 flow = session.recheck();
+                let every = session.tenant.config.limits.ping_interval(server);
+                if every != ping_every {
+                    ping_every = every;
+                    ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
                 continue;
             }
             Woke::Tick => {

@@ -2,7 +2,9 @@
 //! actions, not yet authorized.
 
 use sluice_protocol::{ErrorCode, Rejection};
-use sluice_sandbox::{Action, CallErrorKind, Connection, Export, Handler};
+use sluice_sandbox::{
+    Action, Attach, CallError, CallErrorKind, CallOutcome, Connection, Export, Handler, Message,
+};
 
 use super::validate::Validated;
 use crate::rejection;
@@ -17,6 +19,9 @@ pub struct Proposed {
     pub export: Export,
     /// Its actions, in order.
     pub actions: Vec<Action>,
+    /// Whether the record `attach` made was committed with the call's
+    /// state, in one transaction (see [`call`]).
+    pub attached: bool,
 }
 
 /// Call `on-message`. A call whose state commit lost a race with another
@@ -24,7 +29,15 @@ pub struct Proposed {
 /// A pushed handler runs on the version the connection is routed to; with
 /// a shadow version, a rehearsal of the message runs on it first (reading
 /// the same state stable then reads), and the two outcomes are compared.
-pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, Rejection> {
+///
+/// `attach` (a message with an idempotency key): the record it makes from
+/// the actions is committed with the call's state writes, atomically, when
+/// the state store can (`Proposed::attached`).
+pub async fn call(
+    validated: Validated,
+    conn: &Connection,
+    attach: Option<Attach<'_>>,
+) -> Result<Proposed, Rejection> {
     let Validated {
         handler: route_handler,
         message,
@@ -47,9 +60,9 @@ pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, R
         Some((_, shadow)) => Some(shadow.rehearse(Export::Message, conn, &message).await),
         None => None,
     };
-    let mut result = handler.on_message(conn, &message).await;
+    let mut result = on_message(&handler, conn, &message, attach).await;
     if matches!(&result, Err(e) if e.kind == CallErrorKind::Conflict) {
-        result = handler.on_message(conn, &message).await;
+        result = on_message(&handler, conn, &message, attach).await;
     }
     if let (Some((slot, _)), Some(rehearsal)) = (shadow, rehearsal) {
         slot.compare_shadow(&message.route, &result, &rehearsal);
@@ -59,8 +72,23 @@ pub async fn call(validated: Validated, conn: &Connection) -> Result<Proposed, R
             handler,
             export: Export::Message,
             actions: outcome.actions,
+            attached: outcome.attached,
         }),
         Err(e) => Err(rejection::for_call(&e.kind)),
+    }
+}
+
+/// `on-message`, with the record `attach` makes kept with the call's
+/// writes when there is one.
+async fn on_message(
+    handler: &Handler,
+    conn: &Connection,
+    message: &Message,
+    attach: Option<Attach<'_>>,
+) -> Result<CallOutcome, CallError> {
+    match attach {
+        Some(attach) => handler.on_message_attached(conn, message, attach).await,
+        None => handler.on_message(conn, message).await,
     }
 }
 
@@ -86,6 +114,7 @@ pub async fn lifecycle(handler: &Handler, export: Export, conn: &Connection) -> 
             handler: handler.clone(),
             export,
             actions: outcome.actions,
+            attached: false,
         }),
         Err(e) => {
             if export == Export::Connect && e.kind.is_handler_failure() {

@@ -63,6 +63,7 @@ pub fn authorize(tenant: &Tenant, principal: &Principal, proposed: Proposed) -> 
         handler,
         export,
         actions,
+        ..
     } = proposed;
     let mut effects = Vec::with_capacity(actions.len());
     let mut replied = false;

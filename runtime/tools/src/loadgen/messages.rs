@@ -62,6 +62,14 @@ pub struct LoadArgs {
     /// Connections opened at once during set-up.
     #[arg(long, default_value_t = 64)]
     pub connect_parallel: usize,
+    /// Give every message a fresh idempotency key (`"key":"N.SEQ"`,
+    /// unique per connection and message; Sluice's protocol only): what a
+    /// key costs the server (docs/exactly-once.md). Each key is remembered
+    /// for the tenant's window, within its quota of keys: a run longer or
+    /// faster than the quota allows gets `too_many_keys` refusals, which
+    /// the report counts.
+    #[arg(long)]
+    pub keys: bool,
 }
 
 /// One route of the mix.
@@ -110,6 +118,41 @@ fn frames_for(protocol: Protocol, routes: &[RouteSpec], data: &Value, n: u64) ->
         }
     }
     out
+}
+
+/// What one connection sends: its frames in order, from where connection
+/// `n` starts, each with a fresh idempotency key when keyed.
+struct Frames {
+    frames: Vec<Message>,
+    next: usize,
+    /// The connection's number and the last key's sequence number.
+    keyed: Option<(u64, u64)>,
+}
+
+impl Frames {
+    fn new(frames: Vec<Message>, n: u64, keys: bool) -> Self {
+        Self {
+            next: (n as usize) % frames.len(),
+            frames,
+            keyed: keys.then_some((n, 0)),
+        }
+    }
+
+    fn next(&mut self) -> Message {
+        let frame = &self.frames[self.next];
+        self.next = (self.next + 1) % self.frames.len();
+        let Some((n, seq)) = &mut self.keyed else {
+            return frame.clone();
+        };
+        *seq += 1;
+        // A Sluice envelope is a JSON object with members: the key goes
+        // first.
+        let text = frame.to_text().unwrap_or_default();
+        Message::text(format!(
+            "{{\"key\":\"{n}.{seq}\",{}",
+            text.get(1..).unwrap_or_default()
+        ))
+    }
 }
 
 /// The result of a load run.
@@ -175,6 +218,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     {
         bail!("--rate must be a positive number of messages per second");
     }
+    if args.keys && args.target.protocol != Protocol::Sluice {
+        bail!("--keys needs --protocol sluice (Centrifuge's protocol has no idempotency keys)");
+    }
     let target = Arc::new(Target::new(&args.target, true).await?);
     let probe = target.server_pid.map(Probe::new).transpose()?;
 
@@ -195,7 +241,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     let start = Instant::now() + Duration::from_millis(50);
     let protocol = target.protocol;
     for (n, socket) in sockets {
-        let frames = frames_for(protocol, &routes, &data, n);
+        let frames = Frames::new(frames_for(protocol, &routes, &data, n), n, args.keys);
         let join = args.join.as_ref().map(|route| {
             let channel = join_channel
                 .as_ref()
@@ -332,17 +378,15 @@ fn count(kind: FrameKind, sent: Instant, n: u64, counters: &Counters, latencies:
 async fn closed_loop(
     protocol: Protocol,
     mut socket: ClientSocket,
-    frames: Vec<Message>,
+    mut frames: Frames,
     depth: usize,
     n: u64,
     counters: &Counters,
     latencies: &Latencies,
 ) -> anyhow::Result<()> {
-    let mut next = (n as usize) % frames.len();
     let mut sent = VecDeque::with_capacity(depth);
     for _ in 0..depth {
-        socket.feed(frames[next].clone()).await?;
-        next = (next + 1) % frames.len();
+        socket.feed(frames.next()).await?;
         sent.push_back(Instant::now());
     }
     socket.flush().await?;
@@ -366,8 +410,7 @@ async fn closed_loop(
             };
             count(kind, at, n, counters, latencies);
             if !counters.stopped() {
-                socket.feed(frames[next].clone()).await?;
-                next = (next + 1) % frames.len();
+                socket.feed(frames.next()).await?;
                 sent.push_back(Instant::now());
             }
         }
@@ -412,7 +455,7 @@ fn latency_origin(due: Instant, now: Instant) -> Instant {
 async fn open_loop(
     protocol: Protocol,
     socket: ClientSocket,
-    frames: Vec<Message>,
+    mut frames: Frames,
     first: Instant,
     every: Duration,
     n: u64,
@@ -421,7 +464,6 @@ async fn open_loop(
     skipped: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<()> {
     let (mut sink, mut stream) = socket.split();
-    let mut next = (n as usize) % frames.len();
     let mut sent: VecDeque<Instant> = VecDeque::new();
     let mut due = first;
     loop {
@@ -435,8 +477,7 @@ async fn open_loop(
                             skipped.fetch_add(1, Ordering::Relaxed);
                         }
                     } else {
-                        sink.feed(frames[next].clone()).await?;
-                        next = (next + 1) % frames.len();
+                        sink.feed(frames.next()).await?;
                         sent.push_back(latency_origin(due, now));
                     }
                     due += every;
@@ -553,6 +594,32 @@ mod tests {
         assert_eq!(parse_route("a:b").ok().map(|r| r.route), Some("a:b".into()));
         assert!(parse_route(":2").is_err());
         assert!(parse_route("echo:0").is_err());
+    }
+
+    #[test]
+    fn with_keys_every_message_gets_a_fresh_key_and_is_otherwise_the_same() {
+        let routes = [
+            parse_route("echo").unwrap(),
+            parse_route("chat.send@room:{n}").unwrap(),
+        ];
+        let data = serde_json::json!({"text": "hi"});
+        let plain: Vec<Value> = frames_for(Protocol::Sluice, &routes, &data, 3)
+            .iter()
+            .map(|m| serde_json::from_str(m.to_text().unwrap()).unwrap())
+            .collect();
+        let mut frames = Frames::new(frames_for(Protocol::Sluice, &routes, &data, 3), 3, true);
+        let mut keys = std::collections::HashSet::new();
+        for i in 0..6 {
+            let mut sent: Value = serde_json::from_str(frames.next().to_text().unwrap()).unwrap();
+            let key = sent.as_object_mut().unwrap().remove("key").unwrap();
+            assert_eq!(key, format!("3.{}", i + 1));
+            assert!(keys.insert(key));
+            // Connection 3 starts at frame 3 % 2 = 1 of the cycle.
+            assert_eq!(sent, plain[(i + 1) % 2]);
+        }
+        let mut unkeyed = Frames::new(frames_for(Protocol::Sluice, &routes, &data, 3), 3, false);
+        let sent: Value = serde_json::from_str(unkeyed.next().to_text().unwrap()).unwrap();
+        assert_eq!(sent, plain[1]);
     }
 
     #[test]
