@@ -141,6 +141,8 @@ pub fn tenant(secret_file: &str) -> TenantConfig {
                 secret_env: None,
                 secret_file: Some(PathBuf::from(secret_file)),
                 public_key_file: None,
+                public_key_pem: None,
+                secret: None,
             }],
             jwks_file: None,
             jwks_url: None,
@@ -251,6 +253,8 @@ impl TestServer {
             secret_env: None,
             secret_file: None,
             public_key_file: Some(PathBuf::from("gamma.pub.pem")),
+            public_key_pem: None,
+            secret: None,
         }];
         let mut config = Config {
             server: ServerConfig {

@@ -217,6 +217,8 @@ impl Cluster {
             registry: self.registry.clone(),
             fleet: Some(self.clone()),
             outcomes: Some(self.outcomes.clone()),
+            // Replaced by the fleet's KV bucket of tenants (issue 27, in progress).
+            tenants: Arc::new(sluice_server::backends::MemoryTenants::default()),
             keeps_files: true,
         }
     }

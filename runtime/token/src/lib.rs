@@ -71,7 +71,7 @@ pub enum SecretProblem {
 /// it is, `secret_file` trimmed (relative to the config file); at least
 /// [`MIN_SECRET_BYTES`]. `None` for a key that is not a shared secret.
 pub fn hmac_secret(config: &Config, key: &KeyConfig) -> Option<Result<Vec<u8>, SecretProblem>> {
-    if key.public_key_file.is_some() || !key.algorithm().is_some_and(JwtAlgorithm::is_hmac) {
+    if key.is_public() || !key.algorithm().is_some_and(JwtAlgorithm::is_hmac) {
         return None;
     }
     let read = |secret: Vec<u8>, from: String| {
@@ -81,6 +81,9 @@ pub fn hmac_secret(config: &Config, key: &KeyConfig) -> Option<Result<Vec<u8>, S
             Err(SecretProblem::Short { from })
         }
     };
+    if let Some(secret) = &key.secret {
+        return Some(read(secret.as_bytes().to_vec(), "the API's record".into()));
+    }
     if let Some(var) = &key.secret_env {
         return Some(match std::env::var(var) {
             Ok(s) => read(s.into_bytes(), format!("${var}")),
