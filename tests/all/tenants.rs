@@ -614,3 +614,104 @@ async fn api_tenants_survive_a_restart_of_a_node_with_a_durable_store() {
     let mut c = connect_from(&second, "acme", &token(&secret, "k1", "a"), None).await;
     c.assert_usable().await;
 }
+
+/// Until `tenant` on `server` accepts `token` (or 10 s pass): how long.
+async fn accepted_within(server: &TestServer, tenant: &str, token: &str) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if server.connect(tenant, token).await.is_ok() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{tenant} never accepted a connection on this node"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn across_three_fleet_nodes_a_create_an_update_and_a_removal_take_effect_everywhere() {
+    let nats = sluice_tests::cluster::Nats::start();
+    let node = |name: &'static str| {
+        let cluster = sluice_tests::cluster::cluster(&nats, name);
+        crate::marketplace::server(&[], move |c| c.cluster = Some(cluster))
+    };
+    let (n1, n2, n3) = (node("n1").await, node("n2").await, node("n3").await);
+
+    let (revision, acme_token, secret) = create(&n1, "acme", acme()).await;
+    let after = accepted_within(&n3, "acme", &token(&secret, "k1", "first")).await;
+    println!("created on node 1: node 3 accepted a connection {after:?} after the answer");
+    assert!(
+        after < std::time::Duration::from_secs(5),
+        "node 3 took {after:?}"
+    );
+    let mut browser =
+        connect_from(&n3, "acme", &token(&secret, "k1", "web"), Some(ACME_ORIGIN)).await;
+    let mut native = connect_from(&n2, "acme", &token(&secret, "k1", "app"), None).await;
+
+    // Every node reads the same tenant at the same revision.
+    for n in [&n1, &n2, &n3] {
+        let shown = async {
+            loop {
+                let (status, shown) = n
+                    .manage("GET", "/v1/tenants/acme", &acme_token, Value::Null)
+                    .await;
+                if status == 200 {
+                    return shown;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        let shown = tokio::time::timeout(std::time::Duration::from_secs(10), shown)
+            .await
+            .expect("every node knows the tenant and its token");
+        assert_eq!(shown["revision"].as_u64(), Some(revision));
+    }
+
+    // Updated on node 2 (the tenant's own token): node 3's session from the
+    // removed origin closes; the native app's session on node 2 stays.
+    let (status, changed) = n2
+        .manage(
+            "PATCH",
+            "/v1/tenants/acme",
+            &acme_token,
+            json!({"revision": revision, "patch": {"origins": ["https://new.acme.example"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(browser.closed().await, Some(1008));
+    native.assert_usable().await;
+    // A stale revision on another node is a conflict there too.
+    let (status, conflict) = n1
+        .manage(
+            "PATCH",
+            "/v1/tenants/acme",
+            OPERATOR,
+            json!({"revision": revision, "patch": {"origins": []}}),
+        )
+        .await;
+    assert_eq!(status, 409, "{conflict}");
+
+    // Removed on node 3: node 2's session closes 1001, no node accepts it.
+    let (status, _) = n3
+        .manage("DELETE", "/v1/tenants/acme", OPERATOR, Value::Null)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(native.closed().await, Some(1001));
+    for n in [&n1, &n2, &n3] {
+        let gone = async {
+            while n
+                .connect("acme", &token(&secret, "k1", "late"))
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), gone)
+            .await
+            .expect("every node refuses the removed tenant");
+    }
+    n1.assert_honest_client_served().await;
+}

@@ -472,13 +472,8 @@ impl Tenants {
             .write(id, expected, Some(bytes.clone()))
             .await
             .map_err(store_refusal)?;
-        if !self.apply(state, id, Some((revision, bytes))).await {
-            tracing::error!(
-                tenant = id,
-                revision,
-                "a tenant kept could not be served after its check passed"
-            );
-        }
+        // In a fleet the watch may have brought it here first.
+        self.apply_remote(state, id, Some((revision, bytes))).await;
         Ok(revision)
     }
 

@@ -594,6 +594,19 @@ impl KeySet {
     }
 }
 
+/// A new secret: 32 bytes from the operating system's secure random
+/// source, base64url without padding (43 printable characters): an HMAC
+/// key the management API generates for a tenant, or a management token.
+pub fn new_secret() -> Result<String, String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| "no secure random source".to_owned())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -690,17 +703,4 @@ mod tests {
         assert_eq!(kids(&usable_keys("t", &doc).unwrap().0), ["b"]);
         assert!(Document::parse(b"{\"keys\": 1}").is_err());
     }
-}
-
-/// A new secret: 32 bytes from the operating system's secure random
-/// source, base64url without padding (43 printable characters): an HMAC
-/// key the management API generates for a tenant, or a management token.
-pub fn new_secret() -> Result<String, String> {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 32];
-    rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| "no secure random source".to_owned())?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
