@@ -19,6 +19,7 @@ mod corpus;
 mod deploy;
 mod faults;
 mod fleet_isolation;
+mod fleet_tenants;
 mod handshake;
 mod history;
 mod history_quotas;
