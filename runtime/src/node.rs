@@ -11,7 +11,7 @@
 //! registry (on the backends' registry storage), and the data path's
 //! server state with the registry plugged in as its pushed handlers; in a
 //! fleet, the node starts gossiping its connection counts and following
-//! the fleet's pushed handlers and audit log.
+//! the fleet's pushed handlers, its tenants and its audit log.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -107,6 +107,23 @@ impl Node {
         };
         cluster
             .follow_registry(on_record, on_audit)
+            .await
+            .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        // Tenants created, changed or removed on any node (this one's own
+        // come back too, and are skipped by their revision).
+        let (state, tenants) = (Arc::downgrade(&self.state), Arc::downgrade(&self.tenants));
+        let on_tenant = move |(id, change): sluice_server::backends::tenants::TenantChange| {
+            let (state, tenants): (Weak<ServerState>, Weak<Tenants>) =
+                (state.clone(), tenants.clone());
+            let applied: futures_util::future::BoxFuture<'static, ()> = Box::pin(async move {
+                if let (Some(s), Some(t)) = (state.upgrade(), tenants.upgrade()) {
+                    t.apply_remote(&s, &id, change).await;
+                }
+            });
+            applied
+        };
+        cluster
+            .follow_tenants(on_tenant)
             .await
             .map_err(|e| ConfigErrors(vec![e.to_string()]))
     }
