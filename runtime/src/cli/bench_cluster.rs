@@ -66,8 +66,10 @@ fn bench_text(demo: &DemoConfig, misbehave: &Path) -> String {
 pub(crate) struct Node {
     pub(crate) url: String,
     pub(crate) state: Arc<ServerState>,
-    /// Its admin listener (management API), when asked for.
+    /// Its admin listener (metrics), when asked for.
     pub(crate) admin: Option<std::net::SocketAddr>,
+    /// Its management API (HTTPS, the bench certificate), when asked for.
+    pub(crate) management: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -93,6 +95,9 @@ pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyh
     } else {
         None
     };
+    // Any free port: never the default one a dev server may hold.
+    config.management.listen = "127.0.0.1:0".parse()?;
+    config.management.enabled = admin;
     config.server.max_connections_per_ip = 100_000;
     let demo = config.tenants.get_mut("demo").context("demo tenant")?;
     let l = &mut demo.limits;
@@ -107,6 +112,7 @@ pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyh
     let server = node.bind(listen).await?;
     let url = format!("wss://{}/ws/demo", server.local_addr());
     let admin = server.admin_addr();
+    let management = server.management_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -115,6 +121,7 @@ pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyh
         url,
         state,
         admin,
+        management,
         stop: Some(stop),
     })
 }
