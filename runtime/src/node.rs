@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use sluice_config::{Config, ConfigErrors, StoreKind};
-use sluice_control::{Management, Registry};
+use sluice_control::{Management, Registry, Tenants};
 use sluice_fleet::Cluster;
 use sluice_sandbox::StateStore;
 use sluice_server::backends::Backends;
@@ -31,6 +31,8 @@ pub struct Node {
     pub state: Arc<ServerState>,
     /// The pushed handlers and their management API.
     pub registry: Arc<Registry>,
+    /// The tenants created through the management API.
+    pub tenants: Arc<Tenants>,
 }
 
 impl Node {
@@ -60,8 +62,25 @@ impl Node {
     async fn on(config: Config, backends: Backends) -> Result<Self, ConfigErrors> {
         let sandbox = sluice_server::state::sandbox(&config, &backends)?;
         let registry = Arc::new(Registry::open(sandbox.clone(), backends.registry.clone()));
+        let tenants = Arc::new(Tenants::new(
+            backends.tenants.clone(),
+            config.management.max_tenants,
+        ));
         let state = ServerState::build(config, sandbox, backends, registry.clone()).await?;
-        Ok(Self { state, registry })
+        let started = std::time::Instant::now();
+        let served = tenants.start(&state).await;
+        if served > 0 {
+            tracing::info!(
+                tenants = served,
+                took_ms = started.elapsed().as_millis() as u64,
+                "tenants of the management API loaded"
+            );
+        }
+        Ok(Self {
+            state,
+            registry,
+            tenants,
+        })
     }
 
     /// Take part in the fleet: report this node's connection counts, and
@@ -100,14 +119,27 @@ impl Node {
             .with_management(management))
     }
 
-    /// A server for this node on listeners the caller bound.
+    /// A server for this node on listeners the caller bound (no
+    /// management listener: see [`Node::serve_on_all`]).
     pub fn serve_on(self, listener: TcpListener, admin: Option<TcpListener>) -> Server {
         let management = self.management();
         Server::from_listeners(self.state, listener, admin).with_management(management)
     }
 
+    /// A server for this node on listeners the caller bound, the
+    /// management listener (HTTPS) among them.
+    pub fn serve_on_all(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        management: TcpListener,
+    ) -> Server {
+        self.serve_on(listener, admin)
+            .with_management_listener(management)
+    }
+
     fn management(&self) -> Arc<dyn sluice_server::admin::ManagementApi> {
-        Arc::new(Management::new(self.registry.clone()))
+        Arc::new(Management::new(self.registry.clone(), self.tenants.clone()))
     }
 }
 

@@ -227,7 +227,7 @@ async fn slow_handshakes_are_dropped_at_the_deadline_and_do_not_block_others() {
                         return Some(started.elapsed());
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    if started.elapsed() > Duration::from_secs(8) {
+                    if started.elapsed() > Duration::from_secs(15) {
                         return None;
                     }
                     let mut probe = [0u8; 1];
@@ -249,8 +249,11 @@ async fn slow_handshakes_are_dropped_at_the_deadline_and_do_not_block_others() {
     let mut dropped = 0;
     for s in slow {
         if let Some(after) = s.await.expect("join") {
+            // The deadline is 0.8 s; the bound leaves room for 1000
+            // client tasks in this process on a busy 2-core machine to
+            // notice (the server dropped them long before).
             assert!(
-                after < Duration::from_secs(5),
+                after < Duration::from_secs(10),
                 "dropped only after {after:?}"
             );
             dropped += 1;

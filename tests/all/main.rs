@@ -40,5 +40,6 @@ mod sandbox;
 mod scan;
 mod slow_consumer;
 mod supply_chain;
+mod tenants;
 mod tls;
 mod tokens;

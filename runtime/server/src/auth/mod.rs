@@ -691,3 +691,16 @@ mod tests {
         assert!(Document::parse(b"{\"keys\": 1}").is_err());
     }
 }
+
+/// A new secret: 32 bytes from the operating system's secure random
+/// source, base64url without padding (43 printable characters): an HMAC
+/// key the management API generates for a tenant, or a management token.
+pub fn new_secret() -> Result<String, String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| "no secure random source".to_owned())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
