@@ -729,38 +729,51 @@ async fn versions_and_routing_survive_a_restart_and_the_cli_reads_them() {
     // The CLI, with a tenant token: list and roll back.
     let token_file = data.0.join("alpha.token");
     std::fs::write(&token_file, ALPHA_MANAGER).expect("token file");
-    let admin = second.admin.expect("admin").to_string();
-    let (ok, out) = cli(&admin, &token_file, &["list", "alpha"]).await;
+    let (ok, out) = cli(&second, &token_file, &["list", "alpha"]).await;
     assert!(ok, "{out}");
     assert!(
         out.contains("bot: stable v1, canary v2 at 30% (2 version(s))"),
         "{out}"
     );
-    let (ok, out) = cli(&admin, &token_file, &["promote", "alpha", "bot", "v2"]).await;
+    let (ok, out) = cli(&second, &token_file, &["promote", "alpha", "bot", "v2"]).await;
     assert!(ok && out.contains("routing: stable v2"), "{out}");
-    let (ok, out) = cli(&admin, &token_file, &["--json", "rollback", "alpha", "bot"]).await;
+    let (ok, out) = cli(
+        &second,
+        &token_file,
+        &["--json", "rollback", "alpha", "bot"],
+    )
+    .await;
     assert!(ok, "{out}");
     let v: Value = serde_json::from_str(&out).expect("--json prints JSON");
     assert_eq!(v["routing"]["stable"], 1);
-    let (ok, out) = cli(&admin, &token_file, &["list", "beta"]).await;
+    let (ok, out) = cli(&second, &token_file, &["list", "beta"]).await;
     assert!(!ok && out.contains("error (403)"), "{out}");
     let (ok, out) = cli(
-        &admin,
+        &second,
         &token_file,
         &["rm", "alpha", "bot", "--version", "2"],
     )
     .await;
     assert!(ok, "{out}");
-    let (ok, out) = cli(&admin, &token_file, &["show", "alpha", "bot"]).await;
+    let (ok, out) = cli(&second, &token_file, &["show", "alpha", "bot"]).await;
     assert!(ok && out.contains("v1 ") && !out.contains("v2 "), "{out}");
     assert!(Path::new(&data.0).exists());
 }
 
-/// `sluice handler --admin ADDR --token-file FILE <args>`: success and output.
-async fn cli(admin: &str, token_file: &Path, args: &[&str]) -> (bool, String) {
+/// `sluice handler --url ADDR --ca CERT --token-file FILE <args>` against
+/// `server`'s management API (HTTPS): success and output.
+async fn cli(server: &TestServer, token_file: &Path, args: &[&str]) -> (bool, String) {
+    let url = server
+        .management
+        .expect("a management listener")
+        .to_string();
+    let ca = token_file.with_file_name("management-ca.pem");
+    std::fs::write(&ca, &server.ca_pem).expect("the CA file");
     let out = tokio::process::Command::new(sluice_tests::sluice_bin())
         .arg("handler")
-        .args(["--admin", admin, "--token-file"])
+        .args(["--url", &url, "--ca"])
+        .arg(&ca)
+        .arg("--token-file")
         .arg(token_file)
         .args(args)
         .output()

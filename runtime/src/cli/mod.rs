@@ -1,6 +1,7 @@
 //! The `sluice` commands, one module each, each owning its options (a clap
 //! `Args`); `main.rs` only dispatches.
 
+pub mod api;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_marketplace;
@@ -21,4 +22,5 @@ pub mod report;
 pub mod scan;
 pub mod serve;
 pub mod signals;
+pub mod tenant;
 pub mod token;
