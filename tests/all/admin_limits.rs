@@ -206,10 +206,16 @@ async fn slowloris_on_the_management_listener_is_cut_off_and_everyone_is_still_s
     // them silent, half stopping inside the ClientHello record), then 100
     // that finish it and never finish a request's head: the newest, so the
     // server holds them (and the newest others) until the header timeout.
-    let hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let hello_start = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     let mut stalled = Vec::new();
     for n in 0..2_000 {
-        let kind = if n % 2 == 0 { Stall::Silent } else { Stall::HalfHello };
+        let kind = if n % 2 == 0 {
+            Stall::Silent
+        } else {
+            Stall::HalfHello
+        };
         let mut tcp = TcpStream::connect(management).await.expect("connect");
         if let Stall::HalfHello = kind {
             tcp.write_all(&hello_start).await.expect("write");

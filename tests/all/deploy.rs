@@ -1107,7 +1107,11 @@ fn image_serves_reloads_and_drains() {
         !refused.wait().success(),
         "a token of an unknown key was accepted"
     );
-    std::fs::write(&config_path, image_config(wss, admin, management, &["k2", "k1"])).expect("config");
+    std::fs::write(
+        &config_path,
+        image_config(wss, admin, management, &["k2", "k1"]),
+    )
+    .expect("config");
     ok(podman().args(["kill", "--signal", "HUP", &name]));
     let deadline = Instant::now() + WAIT;
     let mut carol = loop {

@@ -231,7 +231,9 @@ async fn alpha_unauthenticated_flood(server: &TestServer) -> usize {
 /// held after its header timeout.
 async fn alpha_slowloris(server: &TestServer) -> usize {
     let management = server.management.expect("management listener");
-    let hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let hello_start = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     let mut stalled = Vec::new();
     // Under the listener's connection cap, so all are accepted at once.
     for n in 0..200 {

@@ -106,7 +106,10 @@ async fn reload_over_the_management_listener_reports_why_it_cannot() {
     assert!(body.contains("admin_token = { secret_file"), "{body}");
     assert!(body.contains("sluice reload -c"), "{body}");
     let (status, body) = post_reload(&server, Some(ADMIN_TOKEN)).await;
-    assert_eq!(status, 403, "a token the server has none to compare with: {body}");
+    assert_eq!(
+        status, 403,
+        "a token the server has none to compare with: {body}"
+    );
     // The admin listener (plain HTTP) does not reload at all: 404, saying
     // where reloading went.
     let admin = server.admin.expect("admin");
