@@ -69,6 +69,8 @@ pub(crate) async fn server(
     .await
 }
 
+/// One request to `server`'s management API (HTTPS) with `token`: the
+/// status and the answer (JSON, or the text as a JSON string).
 pub(crate) async fn api(
     server: &TestServer,
     method: &str,
@@ -76,20 +78,7 @@ pub(crate) async fn api(
     token: &str,
     body: Value,
 ) -> (u16, Value) {
-    let admin = server.admin.expect("admin listener").to_string();
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let method = http::Method::from_bytes(method.as_bytes()).expect("method");
-    let (status, answer) =
-        sluice::server::admin::client::request(&admin, method, path, Some(token), body)
-            .await
-            .expect("the admin listener answers");
-    let value = serde_json::from_slice(&answer)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
-    (status, value)
+    server.manage(method, path, token, body).await
 }
 
 pub(crate) async fn push(
@@ -101,22 +90,22 @@ pub(crate) async fn push(
     samples: Option<Vec<Sample>>,
     stage: Option<(Stage, Option<u8>)>,
 ) -> (u16, Value) {
-    let admin = server.admin.expect("admin listener").to_string();
     let body = push_body(
         bytes,
         samples.as_deref(),
         stage.map(|s| s.0),
         stage.and_then(|s| s.1),
     );
-    let (status, answer) = sluice::server::admin::client::request(
-        &admin,
-        http::Method::POST,
-        &format!("/v1/tenants/{tenant}/handlers/{name}/versions"),
-        Some(token),
-        body,
-    )
-    .await
-    .expect("the admin listener answers");
+    let (status, answer) = server
+        .management_client()
+        .request(
+            http::Method::POST,
+            &format!("/v1/tenants/{tenant}/handlers/{name}/versions"),
+            Some(token),
+            body,
+        )
+        .await
+        .expect("the management API answers");
     (
         status,
         serde_json::from_slice(&answer).expect("JSON answer"),
