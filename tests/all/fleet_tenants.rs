@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use sluice::config::Config;
 use sluice::fleet::Cluster;
-use sluice::server::backends::TenantStorage as _;
 use sluice::server::backends::tenants::{Expected, StoredTenant, TenantChange, TenantStoreError};
 use sluice_tests::cluster::{Nats, cluster};
 use tokio::sync::mpsc;
