@@ -117,6 +117,7 @@ async fn a_tenant_written_on_one_node_reaches_every_node_and_only_one_writer_win
         "a create of a kept id"
     );
     assert_eq!(next(&mut on_b).await.1, put("acme", r2, 4));
+    assert_eq!(next(&mut on_a).await.1, put("acme", r2, 4));
 
     // A removal (from B) is seen as `None`; its revision is its own, and
     // no write expecting it or the removed one holds.
