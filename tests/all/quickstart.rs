@@ -549,7 +549,8 @@ fn quickstart_a_second_tenant_is_created_through_the_api_and_chats() {
     );
     std::fs::write(
         cwd.0.join("bad.json"),
-        r#"{"routes": {"x": {"handler": "nowhere"}, "y": {"handler": "nowhere"}}}"#,
+        r#"{"auth": {"issuer": "i", "audience": "a", "keys": [{"kid": "k", "algorithm": "none"}]},
+            "routes": {"x": {"handler": "nowhere"}}}"#,
     )
     .expect("bad.json");
     let (ok, _, err) = with(&["tenant", "create", "bad", "--file", "bad.json"]);
@@ -558,7 +559,8 @@ fn quickstart_a_second_tenant_is_created_through_the_api_and_chats() {
         err.lines()
             .filter(|l| l.starts_with("  tenants.bad"))
             .count()
-            >= 2,
+            >= 3
+            && err.contains("  tenants.bad.routes.x: "),
         "every problem, one per line: {err}"
     );
     // The tenant's own token reads it; the operator's list is not its own.
