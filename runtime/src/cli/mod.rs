@@ -7,6 +7,7 @@ pub mod bench_cluster;
 pub mod bench_marketplace;
 pub mod bench_sandbox;
 pub mod bench_store;
+pub mod bench_tenants;
 pub mod call;
 pub mod cert;
 pub mod check;
