@@ -144,6 +144,7 @@ async fn a_tenant_written_on_one_node_reaches_every_node_and_only_one_writer_win
         .expect("re-created");
     assert!(r4 > r3);
     assert_eq!(next(&mut on_b).await.1, put("acme", r4, 7));
+    assert_eq!(next(&mut on_a).await.1, put("acme", r4, 7));
 
     // What the API would never write is refused before NATS sees it.
     for (id, rec) in [

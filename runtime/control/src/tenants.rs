@@ -242,16 +242,20 @@ impl Tenants {
     /// kept tenant that no longer loads is reported and left out; the
     /// others serve. The number served.
     pub async fn start(&self, state: &ServerState) -> usize {
-        let mut served = 0;
+        // Built one by one, installed in one swap of the tenant map (one
+        // install each would copy the map once per tenant: start-up time
+        // growing with the square of the number of tenants).
+        let mut built = Vec::new();
         for stored in self.storage.take_contents() {
-            if self
-                .apply(state, &stored.id, Some((stored.revision, stored.record)))
+            if let Some((t, record)) = self
+                .build(state, &stored.id, stored.revision, &stored.record)
                 .await
             {
-                served += 1;
+                self.remember(&stored.id, stored.revision, record);
+                built.push(t);
             }
         }
-        served
+        state.install_tenants(built).await
     }
 
     /// A change seen on the shared storage (another node's, or this node's
@@ -279,11 +283,30 @@ impl Tenants {
             state.install_tenant(id, None).await;
             return true;
         };
-        let record: TenantRecord = match serde_json::from_slice(&bytes) {
+        match self.build(state, id, revision, &bytes).await {
+            Some((t, record)) => {
+                self.remember(id, revision, record);
+                state.install_tenant(id, Some(t)).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A kept record, read and built (not installed); `None` when it does
+    /// not load (logged: the others serve).
+    async fn build(
+        &self,
+        state: &ServerState,
+        id: &str,
+        revision: u64,
+        bytes: &[u8],
+    ) -> Option<(Arc<sluice_server::tenant::Tenant>, TenantRecord)> {
+        let record: TenantRecord = match serde_json::from_slice(bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(tenant = id, revision, error = %e, "a kept tenant record is not readable: not served");
-                return false;
+                return None;
             }
         };
         let built = match state.config.tenant_from_json(id, &record.tenant) {
@@ -291,15 +314,11 @@ impl Tenants {
             Err(p) => Err(p),
         };
         match built {
-            Ok(t) => {
-                self.remember(id, revision, record);
-                state.install_tenant(id, Some(t)).await;
-                true
-            }
+            Ok(t) => Some((t, record)),
             Err(problems) => {
                 tracing::error!(tenant = id, revision, problems = %problems.join("; "),
                     "a kept tenant no longer loads: not served");
-                false
+                None
             }
         }
     }

@@ -311,34 +311,65 @@ impl ServerState {
     pub async fn install_tenant(&self, id: &str, tenant: Option<Arc<Tenant>>) -> bool {
         let _one_at_a_time = self.reload_lock.lock().await;
         let current = self.tenants();
-        let previous = current.get(id).cloned();
-        if previous.as_ref().is_some_and(|p| p.revision.is_none()) {
-            return false;
-        }
-        if let (Some(p), Some(t)) = (&previous, &tenant)
-            && p.revision >= t.revision
-        {
-            return false;
-        }
         let mut map: HashMap<String, Arc<Tenant>> = (*current).clone();
-        match &tenant {
-            Some(t) => {
-                t.keys.start_refresh();
-                self.sandbox.set_quotas(id, &t.config.quotas);
-                if let Some(table) = &self.idempotency {
-                    table.set_limits(id, crate::idempotency::limits(&t.config));
-                }
-                map.insert(id.to_owned(), t.clone());
+        let installed = match tenant {
+            Some(t) => self.put_tenant(&mut map, t),
+            None => match map.get(id) {
+                Some(p) if p.revision.is_some() => map.remove(id),
+                _ => None,
             }
-            None => {
-                map.remove(id);
-            }
-        }
+            .map(Some),
+        };
+        let Some(previous) = installed else {
+            return false;
+        };
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
         if let Some(p) = previous {
             p.changes.send_modify(|n| *n += 1);
         }
         true
+    }
+
+    /// Install many tenants of the management API in one swap of the
+    /// tenant map (at start: the store's tenants); how many were
+    /// installed. The rules of [`Self::install_tenant`] hold for each.
+    pub async fn install_tenants(&self, tenants: Vec<Arc<Tenant>>) -> usize {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.tenants();
+        let mut map: HashMap<String, Arc<Tenant>> = (*current).clone();
+        let mut replaced = Vec::new();
+        let mut installed = 0;
+        for t in tenants {
+            if let Some(previous) = self.put_tenant(&mut map, t) {
+                installed += 1;
+                replaced.extend(previous);
+            }
+        }
+        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
+        for p in replaced {
+            p.changes.send_modify(|n| *n += 1);
+        }
+        installed
+    }
+
+    /// Put `t` into `map` unless a tenant of the file has its id or a
+    /// newer revision is there: `Some(what it replaced)` when it went in.
+    fn put_tenant(
+        &self,
+        map: &mut HashMap<String, Arc<Tenant>>,
+        t: Arc<Tenant>,
+    ) -> Option<Option<Arc<Tenant>>> {
+        if let Some(p) = map.get(&t.id)
+            && (p.revision.is_none() || p.revision >= t.revision)
+        {
+            return None;
+        }
+        t.keys.start_refresh();
+        self.sandbox.set_quotas(&t.id, &t.config.quotas);
+        if let Some(table) = &self.idempotency {
+            table.set_limits(&t.id, crate::idempotency::limits(&t.config));
+        }
+        Some(map.insert(t.id.clone(), t))
     }
 
     /// Reload from the file the configuration came from.
