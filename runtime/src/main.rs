@@ -30,14 +30,18 @@ enum Command {
     /// Write a self-signed ECDSA P-256 certificate (and with --secret an
     /// HMAC secret) to a folder: the files the benchmark peers share.
     Cert(cli::cert::CertArgs),
-    /// Mint a token for a tenant with an HMAC key (development and tests).
+    /// Mint a token with a tenant's HMAC key (development and tests): a
+    /// tenant of a config file, or one created through the management API.
     Token(cli::token::TokenArgs),
     /// Check a configuration: syntax, unknown fields, files, keys, schemas,
     /// handlers against the WIT world. Reports every problem at once.
     Check(cli::check::CheckArgs),
     /// Ask a running server to reload its configuration file (same as
-    /// SIGHUP), through its admin listener, with the admin token.
+    /// SIGHUP), through its management API (HTTPS), with the admin token.
     Reload(cli::reload::ReloadArgs),
+    /// Manage tenants through a running server's management API (HTTPS):
+    /// create, list, show, update, rm, keys. See docs/management.md.
+    Tenant(cli::tenant::TenantArgs),
     /// Manage pushed handlers through a running server's management API:
     /// push (verified), list, show, promote (stable, canary, shadow),
     /// rollback, rm, audit.
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             Command::Reload(args) => cli::reload::run(args).await,
             Command::Health(args) => cli::health::run(args).await,
             Command::Handler(args) => cli::handler::run(args).await,
+            Command::Tenant(args) => cli::tenant::run(args).await,
             Command::Connect(args) => cli::connect::run(args).await,
             Command::Call(args) => cli::call::run(args).await,
             Command::Bench(command) => cli::bench::run(command).await,

@@ -11,13 +11,13 @@
 //! registry (on the backends' registry storage), and the data path's
 //! server state with the registry plugged in as its pushed handlers; in a
 //! fleet, the node starts gossiping its connection counts and following
-//! the fleet's pushed handlers and audit log.
+//! the fleet's pushed handlers, its tenants and its audit log.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use sluice_config::{Config, ConfigErrors, StoreKind};
-use sluice_control::{Management, Registry};
+use sluice_control::{Management, Registry, Tenants};
 use sluice_fleet::Cluster;
 use sluice_sandbox::StateStore;
 use sluice_server::backends::Backends;
@@ -31,6 +31,8 @@ pub struct Node {
     pub state: Arc<ServerState>,
     /// The pushed handlers and their management API.
     pub registry: Arc<Registry>,
+    /// The tenants created through the management API.
+    pub tenants: Arc<Tenants>,
 }
 
 impl Node {
@@ -60,8 +62,25 @@ impl Node {
     async fn on(config: Config, backends: Backends) -> Result<Self, ConfigErrors> {
         let sandbox = sluice_server::state::sandbox(&config, &backends)?;
         let registry = Arc::new(Registry::open(sandbox.clone(), backends.registry.clone()));
+        let tenants = Arc::new(Tenants::new(
+            backends.tenants.clone(),
+            config.management.max_tenants,
+        ));
         let state = ServerState::build(config, sandbox, backends, registry.clone()).await?;
-        Ok(Self { state, registry })
+        let started = std::time::Instant::now();
+        let served = tenants.start(&state).await;
+        if served > 0 {
+            tracing::info!(
+                tenants = served,
+                took_ms = started.elapsed().as_millis() as u64,
+                "tenants of the management API loaded"
+            );
+        }
+        Ok(Self {
+            state,
+            registry,
+            tenants,
+        })
     }
 
     /// Take part in the fleet: report this node's connection counts, and
@@ -89,6 +108,23 @@ impl Node {
         cluster
             .follow_registry(on_record, on_audit)
             .await
+            .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        // Tenants created, changed or removed on any node (this one's own
+        // come back too, and are skipped by their revision).
+        let (state, tenants) = (Arc::downgrade(&self.state), Arc::downgrade(&self.tenants));
+        let on_tenant = move |(id, change): sluice_server::backends::tenants::TenantChange| {
+            let (state, tenants): (Weak<ServerState>, Weak<Tenants>) =
+                (state.clone(), tenants.clone());
+            let applied: futures_util::future::BoxFuture<'static, ()> = Box::pin(async move {
+                if let (Some(s), Some(t)) = (state.upgrade(), tenants.upgrade()) {
+                    t.apply_remote(&s, &id, change).await;
+                }
+            });
+            applied
+        };
+        cluster
+            .follow_tenants(on_tenant)
+            .await
             .map_err(|e| ConfigErrors(vec![e.to_string()]))
     }
 
@@ -100,14 +136,27 @@ impl Node {
             .with_management(management))
     }
 
-    /// A server for this node on listeners the caller bound.
+    /// A server for this node on listeners the caller bound (no
+    /// management listener: see [`Node::serve_on_all`]).
     pub fn serve_on(self, listener: TcpListener, admin: Option<TcpListener>) -> Server {
         let management = self.management();
         Server::from_listeners(self.state, listener, admin).with_management(management)
     }
 
+    /// A server for this node on listeners the caller bound, the
+    /// management listener (HTTPS) among them.
+    pub fn serve_on_all(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        management: TcpListener,
+    ) -> Server {
+        self.serve_on(listener, admin)
+            .with_management_listener(management)
+    }
+
     fn management(&self) -> Arc<dyn sluice_server::admin::ManagementApi> {
-        Arc::new(Management::new(self.registry.clone()))
+        Arc::new(Management::new(self.registry.clone(), self.tenants.clone()))
     }
 }
 

@@ -39,8 +39,31 @@ async fn closed_by(tcp: &mut TcpStream, deadline: tokio::time::Instant) -> bool 
     }
 }
 
-/// One request on its own connection: status, headers (lower-case names)
-/// and body.
+/// A TLS connection to `server`'s management listener, trusting its
+/// certificate.
+pub(crate) async fn management_tls(
+    server: &TestServer,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&server.ca_pem) {
+        roots.add(cert.expect("PEM")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(server.management.expect("management listener")).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// One request on its own connection to the management API (HTTPS):
+/// status, headers (lower-case names) and body.
 pub(crate) async fn raw(
     server: &TestServer,
     method: &str,
@@ -48,10 +71,10 @@ pub(crate) async fn raw(
     token: Option<&str>,
     body: &str,
 ) -> (u16, Vec<(String, String)>, Value) {
-    let addr = server.admin.expect("admin listener");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let addr = server.management.expect("management listener");
+    let mut tls = management_tls(server).await.expect("TLS");
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    tcp.write_all(
+    tls.write_all(
         format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -61,7 +84,9 @@ pub(crate) async fn raw(
     .await
     .expect("write");
     let mut raw = Vec::new();
-    tcp.read_to_end(&mut raw).await.expect("read");
+    // The server closes without a TLS close_notify at times: what was read
+    // before counts.
+    let _ = tls.read_to_end(&mut raw).await;
     let raw = String::from_utf8_lossy(&raw);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let mut lines = head.lines();
@@ -110,8 +135,8 @@ async fn slowloris_on_the_admin_listener_is_cut_off_and_everyone_is_still_served
         "{held} descriptors for {stalled_count} stalled connections"
     );
 
-    // Meanwhile: the public listener accepts and serves, and so does the
-    // admin listener, for /metrics and for a management request.
+    // Meanwhile: the public listener accepts and serves, the admin
+    // listener serves /metrics, and the management listener a request.
     server.assert_honest_client_served().await;
     let (status, metrics) = get(&server, "/metrics").await;
     assert_eq!(status, 200, "{metrics}");
@@ -141,6 +166,119 @@ async fn slowloris_on_the_admin_listener_is_cut_off_and_everyone_is_still_served
     );
     drop(stalled);
     let (status, _) = get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    server.assert_honest_client_served().await;
+}
+
+/// How a stalled client of the management listener stops.
+#[derive(Clone, Copy, Debug)]
+enum Stall {
+    /// Opens TCP and sends nothing.
+    Silent,
+    /// Sends the first bytes of a TLS ClientHello record, never the rest.
+    HalfHello,
+    /// Completes the TLS handshake, then starts a request and never
+    /// finishes its head.
+    HalfRequest,
+}
+
+/// Whether the server closed `tls` before `deadline`.
+async fn tls_closed_by(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slowloris_on_the_management_listener_is_cut_off_and_everyone_is_still_served() {
+    let server = server(&[], |_| {}).await;
+    let management = server.management.expect("management listener");
+    let before = open_fds();
+    // 2,000 TCP connections that never finish the TLS handshake (half of
+    // them silent, half stopping inside the ClientHello record), then 100
+    // that finish it and never finish a request's head: the newest, so the
+    // server holds them (and the newest others) until the header timeout.
+    let hello_start = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let mut stalled = Vec::new();
+    for n in 0..2_000 {
+        let kind = if n % 2 == 0 {
+            Stall::Silent
+        } else {
+            Stall::HalfHello
+        };
+        let mut tcp = TcpStream::connect(management).await.expect("connect");
+        if let Stall::HalfHello = kind {
+            tcp.write_all(&hello_start).await.expect("write");
+        }
+        stalled.push((kind, tcp));
+    }
+    let mut half_requests = Vec::new();
+    for _ in 0..100 {
+        let mut tls = management_tls(&server).await.expect("TLS");
+        tls.write_all(b"GET /v1/audit HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .expect("write");
+        tls.flush().await.expect("flush");
+        half_requests.push(tls);
+    }
+    let connected = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server holds at most its cap of them (this process holds both
+    // ends: the test's 2,100, the server's at most MAX_CONNECTIONS).
+    let stalled_count = stalled.len() + half_requests.len();
+    let held = open_fds().saturating_sub(before);
+    assert!(
+        held <= stalled_count + MAX_CONNECTIONS + 64,
+        "{held} descriptors for {stalled_count} stalled connections"
+    );
+
+    // Meanwhile: the public listener, the admin listener and the
+    // management API serve honest clients.
+    server.assert_honest_client_served().await;
+    let (status, metrics) = get(&server, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    let (status, list) = api(
+        &server,
+        "GET",
+        "/v1/tenants/alpha/handlers",
+        ALPHA_MANAGER,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+
+    // Every stalled connection is closed within the header timeout (the
+    // TLS handshake's and the request head's; with a margin for a loaded
+    // machine).
+    let deadline = connected + HEADER_TIMEOUT + Duration::from_secs(10);
+    let mut open = Vec::new();
+    for (kind, tcp) in &mut stalled {
+        if !closed_by(tcp, deadline).await {
+            open.push(format!("{kind:?}"));
+        }
+    }
+    for tls in &mut half_requests {
+        if !tls_closed_by(tls, deadline).await {
+            open.push(format!("{:?}", Stall::HalfRequest));
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "{} of {stalled_count} stalled connections still open: {open:?}",
+        open.len()
+    );
+    drop((stalled, half_requests));
+    let (status, _) = api(&server, "GET", "/v1/audit", OPERATOR, Value::Null).await;
     assert_eq!(status, 200);
     server.assert_honest_client_served().await;
 }

@@ -1,5 +1,6 @@
-//! `POST /reload` on the admin listener: only with the admin token and a
-//! `Host` naming the listener, one reload at a time, and rate-limit buckets
+//! `POST /reload` on the management listener (HTTPS): only with the admin
+//! token; the admin listener (plain HTTP) reloads nothing and still answers
+//! only a `Host` naming it; one reload at a time, and rate-limit buckets
 //! survive it.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use sluice_tests::handlers;
 use sluice_tests::server::{AUDIENCE, Client, ISSUER, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::reload::{ADMIN_TOKEN, post_reload};
+use crate::reload::{ADMIN_TOKEN, post_admin, post_reload};
 
 /// The server's configuration file: tenant `alpha` (the honest client's)
 /// with an echo route, `shout` too when `shout`, and this subject rate.
@@ -31,6 +32,10 @@ admin_token = {{ secret_file = "admin.token" }}
 max_connections_per_ip = 10000
 handshakes_per_ip_per_sec = 10000
 handshake_burst_per_ip = 10000
+
+[management]
+# Not the default 127.0.0.1:9443: tests run side by side.
+listen = "127.0.0.1:0"
 
 [tenants.alpha.auth]
 issuer = "{ISSUER}"
@@ -95,7 +100,7 @@ async fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> u16 {
 }
 
 #[tokio::test]
-async fn post_reload_needs_the_admin_token_and_a_host_naming_the_listener() {
+async fn post_reload_needs_the_admin_token_and_only_the_management_listener_reloads() {
     let (server, path) = start(100).await;
     let admin = server.admin.expect("admin");
     let mut c = server
@@ -106,33 +111,42 @@ async fn post_reload_needs_the_admin_token_and_a_host_naming_the_listener() {
     // The file now has a `shout` route: each refused reload leaves it out.
     write_config(path.parent().expect("dir"), true, 100);
 
-    let (status, body) = post_reload(admin, "localhost", None).await;
+    let (status, body) = post_reload(&server, None).await;
     assert_eq!(status, 401, "no token: {body}");
     assert!(body.contains("Authorization: Bearer"), "{body}");
     let wrong = ADMIN_TOKEN.replace('0', "1");
-    let (status, _) = post_reload(admin, "localhost", Some(&wrong)).await;
+    let (status, _) = post_reload(&server, Some(&wrong)).await;
     assert_eq!(status, 401, "a wrong token");
-    let (status, _) = post_reload(admin, "localhost", Some(&ADMIN_TOKEN[..20])).await;
+    let (status, _) = post_reload(&server, Some(&ADMIN_TOKEN[..20])).await;
     assert_eq!(status, 401, "a prefix of the token");
-    // DNS rebinding: the right token does not help from a foreign Host.
+    // The admin listener does not reload, even with the token: 404 naming
+    // the management listener from a Host naming it, 403 from a foreign
+    // Host (DNS rebinding) as for everything it serves.
+    for host in ["localhost", "127.0.0.1", &admin.to_string()] {
+        let (status, body) = post_admin(admin, host, "/reload", Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 404, "Host {host}: {body}");
+        assert!(body.contains("[management] listen"), "{body}");
+    }
     for host in [
         "evil.example",
         "evil.example:80",
         "localhost.evil.example",
         "8.8.8.8",
     ] {
-        let (status, body) = post_reload(admin, host, Some(ADMIN_TOKEN)).await;
+        let (status, body) = post_admin(admin, host, "/reload", Some(ADMIN_TOKEN)).await;
         assert_eq!(status, 403, "Host {host}: {body}");
+        assert_eq!(get(admin, host, "/metrics").await, 403, "Host {host}");
     }
-    assert_eq!(get(admin, "evil.example", "/metrics").await, 403);
+    assert_eq!(get(admin, "localhost", "/metrics").await, 200);
+    assert_eq!(get(admin, &admin.to_string(), "/metrics").await, 200);
     assert_eq!(
         shout(&mut c, "1").await["code"],
         "unknown_type",
         "nothing was reloaded"
     );
 
-    // The token and the listener's own address: reloaded.
-    let (status, body) = post_reload(admin, &admin.to_string(), Some(ADMIN_TOKEN)).await;
+    // The token, over HTTPS: reloaded.
+    let (status, body) = post_reload(&server, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("reloaded: 1 tenant(s)"), "{body}");
     assert_eq!(
@@ -140,20 +154,13 @@ async fn post_reload_needs_the_admin_token_and_a_host_naming_the_listener() {
         json!({"type": "ack", "id": "2", "data": "hi"})
     );
 
-    // What `sluice reload -c` does: address and token from the file.
+    // What `sluice reload -c` sends: the token of the file.
     write_config(path.parent().expect("dir"), false, 100);
     let config = Config::load(&path).expect("config");
-    let (status, body) =
-        sluice::server::admin::client::request_reload(Some(&config), Some(&admin.to_string()))
-            .await
-            .expect("reload");
+    let token = config.admin_token().expect("the token file reads");
+    let (status, body) = post_reload(&server, token.as_deref()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(shout(&mut c, "3").await["code"], "unknown_type");
-    // Without the file, `sluice reload` has no token and is refused.
-    let (status, _) = sluice::server::admin::client::request_reload(None, Some(&admin.to_string()))
-        .await
-        .expect("answer");
-    assert_eq!(status, 401);
     assert_eq!(get(admin, "localhost", "/healthz").await, 200);
     c.assert_usable().await;
     server.assert_honest_client_served().await;
@@ -178,7 +185,6 @@ async fn burst_of_two(c: &mut Client, tag: &str) -> usize {
 async fn a_subject_over_its_rate_stays_limited_across_a_reload() {
     // One message a second per subject, a burst of two.
     let (server, path) = start(1).await;
-    let admin = server.admin.expect("admin");
     let mut c = server
         .connect("alpha", &server.token("alpha", "flooder", ""))
         .await
@@ -191,7 +197,7 @@ async fn a_subject_over_its_rate_stays_limited_across_a_reload() {
     let emptied = Instant::now();
 
     write_config(path.parent().expect("dir"), true, 1);
-    let (status, body) = post_reload(admin, "127.0.0.1", Some(ADMIN_TOKEN)).await;
+    let (status, body) = post_reload(&server, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     // Fresh buckets would answer both; the kept bucket refills one message
     // a second, so within 2 s of emptying it at most one gets through.
@@ -209,7 +215,7 @@ async fn a_subject_over_its_rate_stays_limited_across_a_reload() {
 
     // A reload that changes the rate starts new buckets at the new rate.
     write_config(path.parent().expect("dir"), true, 100);
-    let (status, body) = post_reload(admin, "127.0.0.1", Some(ADMIN_TOKEN)).await;
+    let (status, body) = post_reload(&server, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(burst_of_two(&mut c, "c").await, 2);
 }

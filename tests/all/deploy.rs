@@ -9,8 +9,9 @@
 //! - `manifests_*`: `kubernetes-validate --strict` (its schemas ship in the
 //!   PyPI package) accepts every manifest for Kubernetes 1.30 and 1.37, and
 //!   `tests/deploy/check-manifests` finds the pieces consistent (probes,
-//!   disruption budgets, grace period against the drain, Secrets, the TLS
-//!   proxy, one config per node, podman's file against Kubernetes'); a
+//!   disruption budgets, grace period against the drain, Secrets, the
+//!   management API's port, one config per node, podman's file against
+//!   Kubernetes'); a
 //!   planted mistake of each kind is caught.
 //! - `image_*`: builds the image with podman, runs it with a config volume
 //!   and a data volume, chats through it with `sluice connect`, rotates the
@@ -18,18 +19,18 @@
 //!   closed with 1001 before the container exits 0; the data survives into
 //!   the next container.
 //! - `fleet_*`: `podman kube play` of deploy/podman/sluice-fleet.yaml: three
-//!   NATS servers, two Sluice nodes, a TLS proxy per node; the chat handler
-//!   is pushed over TLS through one node's management API and serves on
-//!   both, two clients chat across the nodes, a drained node closes its
+//!   NATS servers, two Sluice nodes; the chat handler is pushed over HTTPS
+//!   through one node's management API (its own listener, the wss
+//!   certificate) and serves on both, two clients chat across the nodes, a drained node closes its
 //!   client with 1001 and the client resumes on the other node.
 //!
 //! The image is built with the prebuilt-binary path of the Containerfile
 //! (`SLUICE_BINARY_FROM`, the `sluice` binary this build made, stripped of
 //! debug info) on a runtime base the test makes from that binary's shared
 //! libraries: no registry is reachable here, and compiling Sluice again in
-//! a container would take 15+ minutes. The NATS and nginx images the
-//! manifests name are stood in for by local images of the pinned
-//! nats-server (the official image is that binary alone) and Debian's nginx.
+//! a container would take 15+ minutes. The NATS image the manifests name
+//! is stood in for by a local image of the pinned nats-server (the official
+//! image is that binary alone).
 //!
 //! On these machines podman needs `--runtime runc` (crun cannot set the
 //! rlimits here) and explicit `--ulimit nofile=…,nproc=…` within the
@@ -56,7 +57,6 @@ use sluice_tests::server::TempDir;
 const SLUICE_IMAGE: &str = "registry.example.com/sluice:0.1.0";
 /// Stand-ins for the public images the manifests name.
 const NATS_IMAGE: &str = "docker.io/library/nats:2.15.1";
-const NGINX_IMAGE: &str = "docker.io/library/nginx:1.27";
 /// Local bases of the test's build (never pushed anywhere).
 const RUNTIME_BASE: &str = "localhost/sluice-test-runtime-base:latest";
 const BINARY_IMAGE: &str = "localhost/sluice-test-binary:latest";
@@ -431,12 +431,26 @@ fn manifest_checks_catch_planted_mistakes() {
             "drain_timeout_ms = 25000",
             "in more than `node`",
         ),
-        // The management API on the pod's network in clear.
+        // The admin listener (plain HTTP) on the pod's network.
         (
             "kubernetes/sluice.yaml",
             r#"admin_listen = "127.0.0.1:9464""#,
             r#"admin_listen = "0.0.0.0:9464""#,
             "must stay on the pod's loopback",
+        ),
+        // The management API where its container port is not.
+        (
+            "kubernetes/sluice.yaml",
+            "{name: management, containerPort: 9443}",
+            "{name: management, containerPort: 9543}",
+            "container's `management` port",
+        ),
+        // Two nodes of the podman pod on one management port.
+        (
+            "podman/sluice-fleet.yaml",
+            r#"listen = "0.0.0.0:9444""#,
+            r#"listen = "0.0.0.0:9443""#,
+            "listen on one port",
         ),
         // A secret key nobody provides.
         (
@@ -637,8 +651,8 @@ struct Images {
 }
 
 /// Build the Sluice image from the Containerfile (prebuilt-binary path, on
-/// a base made from the binary's libraries) and, with `fleet`, the NATS and
-/// nginx stand-ins.
+/// a base made from the binary's libraries) and, with `fleet`, the NATS
+/// stand-in.
 fn build_images(fleet: bool) -> Images {
     let work = TempDir::new();
     // This build's binary, without its debug info (the release profile's
@@ -683,8 +697,6 @@ fn build_images(fleet: bool) -> Images {
         ok(podman()
             .args(["build", "--pull=never", "-t", NATS_IMAGE])
             .arg(&dir.0));
-        let nginx = tool("SLUICE_NGINX", "/var/tmp/sluice-tools/nginx/usr/sbin/nginx");
-        rootfs_image(NGINX_IMAGE, &[(&nginx, "/usr/sbin/nginx")], &[&nginx]);
     }
     let binary_bytes = std::fs::metadata(&binary).expect("binary").len();
     Images {
@@ -830,7 +842,7 @@ fn random_hex(n: usize) -> String {
 
 /// The image test's config: one node, the chat handler, tenant `demo`
 /// with the HMAC keys named (the first one signs `sluice token`).
-fn image_config(wss: u16, admin: u16, keys: &[&str]) -> String {
+fn image_config(wss: u16, admin: u16, management: u16, keys: &[&str]) -> String {
     let mut text = format!(
         r#"[server]
 listen = "127.0.0.1:{wss}"
@@ -838,6 +850,9 @@ tls_cert = "cert.pem"
 tls_key = "key.pem"
 admin_listen = "127.0.0.1:{admin}"
 admin_token = {{ secret_file = "admin.token" }}
+
+[management]
+listen = "127.0.0.1:{management}"
 
 [store]
 data_dir = "/var/lib/sluice"
@@ -960,7 +975,7 @@ fn image_serves_reloads_and_drains() {
         config["Cmd"],
         serde_json::json!(["serve", "-c", "/etc/sluice/sluice.toml"])
     );
-    for port in ["8443/tcp", "9464/tcp"] {
+    for port in ["8443/tcp", "9464/tcp", "9443/tcp"] {
         assert!(
             config["ExposedPorts"].get(port).is_some(),
             "{port} not exposed: {config}"
@@ -1002,8 +1017,12 @@ fn image_serves_reloads_and_drains() {
     std::fs::write(dir.join("k1.key"), random_hex(32)).expect("k1");
     std::fs::write(dir.join("admin.token"), random_hex(24)).expect("admin token");
     std::fs::copy(handlers::CHAT, dir.join("chat.wasm")).expect("chat.wasm");
-    let (wss, admin) = (free_port(), free_port());
-    std::fs::write(dir.join("sluice.toml"), image_config(wss, admin, &["k1"])).expect("config");
+    let (wss, admin, management) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("sluice.toml"),
+        image_config(wss, admin, management, &["k1"]),
+    )
+    .expect("config");
     for entry in std::fs::read_dir(dir).expect("conf").flatten() {
         std::os::unix::fs::chown(entry.path(), Some(IMAGE_UID), Some(IMAGE_UID)).expect("chown");
     }
@@ -1079,7 +1098,7 @@ fn image_serves_reloads_and_drains() {
     std::os::unix::fs::chown(dir.join("k2.key"), Some(IMAGE_UID), Some(IMAGE_UID)).expect("chown");
     std::fs::write(
         next.0.join("sluice.toml"),
-        image_config(wss, admin, &["k2"]),
+        image_config(wss, admin, management, &["k2"]),
     )
     .expect("config");
     let carol_token = sluice_token(&next.0.join("sluice.toml"), "carol");
@@ -1088,7 +1107,11 @@ fn image_serves_reloads_and_drains() {
         !refused.wait().success(),
         "a token of an unknown key was accepted"
     );
-    std::fs::write(&config_path, image_config(wss, admin, &["k2", "k1"])).expect("config");
+    std::fs::write(
+        &config_path,
+        image_config(wss, admin, management, &["k2", "k1"]),
+    )
+    .expect("config");
     ok(podman().args(["kill", "--signal", "HUP", &name]));
     let deadline = Instant::now() + WAIT;
     let mut carol = loop {
@@ -1229,12 +1252,7 @@ fn fleet_runs_as_a_podman_pod() {
 
     // Every volume podman makes for it (emptyDirs, ConfigMaps, Secrets) is
     // named, and kept across runs: start clean, end clean.
-    let secrets = [
-        "sluice-secrets",
-        "sluice-tls",
-        "sluice-admin-tls",
-        "nats-auth",
-    ];
+    let secrets = ["sluice-secrets", "sluice-tls", "nats-auth"];
     let mut volumes: Vec<String> = pod_text
         .lines()
         .filter_map(|l| {
@@ -1255,12 +1273,12 @@ fn fleet_runs_as_a_podman_pod() {
         .filter_map(|l| l.strip_prefix("    - name: "))
         .filter(|n| {
             n.rsplit_once('-').is_some_and(|(kind, i)| {
-                ["nats", "sluice", "tls-proxy"].contains(&kind) && i.parse::<u8>().is_ok()
+                ["nats", "sluice"].contains(&kind) && i.parse::<u8>().is_ok()
             })
         })
         .map(|n| format!("sluice-fleet-{n}"))
         .collect();
-    assert_eq!(containers.len(), 7, "the pod's containers: {containers:?}");
+    assert_eq!(containers.len(), 5, "the pod's containers: {containers:?}");
     let cleanup = Cleanup::default();
     let remove = |cleanup: &Cleanup| {
         for v in &volumes {
@@ -1280,11 +1298,9 @@ fn fleet_runs_as_a_podman_pod() {
     // The Secrets, as an operator makes them.
     let files = TempDir::new();
     let bin = sluice_tests::sluice_bin();
-    for folder in ["wss", "admin"] {
-        ok(Command::new(&bin)
-            .args(["cert", "--out"])
-            .arg(files.0.join(folder)));
-    }
+    ok(Command::new(&bin)
+        .args(["cert", "--out"])
+        .arg(files.0.join("wss")));
     let read = |p: &str| std::fs::read_to_string(files.0.join(p)).expect("read");
     let (admin_token, manage_token, nats_token) = (random_hex(24), random_hex(24), random_hex(24));
     let jwt_key = random_hex(32);
@@ -1311,17 +1327,6 @@ fn fleet_runs_as_a_podman_pod() {
                 &[
                     ("tls.crt", &read("wss/cert.pem")),
                     ("tls.key", &read("wss/key.pem")),
-                ],
-            ),
-        ),
-        (
-            "sluice-admin-tls",
-            secret_yaml(
-                "sluice-admin-tls",
-                "kubernetes.io/tls",
-                &[
-                    ("tls.crt", &read("admin/cert.pem")),
-                    ("tls.key", &read("admin/key.pem")),
                 ],
             ),
         ),
@@ -1379,9 +1384,10 @@ fn fleet_runs_as_a_podman_pod() {
     }
 
     // The tenant pushes its chat handler through node 0's management API,
-    // over TLS; plain HTTP to the TLS port gets nowhere.
+    // over HTTPS (the server's own certificate); plain HTTP to that port
+    // gets nowhere.
     let curl = PathBuf::from("/usr/bin/curl");
-    let admin_ca = files.0.join("admin/cert.pem");
+    let ca = files.0.join("wss/cert.pem");
     let body = files.0.join("push.json");
     std::fs::write(
         &body,
@@ -1394,7 +1400,7 @@ fn fleet_runs_as_a_podman_pod() {
     .expect("write push");
     let pushed = ok(in_pod(&pid, &curl)
         .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
-        .arg(&admin_ca)
+        .arg(&ca)
         .args(["-H", &format!("Authorization: Bearer {manage_token}")])
         .args(["-H", "Content-Type: application/json", "--data-binary"])
         .arg(format!("@{}", body.display()))
@@ -1417,15 +1423,25 @@ fn fleet_runs_as_a_podman_pod() {
         plain, "400",
         "plain HTTP on the TLS port was answered {plain}"
     );
-    // Node 1, through its own TLS proxy, serves what was pushed on node 0.
+    // Node 1, on its own management port, serves what was pushed on node 0.
     let listed = ok(in_pod(&pid, &curl)
         .args(["-sS", "--cacert"])
-        .arg(&admin_ca)
+        .arg(&ca)
         .args(["-H", &format!("Authorization: Bearer {admin_token}")])
         .arg("https://127.0.0.1:9444/v1/tenants/app/handlers"));
     assert!(
         listed.contains("\"chat\""),
         "node 1 does not list the pushed handler: {listed}"
+    );
+    // The operator reloads node 1 over the same HTTPS port.
+    let reloaded = ok(in_pod(&pid, &curl)
+        .args(["-sS", "-X", "POST", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {admin_token}")])
+        .arg("https://127.0.0.1:9444/reload"));
+    assert!(
+        reloaded.starts_with("reloaded: ") && reloaded.trim_end().ends_with("200"),
+        "POST /reload over HTTPS: {reloaded}"
     );
 
     // Clients on the two nodes chat through NATS.

@@ -69,6 +69,8 @@ pub(crate) async fn server(
     .await
 }
 
+/// One request to `server`'s management API (HTTPS) with `token`: the
+/// status and the answer (JSON, or the text as a JSON string).
 pub(crate) async fn api(
     server: &TestServer,
     method: &str,
@@ -76,20 +78,7 @@ pub(crate) async fn api(
     token: &str,
     body: Value,
 ) -> (u16, Value) {
-    let admin = server.admin.expect("admin listener").to_string();
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let method = http::Method::from_bytes(method.as_bytes()).expect("method");
-    let (status, answer) =
-        sluice::server::admin::client::request(&admin, method, path, Some(token), body)
-            .await
-            .expect("the admin listener answers");
-    let value = serde_json::from_slice(&answer)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
-    (status, value)
+    server.manage(method, path, token, body).await
 }
 
 pub(crate) async fn push(
@@ -101,22 +90,22 @@ pub(crate) async fn push(
     samples: Option<Vec<Sample>>,
     stage: Option<(Stage, Option<u8>)>,
 ) -> (u16, Value) {
-    let admin = server.admin.expect("admin listener").to_string();
     let body = push_body(
         bytes,
         samples.as_deref(),
         stage.map(|s| s.0),
         stage.and_then(|s| s.1),
     );
-    let (status, answer) = sluice::server::admin::client::request(
-        &admin,
-        http::Method::POST,
-        &format!("/v1/tenants/{tenant}/handlers/{name}/versions"),
-        Some(token),
-        body,
-    )
-    .await
-    .expect("the admin listener answers");
+    let (status, answer) = server
+        .management_client()
+        .request(
+            http::Method::POST,
+            &format!("/v1/tenants/{tenant}/handlers/{name}/versions"),
+            Some(token),
+            body,
+        )
+        .await
+        .expect("the management API answers");
     (
         status,
         serde_json::from_slice(&answer).expect("JSON answer"),
@@ -729,38 +718,51 @@ async fn versions_and_routing_survive_a_restart_and_the_cli_reads_them() {
     // The CLI, with a tenant token: list and roll back.
     let token_file = data.0.join("alpha.token");
     std::fs::write(&token_file, ALPHA_MANAGER).expect("token file");
-    let admin = second.admin.expect("admin").to_string();
-    let (ok, out) = cli(&admin, &token_file, &["list", "alpha"]).await;
+    let (ok, out) = cli(&second, &token_file, &["list", "alpha"]).await;
     assert!(ok, "{out}");
     assert!(
         out.contains("bot: stable v1, canary v2 at 30% (2 version(s))"),
         "{out}"
     );
-    let (ok, out) = cli(&admin, &token_file, &["promote", "alpha", "bot", "v2"]).await;
+    let (ok, out) = cli(&second, &token_file, &["promote", "alpha", "bot", "v2"]).await;
     assert!(ok && out.contains("routing: stable v2"), "{out}");
-    let (ok, out) = cli(&admin, &token_file, &["--json", "rollback", "alpha", "bot"]).await;
+    let (ok, out) = cli(
+        &second,
+        &token_file,
+        &["--json", "rollback", "alpha", "bot"],
+    )
+    .await;
     assert!(ok, "{out}");
     let v: Value = serde_json::from_str(&out).expect("--json prints JSON");
     assert_eq!(v["routing"]["stable"], 1);
-    let (ok, out) = cli(&admin, &token_file, &["list", "beta"]).await;
+    let (ok, out) = cli(&second, &token_file, &["list", "beta"]).await;
     assert!(!ok && out.contains("error (403)"), "{out}");
     let (ok, out) = cli(
-        &admin,
+        &second,
         &token_file,
         &["rm", "alpha", "bot", "--version", "2"],
     )
     .await;
     assert!(ok, "{out}");
-    let (ok, out) = cli(&admin, &token_file, &["show", "alpha", "bot"]).await;
+    let (ok, out) = cli(&second, &token_file, &["show", "alpha", "bot"]).await;
     assert!(ok && out.contains("v1 ") && !out.contains("v2 "), "{out}");
     assert!(Path::new(&data.0).exists());
 }
 
-/// `sluice handler --admin ADDR --token-file FILE <args>`: success and output.
-async fn cli(admin: &str, token_file: &Path, args: &[&str]) -> (bool, String) {
+/// `sluice handler --url ADDR --ca CERT --token-file FILE <args>` against
+/// `server`'s management API (HTTPS): success and output.
+async fn cli(server: &TestServer, token_file: &Path, args: &[&str]) -> (bool, String) {
+    let url = server
+        .management
+        .expect("a management listener")
+        .to_string();
+    let ca = token_file.with_file_name("management-ca.pem");
+    std::fs::write(&ca, &server.ca_pem).expect("the CA file");
     let out = tokio::process::Command::new(sluice_tests::sluice_bin())
         .arg("handler")
-        .args(["--admin", admin, "--token-file"])
+        .args(["--url", &url, "--ca"])
+        .arg(&ca)
+        .arg("--token-file")
         .arg(token_file)
         .args(args)
         .output()

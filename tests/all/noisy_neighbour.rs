@@ -1,7 +1,7 @@
 //! The noisy-neighbour suite (issue 26): tenant alpha drives every shared
 //! resource to its quota at the same time — it pushes handlers until
-//! refused, floods the admin listener without a token and holds slowloris
-//! connections to it, makes management requests past its rate, opens
+//! refused, floods the management listener without a token and holds
+//! slowloris connections to it, makes management requests past its rate, opens
 //! connections past its cap and burns its whole fuel on every call from
 //! each, publishes to a fresh channel per message and joins presence on
 //! as many channels as it may — while tenant beta's honest clients run
@@ -16,7 +16,7 @@
 //! on one node, beta's load through the other; history on JetStream,
 //! connection caps over both). Latency is not asserted here:
 //! `bench/noisy-neighbour` measures it. About 15 s of wall time each (the
-//! admin listener's header timeout).
+//! management listener's header timeout).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,21 +226,21 @@ async fn alpha_unauthenticated_flood(server: &TestServer) -> usize {
     refused
 }
 
-/// Connections to the admin listener that start a request and never
-/// finish it; how many the server still held after its header timeout.
+/// Connections to the management listener that start a TLS handshake
+/// and never finish it (or send nothing at all); how many the server still
+/// held after its header timeout.
 async fn alpha_slowloris(server: &TestServer) -> usize {
-    let admin = server.admin.expect("admin listener");
+    let management = server.management.expect("management listener");
+    let hello_start = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     let mut stalled = Vec::new();
     // Under the listener's connection cap, so all are accepted at once.
-    for _ in 0..200 {
-        let Ok(mut tcp) = TcpStream::connect(admin).await else {
+    for n in 0..200 {
+        let Ok(mut tcp) = TcpStream::connect(management).await else {
             continue;
         };
-        if tcp
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .is_ok()
-        {
+        if n % 2 == 0 || tcp.write_all(&hello_start).await.is_ok() {
             stalled.push(tcp);
         }
     }

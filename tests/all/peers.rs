@@ -188,6 +188,8 @@ impl BenchSluice {
             .expect("peers/sluice-bench.toml parses");
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
         config.server.admin_listen = None;
+        // Not the default 127.0.0.1:9443: tests run side by side.
+        config.management.listen = "127.0.0.1:0".parse().expect("addr");
         config.server.tls_cert = files.path("cert.pem");
         config.server.tls_key = files.path("key.pem");
         let tenant = config.tenants.get_mut(TENANT).expect("tenant bench");

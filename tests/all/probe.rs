@@ -147,6 +147,8 @@ impl DevSluice {
         .expect("the dev files");
         let mut config = Config::load(&config_path).expect("the dev config loads");
         config.server.admin_listen = None;
+        // Not the default 127.0.0.1:9443: tests run side by side.
+        config.management.listen = "127.0.0.1:0".parse().expect("addr");
         let node = match Node::build(config).await {
             Ok(n) => n,
             Err(e) => panic!("the dev config builds: {e}"),

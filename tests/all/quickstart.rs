@@ -2,8 +2,13 @@
 //! start run for real. `sluice dev` (the `sluice` binary cargo built next to
 //! this test binary) starts in an empty folder; the client command it
 //! prints is run through a shell with the README's example messages on
-//! stdin and must print the README's answers. Also: a busy port, the dev
-//! certificate's validity and renewal, and `sluice connect` without `--ca`.
+//! stdin and must print the README's answers. Then the README's second
+//! tenant: `sluice tenant create` over HTTPS against the dev server, a token
+//! minted with the generated secret, a chat on the new tenant; the CLI's
+//! refusals (409 exists, 409 conflict, 422 with every problem, plain HTTP);
+//! and a restart that keeps the demo tenant of the store. Also: a busy port,
+//! the dev certificate's validity and renewal, and `sluice connect` without
+//! `--ca`.
 //!
 //! Needs the `sluice` binary of this build: `tests/run` builds it
 //! (`cargo build --workspace --bin sluice`) before `cargo test`.
@@ -200,6 +205,16 @@ impl Dev {
             .unwrap_or_else(|| panic!("no line starting with {prefix:?} in {:?}", self.banner))
     }
 
+    /// The management API's address the banner prints.
+    fn management(&self) -> &str {
+        let line = self.line_after("management:");
+        line.trim()
+            .strip_prefix("https://")
+            .and_then(|l| l.split_once("/v1/"))
+            .map(|(addr, _)| addr)
+            .unwrap_or_else(|| panic!("management: https://ADDR/v1/ expected, not {line:?}"))
+    }
+
     /// The client command printed under "Connect".
     fn client_command(&self) -> &str {
         let at = self
@@ -349,6 +364,292 @@ fn quickstart_the_printed_client_command_gets_the_readme_answers() {
     let want: Vec<String> = answers.iter().map(|l| normalise(l, false)).collect();
     assert_eq!(got, want, "the client printed:\n{stdout}");
     drop(dev);
+}
+
+/// The README's commands between `quickstart-tenant` markers, for this dev
+/// server: its binary, its addresses.
+fn readme_tenant_commands(dev: &Dev) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let start = readme
+        .find("<!-- quickstart-tenant: begin -->")
+        .expect("README.md has the quickstart-tenant begin marker");
+    let end = readme
+        .find("<!-- quickstart-tenant: end -->")
+        .expect("README.md has the quickstart-tenant end marker");
+    let url = dev.line_after("Sluice dev server on ");
+    let listen = url
+        .strip_prefix("wss://")
+        .and_then(|u| u.strip_suffix("/ws/demo"))
+        .expect("wss://ADDR/ws/demo");
+    let api = dev.management();
+    let bin = sluice_tests::sluice_bin().display().to_string();
+    let commands: Vec<String> = readme[start..end]
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("```") && !l.trim().is_empty())
+        .map(|l| {
+            l.replace("target/release/sluice", &bin)
+                .replace("127.0.0.1:9443", api)
+                .replace("127.0.0.1:8443", listen)
+        })
+        .collect();
+    assert!(
+        commands.iter().any(|c| c.contains("tenant create")),
+        "{commands:?}"
+    );
+    commands
+}
+
+/// The tenant of docs/management.md's example (its first JSON block), with
+/// this machine's chat handler.
+fn docs_example_tenant(chat: &str) -> String {
+    let doc =
+        std::fs::read_to_string(repo_root().join("docs/management.md")).expect("management.md");
+    let start = doc.find("```json\n").expect("a JSON example") + "```json\n".len();
+    let end = start + doc[start..].find("```").expect("its end");
+    let mut tenant: Value = serde_json::from_str(&doc[start..end]).expect("the example is JSON");
+    tenant["handlers"]["chat"]["component"] = Value::from(chat);
+    tenant.to_string()
+}
+
+/// `sluice <args>` in `cwd`: exit status, stdout, stderr.
+fn sluice(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(sluice_tests::sluice_bin());
+    cmd.args(args).current_dir(cwd).env_remove("SLUICE_TOKEN");
+    let out = finish(piped(cmd), "");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn quickstart_a_second_tenant_is_created_through_the_api_and_chats() {
+    let cwd = TempDir::new();
+    let dev = Dev::start(&cwd.0);
+    let api = dev.management().to_owned();
+    let chat = dev.line_after("chat handler:").trim().to_owned();
+    // The banner says how, with this server's flags.
+    let create = dev.line_after(&format!(
+        "{} tenant create acme",
+        dev.client_command()
+            .split_whitespace()
+            .next()
+            .expect("program")
+    ));
+    assert!(
+        create.contains(&format!(
+            "--url {api} --ca dev/cert.pem --token-file dev/admin.token"
+        )),
+        "{create}"
+    );
+    std::fs::write(cwd.0.join("acme.json"), docs_example_tenant(&chat)).expect("acme.json");
+
+    let script = format!("set -e\n{}\n", readme_tenant_commands(&dev).join("\n"));
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&cwd.0)
+        .env_remove("SLUICE_TOKEN");
+    let typed = "{\"type\":\"chat.join\",\"id\":\"1\",\"channel\":\"room:1\"}\n\
+                 {\"type\":\"chat.send\",\"id\":\"2\",\"channel\":\"room:1\",\"data\":{\"text\":\"hi\"}}\n";
+    let out = finish(piped(shell), typed);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the README's commands failed ({}):\n{script}\n{stdout}{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("tenant acme created: revision "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("written: dev/acme.k1.secret (0600)"),
+        "{stdout}"
+    );
+    let secret = std::fs::read_to_string(cwd.0.join("dev/acme.k1.secret")).expect("secret");
+    assert!(
+        secret.len() >= 32 && !stdout.contains(&secret),
+        "the secret went to its file only"
+    );
+    #[cfg(unix)]
+    for file in ["dev/acme.k1.secret", "dev/acme.token"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(cwd.0.join(file))
+            .expect(file)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let frames: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "welcome" && f["data"]["subject"] == "alice"),
+        "{stdout}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "ack" && f["id"] == "2" && f["data"]["seq"].is_u64()),
+        "alice chatted on tenant acme: {stdout}"
+    );
+
+    // What the API refuses, as the CLI tells it; each refusal exits 1.
+    let flags = [
+        "--url",
+        api.as_str(),
+        "--ca",
+        "dev/cert.pem",
+        "--token-file",
+        "dev/admin.token",
+    ];
+    let with = |args: &[&str]| sluice(&cwd.0, &[args, &flags[..]].concat());
+    let (ok, _, err) = with(&["tenant", "create", "acme", "--file", "acme.json"]);
+    assert!(!ok && err.contains("error (409): exists: "), "{err}");
+    let (ok, out, err) = with(&["tenant", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("demo api revision "))
+            && out.lines().any(|l| l.starts_with("acme api revision ")),
+        "{out}"
+    );
+    let (ok, out, err) = with(&[
+        "tenant",
+        "update",
+        "acme",
+        "--set",
+        r#"origins=["https://web.acme.example"]"#,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("tenant acme is at revision ")
+            && out.contains("tenant acme updated: revision "),
+        "{out}{err}"
+    );
+    let (ok, _, err) = with(&[
+        "tenant",
+        "update",
+        "acme",
+        "--revision",
+        "1",
+        "--set",
+        "require_origin=true",
+    ]);
+    assert!(
+        !ok && err.contains("error (409): conflict: ") && err.contains("retry with --revision "),
+        "{err}"
+    );
+    std::fs::write(
+        cwd.0.join("bad.json"),
+        r#"{"auth": {"issuer": "i", "audience": "a", "keys": [{"kid": "k", "algorithm": "none"}]},
+            "routes": {"x": {"handler": "nowhere"}}}"#,
+    )
+    .expect("bad.json");
+    let (ok, _, err) = with(&["tenant", "create", "bad", "--file", "bad.json"]);
+    assert!(!ok && err.starts_with("error (422): invalid: "), "{err}");
+    assert!(
+        err.lines()
+            .filter(|l| l.starts_with("  tenants.bad"))
+            .count()
+            >= 3
+            && err.contains("  tenants.bad.routes.x: "),
+        "every problem, one per line: {err}"
+    );
+    // The tenant's own token reads it; the operator's list is not its own.
+    let (ok, out, err) = sluice(
+        &cwd.0,
+        &[
+            "tenant",
+            "show",
+            "acme",
+            "--url",
+            &api,
+            "--ca",
+            "dev/cert.pem",
+            "--token-file",
+            "dev/acme.token",
+        ],
+    );
+    assert!(
+        ok && out.starts_with("tenant acme (api, revision "),
+        "{out}{err}"
+    );
+    assert!(out.contains("(hidden)") && !out.contains(&secret), "{out}");
+    let (ok, _, err) = sluice(
+        &cwd.0,
+        &[
+            "tenant",
+            "list",
+            "--url",
+            &api,
+            "--ca",
+            "dev/cert.pem",
+            "--token-file",
+            "dev/acme.token",
+        ],
+    );
+    assert!(!ok && err.starts_with("error (403)"), "{err}");
+    // The client refuses plain HTTP before anything is sent.
+    let (ok, _, err) = sluice(
+        &cwd.0,
+        &[
+            "tenant",
+            "list",
+            "--url",
+            &format!("http://{api}"),
+            "--ca",
+            "dev/cert.pem",
+            "--token-file",
+            "dev/admin.token",
+        ],
+    );
+    assert!(!ok && err.contains("HTTPS only"), "{err}");
+    drop(dev);
+
+    // A restart keeps the demo tenant of the store and its secret file:
+    // the printed client command connects.
+    let dev = Dev::start(&cwd.0);
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(dev.client_command())
+        .current_dir(&cwd.0);
+    let out = finish(
+        piped(shell),
+        "{\"type\":\"echo\",\"id\":\"e\",\"data\":1}\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(r#"{"type":"ack","id":"e","data":1}"#),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = dev.management().to_owned();
+    let (ok, out, err) = sluice(
+        &cwd.0,
+        &[
+            "tenant",
+            "list",
+            "--url",
+            &api,
+            "--ca",
+            "dev/cert.pem",
+            "--token-file",
+            "dev/admin.token",
+        ],
+    );
+    assert!(
+        ok && out.contains("acme api") && out.contains("demo api"),
+        "{out}{err}"
+    );
 }
 
 #[test]

@@ -97,15 +97,25 @@ async fn a_reload_changes_routes_on_open_connections_and_a_bad_one_is_refused() 
 }
 
 #[tokio::test]
-async fn reload_over_the_admin_listener_reports_why_it_cannot() {
+async fn reload_over_the_management_listener_reports_why_it_cannot() {
     // No admin token configured: POST /reload is refused, with how to
     // configure one.
     let server = TestServer::start().await;
-    let addr = server.admin.expect("admin");
-    let (status, body) = post_reload(addr, "localhost", None).await;
+    let (status, body) = post_reload(&server, None).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("admin_token = { secret_file"), "{body}");
     assert!(body.contains("sluice reload -c"), "{body}");
+    let (status, body) = post_reload(&server, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        status, 403,
+        "a token the server has none to compare with: {body}"
+    );
+    // The admin listener (plain HTTP) does not reload at all: 404, saying
+    // where reloading went.
+    let admin = server.admin.expect("admin");
+    let (status, body) = post_admin(admin, "localhost", "/reload", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("[management] listen"), "{body}");
     server.assert_honest_client_served().await;
 
     // A token, but the server was not started from a file: 422, why.
@@ -117,8 +127,7 @@ async fn reload_over_the_admin_listener_reports_why_it_cannot() {
         });
     })
     .await;
-    let addr = server.admin.expect("admin");
-    let (status, body) = post_reload(addr, "localhost", Some(ADMIN_TOKEN)).await;
+    let (status, body) = post_reload(&server, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("not started from a config file"), "{body}");
     server.assert_honest_client_served().await;
@@ -127,10 +136,23 @@ async fn reload_over_the_admin_listener_reports_why_it_cannot() {
 /// An admin token of the right length.
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0123456789";
 
-/// `POST /reload` with this `Host` and bearer token: status and body.
-pub async fn post_reload(
+/// `POST /reload` on `server`'s management listener (HTTPS) with this
+/// bearer token: status and body.
+pub async fn post_reload(server: &TestServer, token: Option<&str>) -> (u16, String) {
+    let (status, body) = server
+        .management_client()
+        .request(http::Method::POST, "/reload", token, Vec::new())
+        .await
+        .expect("the management listener answers");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `POST path` on the admin listener at `addr` (plain HTTP) with this
+/// `Host` and bearer token: status and body.
+pub async fn post_admin(
     addr: std::net::SocketAddr,
     host: &str,
+    path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -139,7 +161,7 @@ pub async fn post_reload(
         .unwrap_or_default();
     tcp.write_all(
         format!(
-            "POST /reload HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )

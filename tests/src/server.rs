@@ -16,8 +16,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value, json};
 use sluice::client::{ClientOptions, ClientSocket, ConnectError, TokenVia, connect};
 use sluice::config::{
-    AuthConfig, ChannelAccess, ChannelRuleConfig, Config, HandlerConfig, KeyConfig, RouteConfig,
-    ServerConfig, TenantConfig, TenantLimits,
+    AuthConfig, ChannelAccess, ChannelRuleConfig, Config, HandlerConfig, KeyConfig,
+    ManagementConfig, RouteConfig, ServerConfig, TenantConfig, TenantLimits,
 };
 use sluice::node::Node;
 use sluice::sandbox::{Capability, HandlerLimits, Isolation, SandboxConfig};
@@ -141,6 +141,8 @@ pub fn tenant(secret_file: &str) -> TenantConfig {
                 secret_env: None,
                 secret_file: Some(PathBuf::from(secret_file)),
                 public_key_file: None,
+                public_key_pem: None,
+                secret: None,
             }],
             jwks_file: None,
             jwks_url: None,
@@ -211,6 +213,8 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     /// Where its admin listener (metrics, health) listens.
     pub admin: Option<std::net::SocketAddr>,
+    /// Where its management API (HTTPS) listens.
+    pub management: Option<std::net::SocketAddr>,
     /// The certificate to trust.
     pub ca_pem: Vec<u8>,
     /// Tenant gamma's key pair.
@@ -251,6 +255,8 @@ impl TestServer {
             secret_env: None,
             secret_file: None,
             public_key_file: Some(PathBuf::from("gamma.pub.pem")),
+            public_key_pem: None,
+            secret: None,
         }];
         let mut config = Config {
             server: ServerConfig {
@@ -275,6 +281,10 @@ impl TestServer {
             .into(),
             store: Default::default(),
             cluster: None,
+            management: ManagementConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                ..ManagementConfig::default()
+            },
             base_dir: dir.0.clone(),
             source: None,
         };
@@ -288,6 +298,7 @@ impl TestServer {
         let server = node.bind(listen).await.expect("bind");
         let addr = server.local_addr();
         let admin = server.admin_addr();
+        let management = server.management_addr();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -295,6 +306,7 @@ impl TestServer {
         Self {
             addr,
             admin,
+            management,
             ca_pem: cert.into_bytes(),
             ec,
             state,
@@ -302,6 +314,35 @@ impl TestServer {
             task: Some(task),
             _dir: dir,
         }
+    }
+
+    /// The management API's client (HTTPS, trusting this server's
+    /// certificate).
+    pub fn management_client(&self) -> sluice::server::admin::client::Management {
+        sluice::server::admin::client::Management {
+            addr: self.management.expect("a management listener").to_string(),
+            ca_pem: self.ca_pem.clone(),
+            server_name: None,
+        }
+    }
+
+    /// One request to the management API with `token`: the status and the
+    /// answer (JSON, or the text as a JSON string).
+    pub async fn manage(&self, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let method = http::Method::from_bytes(method.as_bytes()).expect("method");
+        let (status, answer) = self
+            .management_client()
+            .request(method, path, Some(token), body)
+            .await
+            .expect("the management API answers");
+        let value = serde_json::from_slice(&answer)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
+        (status, value)
     }
 
     /// The wss URL of a tenant.

@@ -50,8 +50,10 @@ fn default_leeway() -> u64 {
 }
 
 /// One verification key. Exactly one of `secret_env`, `secret_file`,
-/// `public_key_file` must be set; the algorithm is pinned to the key.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `public_key_file`, `public_key_pem` (or, for tenants created through the
+/// management API only, `secret`) must be set; the algorithm is pinned to
+/// the key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// The `kid` tokens name this key by; a key without one matches tokens
@@ -70,6 +72,14 @@ pub struct KeyConfig {
     /// PEM public key (RSA, EC or Ed25519).
     #[serde(default)]
     pub public_key_file: Option<PathBuf>,
+    /// A PEM public key inline (RSA, EC or Ed25519).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+    /// An HMAC secret inline: only in a tenant created through the
+    /// management API, which generates it (refused in the config file,
+    /// where secrets go by reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 impl KeyConfig {
@@ -77,6 +87,25 @@ impl KeyConfig {
     /// Sluice supports (reported by `Config::parse`).
     pub fn algorithm(&self) -> Option<JwtAlgorithm> {
         self.algorithm.parse().ok()
+    }
+
+    /// Whether the key is a public key (from a file or inline).
+    pub fn is_public(&self) -> bool {
+        self.public_key_file.is_some() || self.public_key_pem.is_some()
+    }
+
+    /// How many sources the key names.
+    pub fn sources(&self) -> usize {
+        [
+            self.secret_env.is_some(),
+            self.secret_file.is_some(),
+            self.public_key_file.is_some(),
+            self.public_key_pem.is_some(),
+            self.secret.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count()
     }
 }
 
@@ -98,14 +127,9 @@ impl AuthConfig {
             ));
         }
         for (i, k) in self.keys.iter().enumerate() {
-            let sources = [
-                k.secret_env.is_some(),
-                k.secret_file.is_some(),
-                k.public_key_file.is_some(),
-            ];
-            if sources.iter().filter(|s| **s).count() != 1 {
+            if k.sources() != 1 {
                 problems.push(format!(
-                    "{at}.auth.keys[{i}]: set exactly one of secret_env, secret_file, public_key_file"
+                    "{at}.auth.keys[{i}]: set exactly one of secret_env, secret_file, public_key_file, public_key_pem"
                 ));
             }
             if k.algorithm().is_none() {
@@ -179,8 +203,8 @@ mod tests {
         assert_eq!(
             a.problems("tenants.t"),
             [
-                "tenants.t.auth.keys[0]: set exactly one of secret_env, secret_file, public_key_file",
-                "tenants.t.auth.keys[1]: set exactly one of secret_env, secret_file, public_key_file",
+                "tenants.t.auth.keys[0]: set exactly one of secret_env, secret_file, public_key_file, public_key_pem",
+                "tenants.t.auth.keys[1]: set exactly one of secret_env, secret_file, public_key_file, public_key_pem",
                 "tenants.t.auth.keys[2]: unknown algorithm \"none\"",
             ]
         );

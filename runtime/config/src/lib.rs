@@ -30,6 +30,7 @@ mod handler;
 pub mod jwt;
 mod limits;
 mod managed;
+mod management;
 mod name;
 pub mod quotas;
 mod read;
@@ -47,6 +48,7 @@ pub use handler::HandlerConfig;
 pub use jwt::JwtAlgorithm;
 pub use limits::*;
 pub use managed::{DEFAULT_MAX_VERSIONS, ManagedConfig};
+pub use management::{DEFAULT_MANAGEMENT_LISTEN, DEFAULT_MAX_API_TENANTS, ManagementConfig};
 pub use name::is_name;
 pub use quotas::Quotas;
 pub use route::{ChannelAccess, RouteConfig};
@@ -82,6 +84,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Several nodes serving one fleet through NATS (absent: one node).
     pub cluster: Option<ClusterConfig>,
+    /// The management API's listener.
+    pub management: ManagementConfig,
     /// Tenants by id (the `<tenant>` in `/ws/<tenant>`).
     pub tenants: BTreeMap<String, TenantConfig>,
     /// The directory relative paths are resolved against.
@@ -132,6 +136,9 @@ impl Config {
             read::section::<StoreConfig>(&mut root, "store", &mut problems).unwrap_or_default();
         problems.extend(store.problems());
         let cluster = read::section::<ClusterConfig>(&mut root, "cluster", &mut problems);
+        let management = read::section::<ManagementConfig>(&mut root, "management", &mut problems)
+            .unwrap_or_default();
+        problems.extend(management.problems());
         if let Some(c) = &cluster {
             problems.extend(c.problems());
         }
@@ -153,7 +160,7 @@ impl Config {
         }
         for key in root.keys() {
             problems.push(format!(
-                "unknown top-level key `{key}` (expected server, sandbox, store, cluster, tenants)"
+                "unknown top-level key `{key}` (expected server, sandbox, store, cluster, management, tenants)"
             ));
         }
         let config = Config {
@@ -161,6 +168,7 @@ impl Config {
             sandbox,
             store,
             cluster,
+            management,
             tenants,
             base_dir: base_dir.to_path_buf(),
             source: None,
@@ -209,13 +217,56 @@ impl Config {
         if self.sandbox.compile_timeout.is_zero() {
             problems.push("sandbox.compile_timeout_ms must be greater than zero".into());
         }
-        if self.tenants.is_empty() {
-            problems.push("no tenants: add at least one [tenants.<id>]".into());
+        if self.tenants.is_empty() && !self.management.enabled {
+            problems.push(
+                "no tenants: add at least one [tenants.<id>], or serve the management API \
+                 ([management] enabled) and create them with `sluice tenant create`"
+                    .into(),
+            );
         }
         for (id, t) in &self.tenants {
             problems.extend(t.problems(id, &self.sandbox, &self.server, unparsed_handlers));
+            for (i, k) in t.auth.keys.iter().enumerate() {
+                if k.secret.is_some() {
+                    problems.push(format!(
+                        "tenants.{id}.auth.keys[{i}]: a secret inline is not allowed in the file \
+                         (secrets go by reference: secret_env or secret_file)"
+                    ));
+                }
+            }
         }
         problems
+    }
+
+    /// A tenant given as JSON (the management API's), read and checked by
+    /// the same code as a `[tenants.<id>]` table of the file: every problem
+    /// at once, in the same words (`tenants.<id>.…`). Checks that need
+    /// files and the sandbox (keys, schemas, handlers) come when the tenant
+    /// is built, as for the file.
+    pub fn tenant_from_json(
+        &self,
+        id: &str,
+        json: &serde_json::Value,
+    ) -> Result<TenantConfig, Vec<String>> {
+        let mut problems = Vec::new();
+        let value = match toml::Value::try_from(json) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!(
+                    "tenants.{id}: {e} (null is not a value here: leave the field out)"
+                ));
+                return Err(problems);
+            }
+        };
+        let mut unparsed_handlers = Vec::new();
+        let tenant = read::tenant(id, value, &mut problems, &mut unparsed_handlers);
+        if let Some(t) = &tenant {
+            problems.extend(t.problems(id, &self.sandbox, &self.server, &unparsed_handlers));
+        }
+        match tenant {
+            Some(t) if problems.is_empty() => Ok(t),
+            _ => Err(problems),
+        }
     }
 }
 
@@ -286,24 +337,26 @@ mod tests {
         assert!(problems("[server")[0].starts_with("not valid TOML: "));
         assert_eq!(
             problems(""),
+            ["server: tls_cert and tls_key are required (Sluice serves wss:// only)"],
+            "no tenants in the file: they come from the management API"
+        );
+        assert_eq!(
+            problems("[management]\nenabled = false\n[server]\ntls_cert = \"c\"\ntls_key = \"k\""),
             [
-                "server: tls_cert and tls_key are required (Sluice serves wss:// only)",
-                "no tenants: add at least one [tenants.<id>]",
+                "no tenants: add at least one [tenants.<id>], or serve the management API \
+              ([management] enabled) and create them with `sluice tenant create`"
             ]
         );
         assert_eq!(
             problems(&format!("colour = 1\ntenants2 = 2\n{MINIMAL}")),
             [
-                "unknown top-level key `colour` (expected server, sandbox, store, cluster, tenants)",
-                "unknown top-level key `tenants2` (expected server, sandbox, store, cluster, tenants)",
+                "unknown top-level key `colour` (expected server, sandbox, store, cluster, management, tenants)",
+                "unknown top-level key `tenants2` (expected server, sandbox, store, cluster, management, tenants)",
             ]
         );
         assert_eq!(
             problems("tenants = 1\n[server]\ntls_cert = \"c\"\ntls_key = \"k\""),
-            [
-                "`tenants` must be a table of tenants",
-                "no tenants: add at least one [tenants.<id>]"
-            ]
+            ["`tenants` must be a table of tenants"]
         );
     }
 

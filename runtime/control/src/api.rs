@@ -1,4 +1,5 @@
-//! The management API, on the admin listener under `/v1/` (JSON).
+//! The management API, on the management listener (HTTPS) under `/v1/`
+//! (JSON). Tenants themselves: [`crate::tenants_api`].
 //!
 //! ```text
 //! GET    /v1/tenants/{t}/handlers                      list pushed handlers
@@ -31,36 +32,41 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use sluice_sandbox::BoxFuture;
-use sluice_server::admin::web::{BODY_TIMEOUT, BodyError, bearer, same_secret};
+use sluice_server::admin::web::{bearer, same_secret};
 use sluice_server::state::ServerState;
 use sluice_server::tenant::Tenant;
 
 use crate::audit::{Actor, AuditEntry, now_ms};
+use crate::http::{Resp, error, json_response, parse_query, read_body, refusal, too_many};
 use crate::record::{Routing, Stage};
 use crate::refusal::Refusal;
 use crate::registry::Registry;
-use crate::throttle::{Pushes, TenantRates, Unauthenticated, retry_after_secs};
+use crate::tenants::Tenants;
+use crate::tenants_api::{self, TenantAction};
+use crate::throttle::{Pushes, TenantRates, Unauthenticated};
 use crate::verify::{Sample, Status};
 
 /// The management API over a registry: what the admin listener answers
 /// under `/v1/`.
 pub struct Management {
     registry: Arc<Registry>,
+    tenants: Arc<Tenants>,
     unauthenticated: Unauthenticated,
     rates: TenantRates,
     pushes: Pushes,
 }
 
 impl Management {
-    /// The API of `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
+    /// The API of `registry` and `tenants`.
+    pub fn new(registry: Arc<Registry>, tenants: Arc<Tenants>) -> Self {
         Self {
             registry,
+            tenants,
             unauthenticated: Unauthenticated::default(),
             rates: TenantRates::default(),
             pushes: Pushes::default(),
@@ -112,58 +118,20 @@ struct RollbackBody {
     to: Option<u32>,
 }
 
-type Resp = Response<Full<Bytes>>;
-
 /// What a push body may carry beside the component's base64: the JSON
 /// around it and up to `verify::MAX_SAMPLES` sample messages.
 const PUSH_BODY_SLACK: usize = 256 << 10;
 
-fn json_response(status: u16, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn error(status: u16, code: &str, message: &str) -> Resp {
-    json_response(
-        status,
-        &json!({ "error": { "code": code, "message": message } }),
-    )
-}
-
-/// 429 with `Retry-After`.
-fn too_many(wait: Duration, code: &str, message: &str) -> Resp {
-    let mut resp = error(429, code, message);
-    if let Ok(v) = http::HeaderValue::from_str(&retry_after_secs(wait).to_string()) {
-        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-    }
-    resp
-}
-
-fn refusal(r: &Refusal) -> Resp {
-    let mut body = json!({ "error": { "code": r.code, "message": r.message } });
-    if let Some(report) = &r.report {
-        body["report"] = serde_json::to_value(report).unwrap_or(Value::Null);
-    }
-    let mut resp = json_response(r.status, &body);
-    if r.status == 429 || r.status == 503 {
-        resp.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-    }
-    resp
-}
-
 /// Who `req`'s bearer token says is asking.
-fn authenticate(req: &Request<Incoming>, state: &ServerState) -> Actor {
-    let Some(offered) = bearer(req).map(str::as_bytes) else {
+fn authenticate(req: &Request<Incoming>, state: &ServerState, tenants: &Tenants) -> Actor {
+    let Some(offered) = bearer(req) else {
         return Actor::Anonymous;
     };
+    // A tenant of the API: by the token's SHA-256, one lookup.
+    if let Some(id) = tenants.tenant_of_token(offered) {
+        return Actor::Tenant(id);
+    }
+    let offered = offered.as_bytes();
     if state
         .admin_token()
         .is_some_and(|t| same_secret(offered, t.as_bytes()))
@@ -238,7 +206,9 @@ pub async fn respond(
         .filter(|s| !s.is_empty())
         .collect();
     let method = req.method().clone();
+    let tenant_action = TenantAction::of(&method, &segments);
     let action = match (&method, segments.as_slice()) {
+        _ if tenant_action.is_some() => "tenant",
         (&Method::GET, ["audit"]) => "audit",
         (&Method::GET, ["tenants", _, "handlers"]) => "list",
         (&Method::GET, ["tenants", _, "handlers", _]) => "show",
@@ -255,7 +225,7 @@ pub async fn respond(
             );
         }
     };
-    let actor = authenticate(&req, state);
+    let actor = authenticate(&req, state, &api.tenants);
     if actor == Actor::Anonymous {
         // Nothing from the request is recorded: its path is the sender's.
         if let Some(record) = api.unauthenticated.request(from.ip(), Instant::now()) {
@@ -305,6 +275,19 @@ pub async fn respond(
                 ),
             );
         }
+    }
+    if let Some(action) = tenant_action {
+        return tenants_api::respond(
+            req,
+            action,
+            segments.get(1).copied(),
+            &actor,
+            from,
+            state,
+            &api.tenants,
+            registry,
+        )
+        .await;
     }
     // The path's tenant and handler are audited only when they name a
     // configured tenant and a valid handler name.
@@ -674,42 +657,4 @@ async fn show(registry: &Registry, tenant: &Tenant, name: &str) -> Resp {
             "shadow": shadow,
         }),
     )
-}
-
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Resp> {
-    sluice_server::admin::web::read_body(req.into_body(), max, BODY_TIMEOUT)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge(max) => error(
-                413,
-                "too_large",
-                &format!(
-                    "the request body is over {max} bytes (for a push: the component is larger than the tenant's [managed] max_component_bytes allows)"
-                ),
-            ),
-            BodyError::TimedOut => {
-                let mut resp = error(
-                    408,
-                    "body_timeout",
-                    &format!(
-                        "the request body did not arrive within {} s",
-                        BODY_TIMEOUT.as_secs()
-                    ),
-                );
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-                resp
-            }
-            BodyError::Unreadable(e) => error(400, "bad_request", &format!("reading the body: {e}")),
-        })
-}
-
-fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }

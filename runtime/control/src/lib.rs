@@ -15,6 +15,7 @@
 pub mod api;
 pub mod audit;
 pub mod client;
+mod http;
 pub mod record;
 pub mod refusal;
 pub mod registry;
@@ -22,9 +23,12 @@ pub mod report;
 pub mod shadow;
 pub mod slot;
 pub mod storage;
+pub mod tenants;
+pub mod tenants_api;
 pub mod throttle;
 pub mod verify;
 
 pub use api::Management;
 pub use record::Stage;
 pub use registry::Registry;
+pub use tenants::Tenants;

@@ -21,6 +21,9 @@
 //!   it while it runs.
 //! - Connection caps across the fleet, approximately, failing closed
 //!   ([`caps`]).
+//! - Tenants created through the management API on JetStream KV
+//!   ([`tenants`]): written with the revision read (two nodes changing one
+//!   tenant at once cannot both win), watched by every node.
 //! - Readiness: a node cut off from NATS answers 503 on `/readyz` and
 //!   refuses new connections with HTTP 503 until NATS is back (the client
 //!   reconnects and resubscribes by itself).
@@ -36,6 +39,7 @@ pub mod presence;
 pub mod registry;
 pub mod state;
 pub mod subject;
+pub mod tenants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +47,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use sluice_config::{ClusterConfig, Config};
 use sluice_sandbox::BoxFuture;
+use sluice_server::backends::tenants::TenantChange;
 use sluice_server::backends::{Backends, FleetLink};
 use sluice_server::state::ServerState;
 
@@ -55,6 +60,7 @@ use self::presence::FleetPresence;
 use self::registry::{FleetRegistry, RecordChange};
 use self::state::KvState;
 use self::subject::Subjects;
+use self::tenants::FleetTenants;
 
 /// How long to wait for NATS at start before giving up with a clear error.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,6 +88,8 @@ pub struct Cluster {
     pub registry: Arc<FleetRegistry>,
     /// Answers under idempotency keys across the fleet.
     pub outcomes: Arc<KvOutcomes>,
+    /// Tenants created through the management API, across the fleet.
+    pub tenants: Arc<FleetTenants>,
     prefix: String,
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     client: async_nats::Client,
@@ -165,6 +173,7 @@ impl Cluster {
             FleetPresence::open(&js, &cluster.prefix, cluster.node.clone(), cluster.replicas)
                 .await?;
         let registry = FleetRegistry::open(&js, &cluster.prefix, cluster.replicas).await?;
+        let tenants = FleetTenants::open(&js, &cluster.prefix, cluster.replicas).await?;
         // The bucket keeps answers for the longest window configured now.
         let window = config
             .tenants
@@ -201,6 +210,7 @@ impl Cluster {
             counts: Arc::default(),
             registry,
             outcomes,
+            tenants,
             prefix: cluster.prefix.clone(),
             tasks: std::sync::Mutex::default(),
             client,
@@ -217,6 +227,7 @@ impl Cluster {
             registry: self.registry.clone(),
             fleet: Some(self.clone()),
             outcomes: Some(self.outcomes.clone()),
+            tenants: self.tenants.clone(),
             keeps_files: true,
         }
     }
@@ -245,6 +256,20 @@ impl Cluster {
         let records = self.registry.watch_records(on_record).await?;
         let audit = self.registry.follow_audit(on_audit).await?;
         self.keep([records, audit]);
+        Ok(())
+    }
+
+    /// Follow the fleet's tenants: every change after what
+    /// [`FleetTenants`]' `take_contents` gave (this node's own writes too),
+    /// in the bucket's order, goes to `on_change`, until [`Cluster::close`].
+    pub async fn follow_tenants(
+        &self,
+        on_change: impl Fn(TenantChange) -> futures_util::future::BoxFuture<'static, ()>
+        + Send
+        + 'static,
+    ) -> Result<(), FleetError> {
+        let watch = self.tenants.watch(on_change).await?;
+        self.keep([watch]);
         Ok(())
     }
 

@@ -117,6 +117,8 @@ pub enum CloseReason {
     TokenExpired,
     /// The key that verified the token is no longer configured.
     KeyRevoked,
+    /// The tenant no longer allows the `Origin` the connection came from.
+    OriginRevoked,
     /// Rate-limited messages, many in a row.
     RateLimitAbuse,
     /// A frame or message over the size limit.
@@ -155,9 +157,10 @@ impl CloseReason {
             CloseReason::ServerShutdown | CloseReason::TenantRemoved => close::GOING_AWAY,
             CloseReason::ProtocolError => close::PROTOCOL_ERROR,
             CloseReason::InvalidUtf8 => close::INVALID_PAYLOAD,
-            CloseReason::TokenExpired | CloseReason::KeyRevoked | CloseReason::RateLimitAbuse => {
-                close::POLICY
-            }
+            CloseReason::TokenExpired
+            | CloseReason::KeyRevoked
+            | CloseReason::OriginRevoked
+            | CloseReason::RateLimitAbuse => close::POLICY,
             CloseReason::TooBig => close::TOO_BIG,
             CloseReason::Internal => close::INTERNAL,
             CloseReason::SlowConsumer | CloseReason::MissedEvents => close::TRY_AGAIN_LATER,
@@ -175,6 +178,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid UTF-8",
             CloseReason::TokenExpired => "token expired",
             CloseReason::KeyRevoked => "key revoked",
+            CloseReason::OriginRevoked => "origin revoked",
             CloseReason::RateLimitAbuse => "rate limit abuse",
             CloseReason::TooBig => "message too big",
             CloseReason::Internal => "",

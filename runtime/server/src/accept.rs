@@ -22,6 +22,8 @@ pub struct Server {
     state: Arc<ServerState>,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    /// The management listener (HTTPS), when the API is served.
+    management_listener: Option<TcpListener>,
     management: Option<Arc<dyn ManagementApi>>,
 }
 
@@ -39,10 +41,17 @@ impl Server {
             ),
             None => None,
         };
+        let management_listener = match state.config.management.address() {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {a} (management API, [management] listen): {e}")
+            })?),
+            None => None,
+        };
         Ok(Self {
             state,
             listener,
             admin,
+            management_listener,
             management: None,
         })
     }
@@ -58,15 +67,29 @@ impl Server {
             state,
             listener,
             admin,
+            management_listener: None,
             management: None,
         }
     }
 
     /// Serve the management API (the control plane's) under `/v1/` on the
-    /// admin listener.
+    /// management listener.
     pub fn with_management(mut self, api: Arc<dyn ManagementApi>) -> Self {
         self.management = Some(api);
         self
+    }
+
+    /// Serve the management API on `listener` (bound by the caller).
+    pub fn with_management_listener(mut self, listener: TcpListener) -> Self {
+        self.management_listener = Some(listener);
+        self
+    }
+
+    /// The address of the management listener, if there is one.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address it listens on.
@@ -89,13 +112,17 @@ impl Server {
     /// Accept connections until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
-        let admin = self.admin.map(|listener| {
-            tokio::spawn(admin::serve(
+        let admin = self
+            .admin
+            .map(|listener| tokio::spawn(admin::serve(listener, Arc::downgrade(&state))));
+        let management = match (self.management_listener, self.management.clone()) {
+            (Some(listener), Some(api)) => Some(tokio::spawn(admin::https::serve(
                 listener,
                 Arc::downgrade(&state),
-                self.management.clone(),
-            ))
-        });
+                api,
+            ))),
+            _ => None,
+        };
         let sweeper = {
             let state = Arc::downgrade(&state);
             tokio::spawn(async move {
@@ -202,8 +229,8 @@ impl Server {
                 "drain time passed with connections still open"
             );
         }
-        if let Some(admin) = admin {
-            admin.abort();
+        for task in [admin, management].into_iter().flatten() {
+            task.abort();
         }
         // Everything queued for the disk is written; the store records a
         // clean shutdown and releases its data_dir.

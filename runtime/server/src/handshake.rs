@@ -34,6 +34,9 @@ pub struct Admitted {
     /// The token it was admitted with, kept to verify it again when a
     /// reload changes the tenant's keys.
     pub token: Box<str>,
+    /// The `Origin` it came from (browsers send one; native apps none),
+    /// checked again when the tenant's origins change.
+    pub origin: Option<Box<str>>,
     /// Its slots in the subject's and the tenant's connection counts.
     pub slots: (ConnectionSlot<String>, ConnectionSlot<()>),
 }
@@ -103,17 +106,18 @@ fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusC
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
 
-    match req.headers().get(http::header::ORIGIN) {
+    let origin = match req.headers().get(http::header::ORIGIN) {
         Some(origin) => {
             let origin = origin.to_str().map_err(|_| StatusCode::FORBIDDEN)?;
             if !tenant.config.origins.iter().any(|o| o == origin) {
                 tracing::debug!(tenant = %tenant.id, "foreign origin refused");
                 return Err(StatusCode::FORBIDDEN);
             }
+            Some(Box::from(origin))
         }
         None if tenant.config.require_origin => return Err(StatusCode::FORBIDDEN),
-        None => {}
-    }
+        None => None,
+    };
 
     let (token, offered_protocol) =
         token(req, tenant.config.query_token).ok_or(StatusCode::UNAUTHORIZED)?;
@@ -144,6 +148,7 @@ fn admit(state: &ServerState, req: &Request) -> Result<(Admitted, bool), StatusC
             tenant,
             principal,
             token: token.into(),
+            origin,
             slots: (subject_slot, tenant_slot),
         },
         offered_protocol,

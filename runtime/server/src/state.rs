@@ -70,9 +70,6 @@ pub struct ServerState {
     reload_lock: tokio::sync::Mutex<()>,
     /// Set to true when the server drains; every session watches it.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
-    /// Bumped by every reload; every session watches it and checks itself
-    /// against the new configuration at once.
-    pub(crate) reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl ServerState {
@@ -128,7 +125,6 @@ impl ServerState {
             admin_token: RwLock::new(admin_token.map(Arc::from)),
             reload_lock: tokio::sync::Mutex::new(()),
             shutdown: tokio::sync::watch::channel(false).0,
-            reloads: tokio::sync::watch::channel(0).0,
             broker,
             history,
             presence,
@@ -232,7 +228,17 @@ impl ServerState {
             problems.push("store: the store changes only with a restart".to_owned());
         }
         let current = self.tenants();
-        let (tls, tenants) = load_parts(
+        // Tenants created through the management API stay as they are; the
+        // file may not take one of their ids.
+        for (id, t) in current.iter() {
+            if t.revision.is_some() && config.tenants.contains_key(id) {
+                problems.push(format!(
+                    "tenants.{id}: a tenant created through the management API has this id; \
+                     remove it there first (`sluice tenant rm {id}`) or choose another id"
+                ));
+            }
+        }
+        let (tls, mut tenants) = load_parts(
             &config,
             &self.sandbox,
             self.pushed.as_ref(),
@@ -240,6 +246,11 @@ impl ServerState {
             problems,
         )
         .await?;
+        for (id, t) in current.iter() {
+            if t.revision.is_some() {
+                tenants.insert(id.clone(), t.clone());
+            }
+        }
         let summary = format!(
             "{} tenant(s), {} handler(s)",
             tenants.len(),
@@ -251,12 +262,114 @@ impl ServerState {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = admin_token.map(Arc::from);
         set_quotas(&self.sandbox, self.idempotency.as_ref(), &tenants);
-        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tenants);
+        let tenants = Arc::new(tenants);
+        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = tenants.clone();
         self.history.set_quotas(HistoryQuotas::from_config(&config));
         self.presence
             .set_quotas(PresenceQuotas::from_config(&config));
-        self.reloads.send_modify(|n| *n += 1);
+        // Every session of a tenant of the file checks itself against the
+        // new configuration (a removed tenant's sessions find it gone).
+        for t in current.values().chain(tenants.values()) {
+            if t.revision.is_none() {
+                t.changes.send_modify(|n| *n += 1);
+            }
+        }
         Ok(summary)
+    }
+
+    /// Build tenant `id` from `tc` as the management API's revision
+    /// `revision`, every problem reported (the same checks as the file's),
+    /// without installing it: what the API checks before it keeps a change.
+    pub async fn build_tenant(
+        &self,
+        id: &str,
+        tc: &sluice_config::TenantConfig,
+        revision: u64,
+    ) -> Result<Arc<Tenant>, Vec<String>> {
+        let current = self.tenant(id);
+        let previous = current.as_deref().filter(|p| p.revision.is_some());
+        Tenant::load(
+            id,
+            tc,
+            &self.config,
+            &self.sandbox,
+            self.pushed.as_ref(),
+            previous,
+            Some(revision),
+        )
+        .await
+    }
+
+    /// Install a tenant of the management API built by [`Self::build_tenant`]
+    /// (`None`: remove `id`), without a reload: only that tenant's live
+    /// sessions re-check themselves (a removed tenant's close 1001, a
+    /// session whose token no longer verifies closes 1008 `key revoked`,
+    /// one from an origin no longer allowed 1008 `origin revoked`,
+    /// subscriptions the channel rules no longer allow are dropped). A
+    /// tenant of the config file is never replaced here: `false`. A change
+    /// older than the installed revision is ignored (`false`).
+    pub async fn install_tenant(&self, id: &str, tenant: Option<Arc<Tenant>>) -> bool {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.tenants();
+        let mut map: HashMap<String, Arc<Tenant>> = (*current).clone();
+        let installed = match tenant {
+            Some(t) => self.put_tenant(&mut map, t),
+            None => match map.get(id) {
+                Some(p) if p.revision.is_some() => map.remove(id),
+                _ => None,
+            }
+            .map(Some),
+        };
+        let Some(previous) = installed else {
+            return false;
+        };
+        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
+        if let Some(p) = previous {
+            p.changes.send_modify(|n| *n += 1);
+        }
+        true
+    }
+
+    /// Install many tenants of the management API in one swap of the
+    /// tenant map (at start: the store's tenants); how many were
+    /// installed. The rules of [`Self::install_tenant`] hold for each.
+    pub async fn install_tenants(&self, tenants: Vec<Arc<Tenant>>) -> usize {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.tenants();
+        let mut map: HashMap<String, Arc<Tenant>> = (*current).clone();
+        let mut replaced = Vec::new();
+        let mut installed = 0;
+        for t in tenants {
+            if let Some(previous) = self.put_tenant(&mut map, t) {
+                installed += 1;
+                replaced.extend(previous);
+            }
+        }
+        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
+        for p in replaced {
+            p.changes.send_modify(|n| *n += 1);
+        }
+        installed
+    }
+
+    /// Put `t` into `map` unless a tenant of the file has its id or a
+    /// newer revision is there: `Some(what it replaced)` when it went in.
+    fn put_tenant(
+        &self,
+        map: &mut HashMap<String, Arc<Tenant>>,
+        t: Arc<Tenant>,
+    ) -> Option<Option<Arc<Tenant>>> {
+        if let Some(p) = map.get(&t.id)
+            && (p.revision.is_none() || p.revision >= t.revision)
+        {
+            return None;
+        }
+        t.keys.start_refresh();
+        self.sandbox.set_quotas(&t.id, &t.config.quotas);
+        if let Some(table) = &self.idempotency {
+            table.set_limits(&t.id, crate::idempotency::limits(&t.config));
+        }
+        Some(map.insert(t.id.clone(), t))
     }
 
     /// Reload from the file the configuration came from.
@@ -415,7 +528,7 @@ async fn load_parts(
     let mut tenants = HashMap::new();
     for (id, tc) in &config.tenants {
         let previous = current.and_then(|c| c.get(id)).map(Arc::as_ref);
-        match Tenant::load(id, tc, config, sandbox, pushed, previous).await {
+        match Tenant::load(id, tc, config, sandbox, pushed, previous, None).await {
             Ok(t) => {
                 tenants.insert(id.clone(), t);
             }

@@ -47,6 +47,13 @@ pub struct Tenant {
     /// Which life of this tenant id this is: kept across reloads, new when
     /// the id is removed and added again (old sessions never adopt it).
     pub incarnation: u64,
+    /// Where it comes from: `None` the config file, `Some(revision)` the
+    /// management API (the revision of its record).
+    pub revision: Option<u64>,
+    /// Bumped when this tenant changes (a reload, an API update or
+    /// removal): its live sessions, and only they, re-check themselves.
+    /// Shared by every version of one incarnation.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Its configuration.
     pub config: TenantConfig,
     /// Its verification keys.
@@ -84,6 +91,7 @@ impl Tenant {
         sandbox: &Sandbox,
         pushed_handlers: &dyn PushedHandlers,
         previous: Option<&Tenant>,
+        revision: Option<u64>,
     ) -> Result<Arc<Tenant>, Vec<String>> {
         let mut problems = Vec::new();
         let at = format!("tenants.{id}");
@@ -224,6 +232,11 @@ impl Tenant {
             id: id.to_owned(),
             key: Arc::from(id),
             incarnation: previous.map_or_else(next_incarnation, |p| p.incarnation),
+            revision,
+            changes: previous.map_or_else(
+                || Arc::new(tokio::sync::watch::channel(0).0),
+                |p| p.changes.clone(),
+            ),
             config: tc.clone(),
             keys,
             routes,

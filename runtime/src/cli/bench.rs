@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use sluice::loadgen::{fanout, idle, messages, storm};
 
-use super::{bench_cluster, bench_marketplace, bench_sandbox, bench_store, report};
+use super::{bench_cluster, bench_marketplace, bench_sandbox, bench_store, bench_tenants, report};
 
 /// The benchmarks.
 #[derive(Subcommand)]
@@ -31,6 +31,9 @@ pub enum BenchCommand {
     /// in memory and durable; the time to recover missed events; state
     /// commits per second, durable against in memory.
     Store(bench_store::StoreBenchArgs),
+    /// What tenants created through the management API cost: the time to
+    /// create N, memory per tenant (none and 10 routes), start-up with N.
+    Tenants(bench_tenants::TenantsBenchArgs),
     /// One publisher, M subscribers of a channel: delivery latency and
     /// deliveries per second.
     Fanout(fanout::FanoutArgs),
@@ -49,6 +52,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Cluster(args) => bench_cluster::run(args).await,
         BenchCommand::Marketplace(args) => bench_marketplace::run(args).await,
         BenchCommand::Store(args) => bench_store::run(args).await,
+        BenchCommand::Tenants(args) => bench_tenants::run(args).await,
         BenchCommand::Load(args) => {
             let json = args.target.json;
             report::print(json, &messages::run(args).await?, messages::print_human)

@@ -69,8 +69,8 @@ fn bench_text(demo: &DemoConfig, misbehave: &Path) -> String {
 pub(crate) struct Node {
     pub(crate) url: String,
     pub(crate) state: Arc<ServerState>,
-    /// Its admin listener (management API), when asked for.
-    pub(crate) admin: Option<std::net::SocketAddr>,
+    /// Its management API (HTTPS, the bench certificate), when asked for.
+    pub(crate) management: Option<std::net::SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -87,7 +87,8 @@ async fn start_node(text: &str, dir: &Path) -> anyhow::Result<Node> {
 }
 
 /// Start a server on `text` (tenant `demo`, limits lifted) on port 0, with
-/// an admin listener on a free loopback port when `admin`.
+/// an admin listener and the management API on free loopback ports when
+/// `admin`.
 pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyhow::Result<Node> {
     let mut config = Config::parse(text, dir)?;
     config.server.listen = "127.0.0.1:0".parse()?;
@@ -96,6 +97,9 @@ pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyh
     } else {
         None
     };
+    // Any free port: never the default one a dev server may hold.
+    config.management.listen = "127.0.0.1:0".parse()?;
+    config.management.enabled = admin;
     config.server.max_connections_per_ip = 100_000;
     let demo = config.tenants.get_mut("demo").context("demo tenant")?;
     let l = &mut demo.limits;
@@ -109,7 +113,7 @@ pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyh
     let state = node.state.clone();
     let server = node.bind(listen).await?;
     let url = format!("wss://{}/ws/demo", server.local_addr());
-    let admin = server.admin_addr();
+    let management = server.management_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -117,7 +121,7 @@ pub(crate) async fn start_node_with(text: &str, dir: &Path, admin: bool) -> anyh
     Ok(Node {
         url,
         state,
-        admin,
+        management,
         stop: Some(stop),
     })
 }

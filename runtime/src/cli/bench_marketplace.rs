@@ -17,6 +17,7 @@ use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use sluice::dev_files::{DEMO_TENANT, DemoConfig, demo_auth};
+use sluice::server::admin::client::Management;
 use sluice::token::Minter;
 
 use super::bench_cluster::{Node, Socket, client, next_json, pct, start_node_with};
@@ -109,20 +110,32 @@ fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-async fn push(node: &Node, bytes: &[u8], stage: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let admin = node.admin.context("no admin listener")?.to_string();
+/// The management API of `node` (HTTPS, trusting the bench certificate
+/// in `dir`).
+fn api(node: &Node, dir: &Path) -> anyhow::Result<Management> {
+    let addr = node.management.context("no management listener")?;
+    Management::new(&addr.to_string(), Some(&dir.join("cert.pem")))
+}
+
+async fn push(
+    node: &Node,
+    dir: &Path,
+    bytes: &[u8],
+    stage: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let api = api(node, dir)?;
     let stage = stage
         .map(|s| serde_json::from_value(serde_json::json!(s)))
         .transpose()?;
     let body = sluice::control::client::push_body(bytes, None, stage, None);
-    let (status, answer) = sluice::server::admin::client::request(
-        &admin,
-        http::Method::POST,
-        "/v1/tenants/demo/handlers/room/versions",
-        Some(OPERATOR),
-        body,
-    )
-    .await?;
+    let (status, answer) = api
+        .request(
+            http::Method::POST,
+            "/v1/tenants/demo/handlers/room/versions",
+            Some(OPERATOR),
+            body,
+        )
+        .await?;
     let answer: serde_json::Value = serde_json::from_slice(&answer)?;
     if status != 201 {
         bail!("push refused ({status}): {answer}");
@@ -208,7 +221,7 @@ async fn measure(
             let node = start_node_with(&text, dir, true).await?;
             let mut c = client(&node, &ca, &token(&node)?).await?;
             let started = Instant::now();
-            let pushed = push(&node, &bytes, None).await?;
+            let pushed = push(&node, dir, &bytes, None).await?;
             answered.push(started.elapsed());
             let answer = request(
                 &mut c,
@@ -241,9 +254,9 @@ async fn measure(
     );
     let chat_bytes = std::fs::read(chat)?;
     let node = start_node_with(&text, dir, true).await?;
-    push(&node, &chat_bytes, None).await?;
+    push(&node, dir, &chat_bytes, None).await?;
     let shadow = with_custom_section(&chat_bytes, "shadow");
-    let admin = node.admin.context("admin")?.to_string();
+    let admin = api(&node, dir)?;
     let mut rows: [(Vec<f64>, Vec<Duration>, Vec<f64>); 2] = Default::default();
     let mut shadow_version = None;
     for round in 0..opts.rounds {
@@ -251,7 +264,7 @@ async fn measure(
             if with_shadow {
                 match shadow_version {
                     None => {
-                        let p = push(&node, &shadow, Some("shadow")).await?;
+                        let p = push(&node, dir, &shadow, Some("shadow")).await?;
                         shadow_version = p["version"].as_u64();
                     }
                     Some(v) => {
@@ -288,14 +301,14 @@ async fn measure(
             pct(&r.1, 0.99).as_secs_f64() * 1e6,
         );
     }
-    let show = sluice::server::admin::client::request(
-        &admin,
-        http::Method::GET,
-        "/v1/tenants/demo/handlers/room",
-        Some(OPERATOR),
-        Vec::new(),
-    )
-    .await?;
+    let show = admin
+        .request(
+            http::Method::GET,
+            "/v1/tenants/demo/handlers/room",
+            Some(OPERATOR),
+            Vec::new(),
+        )
+        .await?;
     let show: serde_json::Value = serde_json::from_slice(&show.1)?;
     let s = &show["shadow"];
     println!(
@@ -305,16 +318,16 @@ async fn measure(
     Ok(())
 }
 
-async fn promote(admin: &str, version: u64, stage: &str) -> anyhow::Result<()> {
+async fn promote(admin: &Management, version: u64, stage: &str) -> anyhow::Result<()> {
     let body = serde_json::json!({"version": version, "stage": stage}).to_string();
-    let (status, answer) = sluice::server::admin::client::request(
-        admin,
-        http::Method::POST,
-        "/v1/tenants/demo/handlers/room/promote",
-        Some(OPERATOR),
-        body.into_bytes(),
-    )
-    .await?;
+    let (status, answer) = admin
+        .request(
+            http::Method::POST,
+            "/v1/tenants/demo/handlers/room/promote",
+            Some(OPERATOR),
+            body.into_bytes(),
+        )
+        .await?;
     if status != 200 {
         bail!(
             "promote refused ({status}): {}",

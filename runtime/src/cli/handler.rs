@@ -1,43 +1,25 @@
 //! `sluice handler push | list | show | promote | rollback | rm | audit`:
-//! the management API from the command line.
-//!
-//! The token: `--token-file`, else `$SLUICE_MANAGEMENT_TOKEN`, else the
-//! admin token of `-c <config>` (the operator). The address: `--admin`,
-//! else the config's `admin_listen`, else 127.0.0.1:9464.
+//! pushed handlers through the management API (HTTPS; see [`super::api`]
+//! for the address, the CA and the token).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::Value;
 use sluice::control::Stage;
 use sluice::control::verify::Sample;
 
-/// How to reach the management API.
-#[derive(clap::Args)]
-pub struct Target {
-    /// The server's configuration file: its admin listener and (without
-    /// another token) its admin token, the operator's.
-    #[arg(short, long, global = true)]
-    config: Option<PathBuf>,
-    /// The admin listener's address (default: the config's admin_listen,
-    /// else 127.0.0.1:9464).
-    #[arg(long, global = true)]
-    admin: Option<String>,
-    /// A file holding the token (a tenant's management token, or the admin
-    /// token). Default: $SLUICE_MANAGEMENT_TOKEN, else the config's admin token.
-    #[arg(long, global = true)]
-    token_file: Option<PathBuf>,
-    /// Print the API's JSON answer instead of a summary.
-    #[arg(long, global = true)]
-    json: bool,
-}
+use super::api::Target;
 
 /// `sluice handler`.
 #[derive(clap::Args)]
 pub struct HandlerArgs {
     #[command(flatten)]
     target: Target,
+    /// Print the API's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: HandlerCommand,
 }
@@ -143,30 +125,7 @@ fn version(v: &str) -> anyhow::Result<u32> {
 
 /// Run `sluice handler ...`.
 pub async fn run(args: HandlerArgs) -> anyhow::Result<ExitCode> {
-    let t = &args.target;
-    let config = match &t.config {
-        Some(path) => Some(sluice::config::Config::load(path)?),
-        None => None,
-    };
-    let token = match (&t.token_file, std::env::var("SLUICE_MANAGEMENT_TOKEN")) {
-        (Some(f), _) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, Ok(v)) if !v.trim().is_empty() => Some(v.trim().to_owned()),
-        _ => match &config {
-            Some(c) => c.admin_token().map_err(anyhow::Error::msg)?,
-            None => None,
-        },
-    };
-    let Some(token) = token else {
-        bail!(
-            "no token: pass -c <config> (its admin token), --token-file, or set SLUICE_MANAGEMENT_TOKEN"
-        );
-    };
-    let admin = sluice::server::admin::client::admin_address(config.as_ref(), t.admin.as_deref());
+    let api = args.target.api()?;
     let path = |tenant: &str, rest: &str| format!("/v1/tenants/{tenant}/handlers{rest}");
     use http::Method;
     let (method, uri, body) = match &args.command {
@@ -263,12 +222,13 @@ pub async fn run(args: HandlerArgs) -> anyhow::Result<ExitCode> {
             (Method::GET, uri, Vec::new())
         }
     };
-    let (status, answer) =
-        sluice::server::admin::client::request(&admin, method, &uri, Some(&token), body).await?;
-    let value: Value = serde_json::from_slice(&answer)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
+    let (status, answer) = api
+        .management
+        .request(method, &uri, Some(&api.token), body)
+        .await?;
+    let value = super::api::parse(&answer);
     let ok = (200..300).contains(&status);
-    if t.json {
+    if args.json {
         println!("{value:#}");
     } else if ok {
         print!("{}", summary(&args.command, &value));
@@ -431,10 +391,7 @@ fn summary(command: &HandlerCommand, v: &Value) -> String {
 }
 
 fn failure(status: u16, v: &Value) -> String {
-    let mut out = match v["error"]["message"].as_str() {
-        Some(m) => format!("error ({status}): {m}\n"),
-        None => format!("error ({status}): {v}\n"),
-    };
+    let mut out = super::api::failure(status, v);
     if v["report"].is_object() {
         out.push_str(&report_lines(&v["report"]));
     }

@@ -1,11 +1,13 @@
 //! The `sluice` commands, one module each, each owning its options (a clap
 //! `Args`); `main.rs` only dispatches.
 
+pub mod api;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_marketplace;
 pub mod bench_sandbox;
 pub mod bench_store;
+pub mod bench_tenants;
 pub mod call;
 pub mod cert;
 pub mod check;
@@ -21,4 +23,5 @@ pub mod report;
 pub mod scan;
 pub mod serve;
 pub mod signals;
+pub mod tenant;
 pub mod token;

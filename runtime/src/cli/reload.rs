@@ -1,36 +1,34 @@
 //! `sluice reload`: ask a running server to reload its configuration file
-//! (as SIGHUP does), through its admin listener, with the admin token.
+//! (as SIGHUP does), through its management API (HTTPS), with the admin
+//! token (see [`super::api`] for the address, the CA and the token).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
+
+use super::api::Target;
 
 /// Arguments of `sluice reload`.
 #[derive(clap::Args)]
 pub struct ReloadArgs {
-    /// The server's configuration file: where its admin listener is
-    /// (`admin_listen`) and the token to send (`admin_token`).
-    #[arg(short, long)]
-    config: Option<PathBuf>,
-    /// The admin listener's address (default: the config's
-    /// `admin_listen`, else 127.0.0.1:9464).
-    #[arg(long)]
-    admin: Option<String>,
+    #[command(flatten)]
+    target: Target,
 }
 
 /// Ask, and print the server's answer (on stderr when it refused).
 pub async fn run(args: ReloadArgs) -> anyhow::Result<ExitCode> {
-    let config = match args.config {
-        Some(path) => Some(sluice::config::Config::load(&path)?),
-        None => None,
-    };
-    let (status, body) =
-        sluice::server::admin::client::request_reload(config.as_ref(), args.admin.as_deref())
-            .await?;
+    let api = args.target.api()?;
+    let (status, body) = api
+        .management
+        .request(http::Method::POST, "/reload", Some(&api.token), Vec::new())
+        .await?;
+    let body = String::from_utf8_lossy(&body);
     if status == 200 {
         print!("{body}");
         Ok(ExitCode::SUCCESS)
     } else {
-        eprint!("{body}");
+        eprint!(
+            "{}",
+            super::api::failure(status, &super::api::parse(body.as_bytes()))
+        );
         Ok(ExitCode::FAILURE)
     }
 }

@@ -73,6 +73,10 @@ const OUTCOMES: TableDefinition<(&str, &str, &str), (u64, &[u8])> =
 /// Store metadata: `clean` (1 after a clean shutdown, 0 while running),
 /// `audit_bytes` (the bytes of the audit entries kept).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Tenants created through the management API: id -> (revision, record).
+const TENANTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("tenants");
+/// The key in `meta` of the highest tenant revision handed out.
+const TENANT_REVISION: &str = "tenant_revision";
 
 /// Operations the writer queue holds at most; a writer waits for room.
 pub const QUEUE: usize = 8192;
@@ -134,6 +138,11 @@ pub struct Opened {
     /// Answers remembered under idempotency keys (expired ones included:
     /// the reader drops them, and the next [`Permit::expire_outcomes`]).
     pub outcomes: Vec<Outcome>,
+    /// Tenants created through the management API: (id, revision, record).
+    pub tenants: Vec<(String, u64, Vec<u8>)>,
+    /// The highest tenant revision ever handed out (removed tenants'
+    /// included: a revision is never reused).
+    pub tenant_revision: u64,
 }
 
 /// An answer remembered under an idempotency key.
@@ -200,6 +209,12 @@ enum Op {
     Outcome(Outcome),
     /// Answers whose window ended by `now_ms` removed.
     ExpireOutcomes { now_ms: u64 },
+    /// A tenant's record at a revision (`None`: the tenant is removed).
+    Tenant {
+        id: String,
+        revision: u64,
+        record: Option<Vec<u8>>,
+    },
 }
 
 /// What runs on the writer's thread once a write's transaction committed
@@ -361,6 +376,18 @@ impl Permit {
     pub fn expire_outcomes(self, now_ms: u64) -> Durable {
         self.queue(Op::ExpireOutcomes { now_ms })
     }
+
+    /// Keep a tenant's record at `revision`, or remove the tenant
+    /// (`None`; the removal still takes the revision). The caller checks
+    /// revisions: the store keeps what it is given, and the highest
+    /// revision it was given.
+    pub fn tenant(self, id: &str, revision: u64, record: Option<Vec<u8>>) -> Durable {
+        self.queue(Op::Tenant {
+            id: id.to_owned(),
+            revision,
+            record,
+        })
+    }
 }
 
 impl Store {
@@ -434,6 +461,18 @@ impl Store {
                 },
             )?
         };
+        let (tenants, tenant_revision) = {
+            let txn = db.begin_read().map_err(err)?;
+            let rows = every_row(&txn, TENANTS, |id, (revision, record)| {
+                (id.to_owned(), revision, record.to_vec())
+            })?;
+            let last = match existing(&txn, META)? {
+                Some(meta) => meta.get(TENANT_REVISION).map_err(err)?.map(|v| v.value()),
+                None => None,
+            };
+            let highest = rows.iter().map(|(_, r, _)| *r).max().unwrap_or(0);
+            (rows, last.unwrap_or(0).max(highest))
+        };
         // Running: not clean until a clean shutdown says so.
         let mut txn = db.begin_write().map_err(err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
@@ -453,6 +492,7 @@ impl Store {
             txn.open_table(COMPONENTS).map_err(err)?;
             txn.open_table(HANDLERS).map_err(err)?;
             txn.open_table(OUTCOMES).map_err(err)?;
+            txn.open_table(TENANTS).map_err(err)?;
             let audit_table = txn.open_table(AUDIT).map_err(err)?;
             // Stores written before the byte bound: count the bytes once.
             if meta.get("audit_bytes").map_err(err)?.is_none() {
@@ -478,6 +518,8 @@ impl Store {
             handlers,
             audit,
             outcomes,
+            tenants,
+            tenant_revision,
             store: Arc::new(Self {
                 db,
                 tx: Mutex::new(Some(tx)),
@@ -855,6 +897,7 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
         let mut audit = txn.open_table(AUDIT).map_err(err)?;
         let mut meta = txn.open_table(META).map_err(err)?;
         let mut outcomes = txn.open_table(OUTCOMES).map_err(err)?;
+        let mut tenants = txn.open_table(TENANTS).map_err(err)?;
         for q in batch {
             match &q.op {
                 Op::State {
@@ -945,6 +988,26 @@ fn apply(db: &Database, batch: &[Queued]) -> Result<(), StoreError> {
                     outcomes
                         .retain(|_, (expires_at_ms, _)| expires_at_ms > *now_ms)
                         .map_err(err)?;
+                }
+                Op::Tenant {
+                    id,
+                    revision,
+                    record,
+                } => {
+                    match record {
+                        Some(bytes) => {
+                            tenants
+                                .insert(id.as_str(), (*revision, bytes.as_slice()))
+                                .map_err(err)?;
+                        }
+                        None => {
+                            tenants.remove(id.as_str()).map_err(err)?;
+                        }
+                    }
+                    let last = meta.get(TENANT_REVISION).map_err(err)?.map(|v| v.value());
+                    if last.is_none_or(|last| last < *revision) {
+                        meta.insert(TENANT_REVISION, *revision).map_err(err)?;
+                    }
                 }
             }
         }

@@ -71,7 +71,7 @@ pub enum SecretProblem {
 /// it is, `secret_file` trimmed (relative to the config file); at least
 /// [`MIN_SECRET_BYTES`]. `None` for a key that is not a shared secret.
 pub fn hmac_secret(config: &Config, key: &KeyConfig) -> Option<Result<Vec<u8>, SecretProblem>> {
-    if key.public_key_file.is_some() || !key.algorithm().is_some_and(JwtAlgorithm::is_hmac) {
+    if key.is_public() || !key.algorithm().is_some_and(JwtAlgorithm::is_hmac) {
         return None;
     }
     let read = |secret: Vec<u8>, from: String| {
@@ -81,6 +81,9 @@ pub fn hmac_secret(config: &Config, key: &KeyConfig) -> Option<Result<Vec<u8>, S
             Err(SecretProblem::Short { from })
         }
     };
+    if let Some(secret) = &key.secret {
+        return Some(read(secret.as_bytes().to_vec(), "the API's record".into()));
+    }
     if let Some(var) = &key.secret_env {
         return Some(match std::env::var(var) {
             Ok(s) => read(s.into_bytes(), format!("${var}")),
@@ -137,6 +140,43 @@ impl Minter {
             },
             kid: key.kid.clone(),
             key: EncodingKey::from_secret(&secret)?,
+        })
+    }
+
+    /// A minter for a tenant created through the management API (or any
+    /// issuer): its HMAC `secret` (as the server keeps it: the text the API
+    /// generated, at least [`MIN_SECRET_BYTES`]), the key's `kid` and
+    /// `algorithm` (HS256, HS384, HS512), and what the tenant's `auth`
+    /// requires: `issuer`, `audience`, and its `scopes_claim`.
+    pub fn from_secret(
+        secret: &[u8],
+        kid: Option<&str>,
+        algorithm: JwtAlgorithm,
+        issuer: &str,
+        audience: &str,
+        scopes_claim: &str,
+    ) -> Result<Self, MintError> {
+        let algorithm = match algorithm {
+            JwtAlgorithm::Hs256 => Algorithm::HS256,
+            JwtAlgorithm::Hs384 => Algorithm::HS384,
+            JwtAlgorithm::Hs512 => Algorithm::HS512,
+            _ => return Err(MintError::NoSecret),
+        };
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(MintError::Secret {
+                at: "the key".into(),
+                problem: SecretProblem::Short {
+                    from: "the secret given".into(),
+                },
+            });
+        }
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            scopes_claim: scopes_claim.to_owned(),
+            algorithm,
+            kid: kid.map(str::to_owned),
+            key: EncodingKey::from_secret(secret)?,
         })
     }
 
@@ -232,6 +272,59 @@ mod tests {
         );
         assert_eq!(exp - iat, 60);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_minter_from_a_generated_secret_signs_what_the_server_verifies_with_it() {
+        let secret = "Zm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyZm9v";
+        let minter = Minter::from_secret(
+            secret.as_bytes(),
+            Some("k1"),
+            JwtAlgorithm::Hs256,
+            "iss",
+            "aud",
+            "scope",
+        )
+        .unwrap();
+        let token = minter
+            .mint("bob", &["chat:write".into()], 60, Map::new())
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(
+            (header.alg, header.kid.as_deref()),
+            (Algorithm::HS256, Some("k1"))
+        );
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&["iss"]);
+        v.set_audience(&["aud"]);
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(
+            &token,
+            &DecodingKey::from_secret(secret.as_bytes()).unwrap(),
+            &v,
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(
+            (claims["sub"].as_str(), claims["scope"].as_str()),
+            (Some("bob"), Some("chat:write"))
+        );
+        let short = Minter::from_secret(b"short", None, JwtAlgorithm::Hs256, "i", "a", "scope");
+        assert!(
+            short
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("shorter than 32 bytes")
+        );
+        let public = Minter::from_secret(
+            secret.as_bytes(),
+            None,
+            JwtAlgorithm::Es256,
+            "i",
+            "a",
+            "scope",
+        );
+        assert!(matches!(public, Err(MintError::NoSecret)));
     }
 
     #[test]

@@ -1,23 +1,16 @@
 //! The admin listener: plain HTTP on a separate address (loopback by
-//! default), never on the public port. `GET /metrics` (Prometheus text),
-//! `GET /healthz` (the process is up), `GET /readyz` (200 while accepting
-//! connections; 503 while draining, or while a tenant's JWKS is stale), `POST /reload` (re-read the config file;
-//! 200 with a summary, or 422 with every problem while the old configuration
-//! keeps serving).
+//! default), never on the public port, and read-only: `GET /metrics`
+//! (Prometheus text), `GET /healthz` (the process is up), `GET /readyz`
+//! (200 while accepting connections; 503 while draining, or while a
+//! tenant's JWKS is stale). The management API (`/v1/`) and `POST /reload`
+//! are served over HTTPS on the management listener ([`https`]); asked
+//! here, they answer 404 saying where they are.
 //!
-//! Two guards, because any web page open on the machine can make the
-//! browser send requests to loopback:
-//! - every request must name the admin listener in `Host`: a loopback name
-//!   or address (`localhost`, `127.0.0.1`, `[::1]`), the configured
-//!   `admin_listen` address or the address the request arrived on; anything
-//!   else is 403 (this defeats DNS rebinding, where a page on
-//!   `evil.example` resolves its own name to 127.0.0.1 to read the answers);
-//! - `/v1/` is the management API (`marketplace/api.rs`), with its own
-//!   tokens;
-//! - POST endpoints need `Authorization: Bearer <admin_token>` (`[server]
-//!   admin_token`): 401 with a wrong or missing token, 403 when no token is
-//!   configured (a page can send a POST it cannot read the answer of; it
-//!   cannot know the token).
+//! Every request must name the admin listener in `Host`: a loopback name or
+//! address (`localhost`, `127.0.0.1`, `[::1]`), the configured
+//! `admin_listen` address or the address the request arrived on; anything
+//! else is 403 (this defeats DNS rebinding, where a page on `evil.example`
+//! resolves its own name to 127.0.0.1 to read the answers).
 //!
 //! It is bounded like the public listener, so a client that opens
 //! connections and never finishes a request cannot take the process's file
@@ -25,6 +18,7 @@
 
 pub mod client;
 pub mod connections;
+pub mod https;
 pub mod metrics;
 pub mod web;
 
@@ -45,7 +39,7 @@ use self::web::{bearer, host_allowed, same_secret, text};
 use crate::state::ServerState;
 
 /// The management API (the control plane's), answering every request under
-/// `/v1/` on this listener. The data path defines the seam; `sluice-control`
+/// `/v1/` on the management listener ([`https`]). The data path defines the seam; `sluice-control`
 /// implements it.
 pub trait ManagementApi: Send + Sync + 'static {
     /// Answer one request. `peer` is who sent it (for the audit log).
@@ -61,8 +55,7 @@ pub trait ManagementApi: Send + Sync + 'static {
 /// an idle keep-alive connection is kept: then it is closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve the admin endpoints on `listener` until the server state is gone;
-/// `/v1/` goes to `management` (404 without one).
+/// Serve the admin endpoints on `listener` until the server state is gone.
 ///
 /// Bounded against a client that holds connections open: a request's head
 /// must arrive within [`HEADER_TIMEOUT`] (hyper's timer; also the idle
@@ -70,11 +63,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`connections::MAX_CONNECTIONS`] are open (a new one closes the oldest
 /// that is not inside a request), and a failed accept (out of file
 /// descriptors) pauses the loop instead of spinning on the error.
-pub async fn serve(
-    listener: TcpListener,
-    state: std::sync::Weak<ServerState>,
-    management: Option<Arc<dyn ManagementApi>>,
-) {
+pub async fn serve(listener: TcpListener, state: std::sync::Weak<ServerState>) {
     let table = Connections::new(connections::MAX_CONNECTIONS);
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -103,17 +92,14 @@ pub async fn serve(
             continue;
         };
         let state = state.clone();
-        let management = management.clone();
         tokio::spawn(async move {
             // Leaves the table when this task ends.
             let busy = admitted.busy();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                let management = management.clone();
                 let in_request = Admitted::request(&busy);
                 async move {
-                    let resp =
-                        respond(req, local, peer, state.upgrade(), management.as_deref()).await;
+                    let resp = respond(req, local, state.upgrade()).await;
                     drop(in_request);
                     Ok::<_, Infallible>(resp)
                 }
@@ -137,6 +123,32 @@ pub async fn serve(
 pub const NO_TOKEN_MESSAGE: &str = "POST /reload is disabled: no admin token is configured. \
 Set `admin_token = { secret_file = \"admin.token\" }` (or `{ secret_env = \"VAR\" }`) in [server], \
 then run `sluice reload -c <config>`, which sends it. SIGHUP reloads without a token.\n";
+
+/// What the admin listener answers for the paths that moved to the
+/// management listener.
+pub const MOVED_MESSAGE: &str = "not here: the management API (/v1/) and POST /reload are served \
+over HTTPS on the management listener ([management] listen, default 127.0.0.1:9443): \
+`sluice tenant|handler|reload --url HOST:PORT --ca CERT`\n";
+
+/// `POST /reload` (on the management listener): the operator's token, then
+/// re-read the config file; 200 with a summary, or 422 with every problem
+/// while the old configuration keeps serving.
+pub(crate) async fn reload(req: &Request<Incoming>, state: &ServerState) -> Response<Full<Bytes>> {
+    if let Some(refused) = unauthorized(req, state) {
+        tracing::warn!(status = %refused.status(), "reload refused");
+        return refused;
+    }
+    match state.reload_from_source().await {
+        Ok(summary) => {
+            tracing::info!(%summary, "configuration reloaded");
+            text(StatusCode::OK, format!("reloaded: {summary}\n"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the old configuration keeps serving");
+            text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"))
+        }
+    }
+}
 
 /// Check the bearer token of a POST request: `Some` is the refusal.
 fn unauthorized(req: &Request<Incoming>, state: &ServerState) -> Option<Response<Full<Bytes>>> {
@@ -163,9 +175,7 @@ fn unauthorized(req: &Request<Incoming>, state: &ServerState) -> Option<Response
 async fn respond(
     req: Request<Incoming>,
     local: SocketAddr,
-    peer: SocketAddr,
     state: Option<Arc<ServerState>>,
-    management: Option<&dyn ManagementApi>,
 ) -> Response<Full<Bytes>> {
     let Some(state) = state else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n");
@@ -181,30 +191,12 @@ async fn respond(
             "the Host header must name the admin listener (localhost or its address)\n",
         );
     }
-    if req.uri().path().starts_with("/v1/") {
-        return match management {
-            Some(api) => api.respond(req, peer, &state).await,
-            None => text(StatusCode::NOT_FOUND, "no management API on this server\n"),
-        };
-    }
-    if req.method() == hyper::Method::POST && req.uri().path() == "/reload" {
-        if let Some(refused) = unauthorized(&req, &state) {
-            tracing::warn!(status = %refused.status(), "admin reload refused");
-            return refused;
-        }
-        return match state.reload_from_source().await {
-            Ok(summary) => {
-                tracing::info!(%summary, "configuration reloaded");
-                text(StatusCode::OK, format!("reloaded: {summary}\n"))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused; the old configuration keeps serving");
-                text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"))
-            }
-        };
+    let path = req.uri().path();
+    if path.starts_with("/v1/") || path == "/v1" || path == "/reload" {
+        return text(StatusCode::NOT_FOUND, MOVED_MESSAGE);
     }
     if req.method() != hyper::Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only (POST /reload)\n");
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/metrics" => {

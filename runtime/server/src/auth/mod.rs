@@ -317,62 +317,69 @@ impl KeySet {
                 algorithm,
                 Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
             );
-            let loaded: Result<(DecodingKey, Option<Vec<u8>>), String> =
-                if let Some(var) = &k.secret_env {
-                    match std::env::var(var) {
-                        Ok(s) if s.len() >= 32 => DecodingKey::from_secret(s.as_bytes())
-                            .map(|k| (k, Some(s.into_bytes())))
-                            .map_err(|e| format!("bad secret in ${var}: {e}")),
-                        Ok(_) => Err(format!("the secret in ${var} is shorter than 32 bytes")),
-                        Err(_) => Err(format!("environment variable ${var} is not set")),
-                    }
-                } else if let Some(file) = &k.secret_file {
-                    let path = config.path(file);
-                    match std::fs::read(&path) {
-                        Ok(bytes) => {
-                            let s = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
-                            if s.len() >= 32 {
-                                DecodingKey::from_secret(&s)
-                                    .map(|k| (k, Some(s)))
-                                    .map_err(|e| format!("bad secret in {}: {e}", path.display()))
-                            } else {
-                                Err(format!(
-                                    "the secret in {} is shorter than 32 bytes",
-                                    path.display()
-                                ))
-                            }
-                        }
-                        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                    }
-                } else if let Some(file) = &k.public_key_file {
-                    let path = config.path(file);
-                    match std::fs::read(&path) {
-                        Ok(pem) => match algorithm {
-                            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                            Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                            _ => DecodingKey::from_rsa_pem(&pem),
-                        }
-                        .map(|key| (key, None))
-                        .map_err(|e| {
-                            format!(
-                                "{} is not a {} public key: {e}",
-                                path.display(),
-                                k.algorithm
-                            )
-                        }),
-                        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-                    }
+            let public = |pem: &[u8], from: &str| {
+                match algorithm {
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+                    _ => DecodingKey::from_rsa_pem(pem),
+                }
+                .map(|key| (key, None))
+                .map_err(|e| format!("{from} is not a {} public key: {e}", k.algorithm))
+            };
+            let loaded: Result<(DecodingKey, Option<Vec<u8>>), String> = if let Some(s) = &k.secret
+            {
+                if s.len() >= 32 {
+                    DecodingKey::from_secret(s.as_bytes())
+                        .map(|key| (key, Some(s.as_bytes().to_vec())))
+                        .map_err(|e| format!("bad secret: {e}"))
                 } else {
-                    continue;
-                };
-            if hmac != (k.public_key_file.is_none()) {
+                    Err("the secret is shorter than 32 bytes".into())
+                }
+            } else if let Some(pem) = &k.public_key_pem {
+                public(pem.as_bytes(), "public_key_pem")
+            } else if let Some(var) = &k.secret_env {
+                match std::env::var(var) {
+                    Ok(s) if s.len() >= 32 => DecodingKey::from_secret(s.as_bytes())
+                        .map(|k| (k, Some(s.into_bytes())))
+                        .map_err(|e| format!("bad secret in ${var}: {e}")),
+                    Ok(_) => Err(format!("the secret in ${var} is shorter than 32 bytes")),
+                    Err(_) => Err(format!("environment variable ${var} is not set")),
+                }
+            } else if let Some(file) = &k.secret_file {
+                let path = config.path(file);
+                match std::fs::read(&path) {
+                    Ok(bytes) => {
+                        let s = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+                        if s.len() >= 32 {
+                            DecodingKey::from_secret(&s)
+                                .map(|k| (k, Some(s)))
+                                .map_err(|e| format!("bad secret in {}: {e}", path.display()))
+                        } else {
+                            Err(format!(
+                                "the secret in {} is shorter than 32 bytes",
+                                path.display()
+                            ))
+                        }
+                    }
+                    Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                }
+            } else if let Some(file) = &k.public_key_file {
+                let path = config.path(file);
+                match std::fs::read(&path) {
+                    Ok(pem) => public(&pem, &path.display().to_string()),
+                    Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                }
+            } else {
+                continue;
+            };
+            if hmac == k.is_public() {
                 problems.push(format!(
                     "{at}.keys[{i}]: {} needs {}",
                     k.algorithm,
                     if hmac {
                         "a secret (secret_env or secret_file)"
                     } else {
-                        "a public_key_file"
+                        "a public_key_file or public_key_pem"
                     }
                 ));
                 continue;
@@ -585,6 +592,19 @@ impl KeySet {
         let key = jsonwebtoken::EncodingKey::from_secret(secret).map_err(|e| e.to_string())?;
         jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
     }
+}
+
+/// A new secret: 32 bytes from the operating system's secure random
+/// source, base64url without padding (43 printable characters): an HMAC
+/// key the management API generates for a tenant, or a management token.
+pub fn new_secret() -> Result<String, String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| "no secure random source".to_owned())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! | presence on other nodes | [`PresenceShare`] | [`NodeOnly`] | JetStream KV |
 //! | pushed handlers | [`RegistryStorage`] | [`MemoryRegistry`], [`DurableRegistry`] | Object Store + KV + a stream |
 //! | answers under idempotency keys | [`OutcomeStore`] | memory, or [`DurableOutcomes`] | JetStream KV |
+//! | tenants created through the API | [`TenantStorage`] | [`MemoryTenants`], [`DurableTenants`] | JetStream KV |
 //! | the fleet itself | [`FleetLink`] | none | NATS |
 //!
 //! [`Backends`] holds one of each. The memory and durable sets are built
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod local_history;
 pub mod presence;
 pub mod registry;
+pub mod tenants;
 
 use std::sync::Arc;
 
@@ -41,6 +43,7 @@ pub use keys::{ChannelKey, Member, SubjectKey};
 pub use local_history::LocalHistory;
 pub use presence::{NodeOnly, PresenceShare};
 pub use registry::{DurableRegistry, MemoryRegistry, RegistryStorage};
+pub use tenants::{DurableTenants, MemoryTenants, TenantStorage};
 
 /// Where one node keeps and shares everything: one backend of each kind.
 #[derive(Clone)]
@@ -60,6 +63,8 @@ pub struct Backends {
     /// the node takes no keys (its `welcome` has no `idempotency` and a
     /// keyed request is `bad_envelope`).
     pub outcomes: Option<Arc<dyn OutcomeStore>>,
+    /// Tenants created through the management API (the control plane's).
+    pub tenants: Arc<dyn TenantStorage>,
     /// The fleet, when this node is part of one.
     pub fleet: Option<Arc<dyn FleetLink>>,
     /// Whether the node keeps files (a durable store or a fleet node): the
@@ -84,6 +89,7 @@ impl Backends {
             presence: Arc::new(NodeOnly),
             registry: Arc::new(MemoryRegistry::default()),
             outcomes: Some(Arc::new(MemoryOutcomeStore::new())),
+            tenants: Arc::new(MemoryTenants::default()),
             fleet: None,
             keeps_files: false,
         }
@@ -117,6 +123,8 @@ impl Backends {
             "durable store opened");
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::default());
         let outcomes = DurableOutcomes::new(opened.store.clone(), opened.outcomes);
+        let tenants: Arc<dyn TenantStorage> =
+            DurableTenants::new(opened.store.clone(), opened.tenants, opened.tenant_revision);
         Ok(Self {
             history: Arc::new(LocalHistory::durable(
                 broker.clone(),
@@ -139,6 +147,7 @@ impl Backends {
             broker,
             presence: Arc::new(NodeOnly),
             outcomes: Some(outcomes as Arc<dyn OutcomeStore>),
+            tenants,
             fleet: None,
             keeps_files: true,
         })

@@ -30,6 +30,8 @@ pub(super) struct Session {
     pub(super) principal: Principal,
     /// The token the principal came from (verified again after a reload).
     pub(super) token: Box<str>,
+    /// The `Origin` it connected from, if any.
+    pub(super) origin: Option<Box<str>>,
     pub(super) conn: sandbox::Connection,
     pub(super) id: u64,
     pub(super) outbox: Outbox,

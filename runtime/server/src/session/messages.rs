@@ -51,6 +51,15 @@ impl Session {
         if Arc::ptr_eq(&current, &self.tenant) {
             return Flow::Continue;
         }
+        let origin_allowed = match &self.origin {
+            Some(o) => current.config.origins.iter().any(|a| **a == **o),
+            None => !current.config.require_origin,
+        };
+        if !origin_allowed {
+            tracing::info!(tenant = %self.tenant.id, connection = self.id,
+                "the tenant no longer allows this connection's origin: closing");
+            return Flow::Close(CloseReason::OriginRevoked);
+        }
         // A token past its expiry is the expiry timer's to close.
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -67,7 +76,7 @@ impl Session {
                 }
                 _ => {
                     tracing::info!(tenant = %self.tenant.id, connection = self.id,
-                        "the token no longer verifies after a reload: closing");
+                        "the token no longer verifies after the tenant changed: closing");
                     return Flow::Close(CloseReason::KeyRevoked);
                 }
             }

@@ -113,6 +113,7 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
         tenant,
         principal,
         token,
+        origin,
         slots: _slots,
     } = admitted;
     let principal_expires_at = principal.expires_at;
@@ -122,7 +123,8 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
     let mut ping_every = tenant.config.limits.ping_interval(server);
     let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
     let mut shutdown = state.shutdown.subscribe();
-    let mut reloads = state.reloads.subscribe();
+    // Changes to this tenant only (a reload, the management API).
+    let mut reloads = tenant.changes.subscribe();
     let id = state.next_connection_id();
     let (outbox, mut reader) = Outbox::new(state.config.server.max_outbound_bytes);
     let limits = &tenant.config.limits;
@@ -140,6 +142,7 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
         tenant: tenant.clone(),
         principal,
         token,
+        origin,
         id,
         outbox: outbox.clone(),
         subscriptions: HashMap::new(),

@@ -148,6 +148,7 @@ fn admitted(state: &Arc<ServerState>, subject: &str, ttl_secs: u64) -> Admitted 
     Admitted {
         principal: tenant.keys.verify(&token).unwrap(),
         token: token.into(),
+        origin: None,
         slots: (
             tenant
                 .subject_connections
@@ -497,6 +498,7 @@ fn session_of(
         expires: tokio::time::Instant::now() + Duration::from_secs(3600),
         principal,
         token,
+        origin: None,
         id,
         outbox,
         subscriptions: std::collections::HashMap::new(),
