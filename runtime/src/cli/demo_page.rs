@@ -185,10 +185,12 @@ impl Site {
                 "name: 1-24 of A-Z a-z 0-9 - _\n",
             );
         }
-        let Some(state) = self
+        // The tenant as it is now (created through the management API, its
+        // secret in its record; a key rotated since is used at once).
+        let Some((state, tenant)) = self
             .state
             .upgrade()
-            .filter(|s| s.tenant(DEMO_TENANT).is_some())
+            .and_then(|s| s.tenant(DEMO_TENANT).map(|t| (s, t)))
         else {
             return reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -196,14 +198,15 @@ impl Site {
                 "no demo tenant\n",
             );
         };
-        let minted = Minter::for_tenant(&state.config, DEMO_TENANT).and_then(|m| {
-            m.mint(
-                name,
-                &[DEV_SCOPE.to_owned()],
-                TOKEN_TTL_SECS,
-                serde_json::Map::new(),
-            )
-        });
+        let minted = Minter::for_tenant_config(&state.config, DEMO_TENANT, &tenant.config)
+            .and_then(|m| {
+                m.mint(
+                    name,
+                    &[DEV_SCOPE.to_owned()],
+                    TOKEN_TTL_SECS,
+                    serde_json::Map::new(),
+                )
+            });
         match minted {
             Ok(token) => reply(
                 StatusCode::OK,

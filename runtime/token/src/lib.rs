@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
-use sluice_config::{Config, JwtAlgorithm, KeyConfig};
+use sluice_config::{Config, JwtAlgorithm, KeyConfig, TenantConfig};
 
 /// Shortest HMAC secret a key may have, in bytes (the server refuses a
 /// shorter one too).
@@ -118,6 +118,18 @@ impl Minter {
             .tenants
             .get(tenant)
             .ok_or_else(|| MintError::NoTenant(tenant.to_owned()))?;
+        Self::for_tenant_config(config, tenant, tc)
+    }
+
+    /// A minter for the tenant `tc` (named `tenant` in errors), from the
+    /// config file or created through the management API (whose HMAC
+    /// secret is inline in its record), with the first of its keys that is
+    /// a shared secret; file paths resolve against `config`.
+    pub fn for_tenant_config(
+        config: &Config,
+        tenant: &str,
+        tc: &TenantConfig,
+    ) -> Result<Self, MintError> {
         let (i, key, secret) = tc
             .auth
             .keys
