@@ -171,10 +171,15 @@ admin_token = {{ secret_file = "admin.token" }}   # the operator's: `sluice relo
     /// `[tenants.demo]` table): an HS256 key [`DEMO_KID`] without a
     /// source (the server generates its secret), no management token (the
     /// API makes one).
-    pub fn tenant_json(&self) -> serde_json::Value {
+    pub fn tenant_json(&self) -> anyhow::Result<serde_json::Value> {
         let text = self.tenant_toml(true);
-        let table: toml::Table = toml::from_str(&text).expect("the demo tenant is valid TOML");
-        serde_json::to_value(&table["tenants"][DEMO_TENANT]).expect("TOML is JSON")
+        let table: toml::Table =
+            toml::from_str(&text).context("the demo tenant's TOML does not parse")?;
+        let tenant = table
+            .get("tenants")
+            .and_then(|t| t.get(DEMO_TENANT))
+            .context("the demo tenant's TOML has no [tenants.demo]")?;
+        Ok(serde_json::to_value(tenant)?)
     }
 
     /// The `[tenants.demo]` tables; `for_api`: as the management API takes

@@ -74,7 +74,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let management = bind_or_any(
         sluice::config::DEFAULT_MANAGEMENT_LISTEN
             .parse()
-            .expect("the default management address parses"),
+            .context("the default management address does not parse")?,
         "management",
     )
     .await?;
@@ -266,7 +266,7 @@ async fn demo_tenant(
         }
         Ok(())
     };
-    let wanted = demo.tenant_json();
+    let wanted = demo.tenant_json()?;
     let body = json!({ "id": DEMO_TENANT, "tenant": wanted });
     let (status, v) = call(Method::POST, "/v1/tenants".into(), Some(body)).await?;
     match (status, v["error"]["code"].as_str()) {

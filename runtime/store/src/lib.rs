@@ -1228,7 +1228,7 @@ mod tests {
                     neither += 1;
                 }
                 (2, 1) => {
-                    assert_eq!(opened.outcomes, [answer.clone()]);
+                    assert_eq!(opened.outcomes, std::slice::from_ref(&answer));
                     both += 1;
                 }
                 other => panic!(
