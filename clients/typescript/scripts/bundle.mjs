@@ -11,6 +11,10 @@ await build({
   minify: true,
   format: "esm",
   target: "es2020",
+  // Private and @internal members are named `_name` (src/): renamed to a
+  // letter or two here. Public names, wire fields and the fields kept in
+  // storage have no leading underscore, so they are never renamed.
+  mangleProps: /^_/,
   outfile: out,
   logLevel: "warning",
 });

@@ -331,23 +331,23 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "obj
 export class Subscription extends Emitter<SubscriptionEvents> {
   /** Resolves with the first ack's data; rejects if the subscription is refused. */
   readonly ready: Promise<unknown>;
-  /** @internal */ state: "pending" | "active" | "gone" = "pending";
-  /** @internal */ everActive = false;
-  /** @internal */ position: StreamPosition | undefined;
-  /** @internal The `since` sent with the current (re)subscription. */ asked: StreamPosition | undefined;
-  /** @internal What the server said of that recovery. */ recovered: boolean | undefined;
-  /** @internal */ streams = new Set<EventStream<SluiceEvent>>();
-  /** @internal */ settle!: { resolve(v: unknown): void; reject(e: SluiceError): void; done: boolean };
+  /** @internal */ _state: "pending" | "active" | "gone" = "pending";
+  /** @internal */ _everActive = false;
+  /** @internal */ _position: StreamPosition | undefined;
+  /** @internal The `since` sent with the current (re)subscription. */ _asked: StreamPosition | undefined;
+  /** @internal What the server said of that recovery. */ _recovered: boolean | undefined;
+  /** @internal */ _streams = new Set<EventStream<SluiceEvent>>();
+  /** @internal */ _settle!: { resolve(v: unknown): void; reject(e: SluiceError): void; done: boolean };
 
   /** @internal */
   constructor(
-    private readonly client: SluiceClient,
+    private readonly _client: SluiceClient,
     readonly channel: string,
-    /** @internal */ readonly options: SubscribeOptions,
+    /** @internal */ readonly _options: SubscribeOptions,
   ) {
     super();
     this.ready = new Promise((resolve, reject) => {
-      this.settle = { resolve, reject, done: false };
+      this._settle = { resolve, reject, done: false };
     });
     // An unawaited refusal must not become an unhandled rejection.
     this.ready.catch(() => undefined);
@@ -355,17 +355,17 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** Whether the server has acknowledged it on the current connection. */
   get active(): boolean {
-    return this.state === "active";
+    return this._state === "active";
   }
 
   /** The last position delivered (servers with channel history only). */
   get lastPosition(): StreamPosition | undefined {
-    return this.position;
+    return this._position;
   }
 
   /** This channel's events as an async iterator (ends on unsubscribe). */
   events(): AsyncIterableIterator<SluiceEvent> {
-    return this.client.stream(this.streams);
+    return this._client._stream(this._streams);
   }
 
   [Symbol.asyncIterator](): AsyncIterableIterator<SluiceEvent> {
@@ -377,21 +377,21 @@ export class Subscription extends Emitter<SubscriptionEvents> {
    * whose rule sets `presence = true`; otherwise it rejects with `forbidden`).
    */
   presence(): Promise<Presence> {
-    return this.client.request<Presence>("presence", undefined, { channel: this.channel });
+    return this._client.request<Presence>("presence", undefined, { channel: this.channel });
   }
 
   /** Stop: no more events, no resubscription; tells the server if connected. */
   async unsubscribe(): Promise<void> {
-    if (this.state === "gone") return;
-    this.client.forget(this, undefined);
-    if (this.client.state === "open") {
-      const leave = this.options.leave ?? { type: "unsubscribe" };
-      await this.client.request(leave.type, leave.data, { channel: this.channel });
+    if (this._state === "gone") return;
+    this._client._forget(this, undefined);
+    if (this._client.state === "open") {
+      const leave = this._options.leave ?? { type: "unsubscribe" };
+      await this._client.request(leave.type, leave.data, { channel: this.channel });
     }
   }
 
   /** @internal */
-  fire<K extends keyof SubscriptionEvents>(name: K, value: SubscriptionEvents[K]): void {
+  _fire<K extends keyof SubscriptionEvents>(name: K, value: SubscriptionEvents[K]): void {
     this.emit(name, value);
   }
 }
@@ -401,66 +401,66 @@ export class Subscription extends Emitter<SubscriptionEvents> {
  * its token, resubscribes, and answers requests with promises.
  */
 export class SluiceClient extends Emitter<ClientEvents> {
-  private readonly o: Required<Omit<ClientOptions, "WebSocket" | "webSocketOptions" | "backoff" | "tokenIn" | "storage" | "lifecycle">> & {
+  private readonly _o: Required<Omit<ClientOptions, "WebSocket" | "webSocketOptions" | "backoff" | "tokenIn" | "storage" | "lifecycle">> & {
     backoff: BackoffOptions;
     tokenIn: "header" | "subprotocol";
   };
-  private readonly storage: KeyValueStorage | undefined;
-  private readonly lifecycle: Lifecycle | undefined;
-  private unlisten: (() => void) | undefined;
+  private readonly _storage: KeyValueStorage | undefined;
+  private readonly _lifecycle: Lifecycle | undefined;
+  private _unlisten: (() => void) | undefined;
   /** The restored queue, once loaded. */
-  private loaded: Promise<void> | undefined;
-  private saving = false;
+  private _loaded: Promise<void> | undefined;
+  private _saving = false;
   /** In the background: the timer that suspends, or true once suspended. */
-  private away: unknown;
-  private readonly Ws: WebSocketConstructor;
-  private readonly wsOptions: Record<string, unknown> | undefined;
-  private ws: Socket | undefined;
-  private current: ConnectionState = "idle";
-  private info: Welcome | undefined;
-  private nextId = 0;
-  private attempt = 0;
-  private everOpen = false;
-  private last401 = false;
-  private holdUntil = 0;
-  private lastReceived = 0;
-  private timers: { reconnect?: unknown; refresh?: unknown; heartbeat?: unknown; hold?: unknown; away?: unknown } = {};
-  private pending = new Map<string, Pending>();
-  private queue: string[] = [];
+  private _away: unknown;
+  private readonly _Ws: WebSocketConstructor;
+  private readonly _wsOptions: Record<string, unknown> | undefined;
+  private _ws: Socket | undefined;
+  private _current: ConnectionState = "idle";
+  private _info: Welcome | undefined;
+  private _nextId = 0;
+  private _attempt = 0;
+  private _everOpen = false;
+  private _last401 = false;
+  private _holdUntil = 0;
+  private _lastReceived = 0;
+  private _timers: { reconnect?: unknown; refresh?: unknown; heartbeat?: unknown; hold?: unknown; away?: unknown } = {};
+  private _pending = new Map<string, Pending>();
+  private _queue: string[] = [];
   /**
    * Ids sent and not answered yet, in sending order. The server handles a
    * connection's messages one at a time and answers each, so answers come
    * in this order: an `error` without an id (`too_deep`, `bad_json`: the
    * server could not read the id) answers the oldest.
    */
-  private inflight: string[] = [];
-  private subs = new Map<string, Subscription>();
-  private streams = new Set<EventStream<SluiceEvent>>();
-  private waiters: Array<{ resolve(w: Welcome): void; reject(e: unknown): void }> = [];
-  private onLifecycle = (event: LifecycleEvent): void => {
-    if (this.current === "closed" || this.current === "idle") return;
+  private _inflight: string[] = [];
+  private _subs = new Map<string, Subscription>();
+  private _streams = new Set<EventStream<SluiceEvent>>();
+  private _waiters: Array<{ resolve(w: Welcome): void; reject(e: unknown): void }> = [];
+  private _onLifecycle = (event: LifecycleEvent): void => {
+    if (this._current === "closed" || this._current === "idle") return;
     if (event === "background") {
-      if (this.timers.away === undefined && Number.isFinite(this.o.backgroundGraceMs)) {
-        this.timers.away = later(() => this.suspend(), this.o.backgroundGraceMs);
+      if (this._timers.away === undefined && Number.isFinite(this._o.backgroundGraceMs)) {
+        this._timers.away = later(() => this._suspend(), this._o.backgroundGraceMs);
       }
       return;
     }
     if (event === "offline") return;
     if (event === "foreground") {
-      cancel(this.timers.away);
-      this.timers.away = undefined;
-      if (this.current === "suspended") {
-        this.attempt = 0;
-        void this.open();
+      cancel(this._timers.away);
+      this._timers.away = undefined;
+      if (this._current === "suspended") {
+        this._attempt = 0;
+        void this._open();
         return;
       }
       // Back from a sleep the socket may not have survived: ask now.
-      if (this.current === "open") this.scheduleHeartbeat(0);
+      if (this._current === "open") this._scheduleHeartbeat(0);
     }
     // Foreground or online while waiting out a backoff delay: try now.
-    if (this.timers.reconnect !== undefined) {
-      cancel(this.timers.reconnect);
-      void this.open();
+    if (this._timers.reconnect !== undefined) {
+      cancel(this._timers.reconnect);
+      void this._open();
     }
   };
 
@@ -469,9 +469,9 @@ export class SluiceClient extends Emitter<ClientEvents> {
     checkUrl(options.url);
     const Ws = options.WebSocket ?? platform.WebSocket;
     if (!Ws) throw new TypeError("no WebSocket implementation: pass options.WebSocket (e.g. the ws package in Node)");
-    this.Ws = Ws;
+    this._Ws = Ws;
     const browser = platform.location !== undefined && platform.navigator?.product !== "ReactNative";
-    this.o = {
+    this._o = {
       url: options.url,
       getToken: options.getToken,
       tokenIn: options.tokenIn ?? (browser ? "subprotocol" : "header"),
@@ -489,20 +489,20 @@ export class SluiceClient extends Emitter<ClientEvents> {
       maxQueueAgeMs: options.maxQueueAgeMs ?? 86_400_000,
       backgroundGraceMs: options.backgroundGraceMs ?? 30_000,
     };
-    this.wsOptions = options.webSocketOptions;
-    this.storage = options.storage;
-    this.lifecycle =
+    this._wsOptions = options.webSocketOptions;
+    this._storage = options.storage;
+    this._lifecycle =
       options.lifecycle === null ? undefined : (options.lifecycle ?? (platform.addEventListener ? browserLifecycle() : undefined));
   }
 
   /** The connection's state. */
   get state(): ConnectionState {
-    return this.current;
+    return this._current;
   }
 
   /** The current connection's `welcome` (undefined while not connected). */
   get welcome(): Welcome | undefined {
-    return this.info;
+    return this._info;
   }
 
   /**
@@ -510,24 +510,24 @@ export class SluiceClient extends Emitter<ClientEvents> {
    * `welcome`; rejects if the client stops for good before one.
    */
   connect(): Promise<Welcome> {
-    if (this.current === "closed") return Promise.reject(new SluiceError(ClientErrorCode.closed, "the client is closed"));
-    if (this.current === "open" && this.info) return Promise.resolve(this.info);
-    const p = new Promise<Welcome>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    if (this._current === "closed") return Promise.reject(new SluiceError(ClientErrorCode.closed, "the client is closed"));
+    if (this._current === "open" && this._info) return Promise.resolve(this._info);
+    const p = new Promise<Welcome>((resolve, reject) => this._waiters.push({ resolve, reject }));
     // Callers that do not wait for it must not get an unhandled rejection.
     p.catch(() => undefined);
-    if (this.current === "idle") {
-      this.unlisten = this.lifecycle?.subscribe(this.onLifecycle);
-      this.loaded = this.restore();
-      void this.open();
-    } else if (this.current === "suspended") {
-      void this.open();
+    if (this._current === "idle") {
+      this._unlisten = this._lifecycle?.subscribe(this._onLifecycle);
+      this._loaded = this._restore();
+      void this._open();
+    } else if (this._current === "suspended") {
+      void this._open();
     }
     return p;
   }
 
   /** Close for good: pending and queued requests fail with `closed`. */
   close(): void {
-    this.stop({ code: 1000, reason: "", why: "closed by the app" });
+    this._stop({ code: 1000, reason: "", why: "closed by the app" });
   }
 
   /**
@@ -535,7 +535,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
    * ack's data; reject with a {@link SluiceError}.
    */
   request<T = unknown>(type: string, data?: unknown, options: RequestOptions = {}): Promise<T> {
-    return this.call<T>(type, data, options, false);
+    return this._call<T>(type, data, options, false);
   }
 
   /**
@@ -543,12 +543,12 @@ export class SluiceClient extends Emitter<ClientEvents> {
    * connected, ahead of the queue and the rate-limit hold, and are never
    * refused for a full queue.
    */
-  private call<T>(type: string, data: unknown, options: RequestOptions, internal: boolean): Promise<T> {
-    return new Promise<T>((resolve, reject) => this.send(type, data, options, internal, resolve as (d: unknown) => void, reject));
+  private _call<T>(type: string, data: unknown, options: RequestOptions, internal: boolean): Promise<T> {
+    return new Promise<T>((resolve, reject) => this._send(type, data, options, internal, resolve as (d: unknown) => void, reject));
   }
 
   /** Send (or queue) a message; exactly one of `resolve` and `reject` is called, synchronously on its answer. */
-  private send(
+  private _send(
     type: string,
     data: unknown,
     options: RequestOptions,
@@ -556,15 +556,15 @@ export class SluiceClient extends Emitter<ClientEvents> {
     resolve: (data: unknown) => void,
     reject: (error: SluiceError) => void,
   ): void {
-    if (this.current === "closed") {
+    if (this._current === "closed") {
       reject(new SluiceError(ClientErrorCode.closed, "the client is closed"));
       return;
     }
     // Reserved types are idempotent already; the server takes keys on routes only.
     const reserved = /^(subscribe|unsubscribe|presence|ping|refresh)$|^sluice\./.test(type);
-    const key = internal || reserved ? undefined : (options.key ?? randomKey(this.o.random));
+    const key = internal || reserved ? undefined : (options.key ?? randomKey(this._o.random));
     if (key !== undefined) {
-      const same = [...this.pending.values()].find((p) => p.key === key);
+      const same = [...this._pending.values()].find((p) => p.key === key);
       if (same) {
         // The same request again (a retry, or a restored one): join it.
         if (same.type !== type || same.channel !== options.channel || JSON.stringify(same.data) !== JSON.stringify(data)) {
@@ -577,29 +577,29 @@ export class SluiceClient extends Emitter<ClientEvents> {
         return;
       }
     }
-    const id = this.id();
+    const id = this._id();
     const entry: Pending = { id, type, channel: options.channel, data, key, sent: false, at: Date.now(), timer: undefined, resolve, reject };
-    const timeoutMs = options.timeoutMs ?? this.o.requestTimeoutMs;
-    entry.timer = later(() => this.expire(id, `no answer to ${type} within ${timeoutMs} ms`), timeoutMs);
-    this.pending.set(id, entry);
-    if (internal ? this.current === "open" && this.ws !== undefined : this.canSend() && this.queue.length === 0) {
-      this.transmit(entry);
-    } else if (internal || this.queue.length < this.o.maxQueue) {
-      this.queue.push(id);
-      this.armHold();
+    const timeoutMs = options.timeoutMs ?? this._o.requestTimeoutMs;
+    entry.timer = later(() => this._expire(id, `no answer to ${type} within ${timeoutMs} ms`), timeoutMs);
+    this._pending.set(id, entry);
+    if (internal ? this._current === "open" && this._ws !== undefined : this._canSend() && this._queue.length === 0) {
+      this._transmit(entry);
+    } else if (internal || this._queue.length < this._o.maxQueue) {
+      this._queue.push(id);
+      this._armHold();
     } else {
-      this.settle(id, new SluiceError(ClientErrorCode.queueFull, this.o.maxQueue === 0 ? "not connected" : `not connected and ${this.o.maxQueue} requests already wait`));
+      this._settle(id, new SluiceError(ClientErrorCode.queueFull, this._o.maxQueue === 0 ? "not connected" : `not connected and ${this._o.maxQueue} requests already wait`));
     }
-    if (key !== undefined) this.save();
+    if (key !== undefined) this._save();
   }
 
   /** A request's time is up. */
-  private expire(id: string, why: string): void {
-    const p = this.pending.get(id);
+  private _expire(id: string, why: string): void {
+    const p = this._pending.get(id);
     if (!p) return;
-    this.queue = this.queue.filter((q) => q !== id);
+    this._queue = this._queue.filter((q) => q !== id);
     const hint = p.until !== undefined ? `; it may have been applied: request again with its key (${p.key}) to learn its answer` : "";
-    this.settle(id, new SluiceError(ClientErrorCode.timeout, why + hint, undefined, p.key));
+    this._settle(id, new SluiceError(ClientErrorCode.timeout, why + hint, undefined, p.key));
   }
 
   /**
@@ -607,97 +607,97 @@ export class SluiceClient extends Emitter<ClientEvents> {
    * last position where the server keeps channel history).
    */
   subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
-    if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
+    if (this._subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
     const sub = new Subscription(this, channel, options);
-    this.subs.set(channel, sub);
-    if (this.current === "closed") this.forget(sub, new SluiceError(ClientErrorCode.closed, "the client is closed"));
-    else if (this.current === "open") this.sendSubscribe(sub);
+    this._subs.set(channel, sub);
+    if (this._current === "closed") this._forget(sub, new SluiceError(ClientErrorCode.closed, "the client is closed"));
+    else if (this._current === "open") this._sendSubscribe(sub);
     return sub;
   }
 
   /** Every event (all channels, and those sent to this subject) as an async iterator. */
   events(): AsyncIterableIterator<SluiceEvent> {
-    return this.stream(this.streams);
+    return this._stream(this._streams);
   }
 
   /** @internal */
-  stream(set: Set<EventStream<SluiceEvent>>): EventStream<SluiceEvent> {
-    const s = new EventStream<SluiceEvent>(this.o.maxBufferedEvents, (done) => set.delete(done));
-    if (this.current === "closed") s.end();
+  _stream(set: Set<EventStream<SluiceEvent>>): EventStream<SluiceEvent> {
+    const s = new EventStream<SluiceEvent>(this._o.maxBufferedEvents, (done) => set.delete(done));
+    if (this._current === "closed") s._end();
     else set.add(s);
     return s;
   }
 
   /** @internal Drop a subscription (unsubscribed, refused or dropped). */
-  forget(sub: Subscription, error: SluiceError | undefined): void {
-    if (sub.state === "gone") return;
-    sub.state = "gone";
-    if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
-    for (const s of [...sub.streams]) s.end(error);
-    if (!sub.settle.done) {
-      sub.settle.done = true;
-      sub.settle.reject(error ?? new SluiceError(ClientErrorCode.closed, "unsubscribed"));
+  _forget(sub: Subscription, error: SluiceError | undefined): void {
+    if (sub._state === "gone") return;
+    sub._state = "gone";
+    if (this._subs.get(sub.channel) === sub) this._subs.delete(sub.channel);
+    for (const s of [...sub._streams]) s._end(error);
+    if (!sub._settle.done) {
+      sub._settle.done = true;
+      sub._settle.reject(error ?? new SluiceError(ClientErrorCode.closed, "unsubscribed"));
     }
-    if (error) sub.fire("error", error);
+    if (error) sub._fire("error", error);
   }
 
   // --- connection ---------------------------------------------------------
 
   /** Report what was thrown as an `error` event. */
-  private fail(e: unknown): void {
+  private _fail(e: unknown): void {
     this.emit("error", e instanceof Error ? e : new Error(String(e)));
   }
 
-  private id(): string {
-    this.nextId += 1;
-    return String(this.nextId);
+  private _id(): string {
+    this._nextId += 1;
+    return String(this._nextId);
   }
 
-  private canSend(): boolean {
-    return this.current === "open" && this.ws !== undefined && Date.now() >= this.holdUntil;
+  private _canSend(): boolean {
+    return this._current === "open" && this._ws !== undefined && Date.now() >= this._holdUntil;
   }
 
-  private setState(state: ConnectionState): void {
-    if (this.current === state) return;
-    this.current = state;
+  private _setState(state: ConnectionState): void {
+    if (this._current === state) return;
+    this._current = state;
     this.emit("state", state);
   }
 
-  private async open(): Promise<void> {
-    this.timers.reconnect = undefined;
-    this.away = undefined;
-    if ((this.current as ConnectionState) === "closed" || this.ws) return;
-    this.setState(this.attempt === 0 && this.info === undefined && !this.everOpen ? "connecting" : "reconnecting");
-    await this.loaded;
+  private async _open(): Promise<void> {
+    this._timers.reconnect = undefined;
+    this._away = undefined;
+    if ((this._current as ConnectionState) === "closed" || this._ws) return;
+    this._setState(this._attempt === 0 && this._info === undefined && !this._everOpen ? "connecting" : "reconnecting");
+    await this._loaded;
     let token: string;
     try {
-      token = await this.o.getToken();
+      token = await this._o.getToken();
     } catch (e) {
-      if (this.current === "closed") return;
-      this.fail(e);
-      this.retry(1006, "getToken() failed", undefined, { retry: true, freshToken: true, immediate: false });
+      if (this._current === "closed") return;
+      this._fail(e);
+      this._retry(1006, "getToken() failed", undefined, { retry: true, freshToken: true, immediate: false });
       return;
     }
-    if (this.current === "closed") return;
-    const header = this.o.tokenIn === "header";
+    if (this._current === "closed") return;
+    const header = this._o.tokenIn === "header";
     const protocols = header ? [SUBPROTOCOL] : [SUBPROTOCOL, `bearer.${token}`];
-    let options = this.wsOptions;
+    let options = this._wsOptions;
     if (header) {
       const headers = { ...(options?.headers as Record<string, string> | undefined), Authorization: `Bearer ${token}` };
       options = { ...options, headers };
     }
     let ws: Socket;
     try {
-      ws = (options ? new this.Ws(this.o.url, protocols, options) : new this.Ws(this.o.url, protocols)) as Socket;
+      ws = (options ? new this._Ws(this._o.url, protocols, options) : new this._Ws(this._o.url, protocols)) as Socket;
     } catch (e) {
       // A malformed URL: retrying cannot help.
-      this.stop({ code: 1006, reason: "", why: `cannot open ${this.o.url}: ${(e as Error).message}` });
+      this._stop({ code: 1006, reason: "", why: `cannot open ${this._o.url}: ${(e as Error).message}` });
       return;
     }
-    this.ws = ws;
+    this._ws = ws;
     let httpStatus: number | undefined;
     ws.onmessage = (ev) => {
-      if (this.ws === ws) this.onFrame(typeof ev.data === "string" ? ev.data : String(ev.data));
+      if (this._ws === ws) this._onFrame(typeof ev.data === "string" ? ev.data : String(ev.data));
     };
     ws.onerror = (ev) => {
       // Node's ws reports a refused handshake as "Unexpected server response: 401".
@@ -706,177 +706,177 @@ export class SluiceClient extends Emitter<ClientEvents> {
       if (m) httpStatus = Number(m[1]);
     };
     ws.onclose = (ev) => {
-      if (this.ws === ws) this.lost(ev.code, ev.reason ?? "", httpStatus);
+      if (this._ws === ws) this._lost(ev.code, ev.reason ?? "", httpStatus);
     };
   }
   /** Drop the current socket without waiting for a closing handshake. */
-  private drop(code: number, reason: string): void {
-    if (!this.ws) return;
-    release(this.ws);
-    this.lost(code, reason, undefined);
+  private _drop(code: number, reason: string): void {
+    if (!this._ws) return;
+    release(this._ws);
+    this._lost(code, reason, undefined);
   }
 
   /** The connection ended: clean up, then reconnect or stop. */
-  private lost(code: number, reason: string, httpStatus: number | undefined): void {
-    const welcomed = this.current === "open";
-    this.ws = undefined;
-    this.info = undefined;
-    this.inflight = [];
+  private _lost(code: number, reason: string, httpStatus: number | undefined): void {
+    const welcomed = this._current === "open";
+    this._ws = undefined;
+    this._info = undefined;
+    this._inflight = [];
     for (const key of ["refresh", "heartbeat", "hold"] as const) {
-      cancel(this.timers[key]);
-      this.timers[key] = undefined;
+      cancel(this._timers[key]);
+      this._timers[key] = undefined;
     }
     // Sent with a key: resent first after the next welcome, in sending
     // order, while the server still remembers the key. The rest may or may
     // not have been applied: they fail.
     const resend: string[] = [];
-    for (const [id, p] of [...this.pending]) {
+    for (const [id, p] of [...this._pending]) {
       if (!p.sent) continue;
       p.sent = false;
-      if (this.resendable(p)) resend.push(id);
-      else this.lose(id);
+      if (this._resendable(p)) resend.push(id);
+      else this._lose(id);
     }
-    this.queue = [...resend, ...this.queue];
-    for (const sub of this.subs.values()) sub.state = "pending";
-    if (this.current === "closed") return;
-    if (this.away === true) {
-      this.setState("suspended");
+    this._queue = [...resend, ...this._queue];
+    for (const sub of this._subs.values()) sub._state = "pending";
+    if (this._current === "closed") return;
+    if (this._away === true) {
+      this._setState("suspended");
       return;
     }
-    const decision = closeDecision(code, reason, welcomed ? undefined : httpStatus, this.last401);
-    this.last401 = !welcomed && httpStatus === 401;
-    this.retry(code, reason, welcomed ? undefined : httpStatus, decision);
+    const decision = closeDecision(code, reason, welcomed ? undefined : httpStatus, this._last401);
+    this._last401 = !welcomed && httpStatus === 401;
+    this._retry(code, reason, welcomed ? undefined : httpStatus, decision);
   }
 
-  private retry(code: number, reason: string, httpStatus: number | undefined, decision: ReturnType<typeof closeDecision>): void {
+  private _retry(code: number, reason: string, httpStatus: number | undefined, decision: ReturnType<typeof closeDecision>): void {
     if (!decision.retry) {
-      this.stop({ code, reason, why: decision.why });
+      this._stop({ code, reason, why: decision.why });
       return;
     }
-    if (this.attempt >= this.o.maxReconnectAttempts) {
-      this.stop({ code, reason, why: `gave up after ${this.attempt} reconnect attempts` });
+    if (this._attempt >= this._o.maxReconnectAttempts) {
+      this._stop({ code, reason, why: `gave up after ${this._attempt} reconnect attempts` });
       return;
     }
-    const delayMs = decision.immediate ? 0 : backoffDelay(this.attempt, this.o.backoff, this.o.random);
-    const attempt = this.attempt;
-    this.attempt += 1;
-    this.setState("reconnecting");
+    const delayMs = decision.immediate ? 0 : backoffDelay(this._attempt, this._o.backoff, this._o.random);
+    const attempt = this._attempt;
+    this._attempt += 1;
+    this._setState("reconnecting");
     this.emit("disconnected", { code, reason, httpStatus, delayMs, attempt });
-    this.timers.reconnect = later(() => void this.open(), delayMs);
+    this._timers.reconnect = later(() => void this._open(), delayMs);
   }
 
-  private stop(closed: Closed): void {
-    if (this.current === "closed") return;
-    this.setState("closed");
-    this.unlisten?.();
-    for (const t of Object.values(this.timers)) cancel(t);
-    this.timers = {};
-    const ws = this.ws;
-    this.ws = undefined;
-    this.info = undefined;
+  private _stop(closed: Closed): void {
+    if (this._current === "closed") return;
+    this._setState("closed");
+    this._unlisten?.();
+    for (const t of Object.values(this._timers)) cancel(t);
+    this._timers = {};
+    const ws = this._ws;
+    this._ws = undefined;
+    this._info = undefined;
     if (ws) release(ws);
     const error = new SluiceError(ClientErrorCode.closed, `the client stopped: ${closed.why}`);
-    for (const id of [...this.pending.keys()]) this.settle(id, error);
-    this.queue = [];
+    for (const id of [...this._pending.keys()]) this._settle(id, error);
+    this._queue = [];
     // Closed by the app: subscriptions and iterators end quietly.
     const quiet = closed.why === "closed by the app";
-    for (const sub of [...this.subs.values()]) this.forget(sub, quiet ? undefined : error);
-    for (const s of [...this.streams]) s.end();
-    for (const w of this.waiters.splice(0)) w.reject(error);
+    for (const sub of [...this._subs.values()]) this._forget(sub, quiet ? undefined : error);
+    for (const s of [...this._streams]) s._end();
+    for (const w of this._waiters.splice(0)) w.reject(error);
     this.emit("closed", closed);
   }
 
   // --- frames -------------------------------------------------------------
 
-  private transmit(entry: Pending): void {
-    const window = this.info?.idempotencyWindowSecs;
+  private _transmit(entry: Pending): void {
+    const window = this._info?.idempotencyWindowSecs;
     const keyed = entry.key !== undefined && window !== undefined;
     // Sent with its key before: only with it again, and only in time.
-    if (entry.until !== undefined && !(keyed && this.resendable(entry))) {
-      this.lose(entry.id);
+    if (entry.until !== undefined && !(keyed && this._resendable(entry))) {
+      this._lose(entry.id);
       return;
     }
     if (keyed && entry.until === undefined) entry.until = Date.now() + (window as number) * 1000 - RESEND_MARGIN_MS;
     if (!keyed) entry.bare = true;
     entry.sent = true;
-    this.inflight.push(entry.id);
+    this._inflight.push(entry.id);
     const { id, type, channel, data } = entry;
-    this.ws?.send(JSON.stringify({ type, id, key: keyed ? entry.key : undefined, channel, data }));
-    if (entry.key !== undefined) this.save();
+    this._ws?.send(JSON.stringify({ type, id, key: keyed ? entry.key : undefined, channel, data }));
+    if (entry.key !== undefined) this._save();
   }
 
-  private resendable(p: Pending): boolean {
+  private _resendable(p: Pending): boolean {
     return p.until !== undefined && Date.now() < p.until;
   }
 
-  private lose(id: string): void {
-    this.settle(id, new SluiceError(ClientErrorCode.connectionLost, "the connection dropped before the answer; the request may or may not have been applied"));
+  private _lose(id: string): void {
+    this._settle(id, new SluiceError(ClientErrorCode.connectionLost, "the connection dropped before the answer; the request may or may not have been applied"));
   }
 
   /** The id an answer is for: its own, or for an id-less error the oldest in flight. */
-  private answered(id: string | undefined): string | undefined {
-    if (id === undefined) return this.inflight.shift();
-    const i = this.inflight.indexOf(id);
-    if (i >= 0) this.inflight.splice(i, 1);
+  private _answered(id: string | undefined): string | undefined {
+    if (id === undefined) return this._inflight.shift();
+    const i = this._inflight.indexOf(id);
+    if (i >= 0) this._inflight.splice(i, 1);
     return id;
   }
 
   /** Resolve or reject pending request `id`. */
-  private settle(id: string, result: SluiceError | { data: unknown }): void {
-    const p = this.pending.get(id);
+  private _settle(id: string, result: SluiceError | { data: unknown }): void {
+    const p = this._pending.get(id);
     if (!p) return;
-    this.pending.delete(id);
+    this._pending.delete(id);
     cancel(p.timer);
     if (result instanceof SluiceError) p.reject(result);
     else p.resolve(result.data);
-    if (p.key !== undefined) this.save();
+    if (p.key !== undefined) this._save();
   }
 
   // --- the offline queue in storage ----------------------------------------
 
   /** Write the app's pending requests to storage (once per turn of the event loop). */
-  private save(): void {
-    const storage = this.storage;
-    if (!storage || this.saving || this.loaded === undefined) return;
-    this.saving = true;
-    void this.loaded
+  private _save(): void {
+    const storage = this._storage;
+    if (!storage || this._saving || this._loaded === undefined) return;
+    this._saving = true;
+    void this._loaded
       .then(() => {
-        this.saving = false;
-        const items = [...this.pending.values()]
+        this._saving = false;
+        const items = [...this._pending.values()]
           .filter((p) => p.key !== undefined)
           .map(({ key, type, channel, data, at, until, bare }) => ({ key, type, channel, data, at, until, bare }));
-        return items.length > 0 ? storage.setItem(this.o.storageKey, JSON.stringify(items)) : storage.removeItem(this.o.storageKey);
+        return items.length > 0 ? storage.setItem(this._o.storageKey, JSON.stringify(items)) : storage.removeItem(this._o.storageKey);
       })
-      .catch((e: unknown) => this.fail(e));
+      .catch((e: unknown) => this._fail(e));
   }
 
   /** Put the requests a previous run left in storage at the head of the queue. */
-  private async restore(): Promise<void> {
-    const storage = this.storage;
+  private async _restore(): Promise<void> {
+    const storage = this._storage;
     if (!storage) return;
     let items: unknown;
     try {
-      items = JSON.parse((await storage.getItem(this.o.storageKey)) ?? "[]");
+      items = JSON.parse((await storage.getItem(this._o.storageKey)) ?? "[]");
     } catch (e) {
-      this.fail(e);
+      this._fail(e);
       return;
     }
     if (!Array.isArray(items)) return;
     const restored: string[] = [];
     for (const item of items) {
       if (!isObject(item) || typeof item.key !== "string" || typeof item.type !== "string" || typeof item.at !== "number") continue;
-      if ([...this.pending.values()].some((p) => p.key === item.key)) continue;
+      if ([...this._pending.values()].some((p) => p.key === item.key)) continue;
       const { key, type, data } = item;
       const channel = str(item.channel);
-      const id = this.id();
+      const id = this._id();
       const report = (end: { result?: unknown; error?: SluiceError }): void => this.emit("settled", { key, type, channel, data, ...end });
-      const left = item.at + this.o.maxQueueAgeMs - Date.now();
+      const left = item.at + this._o.maxQueueAgeMs - Date.now();
       if (item.bare || left <= 0) {
         // Sent without a key before the app stopped: it may have been applied.
         report({
           error: item.bare
             ? new SluiceError(ClientErrorCode.connectionLost, "sent without a key before the app stopped; it may or may not have been applied", undefined, key)
-            : new SluiceError(ClientErrorCode.timeout, `not sent within ${this.o.maxQueueAgeMs} ms`, undefined, key),
+            : new SluiceError(ClientErrorCode.timeout, `not sent within ${this._o.maxQueueAgeMs} ms`, undefined, key),
         });
         continue;
       }
@@ -893,48 +893,48 @@ export class SluiceClient extends Emitter<ClientEvents> {
         resolve: (result) => report({ result }),
         reject: (error) => report({ error }),
       };
-      this.pending.set(id, entry);
-      entry.timer = later(() => this.expire(id, `not sent within ${this.o.maxQueueAgeMs} ms`), left);
+      this._pending.set(id, entry);
+      entry.timer = later(() => this._expire(id, `not sent within ${this._o.maxQueueAgeMs} ms`), left);
       restored.push(id);
     }
-    this.queue = [...restored, ...this.queue];
+    this._queue = [...restored, ...this._queue];
   }
 
   // --- the app's lifecycle --------------------------------------------------
 
   /** In the background past the grace period: close until the foreground. */
-  private suspend(): void {
-    this.timers.away = undefined;
-    this.away = true;
-    cancel(this.timers.reconnect);
-    this.timers.reconnect = undefined;
-    if (this.ws) this.drop(1000, "in the background");
-    else this.setState("suspended");
+  private _suspend(): void {
+    this._timers.away = undefined;
+    this._away = true;
+    cancel(this._timers.reconnect);
+    this._timers.reconnect = undefined;
+    if (this._ws) this._drop(1000, "in the background");
+    else this._setState("suspended");
   }
 
   /** Send queued requests, in order, as far as the rate-limit hold allows. */
-  private flush(): void {
-    while (this.queue.length > 0 && this.canSend()) {
-      const id = this.queue.shift() as string;
-      const p = this.pending.get(id);
-      if (p) this.transmit(p);
+  private _flush(): void {
+    while (this._queue.length > 0 && this._canSend()) {
+      const id = this._queue.shift() as string;
+      const p = this._pending.get(id);
+      if (p) this._transmit(p);
     }
-    this.armHold();
+    this._armHold();
   }
 
   /** After a `rate_limited`, wait `retry_after_ms` before sending more. */
-  private armHold(): void {
-    if (this.timers.hold !== undefined || this.queue.length === 0 || this.current !== "open") return;
-    const wait = this.holdUntil - Date.now();
+  private _armHold(): void {
+    if (this._timers.hold !== undefined || this._queue.length === 0 || this._current !== "open") return;
+    const wait = this._holdUntil - Date.now();
     if (wait <= 0) return;
-    this.timers.hold = later(() => {
-      this.timers.hold = undefined;
-      this.flush();
+    this._timers.hold = later(() => {
+      this._timers.hold = undefined;
+      this._flush();
     }, wait);
   }
 
-  private onFrame(text: string): void {
-    this.lastReceived = Date.now();
+  private _onFrame(text: string): void {
+    this._lastReceived = Date.now();
     let msg: Record<string, unknown>;
     try {
       const parsed: unknown = JSON.parse(text);
@@ -945,67 +945,67 @@ export class SluiceClient extends Emitter<ClientEvents> {
     }
     let id = str(msg.id);
     // The subscription a frame about a channel is for.
-    const sub = this.subs.get(msg.channel as string);
+    const sub = this._subs.get(msg.channel as string);
     switch (msg.type) {
       case "welcome": {
         const d = isObject(msg.data) ? msg.data : {};
         const window = isObject(d.idempotency) ? Number(d.idempotency.window_secs) : NaN;
-        this.info = {
+        this._info = {
           connectionId: Number(d.connection_id),
           subject: String(d.subject),
           expiresAt: Number(d.expires_at),
           idempotencyWindowSecs: window > 0 ? window : undefined,
         };
-        this.attempt = 0;
-        this.last401 = false;
-        this.everOpen = true;
-        this.setState("open");
-        this.emit("welcome", this.info);
-        for (const w of this.waiters.splice(0)) w.resolve(this.info);
-        this.scheduleRefresh();
-        this.scheduleHeartbeat(this.o.heartbeatIntervalMs);
-        for (const sub of this.subs.values()) this.sendSubscribe(sub);
-        this.flush();
+        this._attempt = 0;
+        this._last401 = false;
+        this._everOpen = true;
+        this._setState("open");
+        this.emit("welcome", this._info);
+        for (const w of this._waiters.splice(0)) w.resolve(this._info);
+        this._scheduleRefresh();
+        this._scheduleHeartbeat(this._o.heartbeatIntervalMs);
+        for (const sub of this._subs.values()) this._sendSubscribe(sub);
+        this._flush();
         return;
       }
       case "ack":
-        if (id !== undefined) this.settle(this.answered(id) as string, { data: msg.data ?? null });
+        if (id !== undefined) this._settle(this._answered(id) as string, { data: msg.data ?? null });
         return;
       case "pong":
-        this.answered(id);
+        this._answered(id);
         return;
       case "error": {
-        id = this.answered(id);
+        id = this._answered(id);
         const retryAfterMs = num(msg.retry_after_ms);
         if (msg.code === "rate_limited" && retryAfterMs !== undefined) {
-          this.holdUntil = Math.max(this.holdUntil, Date.now() + retryAfterMs);
+          this._holdUntil = Math.max(this._holdUntil, Date.now() + retryAfterMs);
         }
-        const error = new SluiceError(String(msg.code), String(msg.message ?? ""), retryAfterMs, id === undefined ? undefined : this.pending.get(id)?.key);
-        if (id !== undefined && this.pending.has(id)) this.settle(id, error);
+        const error = new SluiceError(String(msg.code), String(msg.message ?? ""), retryAfterMs, id === undefined ? undefined : this._pending.get(id)?.key);
+        if (id !== undefined && this._pending.has(id)) this._settle(id, error);
         else this.emit("error", error);
         return;
       }
       case "event":
-        this.onEvent(msg, sub);
+        this._onEvent(msg, sub);
         return;
       case "subscribed": {
         // A handler subscribed this connection (e.g. `chat.join`): the
         // position part of a subscribe ack, before any replayed event.
-        if (sub && sub.state !== "gone") this.position(sub, msg.data);
+        if (sub && sub._state !== "gone") this._position(sub, msg.data);
         return;
       }
       case "unsubscribed": {
         // The server ended a subscription (a reload's channel rules no
         // longer allow it): gone for good, like a refused subscribe.
         const reason = str(msg.reason) ?? "the server ended this subscription";
-        if (sub) this.forget(sub, new SluiceError("forbidden", reason));
+        if (sub) this._forget(sub, new SluiceError("forbidden", reason));
         return;
       }
       case "join":
       case "leave": {
         const d = isObject(msg.data) ? msg.data : {};
-        if (sub && sub.state !== "gone") {
-          sub.fire(msg.type, { channel: sub.channel, subject: String(d.subject), claims: isObject(d.claims) ? d.claims : {} });
+        if (sub && sub._state !== "gone") {
+          sub._fire(msg.type, { channel: sub.channel, subject: String(d.subject), claims: isObject(d.claims) ? d.claims : {} });
         }
         return;
       }
@@ -1014,69 +1014,69 @@ export class SluiceClient extends Emitter<ClientEvents> {
     }
   }
 
-  private onEvent(msg: Record<string, unknown>, sub: Subscription | undefined): void {
+  private _onEvent(msg: Record<string, unknown>, sub: Subscription | undefined): void {
     const event: SluiceEvent = { channel: str(msg.channel), data: msg.data };
     if (typeof msg.offset === "number" && typeof msg.epoch === "string") {
       event.offset = msg.offset;
       event.epoch = msg.epoch;
       if (sub) {
-        const p = sub.position;
+        const p = sub._position;
         // Already delivered (a replay overlapping what arrived before the drop).
         if (p && p.epoch === msg.epoch && msg.offset <= p.offset) return;
-        sub.position = { offset: msg.offset, epoch: msg.epoch };
+        sub._position = { offset: msg.offset, epoch: msg.epoch };
       }
     }
     this.emit("event", event);
-    for (const s of this.streams) s.push(event);
-    if (sub && sub.state !== "gone") {
-      sub.fire("event", event);
-      for (const s of sub.streams) s.push(event);
+    for (const s of this._streams) s._push(event);
+    if (sub && sub._state !== "gone") {
+      sub._fire("event", event);
+      for (const s of sub._streams) s._push(event);
     }
   }
 
   // --- subscriptions ------------------------------------------------------
 
-  private sendSubscribe(sub: Subscription): void {
-    const reserved = sub.options.type === undefined || sub.options.type === "subscribe";
-    const since = (sub.options.recover ?? reserved) ? sub.position : undefined;
-    sub.asked = since;
-    sub.recovered = undefined;
-    let data = sub.options.data;
+  private _sendSubscribe(sub: Subscription): void {
+    const reserved = sub._options.type === undefined || sub._options.type === "subscribe";
+    const since = (sub._options.recover ?? reserved) ? sub._position : undefined;
+    sub._asked = since;
+    sub._recovered = undefined;
+    let data = sub._options.data;
     if (since) data = { ...(isObject(data) ? data : {}), since };
-    const ws = this.ws;
-    this.send(
-      sub.options.type ?? "subscribe",
+    const ws = this._ws;
+    this._send(
+      sub._options.type ?? "subscribe",
       data,
       { channel: sub.channel },
       true,
-      (ack) => this.subscribed(sub, ack, reserved),
+      (ack) => this._subscribed(sub, ack, reserved),
       (error: SluiceError) => {
-        if (sub.state === "gone" || this.ws !== ws) return; // Resent on the next connection.
+        if (sub._state === "gone" || this._ws !== ws) return; // Resent on the next connection.
         if (error.code === ClientErrorCode.timeout) {
-          sub.fire("error", error);
+          sub._fire("error", error);
         } else if (error.retryAfterMs !== undefined) {
           later(() => {
-            if (this.ws === ws && sub.state === "pending" && this.subs.get(sub.channel) === sub) this.sendSubscribe(sub);
+            if (this._ws === ws && sub._state === "pending" && this._subs.get(sub.channel) === sub) this._sendSubscribe(sub);
           }, error.retryAfterMs);
         } else if (error.code !== ClientErrorCode.closed && error.code !== ClientErrorCode.connectionLost) {
-          this.forget(sub, error);
+          this._forget(sub, error);
         }
       },
     );
   }
 
-  private subscribed(sub: Subscription, data: unknown, reserved: boolean): void {
-    if (sub.state === "gone") return;
+  private _subscribed(sub: Subscription, data: unknown, reserved: boolean): void {
+    if (sub._state === "gone") return;
     // A route's ack is its handler's reply; its position came in a `subscribed` frame.
-    if (reserved) this.position(sub, data);
-    const resubscribed = sub.everActive;
-    sub.everActive = true;
-    sub.state = "active";
-    if (!sub.settle.done) {
-      sub.settle.done = true;
-      sub.settle.resolve(data);
+    if (reserved) this._position(sub, data);
+    const resubscribed = sub._everActive;
+    sub._everActive = true;
+    sub._state = "active";
+    if (!sub._settle.done) {
+      sub._settle.done = true;
+      sub._settle.resolve(data);
     }
-    sub.fire("subscribed", { data, resubscribed, recovered: sub.recovered });
+    sub._fire("subscribed", { data, resubscribed, recovered: sub._recovered });
   }
 
   /**
@@ -1084,96 +1084,96 @@ export class SluiceClient extends Emitter<ClientEvents> {
    * `{ offset, epoch }` where the channel keeps history, and `recovered`
    * when a recovery was asked for.
    */
-  private position(sub: Subscription, data: unknown): void {
+  private _position(sub: Subscription, data: unknown): void {
     if (!isObject(data)) return;
     const current =
       typeof data.offset === "number" && typeof data.epoch === "string" ? { offset: data.offset, epoch: data.epoch } : undefined;
     if (typeof data.recovered !== "boolean") {
-      if (current && !sub.position) sub.position = current;
+      if (current && !sub._position) sub._position = current;
       return;
     }
-    sub.recovered = data.recovered;
+    sub._recovered = data.recovered;
     // Recovered: the missed events follow and advance the position.
     if (data.recovered) return;
-    const since = sub.asked ?? sub.position;
-    sub.position = current;
+    const since = sub._asked ?? sub._position;
+    sub._position = current;
     if (since) {
       const info: RecoveryFailed = { channel: sub.channel, since, current };
-      sub.fire("recoveryFailed", info);
+      sub._fire("recoveryFailed", info);
       this.emit("recoveryFailed", info);
     }
   }
 
   // --- token refresh and heartbeat ---------------------------------------
 
-  private scheduleRefresh(previousExpiry?: number): void {
-    cancel(this.timers.refresh);
-    this.timers.refresh = undefined;
-    const info = this.info;
-    if (!this.o.refreshBeforeExpiry || !info || !Number.isFinite(info.expiresAt)) return;
+  private _scheduleRefresh(previousExpiry?: number): void {
+    cancel(this._timers.refresh);
+    this._timers.refresh = undefined;
+    const info = this._info;
+    if (!this._o.refreshBeforeExpiry || !info || !Number.isFinite(info.expiresAt)) return;
     // A refresh that did not extend the token: let it expire, then
     // reconnect with a fresh one, rather than refresh in a loop.
     if (previousExpiry !== undefined && info.expiresAt <= previousExpiry) return;
     const remaining = info.expiresAt * 1000 - Date.now();
-    const delay = Math.max(1000, remaining - Math.min(this.o.refreshMarginMs, remaining / 5));
+    const delay = Math.max(1000, remaining - Math.min(this._o.refreshMarginMs, remaining / 5));
     // Timers take at most 2^31-1 ms (24.8 days); a longer delay would fire at once.
-    this.timers.refresh = later(() => void this.refresh(), Math.min(delay, 2 ** 31 - 1));
+    this._timers.refresh = later(() => void this._refresh(), Math.min(delay, 2 ** 31 - 1));
   }
 
-  private async refresh(): Promise<void> {
-    this.timers.refresh = undefined;
-    const ws = this.ws;
-    const info = this.info;
+  private async _refresh(): Promise<void> {
+    this._timers.refresh = undefined;
+    const ws = this._ws;
+    const info = this._info;
     if (!ws || !info) return;
     let token: string;
     try {
-      token = await this.o.getToken();
+      token = await this._o.getToken();
     } catch (e) {
-      this.fail(e);
-      this.scheduleRefresh();
+      this._fail(e);
+      this._scheduleRefresh();
       return;
     }
-    if (this.ws !== ws) return;
-    const ack = (await this.call("refresh", { token }, {}, true).catch((e: SluiceError) => e)) as unknown;
-    if (this.ws !== ws || !this.info) return;
+    if (this._ws !== ws) return;
+    const ack = (await this._call("refresh", { token }, {}, true).catch((e: SluiceError) => e)) as unknown;
+    if (this._ws !== ws || !this._info) return;
     if (ack instanceof SluiceError) {
       this.emit("error", ack);
-      this.scheduleRefresh();
+      this._scheduleRefresh();
       return;
     }
     const d = isObject(ack) ? ack : {};
     const expiresAt = Number(d.expires_at);
     const dropped = Array.isArray(d.dropped) ? d.dropped.map(String) : [];
-    this.info = { ...this.info, expiresAt };
+    this._info = { ...this._info, expiresAt };
     for (const channel of dropped) {
-      const sub = this.subs.get(channel);
-      if (sub) this.forget(sub, new SluiceError("forbidden", "the refreshed token does not allow this channel"));
+      const sub = this._subs.get(channel);
+      if (sub) this._forget(sub, new SluiceError("forbidden", "the refreshed token does not allow this channel"));
     }
     this.emit("refreshed", { expiresAt, dropped });
-    this.scheduleRefresh(info.expiresAt);
+    this._scheduleRefresh(info.expiresAt);
   }
 
   /** Check the connection is alive after `first` ms (0: ping at once), then every `heartbeatIntervalMs` of silence. */
-  private scheduleHeartbeat(first: number): void {
-    cancel(this.timers.heartbeat);
-    const interval = this.o.heartbeatIntervalMs;
+  private _scheduleHeartbeat(first: number): void {
+    cancel(this._timers.heartbeat);
+    const interval = this._o.heartbeatIntervalMs;
     if (interval <= 0) return;
-    if (first > 0) this.lastReceived = Date.now();
+    if (first > 0) this._lastReceived = Date.now();
     const tick = (force?: boolean): void => {
-      const idle = Date.now() - this.lastReceived;
+      const idle = Date.now() - this._lastReceived;
       if (idle < interval && !force) {
-        this.timers.heartbeat = later(tick, interval - idle);
+        this._timers.heartbeat = later(tick, interval - idle);
         return;
       }
       const sentAt = Date.now();
-      this.inflight.push("heartbeat");
-      this.ws?.send(JSON.stringify({ type: "ping", id: "heartbeat" }));
-      this.timers.heartbeat = later(() => {
-        if (this.lastReceived < sentAt) this.drop(1006, "heartbeat timeout");
+      this._inflight.push("heartbeat");
+      this._ws?.send(JSON.stringify({ type: "ping", id: "heartbeat" }));
+      this._timers.heartbeat = later(() => {
+        if (this._lastReceived < sentAt) this._drop(1006, "heartbeat timeout");
         else tick();
-      }, this.o.heartbeatTimeoutMs);
+      }, this._o.heartbeatTimeoutMs);
     };
-    this.timers.heartbeat = later(() => tick(first === 0), first);
+    this._timers.heartbeat = later(() => tick(first === 0), first);
   }
 }
 

@@ -5,62 +5,62 @@ import { ClientErrorCode, SluiceError } from "./errors.js";
  * `max` items behind gets an `overflow` error instead of unbounded memory.
  */
 export class EventStream<T> implements AsyncIterableIterator<T> {
-  private buffer: T[] = [];
-  private waiting: Array<{ resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void }> = [];
-  private done = false;
-  private failure: unknown = undefined;
+  private _buffer: T[] = [];
+  private _waiting: Array<{ resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void }> = [];
+  private _done = false;
+  private _failure: unknown = undefined;
 
   constructor(
-    private readonly max: number,
-    private readonly onDone: (stream: EventStream<T>) => void,
+    private readonly _max: number,
+    private readonly _onDone: (stream: EventStream<T>) => void,
   ) {}
 
   /** Deliver an item (ignored after the end). */
-  push(item: T): void {
-    if (this.done) return;
-    const w = this.waiting.shift();
+  _push(item: T): void {
+    if (this._done) return;
+    const w = this._waiting.shift();
     if (w) {
       w.resolve({ value: item, done: false });
       return;
     }
-    if (this.buffer.length >= this.max) {
-      this.end(new SluiceError(ClientErrorCode.overflow, `the iterator's consumer fell more than ${this.max} events behind`));
+    if (this._buffer.length >= this._max) {
+      this._end(new SluiceError(ClientErrorCode.overflow, `the iterator's consumer fell more than ${this._max} events behind`));
       return;
     }
-    this.buffer.push(item);
+    this._buffer.push(item);
   }
 
   /** End the stream, with an error for the consumer or cleanly. */
-  end(error?: unknown): void {
-    if (this.done) return;
-    this.done = true;
-    this.failure = error;
-    this.onDone(this);
-    for (const w of this.waiting.splice(0)) {
-      if (error !== undefined && this.buffer.length === 0) w.reject(error);
+  _end(error?: unknown): void {
+    if (this._done) return;
+    this._done = true;
+    this._failure = error;
+    this._onDone(this);
+    for (const w of this._waiting.splice(0)) {
+      if (error !== undefined && this._buffer.length === 0) w.reject(error);
       else w.resolve({ value: undefined, done: true });
     }
   }
 
   next(): Promise<IteratorResult<T>> {
-    if (this.buffer.length > 0) {
-      return Promise.resolve({ value: this.buffer.shift() as T, done: false });
+    if (this._buffer.length > 0) {
+      return Promise.resolve({ value: this._buffer.shift() as T, done: false });
     }
-    if (this.done) {
-      if (this.failure !== undefined) {
-        const e = this.failure;
-        this.failure = undefined;
+    if (this._done) {
+      if (this._failure !== undefined) {
+        const e = this._failure;
+        this._failure = undefined;
         return Promise.reject(e);
       }
       return Promise.resolve({ value: undefined, done: true });
     }
-    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+    return new Promise((resolve, reject) => this._waiting.push({ resolve, reject }));
   }
 
   return(): Promise<IteratorResult<T>> {
-    this.buffer = [];
-    this.end();
-    this.failure = undefined;
+    this._buffer = [];
+    this._end();
+    this._failure = undefined;
     return Promise.resolve({ value: undefined, done: true });
   }
 
@@ -71,17 +71,17 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
 
 /** A minimal typed event emitter. */
 export class Emitter<E extends Record<string, unknown>> {
-  private listeners: { [K in keyof E]?: Set<(value: E[K]) => void> } = {};
+  private _listeners: { [K in keyof E]?: Set<(value: E[K]) => void> } = {};
 
   /** Listen to `name`; returns a function that stops listening. */
   on<K extends keyof E>(name: K, fn: (value: E[K]) => void): () => void {
-    const set = (this.listeners[name] ??= new Set());
+    const set = (this._listeners[name] ??= new Set());
     set.add(fn);
     return () => set.delete(fn);
   }
 
   protected emit<K extends keyof E>(name: K, value: E[K]): void {
-    const set = this.listeners[name];
+    const set = this._listeners[name];
     if (!set) return;
     for (const fn of [...set]) {
       try {

@@ -4,6 +4,8 @@
 // `subscribed` frames) and presence events. No server, no real time.
 import { test, mock, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { gzipSync } from "node:zlib";
 import { SluiceClient, SluiceError, backoffDelay, DEFAULT_BACKOFF } from "../dist/index.js";
 
 /** A WebSocket whose server side the test plays. */
@@ -634,4 +636,10 @@ test("an error without an id (too_deep, bad_json) answers the oldest request in 
   assert.equal(fd.data, 4);
   assert.equal(fa.data, 1);
   c.close();
+});
+
+test("the minified bundle stays within the size budget: under 7 KB (7,000 bytes) gzipped (issue 28)", () => {
+  const bytes = readFileSync(new URL("../dist/sluice-client.min.js", import.meta.url));
+  const gzipped = gzipSync(bytes, { level: 9 }).length;
+  assert.ok(gzipped < 7000, `dist/sluice-client.min.js is ${gzipped} bytes gzipped, over the budget of 7,000: make it smaller`);
 });
