@@ -15,7 +15,7 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
     private readonly _onDone: (stream: EventStream<T>) => void,
   ) {}
 
-  /** Deliver an item (ignored after the end). */
+  /** @internal Deliver an item (ignored after the end). */
   _push(item: T): void {
     if (this._done) return;
     const w = this._waiting.shift();
@@ -30,7 +30,7 @@ export class EventStream<T> implements AsyncIterableIterator<T> {
     this._buffer.push(item);
   }
 
-  /** End the stream, with an error for the consumer or cleanly. */
+  /** @internal End the stream, with an error for the consumer or cleanly. */
   _end(error?: unknown): void {
     if (this._done) return;
     this._done = true;

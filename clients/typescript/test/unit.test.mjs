@@ -4,8 +4,9 @@
 // `subscribed` frames) and presence events. No server, no real time.
 import { test, mock, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
+import { buildSync } from "esbuild";
 import { SluiceClient, SluiceError, backoffDelay, DEFAULT_BACKOFF } from "../dist/index.js";
 
 /** A WebSocket whose server side the test plays. */
@@ -642,4 +643,36 @@ test("the minified bundle stays within the size budget: under 7 KB (7,000 bytes)
   const bytes = readFileSync(new URL("../dist/sluice-client.min.js", import.meta.url));
   const gzipped = gzipSync(bytes, { level: 9 }).length;
   assert.ok(gzipped < 7000, `dist/sluice-client.min.js is ${gzipped} bytes gzipped, over the budget of 7,000: make it smaller`);
+});
+
+test("what an app gets stays within the budget too: the package's entry bundled by the app's bundler, under 7,000 bytes gzipped (issue 28)", () => {
+  // As an app's bundler does: everything dist/index.js exports, minified,
+  // with no property renaming of its own (the package ships the renamed names).
+  const entry = new URL("../dist/index.js", import.meta.url).pathname;
+  const out = buildSync({
+    stdin: { contents: `export * from ${JSON.stringify(entry)};`, resolveDir: "/", loader: "js" },
+    bundle: true,
+    minify: true,
+    format: "esm",
+    target: "es2020",
+    write: false,
+    logLevel: "silent",
+  });
+  const gzipped = gzipSync(out.outputFiles[0].contents, { level: 9 }).length;
+  assert.ok(gzipped < 7000, `an app bundling dist/index.js gets ${gzipped} bytes gzipped, over the budget of 7,000: make it smaller`);
+});
+
+test("no public name starts with an underscore: the package renames those (the shipped .d.ts)", () => {
+  // dist/index.js renames every property named `_name`: the declarations may
+  // show such names only as private members (or constructor parameters).
+  const dir = new URL("../dist/", import.meta.url);
+  const exposed = [];
+  for (const f of readdirSync(dir).filter((f) => f.endsWith(".d.ts"))) {
+    for (const [i, line] of readFileSync(new URL(f, dir), "utf8").split("\n").entries()) {
+      if (/^\s*(\/\*\*|\*)/.test(line)) continue; // comments
+      if (/^\s*private (readonly )?_\w+;$/.test(line) || /^\s*constructor\(/.test(line)) continue;
+      if (/(^|[^\w$])_\w/.test(line)) exposed.push(`${f}:${i + 1}: ${line.trim()}`);
+    }
+  }
+  assert.deepEqual(exposed, [], "public or protected names with a leading underscore (renamed in dist/index.js)");
 });
