@@ -179,6 +179,12 @@ impl ServerConfig {
                 problems.push(format!("server.{name} must be greater than zero"));
             }
         }
+        if self.ping_interval_ms > 0 && self.ping_interval_ms >= self.idle_timeout_ms {
+            problems.push(format!(
+                "server.ping_interval_ms ({}) must be less than server.idle_timeout_ms ({}): a quiet connection is kept open by its pongs, so a longer interval closes it as idle",
+                self.ping_interval_ms, self.idle_timeout_ms
+            ));
+        }
         if !(1..=128).contains(&self.ipv6_prefix_len) {
             problems.push(format!(
                 "server.ipv6_prefix_len: {} must be 1-128 (64 keys each /64, 128 each address)",
@@ -251,6 +257,29 @@ mod tests {
         };
         assert_eq!(half.problems(true), want);
         assert!(ServerConfig::default().problems(false).is_empty());
+    }
+
+    #[test]
+    fn a_ping_interval_at_or_over_the_idle_timeout_is_refused() {
+        for (ping, idle, refused) in [
+            (20_000, 60_000, false),
+            (60_000, 60_000, true),
+            (90_000, 60_000, true),
+        ] {
+            let s = ServerConfig {
+                ping_interval_ms: ping,
+                idle_timeout_ms: idle,
+                ..with_certificate()
+            };
+            let problems = s.problems(true);
+            assert_eq!(
+                problems.iter().any(|p| p.starts_with(&format!(
+                    "server.ping_interval_ms ({ping}) must be less than server.idle_timeout_ms ({idle})"
+                ))),
+                refused,
+                "{ping} / {idle}: {problems:?}"
+            );
+        }
     }
 
     #[test]
