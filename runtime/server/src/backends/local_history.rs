@@ -656,8 +656,8 @@ impl HistoryStore for LocalHistory {
         since: Option<&'a Since>,
         member: Member,
         ack: AckFrame<'a>,
-    ) -> BoxFuture<'a, Subscribed> {
-        Box::pin(self.subscribe_here(key, since, member, ack))
+    ) -> BoxFuture<'a, Result<Subscribed, HistoryError>> {
+        Box::pin(async move { Ok(self.subscribe_here(key, since, member, ack).await) })
     }
 
     fn trim<'a>(&'a self, idle: Duration, rule: RuleOf<'a>) -> BoxFuture<'a, ()> {
