@@ -976,6 +976,74 @@ async fn a_node_cut_off_from_nats_delivers_what_was_stored_meanwhile_on_open_con
     b.assert_honest_client_served().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_whose_position_cannot_be_looked_up_is_refused_not_acked_at_offset_0() {
+    // docs/faults.md, Found 5: node b's relay for a channel none of its
+    // clients is subscribed to does not know the channel's position; the
+    // subscribe looks it up in the stream. With b cut off from NATS that
+    // lookup fails: the subscribe was acknowledged at offset 0 in the
+    // channel's real epoch, a position it never had. It must be refused
+    // `unavailable` instead, and acknowledged at the channel's real
+    // position once b reaches NATS again.
+    let nats = Nats::start();
+    let proxy = CutProxy::start(&nats).await;
+    let a = node(&nats, "a", Some(1000)).await;
+    let mut via_proxy = cluster(&nats, "b");
+    via_proxy.nats_urls = vec![proxy.url.clone()];
+    let b = {
+        let base = node_config(Some(1000));
+        TestServer::start_with(move |c: &mut Config| {
+            base(c);
+            c.cluster = Some(via_proxy);
+        })
+        .await
+    };
+    let b_admin = b.admin.expect("admin listener");
+    let mut reader = client(&b, "alpha", "reader").await;
+    // b opens alpha's history stream now: later, only the lookup fails.
+    subscribe(&mut reader, "room:open", None).await;
+    let mut writer = client(&a, "alpha", "writer").await;
+    for i in 0..3 {
+        send_chat(&mut writer, "room:late", &format!("m-{i}")).await;
+    }
+    let mut watcher = client(&a, "alpha", "watcher").await;
+    let on_a = subscribe(&mut watcher, "room:late", None).await;
+    let last = on_a["offset"].as_u64().expect("an offset");
+    assert!(last > 0, "{on_a}");
+
+    // The answer takes ~16 s (the relay's subscription barrier times out,
+    // then three lookups); b sheds its connections once cut off for 10 s,
+    // but only between messages, so the answer comes first.
+    proxy.cut();
+    let cut = Instant::now();
+    reader
+        .send(json!({"type": "subscribe", "id": "late", "channel": "room:late"}))
+        .await;
+    let answer = loop {
+        let f = reader.recv_within(Duration::from_secs(30)).await;
+        if f["id"] == "late" {
+            break f;
+        }
+    };
+    eprintln!("answered {:?} after the cut: {answer}", cut.elapsed());
+    assert_eq!(answer["type"], "error", "not refused: {answer}");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    assert!(answer["retry_after_ms"].as_u64().is_some(), "{answer}");
+
+    wait_ready(b_admin, false).await;
+    proxy.heal();
+    wait_ready(b_admin, true).await;
+    let mut reader = client(&b, "alpha", "reader").await;
+    let ack = subscribe(&mut reader, "room:late", None).await;
+    assert_eq!(ack["offset"].as_u64(), Some(last), "{ack}");
+    assert_eq!(ack["epoch"], on_a["epoch"], "{ack}");
+    send_chat(&mut writer, "room:late", "after").await;
+    let event = reader.next_event().await;
+    assert_eq!(event["data"]["text"], "after", "{event}");
+    assert!(event["offset"].as_u64() > Some(last), "{event}");
+    b.assert_honest_client_served().await;
+}
+
 /// Three nats-servers `s0`, `s1`, `s2` in one JetStream cluster, every
 /// route of `s2` through a [`CutProxy`] (each server advertises a proxy in
 /// front of its route port, so no route learnt by gossip bypasses one):

@@ -502,8 +502,13 @@ impl Client {
 
     /// The next text frame as JSON.
     pub async fn recv(&mut self) -> Value {
+        self.recv_within(RECV_TIMEOUT).await
+    }
+
+    /// The next text frame as JSON, waiting up to `within` for each frame.
+    pub async fn recv_within(&mut self, within: Duration) -> Value {
         loop {
-            let frame = tokio::time::timeout(RECV_TIMEOUT, self.socket.next())
+            let frame = tokio::time::timeout(within, self.socket.next())
                 .await
                 .expect("a frame within the timeout")
                 .expect("the connection is open")

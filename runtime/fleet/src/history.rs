@@ -83,6 +83,13 @@ const PUBLISH_WITHIN: Duration = Duration::from_secs(4);
 /// How many times a recovery's read of one event is retried.
 const REPLAY_ATTEMPTS: usize = 3;
 
+/// Lookups of a channel's last offset a subscribe tries (a pause between
+/// each) before it is refused `unavailable`.
+const LOOKUP_ATTEMPTS: usize = 3;
+
+/// The pause between two of them.
+const LOOKUP_PAUSE: Duration = Duration::from_millis(200);
+
 /// A recovery holds the channel's relay once the events left to read are
 /// at most this many (or after [`REPLAY_ROUNDS`] rounds without it).
 const REPLAY_TAIL: u64 = 32;
@@ -425,7 +432,7 @@ impl ClusterHistory {
         since: Option<&Since>,
         member: Member,
         ack: AckFrame<'_>,
-    ) -> Subscribed {
+    ) -> Result<Subscribed, HistoryError> {
         let relay = self.broker.pin(key);
         relay.ready().await;
         let ts = match self.stream_of(&key.tenant).await {
@@ -450,6 +457,7 @@ impl ClusterHistory {
         // Read without holding the relay while much is left: live events
         // keep reaching the channel's other subscribers meanwhile.
         let mut rounds = 0;
+        let mut lookups = 0;
         let delivered = loop {
             let mut delivered = relay.delivered.lock().await;
             if !delivered.known
@@ -462,7 +470,21 @@ impl ClusterHistory {
                             offset,
                         };
                     }
-                    Err(e) => tracing::warn!(error = %e, "history lookup failed"),
+                    // Never answer a position the relay does not have
+                    // (docs/faults.md, Found 5): retry, then refuse.
+                    Err(e) if lookups + 1 < LOOKUP_ATTEMPTS => {
+                        tracing::debug!(error = %e, "history lookup retried");
+                        lookups += 1;
+                        drop(delivered);
+                        tokio::time::sleep(LOOKUP_PAUSE).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history lookup failed: subscribe refused");
+                        drop(delivered);
+                        self.broker.unpin(key, None);
+                        return Err(HistoryError::Remote(Box::new(e)));
+                    }
                 }
             }
             // A position this node's relay has not reached: look the
@@ -528,7 +550,7 @@ impl ClusterHistory {
         }
         self.broker.unpin(key, Some(member));
         drop(delivered);
-        Subscribed { position, outcome }
+        Ok(Subscribed { position, outcome })
     }
 
     /// Read the channel's events after what `r` has up to `last`, as
@@ -679,7 +701,7 @@ impl HistoryStore for ClusterHistory {
         since: Option<&'a Since>,
         member: Member,
         ack: AckFrame<'a>,
-    ) -> BoxFuture<'a, Subscribed> {
+    ) -> BoxFuture<'a, Result<Subscribed, HistoryError>> {
         Box::pin(self.subscribe_relayed(key, rule, since, member, ack))
     }
 

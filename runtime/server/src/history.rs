@@ -59,8 +59,8 @@ impl History {
         since: Option<&Since>,
         member: Member,
         ack: AckFrame<'_>,
-    ) -> Position {
-        let subscribed = self.store.subscribe(key, rule, since, member, ack).await;
+    ) -> Result<Position, HistoryError> {
+        let subscribed = self.store.subscribe(key, rule, since, member, ack).await?;
         if let Some(o) = subscribed.outcome {
             *self
                 .outcomes
@@ -69,7 +69,7 @@ impl History {
                 .entry((key.tenant.clone(), o))
                 .or_default() += 1;
         }
-        subscribed.position
+        Ok(subscribed.position)
     }
 
     /// The bounds to keep history within (at start and after a reload).

@@ -156,7 +156,8 @@ async fn recover_us(broker: &LocalBroker, history: &LocalHistory, missed: u64) -
     };
     let data = payload();
     let (o, mut r) = Outbox::new(usize::MAX / 2);
-    let first = history
+    // One node's history always knows the position.
+    let Ok(first) = history
         .subscribe(
             &key,
             rule,
@@ -165,7 +166,10 @@ async fn recover_us(broker: &LocalBroker, history: &LocalHistory, missed: u64) -
             Box::new(|_| None),
         )
         .await
-        .position;
+        .map(|s| s.position)
+    else {
+        return f64::NAN;
+    };
     broker.unsubscribe(&key, 1);
     for _ in 0..missed {
         let _ = history.append(&key, rule, &data).await;
@@ -177,7 +181,7 @@ async fn recover_us(broker: &LocalBroker, history: &LocalHistory, missed: u64) -
     };
     let (o, mut r) = Outbox::new(usize::MAX / 2);
     let started = Instant::now();
-    history
+    let _ = history
         .subscribe(
             &key,
             rule,

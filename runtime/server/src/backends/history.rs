@@ -141,7 +141,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Subscribe `member`: queue `ack(position)`, then (with `since`, when
     /// the epoch matches and nothing after it is gone) every event after
     /// `since` in order, then join the channel. Nothing published meanwhile
-    /// is missed or doubled.
+    /// is missed or doubled. An error: the channel's position could not be
+    /// learnt; nothing was queued and `member` did not join.
     fn subscribe<'a>(
         &'a self,
         key: &'a ChannelKey,
@@ -149,7 +150,7 @@ pub trait HistoryStore: Send + Sync + 'static {
         since: Option<&'a Since>,
         member: Member,
         ack: AckFrame<'a>,
-    ) -> BoxFuture<'a, Subscribed>;
+    ) -> BoxFuture<'a, Result<Subscribed, HistoryError>>;
 
     /// Drop events past their channel's size or age, and forget logs that
     /// are empty, unused for `idle` and without local subscribers. A store

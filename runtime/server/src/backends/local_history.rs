@@ -656,8 +656,8 @@ impl HistoryStore for LocalHistory {
         since: Option<&'a Since>,
         member: Member,
         ack: AckFrame<'a>,
-    ) -> BoxFuture<'a, Subscribed> {
-        Box::pin(self.subscribe_here(key, since, member, ack))
+    ) -> BoxFuture<'a, Result<Subscribed, HistoryError>> {
+        Box::pin(async move { Ok(self.subscribe_here(key, since, member, ack).await) })
     }
 
     fn trim<'a>(&'a self, idle: Duration, rule: RuleOf<'a>) -> BoxFuture<'a, ()> {
@@ -732,6 +732,7 @@ mod tests {
                 Box::new(|_| Some("{}".into())),
             )
             .await
+            .unwrap()
             .position;
         assert_eq!((pos.offset, pos.recovered), (3, None));
         let epoch = pos.epoch.to_string();
@@ -757,6 +758,7 @@ mod tests {
                 Box::new(|p| Some(format!("{{\"recovered\":{}}}", p.recovered == Some(true)))),
             )
             .await
+            .unwrap()
             .position;
         assert_eq!(pos.recovered, Some(true));
         let got = drain(&mut reader2);
@@ -792,6 +794,7 @@ mod tests {
                     Box::new(|_| Some("{}".into())),
                 )
                 .await
+                .unwrap()
                 .position;
             assert_eq!(pos.recovered, Some(ok), "{since:?}");
             let replayed = drain(&mut r).len() - 1;
@@ -835,7 +838,8 @@ mod tests {
                     Member { id: 1, outbox: o },
                     Box::new(|_| None),
                 )
-                .await;
+                .await
+                .unwrap();
             broker.unsubscribe(&key, 1);
         }
         // One channel that had events keeps its epoch for its TTL.

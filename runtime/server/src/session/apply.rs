@@ -6,7 +6,7 @@
 //! `on-disconnect`), whose effects are applied the same way.
 
 use serde_json::value::RawValue;
-use sluice_protocol::{self as protocol, ErrorCode, Rejection};
+use sluice_protocol::{self as protocol, Code, ErrorCode, Rejection};
 use sluice_sandbox::{Export, Handler};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -90,13 +90,15 @@ impl Session {
                     }
                 }
                 Effect::Subscribe { channel, since } => {
-                    if self
+                    if let Err(r) = self
                         .subscribe(&channel, since.as_ref(), Requester::Handler)
                         .await
-                        .is_err()
                     {
                         self.tenant.metrics.action_refused();
-                        tracing::warn!(tenant = %self.tenant.id, action = "subscribe over the subscription limit", "handler action refused");
+                        tracing::warn!(tenant = %self.tenant.id, action = "subscribe", refusal = ?r, "handler action refused");
+                        // The channel's history could not be reached: the
+                        // message is not acknowledged, so the client retries.
+                        lost |= r.code() == Some(&Code::Host(ErrorCode::Unavailable));
                     }
                 }
                 Effect::Unsubscribe(channel) => self.unsubscribe(&channel),

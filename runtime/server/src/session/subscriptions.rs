@@ -18,6 +18,10 @@ use crate::stages::authorize;
 /// Channels one connection may be subscribed to at once.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 
+/// `retry_after_ms` of a subscribe refused because the channel's history
+/// could not be reached.
+const SUBSCRIBE_RETRY_MS: u64 = 500;
+
 /// Who asked for a subscription, and so how it is answered.
 #[derive(Clone, Copy)]
 pub(super) enum Requester<'a> {
@@ -93,10 +97,19 @@ impl Session {
                         Requester::Handler => protocol::subscribed(channel, &raw),
                     })
                 };
-                self.state
+                if let Err(e) = self
+                    .state
                     .history
                     .subscribe(&key, rule, since, member, Box::new(ack))
-                    .await;
+                    .await
+                {
+                    tracing::warn!(tenant = %self.tenant.id, error = %e, "subscribe refused: the channel's position is unknown");
+                    return Err(Rejection::retry(
+                        ErrorCode::Unavailable,
+                        "the channel's history cannot be reached; subscribe again",
+                        SUBSCRIBE_RETRY_MS,
+                    ));
+                }
             }
             None => {
                 self.state.broker.subscribe(&key, member);
