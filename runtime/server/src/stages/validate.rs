@@ -28,7 +28,13 @@ pub fn validate(authorized: Authorized<'_>) -> Result<Validated, Rejection> {
         message: Message {
             route: envelope.kind,
             channel: envelope.channel,
-            data: envelope.data.to_string(),
+            // Re-serialized from the checked value, never the client's text:
+            // the handler parses exactly what the schema saw (duplicate
+            // keys, escapes and number forms cannot differ between the
+            // two parsers). `to_string` writes straight into a buffer;
+            // `Display` went through `fmt::Write` a piece at a time.
+            data: serde_json::to_string(&envelope.data)
+                .unwrap_or_else(|_| envelope.data.to_string()),
         },
     })
 }
