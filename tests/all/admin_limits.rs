@@ -476,3 +476,51 @@ async fn a_tenant_has_one_push_in_flight_and_another_tenant_is_not_refused() {
     let (status, answer) = push(&server, ALPHA_MANAGER, "alpha", "other", &echo, None, None).await;
     assert_eq!(status, 201, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_refused_before_its_body_is_read_still_gets_its_answer() {
+    // A 401 or 429 is answered before the body is read; closing the socket
+    // with the body unread used to reset the connection, so a client still
+    // writing a push of a few MiB got "broken pipe" instead of the answer.
+    let server = server(&[], |c| {
+        let alpha = c.tenants.get_mut("alpha").expect("alpha");
+        alpha.quotas.management_requests_per_sec = 1;
+    })
+    .await;
+    let api = server.management_client();
+    let path = "/v1/tenants/alpha/handlers/big/versions";
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    for _ in 0..20 {
+        let (status, answer) = api
+            .request(http::Method::POST, path, None, body.clone())
+            .await
+            .expect("the 401 reaches the client, not a reset");
+        let answer: Value = serde_json::from_slice(&answer).expect("JSON");
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (401, &json!("unauthorized")),
+            "{answer}"
+        );
+    }
+    // Alpha's token, over its rate: 429, also before the body.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let (status, answer) = api
+            .request(http::Method::POST, path, Some(ALPHA_MANAGER), body.clone())
+            .await
+            .expect("the answer reaches the client, not a reset");
+        let answer: Value = serde_json::from_slice(&answer).expect("JSON");
+        codes.push((status, answer["error"]["code"].clone()));
+    }
+    assert!(codes.contains(&(429, json!("rate_limited"))), "{codes:?}");
+    // An honest request is served after.
+    let (status, _, answer) = raw(
+        &server,
+        "GET",
+        "/v1/tenants/beta/handlers",
+        Some(BETA_MANAGER),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -127,9 +127,39 @@ async fn connection(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
-    let _ = http
+    let served = http
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .without_shutdown()
         .await;
+    if let Ok(parts) = served {
+        linger(parts.io.into_inner()).await;
+    }
+}
+
+/// At most this much of what a client still sends after the connection's
+/// last answer is read and dropped (see [`linger`]).
+const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// For at most this long.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Close the connection the way nginx's lingering close does: a request
+/// refused before its body was read (401, 403, 429, ...) is answered at
+/// once, and hyper then stops reading; closing a socket with unread bytes
+/// makes the kernel reset the connection, and a client still writing its
+/// body (a `sluice handler push` of a few MiB) gets "broken pipe" or
+/// "connection reset" instead of the answer that is waiting for it. So the
+/// write side is closed first (TLS close_notify, then FIN), and what the
+/// client still sends is read and dropped until it closes too, up to
+/// [`LINGER_BYTES`] and [`LINGER_TIME`].
+async fn linger<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) {
+    use tokio::io::AsyncReadExt as _;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = tokio::io::sink();
+    let mut rest = (&mut stream).take(LINGER_BYTES);
+    let _ = tokio::time::timeout(LINGER_TIME, tokio::io::copy(&mut rest, &mut sink)).await;
 }
 
 async fn respond(
