@@ -184,101 +184,113 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
     // one write), but never more than this many, so that a client that
     // never pauses still gets its answers.
     let mut reads_since_write = 0usize;
-    while matches!(flow, Flow::Continue) {
-        if token_expiry.deadline() != session.expires {
-            token_expiry.as_mut().reset(session.expires);
-        }
-        let must_write = reads_since_write >= MAX_READS_PER_WRITE && !reader.rx.is_empty();
-        let woke = tokio::select! {
-            biased;
-            () = outbox.overflowed() => Woke::Limit(Limit::Overflowed),
-            _ = shutdown.wait_for(|draining| *draining) => Woke::Limit(Limit::Draining),
-            () = &mut token_expiry => Woke::Limit(Limit::Expired),
-            Ok(()) = reloads.changed() => Woke::Reloaded,
-            _ = ticker.tick() => Woke::Tick,
-            next = socket.next(), if !must_write => Woke::Read(next),
-            Some(first) = reader.rx.recv() => Woke::Write(first),
-        };
-        let next = match woke {
-            Woke::Read(next) => next,
-            Woke::Limit(limit) => {
-                limit.log(&tenant.id, id);
-                flow = Flow::Close(limit.reason());
-                break;
+    // The two ends a connection waits for all its life, made once: a
+    // `Notified` or watch future made anew on every wake registers and
+    // unregisters a waiter under a lock each time (twice per message).
+    // Each completes at most once, and the loop ends when one does.
+    // Dropped with the block, before the outbox is.
+    {
+        let overflowed = outbox.overflowed();
+        tokio::pin!(overflowed);
+        let draining = shutdown.wait_for(|draining| *draining);
+        tokio::pin!(draining);
+        while matches!(flow, Flow::Continue) {
+            if token_expiry.deadline() != session.expires {
+                token_expiry.as_mut().reset(session.expires);
             }
-            Woke::Reloaded => {
-                flow = session.recheck();
-                let every = session.tenant.config.limits.ping_interval(server);
-                if every != ping_every {
-                    ping_every = every;
-                    ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let must_write = reads_since_write >= MAX_READS_PER_WRITE && !reader.rx.is_empty();
+            let woke = tokio::select! {
+                biased;
+                () = &mut overflowed => Woke::Limit(Limit::Overflowed),
+                _ = &mut draining => Woke::Limit(Limit::Draining),
+                () = &mut token_expiry => Woke::Limit(Limit::Expired),
+                Ok(()) = reloads.changed() => Woke::Reloaded,
+                _ = ticker.tick() => Woke::Tick,
+                next = socket.next(), if !must_write => Woke::Read(next),
+                Some(first) = reader.rx.recv() => Woke::Write(first),
+            };
+            let next = match woke {
+                Woke::Read(next) => next,
+                Woke::Limit(limit) => {
+                    limit.log(&tenant.id, id);
+                    flow = Flow::Close(limit.reason());
+                    break;
                 }
-                continue;
-            }
-            Woke::Tick => {
-                if state.fleet.as_ref().is_some_and(|f| f.shed_connections()) {
-                    tracing::info!(tenant = %tenant.id, connection = id,
+                Woke::Reloaded => {
+                    flow = session.recheck();
+                    let every = session.tenant.config.limits.ping_interval(server);
+                    if every != ping_every {
+                        ping_every = every;
+                        ticker =
+                            tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    continue;
+                }
+                Woke::Tick => {
+                    if state.fleet.as_ref().is_some_and(|f| f.shed_connections()) {
+                        tracing::info!(tenant = %tenant.id, connection = id,
                         "cut off from the fleet's connection counts: closing");
-                    flow = Flow::Close(Limit::Draining.reason());
-                    break;
-                }
-                if last_heard.elapsed() >= idle_timeout {
-                    Limit::Idle.log(&tenant.id, id);
-                    flow = Flow::Close(Limit::Idle.reason());
-                    break;
-                }
-                outbox.ping();
-                continue;
-            }
-            Woke::Write(first) => {
-                reads_since_write = 0;
-                // A client that stops reading blocks the flush: the queue
-                // then overflows (1013), the server drains (1001), its token
-                // expires (1008) or it goes idle (1000), whichever comes
-                // first: a blocked write holds no connection past its limits.
-                let idle_at = last_heard + idle_timeout;
-                let written = tokio::select! {
-                    biased;
-                    written = write_queued(&mut socket, &mut reader, first) => written,
-                    () = outbox.overflowed() => Written::Limit(Limit::Overflowed),
-                    _ = shutdown.wait_for(|draining| *draining) => Written::Limit(Limit::Draining),
-                    () = &mut token_expiry => Written::Limit(Limit::Expired),
-                    () = tokio::time::sleep_until(idle_at) => Written::Limit(Limit::Idle),
-                };
-                match written {
-                    Written::Ok => continue,
-                    Written::Closed => break,
-                    Written::Limit(limit) => {
-                        limit.log(&tenant.id, id);
-                        flow = Flow::Close(limit.reason());
+                        flow = Flow::Close(Limit::Draining.reason());
                         break;
                     }
+                    if last_heard.elapsed() >= idle_timeout {
+                        Limit::Idle.log(&tenant.id, id);
+                        flow = Flow::Close(Limit::Idle.reason());
+                        break;
+                    }
+                    outbox.ping();
+                    continue;
                 }
-            }
-        };
-        reads_since_write += 1;
-        last_heard = tokio::time::Instant::now();
-        flow = match next {
-            None | Some(Ok(Message::Close(_))) => break,
-            Some(Ok(Message::Text(text))) => Box::pin(session.on_text(text.as_str())).await,
-            Some(Ok(Message::Binary(_))) => match session.count_frame(None, true) {
-                Err(flow) => flow,
-                Ok(()) => session.reject(
-                    None,
-                    &Rejection::error(
-                        ErrorCode::BinaryNotSupported,
-                        "binary frames are not accepted",
+                Woke::Write(first) => {
+                    reads_since_write = 0;
+                    // A client that stops reading blocks the flush: the queue
+                    // then overflows (1013), the server drains (1001), its token
+                    // expires (1008) or it goes idle (1000), whichever comes
+                    // first: a blocked write holds no connection past its limits.
+                    let idle_at = last_heard + idle_timeout;
+                    let written = tokio::select! {
+                        biased;
+                        written = write_queued(&mut socket, &mut reader, first) => written,
+                        () = &mut overflowed => Written::Limit(Limit::Overflowed),
+                        _ = &mut draining => Written::Limit(Limit::Draining),
+                        () = &mut token_expiry => Written::Limit(Limit::Expired),
+                        () = tokio::time::sleep_until(idle_at) => Written::Limit(Limit::Idle),
+                    };
+                    match written {
+                        Written::Ok => continue,
+                        Written::Closed => break,
+                        Written::Limit(limit) => {
+                            limit.log(&tenant.id, id);
+                            flow = Flow::Close(limit.reason());
+                            break;
+                        }
+                    }
+                }
+            };
+            reads_since_write += 1;
+            last_heard = tokio::time::Instant::now();
+            flow = match next {
+                None | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Text(text))) => Box::pin(session.on_text(text.as_str())).await,
+                Some(Ok(Message::Binary(_))) => match session.count_frame(None, true) {
+                    Err(flow) => flow,
+                    Ok(()) => session.reject(
+                        None,
+                        &Rejection::error(
+                            ErrorCode::BinaryNotSupported,
+                            "binary frames are not accepted",
+                        ),
                     ),
-                ),
-            },
-            // Control frames count too (tungstenite answers pings itself).
-            Some(Ok(_)) => session
-                .count_frame(None, false)
-                .err()
-                .unwrap_or(Flow::Continue),
-            Some(Err(e)) => Flow::Close(crate::rejection::for_read(&e)),
-        };
+                },
+                // Control frames count too (tungstenite answers pings itself).
+                Some(Ok(_)) => session
+                    .count_frame(None, false)
+                    .err()
+                    .unwrap_or(Flow::Continue),
+                Some(Err(e)) => Flow::Close(crate::rejection::for_read(&e)),
+            };
+        }
     }
     // Whatever the handler answered before the end still goes out, then
     // our close frame (if we are the ones closing).
