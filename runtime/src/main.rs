@@ -5,11 +5,6 @@
 
 mod cli;
 
-/// mimalloc rather than glibc's malloc: fewer instructions per message on
-/// the message path (docs/performance-round3.md, "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
