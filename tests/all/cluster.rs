@@ -985,6 +985,23 @@ async fn a_subscribe_whose_position_cannot_be_looked_up_is_refused_not_acked_at_
     // channel's real epoch, a position it never had. It must be refused
     // `unavailable` instead, and acknowledged at the channel's real
     // position once b reaches NATS again.
+    a_subscribe_during_a_cut_is_refused_then_acked_at_the_real_position(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_on_a_node_that_never_opened_the_history_is_refused_not_acked_without_an_epoch()
+{
+    // docs/faults.md, Found 7: node b has not opened the tenant's history
+    // stream when it is cut off from NATS, so it knows no epoch at all; the
+    // subscribe was acknowledged with `"epoch":""` and offset 0, and the
+    // subscriber took the live events that followed for another epoch's.
+    // It must be refused `unavailable` too.
+    a_subscribe_during_a_cut_is_refused_then_acked_at_the_real_position(false).await;
+}
+
+async fn a_subscribe_during_a_cut_is_refused_then_acked_at_the_real_position(
+    stream_opened_before: bool,
+) {
     let nats = Nats::start();
     let proxy = CutProxy::start(&nats).await;
     let a = node(&nats, "a", Some(1000)).await;
@@ -1000,8 +1017,10 @@ async fn a_subscribe_whose_position_cannot_be_looked_up_is_refused_not_acked_at_
     };
     let b_admin = b.admin.expect("admin listener");
     let mut reader = client(&b, "alpha", "reader").await;
-    // b opens alpha's history stream now: later, only the lookup fails.
-    subscribe(&mut reader, "room:open", None).await;
+    if stream_opened_before {
+        // b opens alpha's history stream now: later, only the lookup fails.
+        subscribe(&mut reader, "room:open", None).await;
+    }
     let mut writer = client(&a, "alpha", "writer").await;
     for i in 0..3 {
         send_chat(&mut writer, "room:late", &format!("m-{i}")).await;

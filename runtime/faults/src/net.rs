@@ -89,6 +89,9 @@ impl Net {
             let ip = Ipv4Addr::new(10, 213, slot as u8, 10 + i as u8);
             let host_veth = format!("sf{slot}{name}");
             sh("ip", &["netns", "add", &ns]).await?;
+            // A veth of a dead run can outlive its namespace for a while
+            // (until its last process is reaped): never trip over it.
+            let _ = sh("ip", &["link", "del", &host_veth]).await;
             sh(
                 "ip",
                 &[

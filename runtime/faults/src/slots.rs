@@ -88,13 +88,34 @@ pub async fn clean_own() {
 pub async fn clean_slot(slot: u32) {
     if let Ok(list) = namespaces_of(slot).await {
         for ns in list {
+            let mut killed = Vec::new();
             if let Ok(pids) = sh("ip", &["netns", "pids", &ns]).await {
                 for pid in pids.split_whitespace() {
                     let _ = sh("kill", &["-CONT", pid]).await;
                     let _ = sh("kill", &["-KILL", pid]).await;
+                    killed.extend(pid.parse::<u32>().ok());
                 }
             }
+            // A namespace (and its veth) goes only with its last process.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while killed.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             let _ = sh("ip", &["netns", "del", &ns]).await;
+        }
+    }
+    // The host ends of the slot's veths (`sf{slot}{name}`, a name starting
+    // with a letter), in case their namespaces were already gone.
+    if let Ok(links) = sh("ip", &["-o", "link", "show"]).await {
+        let prefix = format!("sf{slot}");
+        for link in links.lines().filter_map(|l| l.split(':').nth(1)) {
+            let name = link.trim().split('@').next().unwrap_or_default();
+            if name
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic()))
+            {
+                let _ = sh("ip", &["link", "del", name]).await;
+            }
         }
     }
     let _ = sh("ip", &["link", "del", &format!("sfb{slot}")]).await;

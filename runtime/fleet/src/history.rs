@@ -435,18 +435,29 @@ impl ClusterHistory {
     ) -> Result<Subscribed, HistoryError> {
         let relay = self.broker.pin(key);
         relay.ready().await;
-        let ts = match self.stream_of(&key.tenant).await {
-            Ok(ts) => Some(ts),
-            Err(e) => {
-                tracing::warn!(error = %e, "history stream unavailable");
-                None
+        // Without the tenant's stream there is no epoch and no position to
+        // answer: retry, then refuse (docs/faults.md, Found 7; answering
+        // offset 0 in an empty epoch made the client take every later
+        // event for another epoch's).
+        let mut opens = 0;
+        let ts = loop {
+            match self.stream_of(&key.tenant).await {
+                Ok(ts) => break ts,
+                Err(e) if opens + 1 < LOOKUP_ATTEMPTS => {
+                    tracing::debug!(error = %e, "history stream open retried");
+                    opens += 1;
+                    tokio::time::sleep(LOOKUP_PAUSE).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "history stream unavailable: subscribe refused");
+                    self.broker.unpin(key, None);
+                    return Err(HistoryError::Remote(Box::new(e)));
+                }
             }
         };
-        let epoch = ts
-            .as_ref()
-            .map_or_else(|| Arc::from(""), |ts| ts.epoch.clone());
+        let epoch = ts.epoch.clone();
         let subject = self.subjects.history(key);
-        let wanted = since.filter(|s| *s.epoch == *epoch && ts.is_some());
+        let wanted = since.filter(|s| *s.epoch == *epoch);
         let mut replay = wanted.map(|s| Replay {
             since: s.offset,
             next: s.offset + 1,
@@ -460,10 +471,8 @@ impl ClusterHistory {
         let mut lookups = 0;
         let delivered = loop {
             let mut delivered = relay.delivered.lock().await;
-            if !delivered.known
-                && let Some(ts) = &ts
-            {
-                match self.last(ts, key).await {
+            if !delivered.known {
+                match self.last(&ts, key).await {
                     Ok(offset) => {
                         *delivered = Delivered {
                             known: true,
@@ -489,11 +498,11 @@ impl ClusterHistory {
             }
             // A position this node's relay has not reached: look the
             // channel's last offset up and bring the relay there first.
-            if let (Some(r), Some(ts)) = (replay.as_ref(), &ts)
+            if let Some(r) = replay.as_ref()
                 && delivered.known
                 && r.since > delivered.offset
             {
-                match self.last(ts, key).await {
+                match self.last(&ts, key).await {
                     Ok(last) if last > delivered.offset => {
                         self.broker.catch_up(key, &mut delivered, last).await;
                     }
@@ -511,16 +520,16 @@ impl ClusterHistory {
             }
             drop(delivered);
             rounds += 1;
-            if let (Some(r), Some(ts)) = (replay.as_mut(), &ts)
-                && let Err(e) = self.read(ts, key, &subject, r, last, rule.size).await
+            if let Some(r) = replay.as_mut()
+                && let Err(e) = self.read(&ts, key, &subject, r, last, rule.size).await
             {
                 tracing::warn!(error = %e, "history replay failed");
                 failed = true;
             }
         };
         let last = delivered.offset;
-        if let (Some(r), Some(ts), false) = (replay.as_mut(), &ts, failed)
-            && let Err(e) = self.read(ts, key, &subject, r, last, rule.size).await
+        if let (Some(r), false) = (replay.as_mut(), failed)
+            && let Err(e) = self.read(&ts, key, &subject, r, last, rule.size).await
         {
             tracing::warn!(error = %e, "history replay failed");
             failed = true;

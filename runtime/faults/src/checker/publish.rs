@@ -317,6 +317,14 @@ fn subscribers(m: &Model<'_>) -> Verdict {
                 ..
             } if !finals.contains(client) => {
                 let key = (*client, room.as_str());
+                // A subscribe is refused (`unavailable`) rather than
+                // acknowledged without a position (docs/faults.md, Found 7).
+                if epoch.is_empty() {
+                    v.checked += 1;
+                    v.violation(format!(
+                        "client {client} {room} conn {conn}: subscribe acknowledged without a position (epoch \"\", offset {offset})"
+                    ));
+                }
                 let since = joins
                     .iter()
                     .find(|((c, _), (cn, r, _))| c == client && cn == conn && *r == room.as_str())
@@ -374,14 +382,6 @@ fn subscribers(m: &Model<'_>) -> Verdict {
                     ));
                     continue;
                 };
-                // A subscribe acknowledged while the channel's history was
-                // unreachable (a node cut off from NATS) says no epoch: it
-                // promised live events from then on, no position. Its first
-                // event sets the span's epoch and place; gaps after it count.
-                if span.epoch.is_empty() && span.pending.is_none() {
-                    span.epoch.clone_from(epoch);
-                    span.last = offset.saturating_sub(1);
-                }
                 if span.epoch != *epoch {
                     v.violation(format!(
                         "client {client} {room} conn {conn}: event of epoch {epoch} in a subscription of epoch {}",
