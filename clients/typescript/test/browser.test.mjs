@@ -87,11 +87,40 @@ async function say(page, text) {
   await page.waitForFunction(() => document.getElementById("text").value === "", null, { timeout: 10_000 });
 }
 
+/** What each page shows and its client's trace, and the dev server's log, for a failure. */
+async function explain(pages, error) {
+  const parts = [];
+  for (const [name, { page }] of Object.entries(pages)) {
+    const seen = await page
+      .evaluate(() => ({
+        state: window.sluiceDemo.client.state,
+        status: document.getElementById("status").textContent,
+        messages: [...document.querySelectorAll("#messages li")].map((li) => `${li.dataset.seq}: ${li.textContent}`),
+        activity: document.getElementById("activity").textContent,
+        error: document.getElementById("error").textContent,
+        present: document.getElementById("present").textContent,
+        trace: window.sluiceDemo.trace,
+      }))
+      .catch((e) => ({ unreadable: String(e) }));
+    parts.push(`--- ${name}'s page:\n${JSON.stringify(seen, null, 1)}`);
+  }
+  parts.push(`--- sluice dev's log (the end):\n${devLog.slice(-6000)}`);
+  error.message += `\n${parts.join("\n")}`;
+  return error;
+}
+
 test("two pages chat; one offline for 5 s shows every message it missed, once, in order", { timeout: 180_000 }, async () => {
   const room = `r${Date.now()}`;
   const alice = await open("alice", room);
   const bob = await open("bob", room);
+  try {
+    await chatWithOneOffline(alice, bob);
+  } catch (e) {
+    throw await explain({ alice, bob }, e);
+  }
+});
 
+async function chatWithOneOffline(alice, bob) {
   await say(alice.page, "hello from alice");
   await bob.page.waitForSelector("#messages li:has-text('hello from alice')", { timeout: 10_000 });
   await say(bob.page, "hi alice, bob here");
@@ -137,7 +166,7 @@ test("two pages chat; one offline for 5 s shows every message it missed, once, i
   await bob.page.screenshot({ path: join(output, "chat-bob.png"), fullPage: true });
   assert.deepEqual(alice.errors, []);
   assert.deepEqual(bob.errors, []);
-});
+}
 
 test("the page's token endpoint refuses cross-site requests and bad names", async () => {
   const { context, page } = await open("carol", "tokens");

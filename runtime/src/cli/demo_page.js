@@ -128,6 +128,16 @@ $("send").addEventListener("submit", async (ev) => {
   }
 });
 
-// For the browser test and the curious: the client and what is shown.
-window.sluiceDemo = { client, name, room, shown: () => shown };
+// For the browser test and the curious: the client, the room's
+// subscription, what is shown, and the last 200 things that happened.
+const trace = [];
+function note(what, detail) {
+  if (detail instanceof Error) detail = { code: detail.code, message: detail.message };
+  trace.push(`${new Date().toISOString().slice(11, 23)} ${what}${detail === undefined ? "" : ` ${JSON.stringify(detail)}`}`);
+  if (trace.length > 200) trace.shift();
+}
+for (const what of ["state", "disconnected", "welcome", "closed", "recoveryFailed"]) client.on(what, (d) => note(what, d));
+client.on("event", (e) => note("event", { offset: e.offset, data: e.data }));
+for (const what of ["subscribed", "error"]) sub.on(what, (d) => note(`room ${what}`, d));
+window.sluiceDemo = { client, sub, name, room, shown: () => shown, trace };
 client.connect();
