@@ -4,6 +4,14 @@ import { Emitter, EventStream } from "./stream.js";
 import { browserLifecycle, type Lifecycle, type LifecycleEvent } from "./lifecycle.js";
 import type { KeyValueStorage } from "./storage.js";
 
+/**
+ * Refusals of a subscribe that are about now, not about the subscription
+ * (overload, a history node unreachable, a handler that ran out of time
+ * under load): it is asked again with the reconnect backoff instead of
+ * ending with an error.
+ */
+const TEMPORARY_SUBSCRIBE_ERRORS: readonly string[] = ["unavailable", "handler_timeout"];
+
 /** The subprotocol Sluice speaks. */
 export const SUBPROTOCOL = "sluice.v1";
 
@@ -333,6 +341,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   readonly ready: Promise<unknown>;
   /** @internal */ _state: "pending" | "active" | "gone" = "pending";
   /** @internal */ _everActive = false;
+  /** @internal Subscribes refused for now in a row. */ _tries = 0;
   /** @internal */ _position: StreamPosition | undefined;
   /** @internal The `since` sent with the current (re)subscription. */ _asked: StreamPosition | undefined;
   /** @internal What the server said of that recovery. */ _recovered: boolean | undefined;
@@ -1054,10 +1063,13 @@ export class SluiceClient extends Emitter<ClientEvents> {
         if (sub._state === "gone" || this._ws !== ws) return; // Resent on the next connection.
         if (error.code === ClientErrorCode.timeout) {
           sub._fire("error", error);
-        } else if (error.retryAfterMs !== undefined) {
+        } else if (error.retryAfterMs !== undefined || TEMPORARY_SUBSCRIBE_ERRORS.includes(error.code)) {
+          // Refused for now (rate limit, overload, a handler out of time):
+          // asked again after `retry_after_ms`, or with the reconnect
+          // backoff, until it is answered or refused for good.
           later(() => {
             if (this._ws === ws && sub._state === "pending" && this._subs.get(sub.channel) === sub) this._sendSubscribe(sub);
-          }, error.retryAfterMs);
+          }, error.retryAfterMs ?? backoffDelay(sub._tries++, this._o.backoff, this._o.random));
         } else if (error.code !== ClientErrorCode.closed && error.code !== ClientErrorCode.connectionLost) {
           this._forget(sub, error);
         }
@@ -1069,6 +1081,7 @@ export class SluiceClient extends Emitter<ClientEvents> {
     if (sub._state === "gone") return;
     // A route's ack is its handler's reply; its position came in a `subscribed` frame.
     if (reserved) this._position(sub, data);
+    sub._tries = 0;
     const resubscribed = sub._everActive;
     sub._everActive = true;
     sub._state = "active";

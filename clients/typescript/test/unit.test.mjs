@@ -424,6 +424,47 @@ test("subscriptions: resubscribed after a reconnect; refused ones end with the e
   c.close();
 });
 
+test("a subscribe refused for now (unavailable, handler_timeout) is asked again with backoff; refused for good, it ends", async () => {
+  const c = client();
+  c.connect();
+  await settle();
+  const room = c.subscribe("room:1", { type: "chat.join" });
+  const errors = [];
+  room.on("error", (e) => errors.push(e.code));
+  latest().welcome();
+  const joins = () => latest().sent.filter((f) => f.type === "chat.join");
+  // A join handler out of time under load: asked again, not ended.
+  latest().frame({ type: "error", id: joins()[0].id, code: "handler_timeout", message: "the handler ran out of time" });
+  await settle();
+  assert.equal(joins().length, 1);
+  // random() is 0.5: half of the first backoff ceiling (100 ms), then of the second (200 ms).
+  await advance(49);
+  assert.equal(joins().length, 1, "not before the backoff");
+  await advance(1);
+  assert.equal(joins().length, 2, "asked again after the backoff");
+  latest().frame({ type: "error", id: joins()[1].id, code: "unavailable", message: "every instance stayed busy" });
+  await advance(99);
+  assert.equal(joins().length, 2, "the second delay grows");
+  await advance(1);
+  assert.equal(joins().length, 3);
+  assert.equal(room.active, false, "pending meanwhile");
+  latest().frame({ type: "ack", id: joins()[2].id, data: { history: [] } });
+  assert.deepEqual(await room.ready, { history: [] });
+  assert.equal(room.active, true);
+  assert.deepEqual(errors, [], "no error for a refusal that was retried");
+
+  // Refused for good: ends with the error, never asked again.
+  const denied = c.subscribe("room:2", { type: "chat.join" });
+  denied.on("error", (e) => errors.push(e.code));
+  const asked = joins().length;
+  latest().frame({ type: "error", id: latest().last().id, code: "forbidden", message: "not allowed on this channel" });
+  await assert.rejects(denied.ready, { code: "forbidden" });
+  await advance(5000);
+  assert.equal(joins().length, asked);
+  assert.deepEqual(errors, ["forbidden"]);
+  c.close();
+});
+
 test("recovery: resubscribes with since, drops replayed duplicates, reports a failed recovery", async () => {
   const c = client();
   c.connect();
