@@ -22,6 +22,19 @@ async fn node(nats: &Nats, name: &str, history: Option<usize>) -> TestServer {
     .await
 }
 
+/// A node like [`node`] whose only way to NATS is through `proxy`, so a
+/// test can cut it off.
+async fn node_via(nats: &Nats, proxy: &CutProxy, name: &str, history: Option<usize>) -> TestServer {
+    let mut cluster = cluster(nats, name);
+    cluster.nats_urls = vec![proxy.url.clone()];
+    let base = node_config(history);
+    TestServer::start_with(move |c: &mut Config| {
+        base(c);
+        c.cluster = Some(cluster);
+    })
+    .await
+}
+
 /// A node's configuration but its `[cluster]`: rooms keep `history` if
 /// given; rate limits out of the way.
 fn node_config(history: Option<usize>) -> impl FnOnce(&mut Config) {
@@ -903,16 +916,7 @@ async fn a_node_cut_off_from_nats_delivers_what_was_stored_meanwhile_on_open_con
     let nats = Nats::start();
     let proxy = CutProxy::start(&nats).await;
     let a = node(&nats, "a", Some(1000)).await;
-    let mut via_proxy = cluster(&nats, "b");
-    via_proxy.nats_urls = vec![proxy.url.clone()];
-    let b = {
-        let base = node_config(Some(1000));
-        TestServer::start_with(move |c: &mut Config| {
-            base(c);
-            c.cluster = Some(via_proxy);
-        })
-        .await
-    };
+    let b = node_via(&nats, &proxy, "b", Some(1000)).await;
     let b_admin = b.admin.expect("admin listener");
     let mut reader = client(&b, "alpha", "reader").await;
     let ack = subscribe(&mut reader, "room:cut", None).await;
@@ -1005,16 +1009,7 @@ async fn a_subscribe_during_a_cut_is_refused_then_acked_at_the_real_position(
     let nats = Nats::start();
     let proxy = CutProxy::start(&nats).await;
     let a = node(&nats, "a", Some(1000)).await;
-    let mut via_proxy = cluster(&nats, "b");
-    via_proxy.nats_urls = vec![proxy.url.clone()];
-    let b = {
-        let base = node_config(Some(1000));
-        TestServer::start_with(move |c: &mut Config| {
-            base(c);
-            c.cluster = Some(via_proxy);
-        })
-        .await
-    };
+    let b = node_via(&nats, &proxy, "b", Some(1000)).await;
     let b_admin = b.admin.expect("admin listener");
     let mut reader = client(&b, "alpha", "reader").await;
     if stream_opened_before {
