@@ -49,7 +49,7 @@ use compiled::{Compiled, CompiledCache, PushCompiler};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel,
     PoolingAllocationConfig,
 };
 
@@ -415,7 +415,8 @@ fn engine_config(config: &SandboxConfig) -> anyhow::Result<Config> {
         .max_tables_per_component(DEFAULT_MAX_TABLES as u32)
         .linear_memory_keep_resident(config.keep_resident)
         .table_keep_resident(config.keep_resident.min(TABLE_KEEP_RESIDENT))
-        .decommit_batch_size(DECOMMIT_BATCH);
+        .decommit_batch_size(DECOMMIT_BATCH)
+        .pagemap_scan(Enabled::Auto);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if let Some(dir) = &config.cache_dir {
         let mut cache = CacheConfig::new();
