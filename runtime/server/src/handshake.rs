@@ -15,8 +15,8 @@ pub use sluice_protocol::{SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX};
 use std::sync::Arc;
 
 use http::{HeaderValue, StatusCode};
+use sluice_tls::stream::ServerTlsStream;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
@@ -42,11 +42,11 @@ pub struct Admitted {
 }
 
 /// The WebSocket stream of an admitted connection.
-pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
+pub type Socket = WebSocketStream<ServerTlsStream<TcpStream>>;
 
 /// TLS, then the upgrade. The caller bounds this with the handshake deadline.
 pub async fn accept(state: &ServerState, tcp: TcpStream) -> Option<(Socket, Admitted)> {
-    let tls = match state.tls().accept(tcp).await {
+    let tls = match sluice_tls::stream::accept(state.tls(), tcp).await {
         Ok(tls) => tls,
         Err(e) => {
             tracing::debug!(error = %e, "TLS handshake failed");

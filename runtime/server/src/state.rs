@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::authz;
@@ -53,7 +52,7 @@ pub struct ServerState {
     /// Handlers tenants push through the management API (the control
     /// plane's, seen through the data path's seam).
     pub pushed: Arc<dyn PushedHandlers>,
-    pub(crate) tls: RwLock<TlsAcceptor>,
+    pub(crate) tls: RwLock<Arc<rustls::ServerConfig>>,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) ip_connections: ConnectionCounter<IpAddr>,
     pub(crate) ip_handshakes: KeyedLimiter<IpAddr>,
@@ -115,7 +114,7 @@ impl ServerState {
         let presence = Presence::new(presence);
         presence.set_quotas(PresenceQuotas::from_config(&config));
         Ok(Arc::new(Self {
-            tls: RwLock::new(TlsAcceptor::from(tls)),
+            tls: RwLock::new(tls),
             ws_config,
             ip_connections: ConnectionCounter::default(),
             ip_handshakes,
@@ -179,7 +178,8 @@ impl ServerState {
             .clone()
     }
 
-    pub(crate) fn tls(&self) -> TlsAcceptor {
+    /// The TLS configuration new connections are accepted with.
+    pub(crate) fn tls(&self) -> Arc<rustls::ServerConfig> {
         self.tls
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -256,7 +256,7 @@ impl ServerState {
             tenants.len(),
             tenants.values().map(|t| t.handlers.len()).sum::<usize>()
         );
-        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = TlsAcceptor::from(tls);
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = tls;
         *self
             .admin_token
             .write()

@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod stream;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

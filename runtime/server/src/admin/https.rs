@@ -66,7 +66,7 @@ pub async fn serve(
         let Some(strong) = state.upgrade() else {
             return;
         };
-        let tls = strong.tls();
+        let tls = tokio_rustls::TlsAcceptor::from(strong.tls());
         drop(strong);
         let Some(admitted) = table.admit() else {
             tracing::debug!(%peer, "management connection refused: every connection is inside a request");
