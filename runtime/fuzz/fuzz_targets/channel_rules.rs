@@ -12,7 +12,7 @@ fuzz_target!(|input: (&str, &str, &str)| {
     let principal = Principal {
         tenant: "t".into(),
         subject: subject.into(),
-        claims: claims.as_object().cloned().unwrap_or_default(),
+        claims: claims.as_object().cloned().unwrap_or_default().into(),
         scopes: Default::default(),
         expires_at: 0,
     };

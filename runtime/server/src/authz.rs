@@ -2,8 +2,6 @@
 //! subscribing and publishing. Used twice per message: before the handler
 //! runs (the client's request) and after (every action the handler returns).
 
-use std::collections::BTreeSet;
-
 use serde_json::{Map, Value};
 
 pub use sluice_config::channel::{ChannelPattern, Part};
@@ -17,11 +15,54 @@ pub struct Principal {
     /// The token's `sub`.
     pub subject: String,
     /// Every claim of the token.
-    pub claims: Map<String, Value>,
+    pub claims: Claims,
     /// Scopes from the tenant's scopes claim.
-    pub scopes: BTreeSet<String>,
+    pub scopes: Scopes,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+}
+
+/// A token's claims, held for the connection's whole life: names and values
+/// in one exact-size slice (a map's hash table and spare capacity were
+/// two thirds of what an idle connection kept for them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claims(Box<[(Box<str>, Value)]>);
+
+impl Claims {
+    /// The claim named `name`.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
+    }
+}
+
+impl From<Map<String, Value>> for Claims {
+    fn from(map: Map<String, Value>) -> Self {
+        Self(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v))
+                .collect(),
+        )
+    }
+}
+
+/// A principal's scopes: sorted, without duplicates, exact size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scopes(Box<[Box<str>]>);
+
+impl Scopes {
+    /// Whether `scope` is one of them.
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.binary_search_by(|s| (**s).cmp(scope)).is_ok()
+    }
+}
+
+impl<S: Into<Box<str>>> FromIterator<S> for Scopes {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut scopes: Vec<Box<str>> = iter.into_iter().map(Into::into).collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        Self(scopes.into_boxed_slice())
+    }
 }
 
 /// Whether `channel` matches `pattern` for `principal`.
@@ -244,8 +285,8 @@ mod tests {
         Principal {
             tenant: "t".into(),
             subject: "alice".into(),
-            claims: claims.as_object().cloned().unwrap_or_default(),
-            scopes: ["chat".to_owned()].into(),
+            claims: claims.as_object().cloned().unwrap_or_default().into(),
+            scopes: ["chat"].into_iter().collect(),
             expires_at: 0,
         }
     }
@@ -274,8 +315,8 @@ mod tests {
         Principal {
             tenant: "t".into(),
             subject: subject.into(),
-            claims: claims.as_object().cloned().unwrap_or_default(),
-            scopes: BTreeSet::new(),
+            claims: claims.as_object().cloned().unwrap_or_default().into(),
+            scopes: Scopes::default(),
             expires_at: 0,
         }
     }

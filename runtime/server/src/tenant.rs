@@ -257,7 +257,7 @@ impl Tenant {
     }
 
     /// The claims handlers may see, as a JSON object.
-    pub fn exposed_claims(&self, claims: &serde_json::Map<String, serde_json::Value>) -> String {
+    pub fn exposed_claims(&self, claims: &crate::authz::Claims) -> String {
         let exposed: serde_json::Map<String, serde_json::Value> = self
             .config
             .exposed_claims

@@ -18,7 +18,6 @@
 //! by kid alone: a token of tenant A cannot verify at tenant B even if both
 //! use the same kid.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
@@ -30,7 +29,7 @@ use serde_json::{Map, Value};
 pub mod jwks;
 
 use self::jwks::JwksError;
-use crate::authz::Principal;
+use crate::authz::{Principal, Scopes};
 use sluice_config::{AuthConfig, Config, JwtAlgorithm};
 
 /// Parse an algorithm name from config.
@@ -548,18 +547,15 @@ impl KeySet {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
             _ => return Err(AuthError("sub is missing or not a short string".into())),
         };
-        let scopes: BTreeSet<String> = match claims.get(&self.scopes_claim) {
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            _ => BTreeSet::new(),
+        let scopes: Scopes = match claims.get(&self.scopes_claim) {
+            Some(Value::String(s)) => s.split_whitespace().collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Scopes::default(),
         };
         Ok(Principal {
             tenant: self.tenant.clone(),
             subject,
-            claims,
+            claims: claims.into(),
             scopes,
             expires_at,
         })

@@ -108,13 +108,21 @@ enum Written {
 }
 
 /// Serve an admitted connection until it closes.
-pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitted: Admitted) {
+///
+/// The setup is done here, before the future: an `async fn` would keep its
+/// arguments (the admission, the principal) in the future beside the
+/// session built from them, for the connection's whole life.
+pub fn run<S: FrameSocket>(
+    state: Arc<ServerState>,
+    mut socket: S,
+    admitted: Admitted,
+) -> impl Future<Output = ()> + Send {
     let Admitted {
         tenant,
         principal,
         token,
         origin,
-        slots: _slots,
+        slots,
     } = admitted;
     let principal_expires_at = principal.expires_at;
     let server = &state.config.server;
@@ -150,185 +158,204 @@ pub async fn run<S: FrameSocket>(state: Arc<ServerState>, mut socket: S, admitte
         expires: expiry(principal_expires_at, tenant.config.auth.leeway_secs),
         started: std::time::Instant::now(),
     };
-    tracing::debug!(tenant = %tenant.id, connection = id, "connected");
-    state.broker.join_subject(
-        &session.subject_key(),
-        Member {
-            id,
-            outbox: outbox.clone(),
-        },
-    );
-    // In a fleet: `send` from any node reaches this connection once welcomed.
-    state.broker.subject_ready(&session.subject_key()).await;
-    session.send(match state.idempotency_window(&session.tenant) {
-        Some(window_secs) => protocol::welcome_keyed(
-            id,
-            &session.principal.subject,
-            session.principal.expires_at,
-            window_secs,
-        ),
-        None => protocol::welcome(id, &session.principal.subject, session.principal.expires_at),
-    });
+    async move {
+        // The connection's places in the subject's and the tenant's counts.
+        let _slots = slots;
+        let server = &state.config.server;
+        tracing::debug!(tenant = %tenant.id, connection = id, "connected");
+        state.broker.join_subject(
+            &session.subject_key(),
+            Member {
+                id,
+                outbox: outbox.clone(),
+            },
+        );
+        // In a fleet: `send` from any node reaches this connection once
+        // welcomed. Boxed: this waits on NATS there, with state an idle
+        // connection must not carry for its whole life.
+        Box::pin(state.broker.subject_ready(&session.subject_key())).await;
+        session.send(match state.idempotency_window(&session.tenant) {
+            Some(window_secs) => protocol::welcome_keyed(
+                id,
+                &session.principal.subject,
+                session.principal.expires_at,
+                window_secs,
+            ),
+            None => protocol::welcome(id, &session.principal.subject, session.principal.expires_at),
+        });
 
-    // Message handling is boxed (one allocation per message): its state,
-    // with the handler call inside, is kilobytes that an idle connection
-    // would otherwise carry for its whole life.
-    let mut flow = Box::pin(session.lifecycle(Export::Connect)).await;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = tokio::time::Instant::now();
-    let token_expiry = tokio::time::sleep_until(session.expires);
-    tokio::pin!(token_expiry);
-    // Frames read since the last write: reads that are already buffered are
-    // all handled before one flush (a pipelining client's answers go out in
-    // one write), but never more than this many, so that a client that
-    // never pauses still gets its answers.
-    let mut reads_since_write = 0usize;
-    // The two ends a connection waits for all its life, made once: a
-    // `Notified` or watch future made anew on every wake registers and
-    // unregisters a waiter under a lock each time (twice per message).
-    // Each completes at most once, and the loop ends when one does.
-    // Dropped with the block, before the outbox is.
-    {
-        let overflowed = outbox.overflowed();
-        tokio::pin!(overflowed);
-        let draining = shutdown.wait_for(|draining| *draining);
-        tokio::pin!(draining);
-        while matches!(flow, Flow::Continue) {
-            if token_expiry.deadline() != session.expires {
-                token_expiry.as_mut().reset(session.expires);
+        // Message handling is boxed (one allocation per message): its state,
+        // with the handler call inside, is kilobytes that an idle connection
+        // would otherwise carry for its whole life.
+        let mut flow = Box::pin(session.lifecycle(Export::Connect)).await;
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
+        let token_expiry = tokio::time::sleep_until(session.expires);
+        tokio::pin!(token_expiry);
+        // Frames read since the last write: reads that are already buffered are
+        // all handled before one flush (a pipelining client's answers go out in
+        // one write), but never more than this many, so that a client that
+        // never pauses still gets its answers.
+        let mut reads_since_write = 0usize;
+        // The two ends a connection waits for all its life, made once: a
+        // `Notified` or watch future made anew on every wake registers and
+        // unregisters a waiter under a lock each time (twice per message).
+        // Each completes at most once, and the loop ends when one does.
+        // Dropped with the block, before the outbox is.
+        {
+            let overflowed = outbox.overflowed();
+            tokio::pin!(overflowed);
+            let draining = shutdown.wait_for(|draining| *draining);
+            tokio::pin!(draining);
+            while matches!(flow, Flow::Continue) {
+                if token_expiry.deadline() != session.expires {
+                    token_expiry.as_mut().reset(session.expires);
+                }
+                let must_write = reads_since_write >= MAX_READS_PER_WRITE && !reader.rx.is_empty();
+                let woke = tokio::select! {
+                    biased;
+                    () = &mut overflowed => Woke::Limit(Limit::Overflowed),
+                    _ = &mut draining => Woke::Limit(Limit::Draining),
+                    () = &mut token_expiry => Woke::Limit(Limit::Expired),
+                    Ok(()) = reloads.changed() => Woke::Reloaded,
+                    _ = ticker.tick() => Woke::Tick,
+                    next = socket.next(), if !must_write => Woke::Read(next),
+                    Some(first) = reader.rx.recv() => Woke::Write(first),
+                };
+                let next = match woke {
+                    Woke::Read(next) => next,
+                    Woke::Limit(limit) => {
+                        limit.log(&tenant.id, id);
+                        flow = Flow::Close(limit.reason());
+                        break;
+                    }
+                    Woke::Reloaded => {
+                        flow = session.recheck();
+                        let every = session.tenant.config.limits.ping_interval(server);
+                        if every != ping_every {
+                            ping_every = every;
+                            ticker = tokio::time::interval_at(
+                                tokio::time::Instant::now() + every,
+                                every,
+                            );
+                            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
+                        continue;
+                    }
+                    Woke::Tick => {
+                        if state.fleet.as_ref().is_some_and(|f| f.shed_connections()) {
+                            tracing::info!(tenant = %tenant.id, connection = id,
+                            "cut off from the fleet's connection counts: closing");
+                            flow = Flow::Close(Limit::Draining.reason());
+                            break;
+                        }
+                        if last_heard.elapsed() >= idle_timeout {
+                            Limit::Idle.log(&tenant.id, id);
+                            flow = Flow::Close(Limit::Idle.reason());
+                            break;
+                        }
+                        outbox.ping();
+                        continue;
+                    }
+                    Woke::Write(first) => {
+                        reads_since_write = 0;
+                        // A client that stops reading blocks the flush: the queue
+                        // then overflows (1013), the server drains (1001), its token
+                        // expires (1008) or it goes idle (1000), whichever comes
+                        // first: a blocked write holds no connection past its limits.
+                        let idle_at = last_heard + idle_timeout;
+                        // Boxed, like message handling: the write's state (the
+                        // sink's, a timer) is held only while it runs.
+                        let written = Box::pin(async {
+                            tokio::select! {
+                                biased;
+                                written = write_queued(&mut socket, &mut reader, first) => written,
+                                () = &mut overflowed => Written::Limit(Limit::Overflowed),
+                                _ = &mut draining => Written::Limit(Limit::Draining),
+                                () = &mut token_expiry => Written::Limit(Limit::Expired),
+                                () = tokio::time::sleep_until(idle_at) => Written::Limit(Limit::Idle),
+                            }
+                        })
+                        .await;
+                        match written {
+                            Written::Ok => continue,
+                            Written::Closed => break,
+                            Written::Limit(limit) => {
+                                limit.log(&tenant.id, id);
+                                flow = Flow::Close(limit.reason());
+                                break;
+                            }
+                        }
+                    }
+                };
+                reads_since_write += 1;
+                last_heard = tokio::time::Instant::now();
+                flow = match next {
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(text))) => Box::pin(session.on_text(text.as_str())).await,
+                    Some(Ok(Message::Binary(_))) => match session.count_frame(None, true) {
+                        Err(flow) => flow,
+                        Ok(()) => session.reject(
+                            None,
+                            &Rejection::error(
+                                ErrorCode::BinaryNotSupported,
+                                "binary frames are not accepted",
+                            ),
+                        ),
+                    },
+                    // Control frames count too (tungstenite answers pings itself).
+                    Some(Ok(_)) => session
+                        .count_frame(None, false)
+                        .err()
+                        .unwrap_or(Flow::Continue),
+                    Some(Err(e)) => Flow::Close(crate::rejection::for_read(&e)),
+                };
             }
-            let must_write = reads_since_write >= MAX_READS_PER_WRITE && !reader.rx.is_empty();
-            let woke = tokio::select! {
-                biased;
-                () = &mut overflowed => Woke::Limit(Limit::Overflowed),
-                _ = &mut draining => Woke::Limit(Limit::Draining),
-                () = &mut token_expiry => Woke::Limit(Limit::Expired),
-                Ok(()) = reloads.changed() => Woke::Reloaded,
-                _ = ticker.tick() => Woke::Tick,
-                next = socket.next(), if !must_write => Woke::Read(next),
-                Some(first) = reader.rx.recv() => Woke::Write(first),
-            };
-            let next = match woke {
-                Woke::Read(next) => next,
-                Woke::Limit(limit) => {
-                    limit.log(&tenant.id, id);
-                    flow = Flow::Close(limit.reason());
-                    break;
-                }
-                Woke::Reloaded => {
-                    flow = session.recheck();
-                    let every = session.tenant.config.limits.ping_interval(server);
-                    if every != ping_every {
-                        ping_every = every;
-                        ticker =
-                            tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        // Whatever the handler answered before the end still goes out, then
+        // our close frame (if we are the ones closing).
+        if let Flow::Close(reason) = &flow {
+            tenant.metrics.closed(reason.code());
+            outbox.close(reason.clone());
+        }
+        Box::pin(session.cleanup()).await;
+        drop(session);
+        drop(outbox);
+        // Boxed: the closing writes' state is held only while the connection ends.
+        Box::pin(async {
+            let _ = tokio::time::timeout(WRITER_GRACE, async {
+                while let Ok(out) = reader.rx.try_recv() {
+                    if matches!(
+                        write_queued(&mut socket, &mut reader, out).await,
+                        Written::Closed
+                    ) {
+                        return;
                     }
-                    continue;
                 }
-                Woke::Tick => {
-                    if state.fleet.as_ref().is_some_and(|f| f.shed_connections()) {
-                        tracing::info!(tenant = %tenant.id, connection = id,
-                        "cut off from the fleet's connection counts: closing");
-                        flow = Flow::Close(Limit::Draining.reason());
-                        break;
-                    }
-                    if last_heard.elapsed() >= idle_timeout {
-                        Limit::Idle.log(&tenant.id, id);
-                        flow = Flow::Close(Limit::Idle.reason());
-                        break;
-                    }
-                    outbox.ping();
-                    continue;
-                }
-                Woke::Write(first) => {
-                    reads_since_write = 0;
-                    // A client that stops reading blocks the flush: the queue
-                    // then overflows (1013), the server drains (1001), its token
-                    // expires (1008) or it goes idle (1000), whichever comes
-                    // first: a blocked write holds no connection past its limits.
-                    let idle_at = last_heard + idle_timeout;
-                    let written = tokio::select! {
-                        biased;
-                        written = write_queued(&mut socket, &mut reader, first) => written,
-                        () = &mut overflowed => Written::Limit(Limit::Overflowed),
-                        _ = &mut draining => Written::Limit(Limit::Draining),
-                        () = &mut token_expiry => Written::Limit(Limit::Expired),
-                        () = tokio::time::sleep_until(idle_at) => Written::Limit(Limit::Idle),
-                    };
-                    match written {
-                        Written::Ok => continue,
-                        Written::Closed => break,
-                        Written::Limit(limit) => {
-                            limit.log(&tenant.id, id);
-                            flow = Flow::Close(limit.reason());
+                let _ = socket.flush().await;
+            })
+            .await;
+            if matches!(flow, Flow::Close(..)) {
+                // The closing handshake: wait (briefly) for the client's close frame
+                // before the TCP connection goes, so that the client reads our code
+                // instead of a reset.
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(frame)) = socket.next().await {
+                        if frame.is_close() {
                             break;
                         }
                     }
-                }
-            };
-            reads_since_write += 1;
-            last_heard = tokio::time::Instant::now();
-            flow = match next {
-                None | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(Message::Text(text))) => Box::pin(session.on_text(text.as_str())).await,
-                Some(Ok(Message::Binary(_))) => match session.count_frame(None, true) {
-                    Err(flow) => flow,
-                    Ok(()) => session.reject(
-                        None,
-                        &Rejection::error(
-                            ErrorCode::BinaryNotSupported,
-                            "binary frames are not accepted",
-                        ),
-                    ),
-                },
-                // Control frames count too (tungstenite answers pings itself).
-                Some(Ok(_)) => session
-                    .count_frame(None, false)
-                    .err()
-                    .unwrap_or(Flow::Continue),
-                Some(Err(e)) => Flow::Close(crate::rejection::for_read(&e)),
-            };
-        }
-    }
-    // Whatever the handler answered before the end still goes out, then
-    // our close frame (if we are the ones closing).
-    if let Flow::Close(reason) = &flow {
-        tenant.metrics.closed(reason.code());
-        outbox.close(reason.clone());
-    }
-    Box::pin(session.cleanup()).await;
-    drop(session);
-    drop(outbox);
-    let _ = tokio::time::timeout(WRITER_GRACE, async {
-        while let Ok(out) = reader.rx.try_recv() {
-            if matches!(
-                write_queued(&mut socket, &mut reader, out).await,
-                Written::Closed
-            ) {
-                return;
-            }
-        }
-        let _ = socket.flush().await;
-    })
-    .await;
-    if matches!(flow, Flow::Close(..)) {
-        // The closing handshake: wait (briefly) for the client's close frame
-        // before the TCP connection goes, so that the client reads our code
-        // instead of a reset.
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(frame)) = socket.next().await {
-                if frame.is_close() {
-                    break;
-                }
+                })
+                .await;
+            } else {
+                let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut socket)).await;
             }
         })
         .await;
-    } else {
-        let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut socket)).await;
+        tracing::debug!(tenant = %tenant.id, connection = id, "disconnected");
     }
-    tracing::debug!(tenant = %tenant.id, connection = id, "disconnected");
 }
 
 /// Write `first` and everything else already queued, then flush once.

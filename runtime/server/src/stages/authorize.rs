@@ -244,7 +244,7 @@ mod tests {
     fn scopes_open_their_routes() {
         let (routes, rules) = (routes(), rules());
         let mut admin = alice();
-        admin.scopes.insert("admin".into());
+        admin.scopes = ["admin"].into_iter().collect();
         assert!(route_message(&routes, &rules, &admin, message("admin.op", None)).is_ok());
     }
 
