@@ -14,8 +14,8 @@
 pub use sluice_protocol::{SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX};
 use std::sync::Arc;
 
+use crate::tls_stream::ServerTlsStream;
 use http::{HeaderValue, StatusCode};
-use sluice_tls::stream::ServerTlsStream;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -46,7 +46,7 @@ pub type Socket = WebSocketStream<ServerTlsStream<TcpStream>>;
 
 /// TLS, then the upgrade. The caller bounds this with the handshake deadline.
 pub async fn accept(state: &ServerState, tcp: TcpStream) -> Option<(Socket, Admitted)> {
-    let tls = match sluice_tls::stream::accept(state.tls(), tcp).await {
+    let tls = match crate::tls_stream::accept(state.tls(), tcp).await {
         Ok(tls) => tls,
         Err(e) => {
             tracing::debug!(error = %e, "TLS handshake failed");

@@ -5,7 +5,7 @@
 //! accept     handshakes-in-flight cap; PROXY v2 from configured load
 //!            balancers (proxy.rs); per-IP (IPv6: per-/64) connection cap
 //!            and handshake rate                                       (accept.rs)
-//! tls        rustls, wss only                                         (sluice-tls)
+//! tls        rustls, wss only; the stream on its unbuffered API       (sluice-tls, tls_stream.rs)
 //! handshake  path -> tenant, Origin, token, connection caps           (handshake.rs)
 //! auth       JWT -> Principal                                         (auth/)
 //! session    one task per connection, bounded reads and queue         (session/)
@@ -54,6 +54,7 @@ pub mod slot;
 pub mod stages;
 pub mod state;
 pub mod tenant;
+pub mod tls_stream;
 
 pub use accept::Server;
 pub use sluice_protocol as protocol;

@@ -12,8 +12,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod stream;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -594,10 +594,10 @@ mod tests {
     }
 
     fn configs(version: &'static rustls::SupportedProtocolVersion) -> Pair {
-        let (cert, key) = crate::self_signed(&["localhost"]).unwrap();
+        let (cert, key) = sluice_tls::self_signed(&["localhost"]).unwrap();
         let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let mut server = ServerConfig::builder_with_provider(Arc::new(crate::provider()))
+        let mut server = ServerConfig::builder_with_provider(Arc::new(sluice_tls::provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .unwrap()
             .with_no_client_auth()
@@ -606,7 +606,7 @@ mod tests {
         server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(cert).unwrap();
-        let client = ClientConfig::builder_with_provider(Arc::new(crate::provider()))
+        let client = ClientConfig::builder_with_provider(Arc::new(sluice_tls::provider()))
             .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(roots)
