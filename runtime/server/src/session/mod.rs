@@ -170,10 +170,8 @@ pub fn run<S: FrameSocket>(
                 outbox: outbox.clone(),
             },
         );
-        // In a fleet: `send` from any node reaches this connection once
-        // welcomed. Boxed: this waits on NATS there, with state an idle
-        // connection must not carry for its whole life.
-        Box::pin(state.broker.subject_ready(&session.subject_key())).await;
+        // In a fleet: `send` from any node reaches this connection once welcomed.
+        state.broker.subject_ready(&session.subject_key()).await;
         session.send(match state.idempotency_window(&session.tenant) {
             Some(window_secs) => protocol::welcome_keyed(
                 id,
