@@ -336,7 +336,7 @@ fn process(
         let state = match state {
             Ok(state) => state,
             Err(error) => {
-                queue_alerts(conn, outgoing);
+                queue_alerts(conn, &mut buf[consumed + discard..], outgoing);
                 return Err((consumed + discard, invalid_data(error)));
             }
         };
@@ -375,17 +375,19 @@ fn process(
     }
 }
 
-/// After a failure, rustls has the alert that says why: encode it.
-fn queue_alerts(conn: &mut UnbufferedServerConnection, outgoing: &mut Vec<u8>) {
-    for _ in 0..4 {
-        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+/// After a failure, rustls has queued the alert that says why: encode it.
+/// Only while something is queued: rustls hands queued records out before
+/// it looks at `rest` again, whereas a call with nothing queued would
+/// process the offending bytes a second time.
+fn queue_alerts(conn: &mut UnbufferedServerConnection, rest: &mut [u8], outgoing: &mut Vec<u8>) {
+    while conn.wants_write() {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(rest);
         match state {
             Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                 if append(outgoing, |out| encode.encode(out)).is_err() {
                     return;
                 }
             }
-            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
             _ => return,
         }
     }
@@ -617,10 +619,30 @@ mod tests {
         }
     }
 
-    async fn listener() -> (TcpListener, std::net::SocketAddr) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A loopback listener, and a task running `serve` with it and the
+    /// server's config.
+    fn serving<T, F>(
+        pair: &Pair,
+        serve: impl FnOnce(TcpListener, Arc<ServerConfig>) -> F,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<T>)
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap();
-        (l, addr)
+        let l = TcpListener::from_std(l).unwrap();
+        (addr, tokio::spawn(serve(l, pair.server.clone())))
+    }
+
+    /// The next connection on `l`, through the TLS handshake.
+    async fn next(
+        l: &TcpListener,
+        server: Arc<ServerConfig>,
+    ) -> io::Result<ServerTlsStream<TcpStream>> {
+        let (tcp, _) = l.accept().await.unwrap();
+        accept(server, tcp).await
     }
 
     async fn connect(pair: &Pair, addr: std::net::SocketAddr) -> Client {
@@ -658,11 +680,8 @@ mod tests {
     async fn data_goes_both_ways_intact_in_tls_1_3_and_1_2_and_closes_cleanly() {
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
             let pair = configs(version);
-            let (l, addr) = listener().await;
-            let server = pair.server.clone();
-            let task = tokio::spawn(async move {
-                let (tcp, _) = l.accept().await.unwrap();
-                let s = accept(server, tcp).await.unwrap();
+            let (addr, task) = serving(&pair, |l, server| async move {
+                let s = next(&l, server).await.unwrap();
                 echo(s, 100).await
             });
             let mut c = connect(&pair, addr).await;
@@ -694,11 +713,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_between_messages_holds_no_buffer() {
         let pair = configs(&rustls::version::TLS13);
-        let (l, addr) = listener().await;
-        let server = pair.server.clone();
-        let task = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
-            let mut s = accept(server, tcp).await.unwrap();
+        let (addr, task) = serving(&pair, |l, server| async move {
+            let mut s = next(&l, server).await.unwrap();
             let after_handshake = s.buffered_capacity();
             let mut buf = [0; 4096];
             let n = s.read(&mut buf).await.unwrap();
@@ -718,12 +734,9 @@ mod tests {
     #[tokio::test]
     async fn what_a_slow_reader_does_not_take_is_kept_then_released() {
         let pair = configs(&rustls::version::TLS13);
-        let (l, addr) = listener().await;
-        let server = pair.server.clone();
         let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
-            let mut s = accept(server, tcp).await.unwrap();
+        let (addr, task) = serving(&pair, |l, server| async move {
+            let mut s = next(&l, server).await.unwrap();
             let block = pattern(64 * 1024);
             let mut sent = 0;
             // Write until the socket stops taking (the client reads nothing).
@@ -759,12 +772,9 @@ mod tests {
     #[tokio::test]
     async fn a_second_connection_resumes_with_the_ticket_of_the_first() {
         let pair = configs(&rustls::version::TLS13);
-        let (l, addr) = listener().await;
-        let server = pair.server.clone();
-        let task = tokio::spawn(async move {
+        let (addr, task) = serving(&pair, |l, server| async move {
             for _ in 0..2 {
-                let (tcp, _) = l.accept().await.unwrap();
-                let s = accept(server.clone(), tcp).await.unwrap();
+                let s = next(&l, server.clone()).await.unwrap();
                 echo(s, 4096).await;
             }
         });
@@ -784,11 +794,8 @@ mod tests {
     #[tokio::test]
     async fn a_key_update_from_the_client_is_followed() {
         let pair = configs(&rustls::version::TLS13);
-        let (l, addr) = listener().await;
-        let server = pair.server.clone();
-        let task = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
-            let s = accept(server, tcp).await.unwrap();
+        let (addr, task) = serving(&pair, |l, server| async move {
+            let s = next(&l, server).await.unwrap();
             echo(s, 4096).await;
         });
         let mut c = connect(&pair, addr).await;
@@ -807,13 +814,9 @@ mod tests {
     #[tokio::test]
     async fn a_plaintext_client_gets_an_alert_and_the_next_client_is_served() {
         let pair = configs(&rustls::version::TLS13);
-        let (l, addr) = listener().await;
-        let server = pair.server.clone();
-        let task = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
-            let refused = accept(server.clone(), tcp).await.err().unwrap();
-            let (tcp, _) = l.accept().await.unwrap();
-            let s = accept(server, tcp).await.unwrap();
+        let (addr, task) = serving(&pair, |l, server| async move {
+            let refused = next(&l, server.clone()).await.err().unwrap();
+            let s = next(&l, server).await.unwrap();
             echo(s, 4096).await;
             refused
         });
@@ -836,13 +839,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_handshake_message_over_rustls_limit_is_refused_and_the_next_client_is_served() {
+        let pair = configs(&rustls::version::TLS13);
+        let (addr, task) = serving(&pair, |l, server| async move {
+            let refused = next(&l, server.clone()).await.err().unwrap();
+            let s = next(&l, server).await.unwrap();
+            echo(s, 4096).await;
+            refused
+        });
+        // A ClientHello that says it is 16 MiB long, then records of it:
+        // nothing is kept waiting for the rest.
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let mut hello = vec![22, 3, 1, 0x40, 0x00, 1, 0xff, 0xff, 0xff];
+        hello.resize(5 + 0x4000, 0);
+        let _ = raw.write_all(&hello).await;
+        for _ in 0..8 {
+            let mut more = vec![22, 3, 1, 0x40, 0x00];
+            more.resize(5 + 0x4000, 0);
+            if raw.write_all(&more).await.is_err() {
+                break;
+            }
+        }
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        // The connection is closed (the alert rustls queued may be lost to
+        // the reset that the bytes still in flight cause).
+        assert!(answer.len() < 64, "{answer:?}");
+
+        let mut c = connect(&pair, addr).await;
+        c.write_all(b"honest").await.unwrap();
+        let mut back = [0; 6];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"honest");
+        c.shutdown().await.unwrap();
+        // Refused by rustls, not by a panic in the stream.
+        let refused = task.await.unwrap();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
+        assert!(
+            refused.to_string().contains("HandshakePayloadTooLarge"),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_socket_closed_without_close_notify_is_an_unexpected_end() {
         let pair = configs(&rustls::version::TLS13);
-        let (l, addr) = listener().await;
-        let server = pair.server.clone();
-        let task = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
-            let mut s = accept(server, tcp).await.unwrap();
+        let (addr, task) = serving(&pair, |l, server| async move {
+            let mut s = next(&l, server).await.unwrap();
             let mut buf = [0; 64];
             let first = s.read(&mut buf).await.unwrap();
             let cut = s.read(&mut buf).await.err().unwrap();
@@ -864,11 +909,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_closes_during_the_handshake_fails_it() {
         let pair = configs(&rustls::version::TLS13);
-        let (l, addr) = listener().await;
-        let server = pair.server.clone();
-        let task = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
-            accept(server, tcp).await.err().unwrap()
+        let (addr, task) = serving(&pair, |l, server| async move {
+            next(&l, server).await.err().unwrap()
         });
         let mut raw = TcpStream::connect(addr).await.unwrap();
         // The first bytes of a ClientHello record, then nothing.
