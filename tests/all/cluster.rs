@@ -1255,7 +1255,25 @@ async fn a_state_read_through_a_partitioned_nats_server_is_current_or_refused() 
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    send_chat(&mut reader, "room:lag", "after").await;
+    // A read answering again does not mean the state stream takes writes
+    // yet (its leader may still be settling after the heal): a write
+    // refused `unavailable` commits nothing and is asked again, as a
+    // client does.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = reader
+            .request(
+                json!({"type": "chat.send", "id": "after", "channel": "room:lag",
+                "data": {"text": "after"}}),
+            )
+            .await;
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(Instant::now() < deadline, "c never wrote again: {answer}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_eq!(joined_seq(&mut writer, "room:lag").await, Ok(Some(9)));
     c.assert_honest_client_served().await;
 }
