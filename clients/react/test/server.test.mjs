@@ -16,13 +16,23 @@ globalThis.IS_REACT_ACT_ENVIRONMENT = true;
 const { act } = TestRenderer;
 
 let server;
+const clients = [];
 before(async () => {
   server = await startServer();
 });
 after(async () => {
+  // A failed assertion leaves its clients open: close them, or their
+  // reconnect timers keep the file running until its timeout.
+  for (const c of clients) c.close();
   await server?.close();
 });
 
+/**
+ * A client as `sub` with `claims`. `client.cut()` destroys its socket (no
+ * close frame) and holds its reconnect until `client.release()`: the
+ * backoff's full jitter can reconnect in a few ms, faster than a render
+ * can show the drop.
+ */
 function connect(sub, claims) {
   const sockets = [];
   class Tracked extends WebSocket {
@@ -35,11 +45,23 @@ function connect(sub, claims) {
     url: server.url(),
     WebSocket: Tracked,
     webSocketOptions: { ca: server.ca },
-    getToken: () => server.token(sub, { claims }),
+    getToken: async () => {
+      await client.held;
+      return server.token(sub, { claims });
+    },
     backoff: { initialDelayMs: 100, maxDelayMs: 500 },
     lifecycle: null,
   });
-  client.cut = () => sockets.at(-1).terminate();
+  client.cut = () => {
+    client.held = new Promise((resolve) => {
+      client.release = () => {
+        client.held = undefined;
+        resolve();
+      };
+    });
+    sockets.at(-1).terminate();
+  };
+  clients.push(client);
   return client;
 }
 
@@ -101,6 +123,7 @@ test("a room: useChannel, usePresence, useRequest and useSluice against a real s
   alice.cut();
   await settled(() => view.state !== "open", "alice's drop");
   for (const text of ["missed 1", "missed 2"]) await bob.request("chat.send", { text }, { channel: "feed:react" });
+  alice.release();
   await settled(() => view.state === "open" && view.texts.length === 4, "the recovery");
   assert.deepEqual(view.texts, ["hello from alice", "hi alice", "missed 1", "missed 2"]);
   assert.equal(view.recovered, true);
