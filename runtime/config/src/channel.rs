@@ -217,6 +217,14 @@ impl ChannelPattern {
     pub fn parts(&self) -> &[Part] {
         &self.parts
     }
+
+    /// The names of the claims its `{claim:NAME}` placeholders read.
+    pub fn claims(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Claim(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +277,7 @@ mod tests {
     #[test]
     fn patterns_parse_or_say_why_not() {
         let p = ChannelPattern::parse("team:{claim:teams}:chat").unwrap();
+        assert_eq!(p.claims().collect::<Vec<_>>(), ["teams"]);
         assert_eq!(
             p.parts(),
             [

@@ -10,8 +10,7 @@ fuzz_target!(|input: (&str, &str, &str)| {
     let (pattern, channel, subject) = input;
     let claims = serde_json::json!({"teams": ["red", subject], "org": subject});
     let principal = Principal {
-        tenant: "t".into(),
-        subject: subject.into(),
+                subject: subject.into(),
         claims: claims.as_object().cloned().unwrap_or_default().into(),
         scopes: Default::default(),
         expires_at: 0,

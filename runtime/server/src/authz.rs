@@ -10,11 +10,10 @@ use sluice_config::{ChannelRuleConfig, HistoryConfig};
 /// The verified identity of a connection.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    /// The tenant.
-    pub tenant: String,
     /// The token's `sub`.
     pub subject: String,
-    /// Every claim of the token.
+    /// The token's claims that the tenant reads (its `{claim:..}` patterns
+    /// and exposed claims: see [`crate::auth::KeySet::load`]).
     pub claims: Claims,
     /// Scopes from the tenant's scopes claim.
     pub scopes: Scopes,
@@ -283,7 +282,6 @@ mod tests {
     fn alice() -> Principal {
         let claims = serde_json::json!({"teams": ["red", "blue"], "org": "acme"});
         Principal {
-            tenant: "t".into(),
             subject: "alice".into(),
             claims: claims.as_object().cloned().unwrap_or_default().into(),
             scopes: ["chat"].into_iter().collect(),
@@ -313,7 +311,6 @@ mod tests {
 
     fn principal(subject: &str, claims: serde_json::Value) -> Principal {
         Principal {
-            tenant: "t".into(),
             subject: subject.into(),
             claims: claims.as_object().cloned().unwrap_or_default().into(),
             scopes: Scopes::default(),

@@ -95,7 +95,16 @@ impl Tenant {
     ) -> Result<Arc<Tenant>, Vec<String>> {
         let mut problems = Vec::new();
         let at = format!("tenants.{id}");
-        let keys = KeySet::load(id, &tc.auth, &tc.scopes_claim, config)
+        // The claims a connection keeps: what its channel rules and the
+        // handler's view of the principal can read.
+        let mut kept_claims: std::collections::BTreeSet<String> =
+            tc.exposed_claims.iter().cloned().collect();
+        for rule in &tc.channels {
+            if let Ok(pattern) = crate::authz::ChannelPattern::parse(&rule.pattern) {
+                kept_claims.extend(pattern.claims().map(str::to_owned));
+            }
+        }
+        let keys = KeySet::load(id, &tc.auth, &tc.scopes_claim, kept_claims, config)
             .await
             .map_err(|p| problems.extend(p))
             .ok();

@@ -66,11 +66,16 @@ pub struct Key {
 
 /// Every key of one tenant, and what its tokens must say.
 pub struct KeySet {
-    tenant: String,
     issuer: String,
     audience: String,
     leeway: u64,
     scopes_claim: String,
+    /// The claims a principal keeps: those the tenant's channel rules and
+    /// exposed claims read. A connection holds its principal for its whole
+    /// life; the rest of a token's claims are never read after the
+    /// handshake (a reload verifies the kept token again, with the new
+    /// tenant's list).
+    kept_claims: Box<[Box<str>]>,
     keys: Vec<Key>,
     remote: Option<Arc<RemoteKeys>>,
 }
@@ -291,11 +296,13 @@ fn is_plain_kid(kid: &str) -> bool {
 
 impl KeySet {
     /// Load a tenant's keys: secrets from env or files, PEM public keys,
-    /// a JWKS file. Every problem is reported.
+    /// a JWKS file. Every problem is reported. A verified principal keeps
+    /// the claims named in `kept_claims`.
     pub async fn load(
         tenant: &str,
         auth: &AuthConfig,
         scopes_claim: &str,
+        kept_claims: impl IntoIterator<Item = String>,
         config: &Config,
     ) -> Result<Self, Vec<String>> {
         let mut keys = Vec::new();
@@ -445,11 +452,14 @@ impl KeySet {
             return Err(problems);
         }
         Ok(Self {
-            tenant: tenant.to_owned(),
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
             leeway: auth.leeway_secs,
             scopes_claim: scopes_claim.to_owned(),
+            kept_claims: kept_claims
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
             keys,
             remote,
         })
@@ -552,8 +562,11 @@ impl KeySet {
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
             _ => Scopes::default(),
         };
+        let claims: Map<String, Value> = claims
+            .into_iter()
+            .filter(|(name, _)| self.kept_claims.iter().any(|k| **k == **name))
+            .collect();
         Ok(Principal {
-            tenant: self.tenant.clone(),
             subject,
             claims: claims.into(),
             scopes,

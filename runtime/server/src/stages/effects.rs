@@ -193,7 +193,6 @@ mod tests {
 
     fn alice() -> Principal {
         Principal {
-            tenant: "t".into(),
             subject: "alice".into(),
             claims: Default::default(),
             scopes: Default::default(),
