@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, ManagementApi};
@@ -174,12 +176,14 @@ impl Server {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let state = state.clone();
-            tokio::spawn(async move {
-                // The handshake's state (TLS, HTTP upgrade: ~9 KB) lives on
-                // the heap and is freed once it is done, so that an idle
-                // connection's task holds only the session.
-                let handshake = Box::pin(async {
+            // The handshake (TLS, the upgrade, its deadline's timer: ~9 KB)
+            // lives on the heap and is freed once it is done. The task's
+            // future is then the session's alone: `then` keeps one of the
+            // two at a time, where an async block held the session's future
+            // beside its own state for the connection's whole life.
+            let handshake = Box::pin(tokio::time::timeout(handshake_deadline, {
+                let state = state.clone();
+                async move {
                     let mut tcp = tcp;
                     let ip_slot = match ip_slot {
                         Some(slot) => slot,
@@ -195,30 +199,35 @@ impl Server {
                             state.admit_ip(client)?
                         }
                     };
-                    // The socket (~3.5 KB: rustls' connection and the
-                    // WebSocket's state) is boxed here: the result of the
-                    // handshake keeps its place in this task's future for
-                    // the whole session, so it must be small.
+                    // The socket (~1.5 KB: rustls' connection and the
+                    // WebSocket's state) is boxed: the session's future
+                    // holds it for the connection's life.
                     handshake::accept(&state, tcp)
                         .await
-                        .map(|(socket, admitted)| ((Box::new(socket), admitted), ip_slot))
-                });
-                let accepted = tokio::time::timeout(handshake_deadline, handshake).await;
+                        .map(|(socket, admitted)| (Box::new(socket), admitted, ip_slot))
+                }
+            }));
+            let state = state.clone();
+            tokio::spawn(handshake.then(move |accepted| {
                 drop(in_flight);
                 match accepted {
-                    Ok(Some(((socket, admitted), _ip_slot))) => {
-                        session::run(state, socket, admitted).await
+                    Ok(Some((socket, admitted, ip_slot))) => Either::Left(
+                        // The client address's slot is held until the session ends.
+                        session::run(state, socket, admitted).map(move |()| drop(ip_slot)),
+                    ),
+                    Ok(None) => Either::Right(std::future::ready(())),
+                    Err(_) => {
+                        tracing::debug!("handshake deadline passed");
+                        Either::Right(std::future::ready(()))
                     }
-                    Ok(None) => {}
-                    Err(_) => tracing::debug!("handshake deadline passed"),
                 }
-            });
+            }));
         }
         sweeper.abort();
         // Drain (readyz answers 503 from here on): every session finishes the message it is handling, applies
         // its effects, sends close 1001 and ends; wait for all of them, but
         // no longer than the drain time.
-        state.shutdown.send_replace(true);
+        state.drain();
         let drain = Duration::from_millis(state.config.server.drain_timeout_ms);
         if tokio::time::timeout(drain, state.shutdown.closed())
             .await

@@ -67,8 +67,11 @@ pub struct ServerState {
     /// Held for the whole of a reload: two reloads never interleave, and the
     /// one asked for last is the one that stays.
     reload_lock: tokio::sync::Mutex<()>,
-    /// Set to true when the server drains; every session watches it.
+    /// Set to true when the server drains. Every session holds a receiver:
+    /// the drain waits until none is left.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// Notified when the server drains: every session waits on it.
+    pub(crate) draining: tokio::sync::Notify,
 }
 
 impl ServerState {
@@ -124,6 +127,7 @@ impl ServerState {
             admin_token: RwLock::new(admin_token.map(Arc::from)),
             reload_lock: tokio::sync::Mutex::new(()),
             shutdown: tokio::sync::watch::channel(false).0,
+            draining: tokio::sync::Notify::new(),
             broker,
             history,
             presence,
@@ -153,6 +157,14 @@ impl ServerState {
     /// Whether the server is draining (shutting down).
     pub fn is_draining(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Start draining: every session finishes the message it is handling
+    /// and closes with 1001. A session that starts after this sees
+    /// [`Self::is_draining`] (it looks after it has begun to wait).
+    pub(crate) fn drain(&self) {
+        self.shutdown.send_replace(true);
+        self.draining.notify_waiters();
     }
 
     /// In cluster mode, whether this node is cut off from NATS (it then
@@ -271,7 +283,7 @@ impl ServerState {
         // new configuration (a removed tenant's sessions find it gone).
         for t in current.values().chain(tenants.values()) {
             if t.revision.is_none() {
-                t.changes.send_modify(|n| *n += 1);
+                t.changes.notify_waiters();
             }
         }
         Ok(summary)
@@ -325,7 +337,7 @@ impl ServerState {
         };
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
         if let Some(p) = previous {
-            p.changes.send_modify(|n| *n += 1);
+            p.changes.notify_waiters();
         }
         true
     }
@@ -347,7 +359,7 @@ impl ServerState {
         }
         *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
         for p in replaced {
-            p.changes.send_modify(|n| *n += 1);
+            p.changes.notify_waiters();
         }
         installed
     }

@@ -130,9 +130,10 @@ pub fn run<S: FrameSocket>(
     // or the server's; a reload that changes it applies at once.
     let mut ping_every = tenant.config.limits.ping_interval(server);
     let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
-    let mut shutdown = state.shutdown.subscribe();
+    // Held for the connection's life: the drain waits until none is left.
+    let shutdown = state.shutdown.subscribe();
     // Changes to this tenant only (a reload, the management API).
-    let mut reloads = tenant.changes.subscribe();
+    let changes = tenant.changes.clone();
     let id = state.next_connection_id();
     let (outbox, mut reader) = Outbox::new(state.config.server.max_outbound_bytes);
     let limits = &tenant.config.limits;
@@ -159,8 +160,10 @@ pub fn run<S: FrameSocket>(
         started: std::time::Instant::now(),
     };
     async move {
-        // The connection's places in the subject's and the tenant's counts.
+        // The connection's places in the subject's and the tenant's counts,
+        // and in the drain's.
         let _slots = slots;
+        let _shutdown = shutdown;
         let server = &state.config.server;
         tracing::debug!(tenant = %tenant.id, connection = id, "connected");
         state.broker.join_subject(
@@ -186,39 +189,54 @@ pub fn run<S: FrameSocket>(
         // with the handler call inside, is kilobytes that an idle connection
         // would otherwise carry for its whole life.
         let mut flow = Box::pin(session.lifecycle(Export::Connect)).await;
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = tokio::time::Instant::now();
-        let token_expiry = tokio::time::sleep_until(session.expires);
-        tokio::pin!(token_expiry);
+        // One timer for the connection's two deadlines: the next ping (and
+        // idle check), and the token's expiry, whichever comes first. A
+        // tick is never made up for: the next is a period after it ran.
+        let mut next_tick = last_heard + ping_every;
+        let timer = tokio::time::sleep_until(next_tick.min(session.expires));
+        tokio::pin!(timer);
         // Frames read since the last write: reads that are already buffered are
         // all handled before one flush (a pipelining client's answers go out in
         // one write), but never more than this many, so that a client that
         // never pauses still gets its answers.
         let mut reads_since_write = 0usize;
-        // The two ends a connection waits for all its life, made once: a
-        // `Notified` or watch future made anew on every wake registers and
-        // unregisters a waiter under a lock each time (twice per message).
-        // Each completes at most once, and the loop ends when one does.
-        // Dropped with the block, before the outbox is.
+        // What a connection waits for all its life, made once: a `Notified`
+        // made anew on every wake registers and unregisters a waiter under a
+        // lock each time (twice per message). The two ends complete at most
+        // once, and the loop ends when one does; a change to the tenant is
+        // waited for again after each. Dropped with the block, before the
+        // outbox is.
         {
             let overflowed = outbox.overflowed();
             tokio::pin!(overflowed);
-            let draining = shutdown.wait_for(|draining| *draining);
+            let draining = state.draining.notified();
             tokio::pin!(draining);
+            let changed = changes.notified();
+            tokio::pin!(changed);
+            // A drain or a change to the tenant before the waits were made
+            // (a `Notified` sees every notification after it was made).
+            if state.is_draining() {
+                flow = Flow::Close(Limit::Draining.reason());
+            } else if matches!(flow, Flow::Continue) {
+                flow = session.recheck();
+            }
             while matches!(flow, Flow::Continue) {
-                if token_expiry.deadline() != session.expires {
-                    token_expiry.as_mut().reset(session.expires);
+                let due = next_tick.min(session.expires);
+                if timer.deadline() != due {
+                    timer.as_mut().reset(due);
                 }
                 let must_write = reads_since_write >= MAX_READS_PER_WRITE && !reader.rx.is_empty();
                 let woke = tokio::select! {
                     biased;
                     () = &mut overflowed => Woke::Limit(Limit::Overflowed),
-                    _ = &mut draining => Woke::Limit(Limit::Draining),
-                    () = &mut token_expiry => Woke::Limit(Limit::Expired),
-                    Ok(()) = reloads.changed() => Woke::Reloaded,
-                    _ = ticker.tick() => Woke::Tick,
+                    () = &mut draining => Woke::Limit(Limit::Draining),
+                    () = &mut timer => if tokio::time::Instant::now() >= session.expires {
+                        Woke::Limit(Limit::Expired)
+                    } else {
+                        Woke::Tick
+                    },
+                    () = &mut changed => Woke::Reloaded,
                     next = socket.next(), if !must_write => Woke::Read(next),
                     Some(first) = reader.rx.recv() => Woke::Write(first),
                 };
@@ -230,19 +248,19 @@ pub fn run<S: FrameSocket>(
                         break;
                     }
                     Woke::Reloaded => {
+                        // Waiting again before the check: a change during it
+                        // is seen.
+                        changed.set(changes.notified());
                         flow = session.recheck();
                         let every = session.tenant.config.limits.ping_interval(server);
                         if every != ping_every {
                             ping_every = every;
-                            ticker = tokio::time::interval_at(
-                                tokio::time::Instant::now() + every,
-                                every,
-                            );
-                            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            next_tick = tokio::time::Instant::now() + every;
                         }
                         continue;
                     }
                     Woke::Tick => {
+                        next_tick = tokio::time::Instant::now() + ping_every;
                         if state.fleet.as_ref().is_some_and(|f| f.shed_connections()) {
                             tracing::info!(tenant = %tenant.id, connection = id,
                             "cut off from the fleet's connection counts: closing");
@@ -264,16 +282,22 @@ pub fn run<S: FrameSocket>(
                         // expires (1008) or it goes idle (1000), whichever comes
                         // first: a blocked write holds no connection past its limits.
                         let idle_at = last_heard + idle_timeout;
+                        let expires = session.expires;
                         // Boxed, like message handling: the write's state (the
-                        // sink's, a timer) is held only while it runs.
+                        // sink's, its timer) is held only while it runs.
                         let written = Box::pin(async {
                             tokio::select! {
                                 biased;
                                 written = write_queued(&mut socket, &mut reader, first) => written,
                                 () = &mut overflowed => Written::Limit(Limit::Overflowed),
-                                _ = &mut draining => Written::Limit(Limit::Draining),
-                                () = &mut token_expiry => Written::Limit(Limit::Expired),
-                                () = tokio::time::sleep_until(idle_at) => Written::Limit(Limit::Idle),
+                                () = &mut draining => Written::Limit(Limit::Draining),
+                                () = tokio::time::sleep_until(expires.min(idle_at)) => {
+                                    Written::Limit(if expires <= idle_at {
+                                        Limit::Expired
+                                    } else {
+                                        Limit::Idle
+                                    })
+                                }
                             }
                         })
                         .await;

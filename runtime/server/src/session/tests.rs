@@ -627,7 +627,88 @@ async fn an_idle_session_s_future_stays_small() {
     let socket = Box::new(MemSocket { incoming, outgoing });
     let session = run(state.clone(), socket, admitted(&state, "a", 3600));
     let size = std::mem::size_of_val(&session);
-    assert!(size <= 1600, "the session future is {size} bytes");
+    assert!(size <= 1300, "the session future is {size} bytes");
+}
+
+#[tokio::test]
+async fn a_connection_keeps_only_the_claims_its_tenant_reads_and_a_reload_reads_them_again() {
+    let d = dir("kept-claims");
+    let team = "[[tenants.t.channels]]\npattern = \"team:{claim:team}\"\nsubscribe = true";
+    let state = state_full(&d, "", "", team).await;
+    let tenant = state.tenant("t").unwrap();
+    let mut extra = serde_json::Map::new();
+    extra.insert("team".into(), json!("red"));
+    extra.insert("org".into(), json!("acme"));
+    extra.insert("profile".into(), json!({"bio": "x".repeat(200)}));
+    let token = tenant.keys.mint("carol", &[], 3600, extra).unwrap();
+    let principal = tenant.keys.verify(&token).unwrap();
+    // The rules read `team`; nothing reads `org` or `profile`.
+    assert_eq!(principal.claims.get("team"), Some(&json!("red")));
+    assert_eq!(principal.claims.get("org"), None);
+    assert_eq!(principal.claims.get("profile"), None);
+
+    let (tx, incoming) = mpsc::unbounded_channel();
+    let (outgoing, rx) = mpsc::unbounded_channel();
+    let admitted = Admitted {
+        principal,
+        token: token.into(),
+        origin: None,
+        slots: (
+            tenant
+                .subject_connections
+                .acquire("carol".to_owned(), 16)
+                .unwrap(),
+            tenant.connections.acquire((), 16).unwrap(),
+        ),
+        tenant,
+    };
+    tokio::spawn(run(
+        state.clone(),
+        MemSocket { incoming, outgoing },
+        admitted,
+    ));
+    let mut c = Client { tx, rx };
+    assert_eq!(c.json().await["type"], "welcome");
+    c.send(json!({"type":"subscribe","id":"r","channel":"team:red"}));
+    assert_eq!(c.json().await["type"], "ack");
+    c.send(json!({"type":"subscribe","id":"b","channel":"team:blue"}));
+    assert_eq!(c.json().await["code"], "forbidden");
+
+    // A reload whose rules read `org`: the live connection's token is
+    // verified again and the claim it dropped is there for the new rule.
+    let both = format!(
+        "{team}\n[[tenants.t.channels]]\npattern = \"org:{{claim:org}}\"\nsubscribe = true"
+    );
+    state
+        .reload(reconfigured(&d, SAME_SECRET, &both, ""))
+        .await
+        .unwrap();
+    c.send(json!({"type":"subscribe","id":"o","channel":"org:acme"}));
+    let answer = c.json().await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    c.send(json!({"type":"subscribe","id":"x","channel":"org:other"}));
+    assert_eq!(c.json().await["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn a_drain_closes_live_sessions_and_one_that_starts_during_it_with_1001() {
+    let state = state(&dir("drain"), "").await;
+    let mut live = connect(&state, "alice");
+    assert_eq!(live.json().await["type"], "welcome");
+    live.send(json!({"type":"ping","id":"p"}));
+    assert_eq!(live.json().await["type"], "pong");
+    state.drain();
+    assert_eq!(
+        closed_with(&mut live).await,
+        (1001, "server shutting down".into())
+    );
+    // A handshake that finished as the drain began: welcomed, then closed.
+    let mut late = connect(&state, "bob");
+    assert_eq!(late.json().await["type"], "welcome");
+    assert_eq!(
+        closed_with(&mut late).await,
+        (1001, "server shutting down".into())
+    );
 }
 
 #[tokio::test]
