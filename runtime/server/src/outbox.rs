@@ -4,7 +4,7 @@
 //! connection as a slow consumer, which the session then closes (1013).
 //!
 //! One allocation per connection holds the queue and its counters, and an
-//! empty queue holds no frame slots: an idle connection's queue costs ~150
+//! idle queue holds one frame slot: an idle connection's queue costs ~200
 //! bytes (tokio's unbounded channel allocated a block of 32 slots, ~1.2 KB,
 //! for every connection).
 
@@ -52,7 +52,15 @@ impl Shared {
         if self.reader_gone.load(Ordering::Acquire) {
             return false;
         }
-        self.frames().push_back(frame);
+        let mut frames = self.frames();
+        // The first frame into an empty queue gets one slot, not the four a
+        // `VecDeque` takes: most connections are idle, and an idle one's
+        // queue then holds 40 bytes (its welcome, its pings) for its life.
+        if frames.capacity() == 0 {
+            frames.reserve_exact(1);
+        }
+        frames.push_back(frame);
+        drop(frames);
         self.frame_queued.notify_one();
         true
     }
@@ -284,6 +292,21 @@ mod tests {
         drop(r);
         assert!(!o.send(Utf8Bytes::from("late")));
         assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn an_idle_queue_keeps_one_slot() {
+        let (o, mut r) = Outbox::new(1 << 20);
+        assert!(o.send(Utf8Bytes::from("welcome")));
+        assert!(matches!(r.rx.try_recv(), Ok(Outgoing::Text(_))));
+        o.ping();
+        assert!(matches!(r.rx.try_recv(), Ok(Outgoing::Ping)));
+        assert_eq!(r.rx.shared.frames().capacity(), 1);
+        // Two at once grow it as usual.
+        assert!(o.send(Utf8Bytes::from("a")));
+        assert!(o.send(Utf8Bytes::from("b")));
+        assert!(matches!(r.rx.try_recv(), Ok(Outgoing::Text(t)) if t == "a"));
+        assert!(matches!(r.rx.try_recv(), Ok(Outgoing::Text(t)) if t == "b"));
     }
 
     #[test]
