@@ -645,6 +645,29 @@ mod tests {
         accept(server, tcp).await
     }
 
+    /// A server whose first handshake must fail (its error is the task's
+    /// output) and which then echoes for the next client.
+    fn refusing_then_serving(
+        pair: &Pair,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<io::Error>) {
+        serving(pair, |l, server| async move {
+            let refused = next(&l, server.clone()).await.err().unwrap();
+            let s = next(&l, server).await.unwrap();
+            echo(s, 4096).await;
+            refused
+        })
+    }
+
+    /// A well-behaved client connects and its bytes come back.
+    async fn an_honest_client_is_served(pair: &Pair, addr: std::net::SocketAddr) {
+        let mut c = connect(pair, addr).await;
+        c.write_all(b"honest").await.unwrap();
+        let mut back = [0; 6];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"honest");
+        c.shutdown().await.unwrap();
+    }
+
     async fn connect(pair: &Pair, addr: std::net::SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
         TlsConnector::from(pair.client.clone())
@@ -814,12 +837,7 @@ mod tests {
     #[tokio::test]
     async fn a_plaintext_client_gets_an_alert_and_the_next_client_is_served() {
         let pair = configs(&rustls::version::TLS13);
-        let (addr, task) = serving(&pair, |l, server| async move {
-            let refused = next(&l, server.clone()).await.err().unwrap();
-            let s = next(&l, server).await.unwrap();
-            echo(s, 4096).await;
-            refused
-        });
+        let (addr, task) = refusing_then_serving(&pair);
         let mut raw = TcpStream::connect(addr).await.unwrap();
         raw.write_all(b"GET /ws/demo HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
@@ -828,12 +846,7 @@ mod tests {
         let _ = raw.read_to_end(&mut answer).await;
         assert_eq!(answer.first(), Some(&21), "a TLS alert record: {answer:?}");
 
-        let mut c = connect(&pair, addr).await;
-        c.write_all(b"honest").await.unwrap();
-        let mut back = [0; 6];
-        c.read_exact(&mut back).await.unwrap();
-        assert_eq!(&back, b"honest");
-        c.shutdown().await.unwrap();
+        an_honest_client_is_served(&pair, addr).await;
         let refused = task.await.unwrap();
         assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
     }
@@ -841,12 +854,7 @@ mod tests {
     #[tokio::test]
     async fn a_handshake_message_over_rustls_limit_is_refused_and_the_next_client_is_served() {
         let pair = configs(&rustls::version::TLS13);
-        let (addr, task) = serving(&pair, |l, server| async move {
-            let refused = next(&l, server.clone()).await.err().unwrap();
-            let s = next(&l, server).await.unwrap();
-            echo(s, 4096).await;
-            refused
-        });
+        let (addr, task) = refusing_then_serving(&pair);
         // A ClientHello that says it is 16 MiB long, then records of it:
         // nothing is kept waiting for the rest.
         let mut raw = TcpStream::connect(addr).await.unwrap();
@@ -868,12 +876,7 @@ mod tests {
         // the reset that the bytes still in flight cause).
         assert!(answer.len() < 64, "{answer:?}");
 
-        let mut c = connect(&pair, addr).await;
-        c.write_all(b"honest").await.unwrap();
-        let mut back = [0; 6];
-        c.read_exact(&mut back).await.unwrap();
-        assert_eq!(&back, b"honest");
-        c.shutdown().await.unwrap();
+        an_honest_client_is_served(&pair, addr).await;
         // Refused by rustls, not by a panic in the stream.
         let refused = task.await.unwrap();
         assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
