@@ -132,8 +132,6 @@ pub fn run<S: FrameSocket>(
     let idle_timeout = Duration::from_millis(server.idle_timeout_ms);
     // Held for the connection's life: the drain waits until none is left.
     let shutdown = state.shutdown.subscribe();
-    // Changes to this tenant only (a reload, the management API).
-    let changes = tenant.changes.clone();
     let id = state.next_connection_id();
     let (outbox, mut reader) = Outbox::new(state.config.server.max_outbound_bytes);
     let limits = &tenant.config.limits;
@@ -212,7 +210,9 @@ pub fn run<S: FrameSocket>(
             tokio::pin!(overflowed);
             let draining = state.draining.notified();
             tokio::pin!(draining);
-            let changed = changes.notified();
+            // Changes to this tenant only (a reload, the management API); its
+            // revisions share the `Notify`.
+            let changed = tenant.changes.notified();
             tokio::pin!(changed);
             // A drain or a change to the tenant before the waits were made
             // (a `Notified` sees every notification after it was made).
@@ -250,7 +250,7 @@ pub fn run<S: FrameSocket>(
                     Woke::Reloaded => {
                         // Waiting again before the check: a change during it
                         // is seen.
-                        changed.set(changes.notified());
+                        changed.set(tenant.changes.notified());
                         flow = session.recheck();
                         let every = session.tenant.config.limits.ping_interval(server);
                         if every != ping_every {
